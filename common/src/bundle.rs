@@ -143,7 +143,10 @@ impl Manifest {
     /// Every check that needs no key and no disk: paths, kinds, modes, digests, limits, names.
     pub fn validate(&self) -> Result<(), BundleError> {
         if self.format != FORMAT {
-            return Err(BundleError::Malformed { what: "manifest", reason: format!("unsupported format {}", self.format) });
+            return Err(BundleError::Malformed {
+                what: "manifest",
+                reason: format!("unsupported format {}", self.format),
+            });
         }
         check_component(&self.app).map_err(|e| BundleError::Path { path: self.app.clone(), source: e })?;
         if self.keep_releases == 0 {
@@ -169,7 +172,10 @@ impl Manifest {
                 EntryKind::File => {
                     Digest::new(&f.sha256).map_err(|e| BundleError::Path { path: f.path.clone(), source: e })?;
                     if f.size > MAX_FILE_SIZE {
-                        return Err(BundleError::Limit(format!("{} is {} bytes (at most {MAX_FILE_SIZE})", f.path, f.size)));
+                        return Err(BundleError::Limit(format!(
+                            "{} is {} bytes (at most {MAX_FILE_SIZE})",
+                            f.path, f.size
+                        )));
                     }
                     total = total.saturating_add(f.size);
                 }
@@ -178,7 +184,8 @@ impl Manifest {
                         path: f.path.clone(),
                         reason: "symlink without a target".into(),
                     })?;
-                    symlink_stays_inside(&p, link).map_err(|e| BundleError::Path { path: f.path.clone(), source: e })?;
+                    symlink_stays_inside(&p, link)
+                        .map_err(|e| BundleError::Path { path: f.path.clone(), source: e })?;
                 }
             }
         }
@@ -192,7 +199,10 @@ impl Manifest {
                 }
                 prefix.push_str(part);
                 if seen.contains(&prefix) {
-                    return Err(BundleError::Entry { path: f.path.clone(), reason: format!("its parent {prefix:?} is a file or symlink") });
+                    return Err(BundleError::Entry {
+                        path: f.path.clone(),
+                        reason: format!("its parent {prefix:?} is a file or symlink"),
+                    });
                 }
             }
         }
@@ -248,7 +258,8 @@ pub fn verify_assignment(
     mark: Watermark,
     now: u64,
 ) -> Result<Verified, BundleError> {
-    let sd = a.desired.as_ref().ok_or(BundleError::Malformed { what: "assignment", reason: "no desired state".into() })?;
+    let sd =
+        a.desired.as_ref().ok_or(BundleError::Malformed { what: "assignment", reason: "no desired state".into() })?;
     let sm = a.manifest.as_ref().ok_or(BundleError::Malformed { what: "assignment", reason: "no manifest".into() })?;
     if sd.payload.len() as u64 > MAX_DOC_SIZE || sm.manifest.len() as u64 > MAX_DOC_SIZE {
         return Err(BundleError::Limit("manifest or desired state over 16 MiB".into()));
@@ -420,7 +431,14 @@ mod tests {
     }
 
     fn link(path: &str, to: &str) -> FileEntry {
-        FileEntry { path: path.into(), kind: EntryKind::Symlink, mode: 0o777, size: 0, sha256: String::new(), link: Some(to.into()) }
+        FileEntry {
+            path: path.into(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size: 0,
+            sha256: String::new(),
+            link: Some(to.into()),
+        }
     }
 
     #[test]

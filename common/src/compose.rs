@@ -1,1 +1,1309 @@
-//! stub
+//! Compose files: loading, variable interpolation and normalization.
+//!
+//! This module owns dockfra's model of a Compose project
+//! ([`ComposeProject`]): finding the file in a directory
+//! ([`find_compose_file`]), reading `.env` files ([`parse_env_file`]),
+//! interpolating `${VAR}` references as the Compose spec describes
+//! ([`interpolate`]), choosing the project name, and producing normalized
+//! YAML in the spirit of `docker compose config` ([`ComposeProject::to_yaml`]).
+//!
+//! It deliberately does not validate the Compose schema: unknown keys are
+//! kept as they are. Only what dockfra relies on is checked (the top level
+//! and `services` are mappings, each service is a mapping).
+
+use serde_yaml_ng::{Mapping, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+// ───────────────────────────── errors ─────────────────────────────
+
+/// A `${...}` reference that cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterpolationError {
+    /// `${VAR:?reason}` / `${VAR?reason}` with `VAR` missing.
+    #[error("required variable {variable} is missing a value{}", colon_reason(reason))]
+    Required { variable: String, reason: String },
+    /// `${` without its closing `}`.
+    #[error("unterminated variable reference {text:?}: missing closing brace")]
+    Unterminated { text: String },
+    /// `${}` with a bad variable name or unsupported syntax.
+    #[error("invalid variable reference {text:?}: {reason}")]
+    Invalid { text: String, reason: String },
+}
+
+impl InterpolationError {
+    /// The variable the error is about, when there is one.
+    pub fn variable(&self) -> Option<&str> {
+        match self {
+            InterpolationError::Required { variable, .. } => Some(variable),
+            _ => None,
+        }
+    }
+}
+
+fn colon_reason(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
+/// Everything that can go wrong loading a Compose file.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// The compose file (or its `.env`) could not be read.
+    #[error("{}: cannot read file: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not well-formed YAML.
+    #[error("{}: malformed YAML: {message}", file.display())]
+    Yaml { file: PathBuf, line: Option<usize>, column: Option<usize>, message: String },
+    /// Well-formed YAML that is not a usable Compose file.
+    #[error("{}: {}{message}", file.display(), key_prefix(key.as_deref()))]
+    Invalid {
+        file: PathBuf,
+        /// YAML key path, e.g. `services.web`.
+        key: Option<String>,
+        message: String,
+    },
+    /// A value could not be interpolated.
+    #[error("{}: key {key:?}: {source}", file.display())]
+    Interpolation {
+        file: PathBuf,
+        /// YAML key path of the value, e.g.
+        /// `services.db.environment.POSTGRES_PASSWORD` or
+        /// `services.db.environment[0]`.
+        key: String,
+        source: InterpolationError,
+    },
+    /// The `.env` file next to the compose file is invalid.
+    #[error("{}: {message}", file.display())]
+    EnvFile {
+        /// Path of the `.env` file.
+        file: PathBuf,
+        /// Includes the line number.
+        message: String,
+    },
+}
+
+impl ComposeError {
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ComposeError::Io { file, .. }
+            | ComposeError::Yaml { file, .. }
+            | ComposeError::Invalid { file, .. }
+            | ComposeError::Interpolation { file, .. }
+            | ComposeError::EnvFile { file, .. } => file,
+        }
+    }
+
+    /// The YAML key path the error is about, if known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ComposeError::Invalid { key, .. } => key.as_deref(),
+            ComposeError::Interpolation { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+fn key_prefix(key: Option<&str>) -> String {
+    match key {
+        Some(k) => format!("key {k:?}: "),
+        None => String::new(),
+    }
+}
+
+// ───────────────────────────── interpolation ─────────────────────────────
+
+/// Expand `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+/// `${VAR:?err}`, `${VAR?err}`, `${VAR:+alt}`, `${VAR+alt}` and `$$` in
+/// `input`, as the Compose spec describes. Defaults, alternatives and error
+/// texts are themselves interpolated (only when used), so
+/// `${A:-${B:-x}}` works. A variable that is unset and has no default
+/// expands to the empty string. A `$` not followed by `$`, `{` or a name
+/// character is kept literally.
+pub fn interpolate(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, InterpolationError> {
+    let mut unset = BTreeSet::new();
+    interpolate_collect(input, lookup, &mut unset)
+}
+
+/// [`interpolate`], also recording in `unset` the variables that were
+/// substituted by an empty string because they are not set (what
+/// `docker compose` warns about).
+pub fn interpolate_collect(
+    input: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unset: &mut BTreeSet<String>,
+) -> Result<String, InterpolationError> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let here = &rest[pos..];
+        let after = &here[1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(body_and_rest) = after.strip_prefix('{') {
+            let close =
+                closing_brace(body_and_rest).ok_or_else(|| InterpolationError::Unterminated { text: excerpt(here) })?;
+            let body = &body_and_rest[..close];
+            out.push_str(&substitute(body, lookup, unset)?);
+            rest = &body_and_rest[close + 1..];
+        } else {
+            let n = name_len(after);
+            if n == 0 {
+                out.push('$');
+                rest = after;
+            } else {
+                let name = &after[..n];
+                match lookup(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        unset.insert(name.to_string());
+                    }
+                }
+                rest = &after[n..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Expand the inside of `${...}`.
+fn substitute(
+    body: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unset: &mut BTreeSet<String>,
+) -> Result<String, InterpolationError> {
+    let text = || format!("${{{body}}}");
+    let n = name_len(body);
+    if n == 0 {
+        return Err(InterpolationError::Invalid {
+            text: text(),
+            reason: "expected a variable name ([A-Za-z_][A-Za-z0-9_]*)".into(),
+        });
+    }
+    let name = &body[..n];
+    let tail = &body[n..];
+    let value = lookup(name);
+    if tail.is_empty() {
+        return Ok(match value {
+            Some(v) => v,
+            None => {
+                unset.insert(name.to_string());
+                String::new()
+            }
+        });
+    }
+    let (colon, tail) = match tail.strip_prefix(':') {
+        Some(t) => (true, t),
+        None => (false, tail),
+    };
+    let mut chars = tail.chars();
+    let op = chars.next();
+    let arg = chars.as_str();
+    let missing = if colon { value.as_deref().is_none_or(str::is_empty) } else { value.is_none() };
+    match op {
+        Some('-') => {
+            if missing {
+                interpolate_collect(arg, lookup, unset)
+            } else {
+                Ok(value.unwrap_or_default())
+            }
+        }
+        Some('?') => {
+            if missing {
+                Err(InterpolationError::Required {
+                    variable: name.to_string(),
+                    reason: interpolate_collect(arg, lookup, unset)?,
+                })
+            } else {
+                Ok(value.unwrap_or_default())
+            }
+        }
+        Some('+') => {
+            if missing {
+                Ok(String::new())
+            } else {
+                interpolate_collect(arg, lookup, unset)
+            }
+        }
+        _ => Err(InterpolationError::Invalid {
+            text: text(),
+            reason: format!(
+                "unsupported syntax after {name:?} (supported: ${{VAR}}, ${{VAR:-default}}, ${{VAR-default}}, ${{VAR:?error}}, ${{VAR?error}}, ${{VAR:+alt}}, ${{VAR+alt}})"
+            ),
+        }),
+    }
+}
+
+/// Length of the variable name at the start of `s`: `[_A-Za-z][_A-Za-z0-9]*`.
+fn name_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    match b.first() {
+        Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
+            1 + b[1..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count()
+        }
+        _ => 0,
+    }
+}
+
+/// Index of the `}` closing a `${` whose body starts `s`, counting nested
+/// `${`.
+fn closing_brace(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut depth = 1usize;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && b.get(i + 1) == Some(&b'{') {
+            depth += 1;
+            i += 2;
+            continue;
+        }
+        if b[i] == b'}' {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn excerpt(s: &str) -> String {
+    const MAX: usize = 60;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut e: String = s.chars().take(MAX).collect();
+        e.push('…');
+        e
+    }
+}
+
+// ───────────────────────────── .env files ─────────────────────────────
+
+/// Parse a `.env` file: `KEY=VAL` lines, `#` comments, blank lines,
+/// `export KEY=VAL`; single-quoted values are literal; double-quoted values
+/// understand `\n`, `\r`, `\t`, `\\`, `\"`, `\$`; quoted values may span
+/// lines; an unquoted value ends at ` #` (a comment). Unquoted and
+/// double-quoted values are interpolated with the variables defined earlier
+/// in the file (like Compose; unknown ones expand to ""). Errors name the
+/// line number.
+pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
+    parse_env_file_with(text, &|_| None)
+}
+
+/// [`parse_env_file`], resolving variables in values through `lookup` first
+/// and then through the variables defined earlier in the file (Compose's
+/// order).
+pub fn parse_env_file_with(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let lineno = i + 1;
+        let mut line = lines[i].trim_start();
+        i += 1;
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(r) = line.strip_prefix("export") {
+            if r.starts_with([' ', '\t']) {
+                line = r.trim_start();
+            }
+        }
+        let Some((key, raw)) = line.split_once('=') else {
+            return Err(format!("line {lineno}: expected KEY=VALUE, found {:?}", excerpt(line)));
+        };
+        let key = key.trim_end();
+        if !is_env_key(key) {
+            return Err(format!("line {lineno}: invalid variable name {key:?}"));
+        }
+        let raw = raw.trim_start();
+        let expand = |s: &str, out: &BTreeMap<String, String>| {
+            interpolate(s, &|k| lookup(k).or_else(|| out.get(k).cloned()))
+                .map_err(|e| format!("line {lineno}: {key}: {e}"))
+        };
+        let value = match raw.chars().next() {
+            Some(q @ ('\'' | '"')) => {
+                let mut buf = raw[1..].to_string();
+                let (content, trailing) = loop {
+                    if let Some(end) = closing_quote(&buf, q) {
+                        break (buf[..end].to_string(), buf[end + 1..].to_string());
+                    }
+                    if i < lines.len() {
+                        buf.push('\n');
+                        buf.push_str(lines[i]);
+                        i += 1;
+                    } else {
+                        return Err(format!("line {lineno}: unterminated {q}-quoted value for {key}"));
+                    }
+                };
+                let trailing = trailing.trim();
+                if !trailing.is_empty() && !trailing.starts_with('#') {
+                    return Err(format!(
+                        "line {lineno}: unexpected characters after closing quote: {:?}",
+                        excerpt(trailing)
+                    ));
+                }
+                if q == '\'' {
+                    content
+                } else {
+                    expand(&unescape_double(&content), &out)?
+                }
+            }
+            _ => {
+                let end = raw
+                    .char_indices()
+                    .find(|&(j, c)| c == '#' && j > 0 && raw[..j].ends_with([' ', '\t']))
+                    .map_or(raw.len(), |(j, _)| j);
+                expand(raw[..end].trim_end(), &out)?
+            }
+        };
+        out.insert(key.to_string(), value);
+    }
+    Ok(out)
+}
+
+/// `.env` keys: `[A-Za-z_][A-Za-z0-9_.-]*`.
+fn is_env_key(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Byte index of the closing quote `q` in `s` (for `"`, one not escaped by
+/// a backslash).
+fn closing_quote(s: &str, q: char) -> Option<usize> {
+    if q == '\'' {
+        return s.find('\'');
+    }
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Resolve backslash escapes of a double-quoted `.env` value. `\$` becomes
+/// `$$` so that the following interpolation yields a literal `$`.
+fn unescape_double(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('$') => out.push_str("$$"),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+// ───────────────────────────── projects ─────────────────────────────
+
+/// A loaded, interpolated and normalized Compose file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComposeProject {
+    /// The project name (see [`load`]).
+    pub name: String,
+    /// The compose file, as given to [`load`].
+    pub file: PathBuf,
+    /// The normalized model: `name` first, then `services` (sorted by
+    /// name), `networks`, `volumes`, `secrets`, `configs`, then any other
+    /// top-level keys in file order; all string values interpolated;
+    /// `version` dropped; `environment` lists turned into mappings.
+    pub model: Value,
+}
+
+impl ComposeProject {
+    /// Service names, sorted.
+    pub fn services(&self) -> Vec<String> {
+        match self.model.get("services") {
+            Some(Value::Mapping(m)) => m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The service definition called `name`.
+    pub fn service(&self, name: &str) -> Option<&Mapping> {
+        self.model.get("services")?.get(name)?.as_mapping()
+    }
+
+    /// The normalized model as YAML, like `docker compose config`.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(&self.model).unwrap_or_else(|e| format!("# cannot serialize compose model: {e}\n"))
+    }
+}
+
+/// How to load a compose file.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// Overrides the project name (`docker compose -p`).
+    pub project_name: Option<&'a str>,
+    /// Variables with the highest precedence (a target's `env:`).
+    pub overrides: &'a BTreeMap<String, String>,
+    /// Whether to consult the process environment (after `overrides`,
+    /// before `.env`).
+    pub use_process_env: bool,
+}
+
+/// Compose file names, in the order Compose looks for them.
+pub const COMPOSE_FILE_NAMES: [&str; 4] = ["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"];
+
+/// The compose file in `dir`: `compose.yaml`, `compose.yml`,
+/// `docker-compose.yaml`, `docker-compose.yml`, in that order.
+pub fn find_compose_file(dir: &Path) -> Option<PathBuf> {
+    COMPOSE_FILE_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+/// Load `file`: parse, interpolate, pick the project name, normalize.
+///
+/// Variables are looked up in `opts.overrides`, then the process
+/// environment (if `opts.use_process_env`), then the `.env` file in the
+/// compose file's directory (if present); `COMPOSE_PROJECT_NAME` is the
+/// project name. The project name is `opts.project_name`, else the
+/// top-level `name:` (after interpolation), else the directory name
+/// lowercased with characters outside `[a-z0-9_-]` removed and leading
+/// `_`/`-` trimmed.
+pub fn load(file: &Path, opts: &LoadOptions) -> Result<ComposeProject, ComposeError> {
+    load_with_warnings(file, opts).map(|(p, _)| p)
+}
+
+/// [`load`], also returning warnings (unset variables, obsolete `version`).
+pub fn load_with_warnings(file: &Path, opts: &LoadOptions) -> Result<(ComposeProject, Vec<String>), ComposeError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ComposeError::Io { file: file.to_path_buf(), source })?;
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+
+    let base_lookup = |k: &str| -> Option<String> {
+        if let Some(v) = opts.overrides.get(k) {
+            return Some(v.clone());
+        }
+        if opts.use_process_env {
+            if let Ok(v) = std::env::var(k) {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let dotenv_path = dir.join(".env");
+    let dotenv = if dotenv_path.is_file() {
+        let t = std::fs::read_to_string(&dotenv_path)
+            .map_err(|source| ComposeError::Io { file: dotenv_path.clone(), source })?;
+        parse_env_file_with(&t, &base_lookup)
+            .map_err(|message| ComposeError::EnvFile { file: dotenv_path.clone(), message })?
+    } else {
+        BTreeMap::new()
+    };
+    let lookup = |k: &str| base_lookup(k).or_else(|| dotenv.get(k).cloned());
+
+    parse_with(&text, file, &dir, opts.project_name, &lookup)
+}
+
+/// Parse compose `text` as if read from `file` (used for messages and, via
+/// `dir`, the default project name), with variables from `lookup`.
+pub fn parse_with(
+    text: &str,
+    file: &Path,
+    dir: &Path,
+    project_name: Option<&str>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(ComposeProject, Vec<String>), ComposeError> {
+    let invalid = |key: Option<&str>, message: String| ComposeError::Invalid {
+        file: file.to_path_buf(),
+        key: key.map(str::to_string),
+        message,
+    };
+    let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    root.apply_merge().map_err(|e| yaml_error(file, &e))?;
+    let top = match root {
+        Value::Mapping(m) => m,
+        Value::Null => return Err(invalid(None, "file is empty".into())),
+        other => return Err(invalid(None, format!("top level must be a mapping, found {}", kind(&other)))),
+    };
+    let mut unset = BTreeSet::new();
+    let mut warnings = Vec::new();
+
+    // Project name.
+    let name = if let Some(n) = project_name {
+        if !is_project_name(n) {
+            return Err(invalid(None, format!("invalid project name {n:?} (must match [a-z0-9][a-z0-9_-]*)")));
+        }
+        n.to_string()
+    } else {
+        let from_file =
+            match top.get("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => {
+                    let n = interpolate_collect(s, lookup, &mut unset).map_err(|source| {
+                        ComposeError::Interpolation { file: file.to_path_buf(), key: "name".into(), source }
+                    })?;
+                    (!n.is_empty()).then_some(n)
+                }
+                Some(other) => return Err(invalid(Some("name"), format!("expected a string, found {}", kind(other)))),
+            };
+        match from_file {
+            Some(n) if is_project_name(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    Some("name"),
+                    format!("invalid project name {n:?} (must match [a-z0-9][a-z0-9_-]*)"),
+                ))
+            }
+            None => {
+                let dir_name = dir_basename(dir).unwrap_or_default();
+                let n = normalize_project_name(&dir_name);
+                if n.is_empty() {
+                    return Err(invalid(
+                        None,
+                        format!("cannot derive a project name from directory {dir_name:?}; set a top-level `name:`"),
+                    ));
+                }
+                n
+            }
+        }
+    };
+
+    // Interpolate every string value (not keys).
+    let lookup_with_name = |k: &str| {
+        if k == "COMPOSE_PROJECT_NAME" {
+            Some(name.clone())
+        } else {
+            lookup(k)
+        }
+    };
+    let mut top = Value::Mapping(top);
+    let mut path = Vec::new();
+    interpolate_value(&mut top, &lookup_with_name, &mut unset, &mut path)
+        .map_err(|(key, source)| ComposeError::Interpolation { file: file.to_path_buf(), key, source })?;
+    let Value::Mapping(mut top) = top else {
+        return Err(invalid(None, "top level must be a mapping".into()));
+    };
+    for v in &unset {
+        warnings.push(format!("the {v:?} variable is not set; defaulting to a blank string"));
+    }
+
+    // Shape checks and normalization.
+    if top.remove("version").is_some() {
+        warnings.push("the top-level `version` is obsolete; it was ignored".into());
+    }
+    top.remove("name");
+    let services = match top.remove("services") {
+        None | Some(Value::Null) => Mapping::new(),
+        Some(Value::Mapping(m)) => m,
+        Some(other) => return Err(invalid(Some("services"), format!("expected a mapping, found {}", kind(&other)))),
+    };
+    let mut sorted: Vec<(String, Value)> = Vec::with_capacity(services.len());
+    for (k, v) in services {
+        let Value::String(sname) = k else {
+            return Err(invalid(Some("services"), format!("service names must be strings, found {}", kind(&k))));
+        };
+        let key = format!("services.{sname}");
+        let Value::Mapping(mut svc) = v else {
+            return Err(invalid(Some(&key), format!("a service must be a mapping, found {}", kind(&v))));
+        };
+        if let Some(env) = svc.get_mut("environment") {
+            normalize_environment(env).map_err(|(sub, msg)| invalid(Some(&format!("{key}.environment{sub}")), msg))?;
+        }
+        sorted.push((sname, Value::Mapping(svc)));
+    }
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut model = Mapping::new();
+    model.insert("name".into(), Value::String(name.clone()));
+    model.insert("services".into(), Value::Mapping(sorted.into_iter().map(|(k, v)| (Value::String(k), v)).collect()));
+    for section in ["networks", "volumes", "secrets", "configs"] {
+        if let Some(v) = top.remove(section) {
+            if !matches!(v, Value::Mapping(_) | Value::Null) {
+                return Err(invalid(Some(section), format!("expected a mapping, found {}", kind(&v))));
+            }
+            model.insert(section.into(), v);
+        }
+    }
+    for (k, v) in top {
+        model.insert(k, v);
+    }
+
+    Ok((ComposeProject { name, file: file.to_path_buf(), model: Value::Mapping(model) }, warnings))
+}
+
+fn yaml_error(file: &Path, e: &serde_yaml_ng::Error) -> ComposeError {
+    let loc = e.location();
+    let (line, column) = (loc.as_ref().map(|l| l.line()), loc.as_ref().map(|l| l.column()));
+    let mut message = e.to_string();
+    if let (Some(l), Some(c)) = (line, column) {
+        if !message.contains("line ") {
+            message = format!("{message} at line {l} column {c}");
+        }
+    }
+    ComposeError::Yaml { file: file.to_path_buf(), line, column, message }
+}
+
+/// Interpolate all string scalars under `v`; on error return the key path.
+fn interpolate_value(
+    v: &mut Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unset: &mut BTreeSet<String>,
+    path: &mut Vec<String>,
+) -> Result<(), (String, InterpolationError)> {
+    match v {
+        Value::String(s) => {
+            if s.contains('$') {
+                *s = interpolate_collect(s, lookup, unset).map_err(|e| (join_path(path), e))?;
+            }
+        }
+        Value::Sequence(seq) => {
+            for (i, x) in seq.iter_mut().enumerate() {
+                path.push(format!("[{i}]"));
+                interpolate_value(x, lookup, unset, path)?;
+                path.pop();
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, x) in m.iter_mut() {
+                path.push(key_text(k));
+                interpolate_value(x, lookup, unset, path)?;
+                path.pop();
+            }
+        }
+        Value::Tagged(t) => interpolate_value(&mut t.value, lookup, unset, path)?,
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+    Ok(())
+}
+
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "~".into(),
+        _ => "?".into(),
+    }
+}
+
+fn join_path(path: &[String]) -> String {
+    let mut s = String::new();
+    for p in path {
+        if !s.is_empty() && !p.starts_with('[') {
+            s.push('.');
+        }
+        s.push_str(p);
+    }
+    s
+}
+
+/// `environment:` to mapping form with string (or null) values.
+/// On error: (path suffix such as `[1]` or `.KEY`, message).
+fn normalize_environment(env: &mut Value) -> Result<(), (String, String)> {
+    let mut out = Mapping::new();
+    match env {
+        Value::Null => return Ok(()),
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let Value::String(s) = item else {
+                    return Err((format!("[{i}]"), format!("expected a \"KEY=value\" string, found {}", kind(item))));
+                };
+                let (k, v) = match s.split_once('=') {
+                    Some((k, v)) => (k, Value::String(v.to_string())),
+                    None => (s.as_str(), Value::Null),
+                };
+                if k.is_empty() {
+                    return Err((format!("[{i}]"), format!("empty variable name in {s:?}")));
+                }
+                out.insert(Value::String(k.to_string()), v);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, v) in m.iter() {
+                let key = key_text(k);
+                let v = match v {
+                    Value::Null => Value::Null,
+                    Value::String(s) => Value::String(s.clone()),
+                    Value::Number(n) => Value::String(n.to_string()),
+                    Value::Bool(b) => Value::String(b.to_string()),
+                    other => {
+                        return Err((
+                            format!(".{key}"),
+                            format!("expected a string, number or boolean, found {}", kind(other)),
+                        ))
+                    }
+                };
+                out.insert(Value::String(key), v);
+            }
+        }
+        other => return Err((String::new(), format!("expected a mapping or a list, found {}", kind(other)))),
+    }
+    *env = Value::Mapping(out);
+    Ok(())
+}
+
+fn kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {:?}", excerpt(s)),
+        Value::Sequence(_) => "a sequence".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("tagged value {}", t.tag),
+    }
+}
+
+/// Compose's project-name rule: `[a-z0-9][a-z0-9_-]*`.
+fn is_project_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// Compose's default-name normalization: lowercase, drop characters outside
+/// `[a-z0-9_-]`, trim leading `_` and `-`.
+pub fn normalize_project_name(s: &str) -> String {
+    let lower: String = s
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    lower.trim_start_matches(['_', '-']).to_string()
+}
+
+/// Last component of `dir`, resolving `.`/`..` lexically against the
+/// current directory when needed.
+fn dir_basename(dir: &Path) -> Option<String> {
+    if let Some(n) = dir.file_name() {
+        return Some(n.to_string_lossy().into_owned());
+    }
+    let abs = std::path::absolute(dir).ok()?;
+    let mut parts: Vec<std::path::Component> = Vec::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if matches!(parts.last(), Some(std::path::Component::Normal(_))) {
+                    parts.pop();
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    match parts.last() {
+        Some(std::path::Component::Normal(n)) => Some(n.to_string_lossy().into_owned()),
+        _ => None,
+    }
+}
+
+// ───────────────────────────── tests ─────────────────────────────
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn i(s: &str) -> Result<String, InterpolationError> {
+        let l = env(&[("SET", "val"), ("EMPTY", ""), ("B", "bee"), ("NUM", "42")]);
+        interpolate(s, &l)
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("dockfra-compose-test-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn opts(overrides: &BTreeMap<String, String>) -> LoadOptions<'_> {
+        LoadOptions { project_name: None, overrides, use_process_env: false }
+    }
+
+    #[test]
+    fn plain_forms() {
+        assert_eq!(i("$SET").unwrap(), "val");
+        assert_eq!(i("${SET}").unwrap(), "val");
+        assert_eq!(i("a-${SET}-b $SET.x").unwrap(), "a-val-b val.x");
+        assert_eq!(i("${UNSET}").unwrap(), "");
+        assert_eq!(i("$UNSET/x").unwrap(), "/x");
+        assert_eq!(i("no vars").unwrap(), "no vars");
+        assert_eq!(i("").unwrap(), "");
+        assert_eq!(i("$NUM$NUM").unwrap(), "4242");
+        assert_eq!(i("${SET}${B}").unwrap(), "valbee");
+        assert_eq!(i("é$SET€").unwrap(), "éval€");
+    }
+
+    #[test]
+    fn default_forms() {
+        assert_eq!(i("${SET:-d}").unwrap(), "val");
+        assert_eq!(i("${EMPTY:-d}").unwrap(), "d");
+        assert_eq!(i("${UNSET:-d}").unwrap(), "d");
+        assert_eq!(i("${SET-d}").unwrap(), "val");
+        assert_eq!(i("${EMPTY-d}").unwrap(), "");
+        assert_eq!(i("${UNSET-d}").unwrap(), "d");
+        assert_eq!(i("${UNSET:-}").unwrap(), "");
+        assert_eq!(i("${UNSET:-a b:c-d}").unwrap(), "a b:c-d");
+    }
+
+    #[test]
+    fn required_forms() {
+        assert_eq!(i("${SET:?boom}").unwrap(), "val");
+        assert_eq!(i("${SET?boom}").unwrap(), "val");
+        assert_eq!(i("${EMPTY?boom}").unwrap(), "");
+        let e = i("${EMPTY:?boom}").unwrap_err();
+        assert_eq!(e.variable(), Some("EMPTY"));
+        let e = i("${DB_PASSWORD:?set it in .env}").unwrap_err();
+        assert_eq!(e.to_string(), "required variable DB_PASSWORD is missing a value: set it in .env");
+        let e = i("${DB_PASSWORD?}").unwrap_err();
+        assert_eq!(e.to_string(), "required variable DB_PASSWORD is missing a value");
+        // The message is interpolated too.
+        let e = i("${X?need $B}").unwrap_err();
+        assert_eq!(e, InterpolationError::Required { variable: "X".into(), reason: "need bee".into() });
+    }
+
+    #[test]
+    fn alternative_forms() {
+        assert_eq!(i("${SET:+alt}").unwrap(), "alt");
+        assert_eq!(i("${EMPTY:+alt}").unwrap(), "");
+        assert_eq!(i("${UNSET:+alt}").unwrap(), "");
+        assert_eq!(i("${SET+alt}").unwrap(), "alt");
+        assert_eq!(i("${EMPTY+alt}").unwrap(), "alt");
+        assert_eq!(i("${UNSET+alt}").unwrap(), "");
+        assert_eq!(i("${SET:+[$B]}").unwrap(), "[bee]");
+    }
+
+    #[test]
+    fn dollar_escapes_and_literals() {
+        assert_eq!(i("$$").unwrap(), "$");
+        assert_eq!(i("$$SET").unwrap(), "$SET");
+        assert_eq!(i("$${SET}").unwrap(), "${SET}");
+        assert_eq!(i("$$$SET").unwrap(), "$val");
+        assert_eq!(
+            i("--password=\"$$(cat /run/secrets/db-password)\"").unwrap(),
+            "--password=\"$(cat /run/secrets/db-password)\""
+        );
+        // `$` not followed by a name, `{` or `$` is kept.
+        assert_eq!(i("cost $5 $ x$").unwrap(), "cost $5 $ x$");
+        assert_eq!(i("$-x $.").unwrap(), "$-x $.");
+    }
+
+    #[test]
+    fn nested_defaults() {
+        assert_eq!(i("${UNSET:-${B}}").unwrap(), "bee");
+        assert_eq!(i("${UNSET:-${ALSO_UNSET:-deep}}").unwrap(), "deep");
+        assert_eq!(i("${UNSET:-x${B}y}z").unwrap(), "xbeeyz");
+        assert_eq!(i("${SET:-${B}}").unwrap(), "val");
+        assert_eq!(i("${UNSET-${SET:+${B}}}").unwrap(), "bee");
+        // An unused default is not evaluated.
+        assert_eq!(i("${SET:-${NOPE:?never}}").unwrap(), "val");
+        assert!(i("${UNSET:-${NOPE:?needed}}").is_err());
+        assert_eq!(i("${UNSET:-$$}").unwrap(), "$");
+    }
+
+    #[test]
+    fn syntax_errors() {
+        for bad in ["${", "${SET", "${SET:-${B}", "x ${UNSET:-abc"] {
+            let e = i(bad).unwrap_err();
+            assert!(matches!(e, InterpolationError::Unterminated { .. }), "{bad}: {e:?}");
+        }
+        for bad in ["${}", "${1A}", "${-x}", "${SET/a/b}", "${SET:x}", "${ SET}", "${SET }", "${é}"] {
+            let e = i(bad).unwrap_err();
+            assert!(matches!(e, InterpolationError::Invalid { .. }), "{bad}: {e:?}");
+            assert!(e.to_string().contains("invalid variable reference"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unset_variables_are_collected() {
+        let mut unset = BTreeSet::new();
+        let l = env(&[("A", "1")]);
+        let out = interpolate_collect("$A ${B} ${C:-x} ${D-y} ${E:+z} $F", &l, &mut unset).unwrap();
+        assert_eq!(out, "1  x y  ");
+        assert_eq!(unset.into_iter().collect::<Vec<_>>(), ["B", "F"]);
+    }
+
+    #[test]
+    fn env_file_parsing() {
+        let text = "\
+# comment
+   # indented comment
+
+A=1
+export B = two words  
+C='single $A # kept'
+D=\"double\\n$A \\\"q\\\" \\$A\"
+E=unquoted # comment
+F=no#comment
+G=
+H=\"multi
+line\"
+I='x' # trailing comment
+J=${A}-${MISSING:-def}
+K=a=b=c
+L=${L:-self}
+A=override
+";
+        let m = parse_env_file(text).unwrap();
+        assert_eq!(m["A"], "override");
+        assert_eq!(m["B"], "two words");
+        assert_eq!(m["C"], "single $A # kept");
+        assert_eq!(m["D"], "double\n1 \"q\" $A");
+        assert_eq!(m["E"], "unquoted");
+        assert_eq!(m["F"], "no#comment");
+        assert_eq!(m["G"], "");
+        assert_eq!(m["H"], "multi\nline");
+        assert_eq!(m["I"], "x");
+        assert_eq!(m["J"], "1-def");
+        assert_eq!(m["K"], "a=b=c");
+        assert_eq!(m["L"], "self");
+        assert_eq!(m.len(), 12);
+        // CRLF and BOM.
+        let m = parse_env_file("\u{feff}X=1\r\nY='2'\r\n").unwrap();
+        assert_eq!((m["X"].as_str(), m["Y"].as_str()), ("1", "2"));
+        // Lookup first, then earlier keys.
+        let l = env(&[("A", "outer")]);
+        let m = parse_env_file_with("A=inner\nB=$A\n", &l).unwrap();
+        assert_eq!(m["B"], "outer");
+    }
+
+    #[test]
+    fn env_file_errors_name_the_line() {
+        let cases = [
+            ("A=1\nJUSTAKEY\n", "line 2"),
+            ("A=1\n\n1BAD=x\n", "line 3"),
+            ("A='unterminated\nB=2\n", "line 1"),
+            ("A=1\nB=\"x\" y\n", "line 2"),
+            ("A=1\nB=${C:?needed}\n", "line 2"),
+            ("A=${\n", "line 1"),
+            ("=x\n", "line 1"),
+        ];
+        for (text, line) in cases {
+            let e = parse_env_file(text).unwrap_err();
+            assert!(e.starts_with(line), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn find_compose_file_precedence() {
+        let d = TempDir::new("find");
+        assert_eq!(find_compose_file(&d.0), None);
+        for name in COMPOSE_FILE_NAMES.iter().rev() {
+            d.write(name, "services: {}\n");
+            assert_eq!(find_compose_file(&d.0), Some(d.0.join(name)));
+        }
+        std::fs::create_dir(d.0.join("sub")).unwrap();
+        std::fs::remove_file(d.0.join("compose.yaml")).unwrap();
+        std::fs::create_dir(d.0.join("compose.yaml")).unwrap();
+        assert_eq!(find_compose_file(&d.0), Some(d.0.join("compose.yml")));
+    }
+
+    #[test]
+    fn dotenv_precedence() {
+        let d = TempDir::new("precedence");
+        d.write(".env", "FROM_DOTENV=dotenv\nBOTH=dotenv\nPATH=dotenv-path\n");
+        let f = d.write(
+            "compose.yaml",
+            "services:\n  app:\n    image: \"img:${FROM_DOTENV}\"\n    command: [\"${BOTH}\", \"${PATH}\"]\n",
+        );
+        let none = BTreeMap::new();
+        let p = load(&f, &opts(&none)).unwrap();
+        let svc = p.service("app").unwrap();
+        assert_eq!(svc["image"], Value::from("img:dotenv"));
+        assert_eq!(svc["command"][0], Value::from("dotenv"));
+        assert_eq!(svc["command"][1], Value::from("dotenv-path"));
+
+        // Overrides beat .env.
+        let over: BTreeMap<String, String> = [("BOTH".to_string(), "override".to_string())].into();
+        let p = load(&f, &opts(&over)).unwrap();
+        let svc = p.service("app").unwrap();
+        assert_eq!(svc["command"][0], Value::from("override"));
+        assert_eq!(svc["image"], Value::from("img:dotenv"));
+
+        // The process environment beats .env when enabled (PATH is set in
+        // any sane test environment), and overrides beat both.
+        if let Ok(path) = std::env::var("PATH") {
+            let o = LoadOptions { use_process_env: true, ..opts(&none) };
+            let p = load(&f, &o).unwrap();
+            assert_eq!(p.service("app").unwrap()["command"][1], Value::from(path));
+            let over: BTreeMap<String, String> = [("PATH".to_string(), "ovr".to_string())].into();
+            let o = LoadOptions { use_process_env: true, ..opts(&over) };
+            let p = load(&f, &o).unwrap();
+            assert_eq!(p.service("app").unwrap()["command"][1], Value::from("ovr"));
+        }
+
+        // A .env value may refer to an override.
+        d.write(".env", "FROM_DOTENV=${BOTH}-x\n");
+        let p = load(&f, &opts(&over)).unwrap();
+        assert_eq!(p.service("app").unwrap()["image"], Value::from("img:override-x"));
+    }
+
+    #[test]
+    fn bad_dotenv_is_reported() {
+        let d = TempDir::new("baddotenv");
+        d.write(".env", "OK=1\nnot a pair\n");
+        let f = d.write("compose.yaml", "services: {}\n");
+        let none = BTreeMap::new();
+        let e = load(&f, &opts(&none)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(".env") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn required_variable_error_names_file_key_and_variable() {
+        let d = TempDir::new("required");
+        let f = d.write(
+            "compose.yaml",
+            "services:\n  db:\n    image: postgres\n    environment:\n      POSTGRES_PASSWORD: ${DB_PASSWORD:?set it in .env}\n  web:\n    environment:\n      - A=1\n      - B=${B:?}\n",
+        );
+        let none = BTreeMap::new();
+        let e = load(&f, &opts(&none)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("compose.yaml"), "{msg}");
+        assert_eq!(e.key(), Some("services.db.environment.POSTGRES_PASSWORD"));
+        assert!(msg.contains("required variable DB_PASSWORD is missing a value: set it in .env"), "{msg}");
+        let over: BTreeMap<String, String> = [("DB_PASSWORD".to_string(), "s3".to_string())].into();
+        let e = load(&f, &opts(&over)).unwrap_err();
+        assert_eq!(e.key(), Some("services.web.environment[1]"));
+        assert!(e.to_string().contains("required variable B"), "{e}");
+    }
+
+    #[test]
+    fn project_name_rules() {
+        let d = TempDir::new("Name_Test.Dir");
+        let f = d.write("compose.yaml", "services:\n  a: {image: x}\n");
+        let none = BTreeMap::new();
+        let p = load(&f, &opts(&none)).unwrap();
+        let expected = normalize_project_name(&format!("dockfra-compose-test-{}-Name_Test.Dir", std::process::id()));
+        assert_eq!(p.name, expected);
+        assert!(p.name.ends_with("name_testdir"));
+
+        let o = LoadOptions { project_name: Some("explicit"), ..opts(&none) };
+        assert_eq!(load(&f, &o).unwrap().name, "explicit");
+        let o = LoadOptions { project_name: Some("Bad Name"), ..opts(&none) };
+        assert!(load(&f, &o).is_err());
+
+        let f = d.write(
+            "compose.yaml",
+            "name: ${PROJ:-fromfile}\nservices:\n  a:\n    image: x\n    labels: [\"p=${COMPOSE_PROJECT_NAME}\"]\n",
+        );
+        let p = load(&f, &opts(&none)).unwrap();
+        assert_eq!(p.name, "fromfile");
+        assert_eq!(p.model["name"], Value::from("fromfile"));
+        assert_eq!(p.service("a").unwrap()["labels"][0], Value::from("p=fromfile"));
+        let over: BTreeMap<String, String> = [("PROJ".to_string(), "viaenv".to_string())].into();
+        assert_eq!(load(&f, &opts(&over)).unwrap().name, "viaenv");
+        let o = LoadOptions { project_name: Some("cli"), ..opts(&none) };
+        let p = load(&f, &o).unwrap();
+        assert_eq!(p.name, "cli");
+        assert_eq!(p.model["name"], Value::from("cli"));
+        assert_eq!(p.service("a").unwrap()["labels"][0], Value::from("p=cli"));
+
+        let f = d.write("compose.yaml", "name: Not Valid\nservices: {}\n");
+        let e = load(&f, &opts(&none)).unwrap_err();
+        assert_eq!(e.key(), Some("name"));
+
+        assert_eq!(normalize_project_name("pihole-cloudflared-DoH"), "pihole-cloudflared-doh");
+        assert_eq!(normalize_project_name("__My.App-1"), "myapp-1");
+        assert_eq!(normalize_project_name("..."), "");
+    }
+
+    #[test]
+    fn normalization() {
+        let d = TempDir::new("norm");
+        let f = d.write(
+            "compose.yaml",
+            r#"
+version: "3.9"
+x-common: &common
+  restart: always
+volumes:
+  data: {}
+services:
+  zeta:
+    <<: *common
+    image: "zeta:${TAG:-1}"
+    environment:
+      - A=1
+      - B
+      - C=x=y
+      - EMPTY=
+  alpha:
+    image: alpha
+    environment:
+      NUM: 3
+      BOOL: true
+      NOVALUE:
+      S: s
+networks:
+  front: {}
+"#,
+        );
+        let none = BTreeMap::new();
+        let (p, warnings) = load_with_warnings(&f, &opts(&none)).unwrap();
+        assert!(warnings.iter().any(|w| w.contains("version")), "{warnings:?}");
+        assert_eq!(p.services(), ["alpha", "zeta"]);
+        let keys: Vec<&str> = p.model.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
+        assert_eq!(keys, ["name", "services", "networks", "volumes", "x-common"]);
+        let zeta = p.service("zeta").unwrap();
+        assert_eq!(zeta["image"], Value::from("zeta:1"));
+        assert_eq!(zeta["restart"], Value::from("always"));
+        let env = zeta["environment"].as_mapping().unwrap();
+        assert_eq!(env["A"], Value::from("1"));
+        assert_eq!(env["B"], Value::Null);
+        assert_eq!(env["C"], Value::from("x=y"));
+        assert_eq!(env["EMPTY"], Value::from(""));
+        let env = p.service("alpha").unwrap()["environment"].as_mapping().unwrap();
+        assert_eq!(env["NUM"], Value::from("3"));
+        assert_eq!(env["BOOL"], Value::from("true"));
+        assert_eq!(env["NOVALUE"], Value::Null);
+
+        let yaml = p.to_yaml();
+        assert!(yaml.starts_with("name: "), "{yaml}");
+        assert!(!yaml.contains("version"), "{yaml}");
+        assert!(yaml.find("alpha:").unwrap() < yaml.find("zeta:").unwrap());
+        let back: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert_eq!(back, p.model);
+    }
+
+    #[test]
+    fn keys_are_not_interpolated() {
+        let d = TempDir::new("keys");
+        let f = d.write("compose.yaml", "services:\n  web:\n    image: x\n    labels:\n      \"$KEY\": \"$VAL\"\n");
+        let over: BTreeMap<String, String> =
+            [("KEY".to_string(), "k".to_string()), ("VAL".to_string(), "v".to_string())].into();
+        let p = load(&f, &opts(&over)).unwrap();
+        assert_eq!(p.service("web").unwrap()["labels"]["$KEY"], Value::from("v"));
+    }
+
+    #[test]
+    fn shape_errors() {
+        let d = TempDir::new("shape");
+        let none = BTreeMap::new();
+        let cases: [(&str, Option<&str>, &str); 9] = [
+            ("services: [a\n", None, "malformed YAML"),
+            ("- a\n- b\n", None, "top level must be a mapping"),
+            ("", None, "empty"),
+            ("services: [web]\n", Some("services"), "expected a mapping"),
+            ("services:\n  web: nginx\n", Some("services.web"), "must be a mapping"),
+            ("services:\n  web:\n    environment: 5\n", Some("services.web.environment"), "mapping or a list"),
+            ("services:\n  web:\n    environment: [1]\n", Some("services.web.environment[0]"), "KEY=value"),
+            ("services: {}\nvolumes: [a]\n", Some("volumes"), "expected a mapping"),
+            ("services:\n  a: {image: x}\n  a: {image: y}\n", None, "duplicate"),
+        ];
+        for (text, key, needle) in cases {
+            let f = d.write("compose.yaml", text);
+            let e = load(&f, &opts(&none)).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("compose.yaml"), "{msg}");
+            assert!(msg.contains(needle), "{text:?}: {msg}");
+            assert_eq!(e.key(), key, "{msg}");
+            if let Some(k) = key {
+                assert!(msg.contains(&format!("key \"{k}\"")), "{msg}");
+            }
+        }
+        let e = load(&d.0.join("missing.yaml"), &opts(&none)).unwrap_err();
+        assert!(matches!(e, ComposeError::Io { .. }));
+        assert!(e.to_string().contains("missing.yaml"));
+        // Missing services is allowed and normalized to an empty mapping.
+        let f = d.write("compose.yaml", "volumes: {a: {}}\n");
+        let p = load(&f, &opts(&none)).unwrap();
+        assert!(p.services().is_empty());
+        assert!(p.model["services"].is_mapping());
+    }
+
+    #[test]
+    fn awesome_compose_corpus_loads() {
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus/awesome-compose"));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap()).unwrap();
+        let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in manifest["samples"].as_array().unwrap() {
+            let mut svcs: Vec<String> =
+                s["services"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            svcs.sort();
+            expected.insert(s["file"].as_str().unwrap().to_string(), svcs);
+        }
+        let mut dirs: Vec<PathBuf> =
+            std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        dirs.sort();
+        let none = BTreeMap::new();
+        let mut loaded = 0;
+        for dir in &dirs {
+            let Some(file) = find_compose_file(dir) else {
+                continue;
+            };
+            let p = load(&file, &opts(&none)).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let dir_name = dir.file_name().unwrap().to_str().unwrap();
+            assert_eq!(p.name, normalize_project_name(dir_name));
+            assert!(!p.services().is_empty(), "{}", file.display());
+            let rel = format!("{dir_name}/{}", file.file_name().unwrap().to_str().unwrap());
+            if let Some(svcs) = expected.get(&rel) {
+                assert_eq!(&p.services(), svcs, "{rel}");
+            }
+            let yaml = p.to_yaml();
+            let back: Value = serde_yaml_ng::from_str(&yaml)
+                .unwrap_or_else(|e| panic!("{rel}: output does not re-parse: {e}\n{yaml}"));
+            assert!(back["services"].is_mapping(), "{rel}");
+            assert_eq!(back, p.model, "{rel}");
+            // `$$` escapes are resolved.
+            if yaml.contains("cat /run/secrets/db-password") {
+                assert!(yaml.contains("$(cat /run/secrets/db-password)"), "{rel}");
+                assert!(!yaml.contains("$$(cat"), "{rel}");
+            }
+            loaded += 1;
+        }
+        assert!(loaded >= 30, "only {loaded} compose files found");
+
+        // Files with a .env pick their values up from it.
+        let plex = load(&root.join("plex/compose.yaml"), &opts(&none)).unwrap();
+        assert!(plex.to_yaml().contains("/media/your/plex/path:/media/"), "{}", plex.to_yaml());
+        let wg = load(&root.join("wireguard/compose.yaml"), &opts(&none)).unwrap();
+        let wg_yaml = wg.to_yaml();
+        assert!(wg_yaml.contains("SERVERURL: your-domain.dyndns.com"), "{wg_yaml}");
+        assert!(wg_yaml.contains("TZ: Etc/UTC"), "{wg_yaml}");
+    }
+}

@@ -1,21 +1,1942 @@
-//! TEMPORARY stub until the real parser lands.
+//! `deploy-targets.yaml`: where and how a project is deployed.
+//!
+//! This module owns that file format (the seed format — `targets:` with
+//! `host`, `port`, `user`, `platform`, `os`, `labels`, `config` — plus
+//! dockfra's optional additions `app:`, `agent:`, `health:`, `env:` and
+//! `keep_releases:`), its validation, and the typed model the rest of dockfra
+//! works from ([`Project`], [`Target`], [`PlatformConfig`], ...).
+//!
+//! The file is parsed by walking a [`serde_yaml_ng::Value`] by hand so that
+//! every error can name the file, the target and the key path
+//! (see [`ConfigError`]). Unknown keys are rejected at every level; `config`
+//! keys are checked against the target's platform.
+//!
+//! It also owns the duration syntax used in that file and in signed manifests
+//! (`500ms`, `30s`, `5m`, `1h`, `1h30m`): [`parse_duration`],
+//! [`format_duration`] and the serde helper module [`duration_str`].
+
 use serde::{Deserialize, Serialize};
+use serde_yaml_ng::{Mapping, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Platform { DockerCompose, Podman, Kubernetes, Swarm, Nomad, SshRaw }
-impl Platform { pub fn as_str(&self) -> &'static str { match self { Self::DockerCompose => "docker_compose", Self::Podman => "podman", Self::Kubernetes => "kubernetes", Self::Swarm => "swarm", Self::Nomad => "nomad", Self::SshRaw => "ssh_raw" } } }
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode { Push, Pull }
-impl Mode { pub fn as_str(&self) -> &'static str { match self { Self::Push => "push", Self::Pull => "pull" } } }
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceManager { None, Systemd, Supervisord, Pm2 }
-impl ServiceManager { pub fn as_str(&self) -> &'static str { match self { Self::None => "none", Self::Systemd => "systemd", Self::Supervisord => "supervisord", Self::Pm2 => "pm2" } } }
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthSpec { pub checks: Vec<HealthCheck>, pub retries: u32, #[serde(skip)] pub interval: Duration, #[serde(skip)] pub timeout: Duration, #[serde(skip)] pub start_period: Duration }
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+
+// ───────────────────────────── errors ─────────────────────────────
+
+/// Everything that can go wrong loading `deploy-targets.yaml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read file: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not well-formed YAML.
+    #[error("{}: malformed YAML: {message}", file.display())]
+    Yaml {
+        file: PathBuf,
+        /// 1-based line of the error, when known.
+        line: Option<usize>,
+        /// 1-based column of the error, when known.
+        column: Option<usize>,
+        message: String,
+    },
+    /// The YAML is well-formed but not a valid deploy-targets file.
+    #[error("{}", Located { file, target: target.as_deref(), key: key.as_deref(), message })]
+    Invalid {
+        file: PathBuf,
+        /// Target id, when the problem is inside one target.
+        target: Option<String>,
+        /// Key path (relative to the target when `target` is set),
+        /// e.g. `config.service_manager` or `health.checks[0].http.url`.
+        key: Option<String>,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ConfigError::Io { file, .. } | ConfigError::Yaml { file, .. } | ConfigError::Invalid { file, .. } => file,
+        }
+    }
+
+    /// The target id the error is about, if any.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { target, .. } => target.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The key path the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => key.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+struct Located<'a> {
+    file: &'a Path,
+    target: Option<&'a str>,
+    key: Option<&'a str>,
+    message: &'a str,
+}
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(t) = self.target {
+            write!(f, ": target {t:?}")?;
+        }
+        if let Some(k) = self.key {
+            write!(f, ": key {k:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+// ───────────────────────────── model ─────────────────────────────
+
+/// A parsed `deploy-targets.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    /// The file this project was loaded from (as given).
+    pub file: PathBuf,
+    pub app: AppSpec,
+    /// Targets in file order.
+    pub targets: Vec<Target>,
+}
+
+impl Project {
+    /// The target with this id, if any.
+    pub fn target(&self, id: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.id == id)
+    }
+}
+
+/// The application being deployed (`app:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSpec {
+    /// Defaults to the name of the directory containing the file.
+    /// Always a safe single path component (`[A-Za-z0-9._-]`, not `.`/`..`).
+    pub name: String,
+    /// Defaults to the directory containing the file; a relative `path` is
+    /// resolved against that directory.
+    pub path: PathBuf,
+}
+
+/// One deployment target (`targets.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// A DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
+    pub id: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub platform: Platform,
+    /// One of `linux`, `macos`, `windows`, `wsl`.
+    pub os: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub config: PlatformConfig,
+    pub agent: AgentSpec,
+    pub health: Option<HealthSpec>,
+    /// Variables for compose interpolation on this target.
+    pub env: BTreeMap<String, String>,
+    /// How many releases to keep on the target (>= 1, default
+    /// [`DEFAULT_KEEP_RELEASES`]).
+    pub keep_releases: u32,
+}
+
+/// Default for [`Target::keep_releases`].
+pub const DEFAULT_KEEP_RELEASES: u32 = 5;
+/// Default for [`AgentSpec::port`].
+pub const DEFAULT_AGENT_PORT: u16 = 7444;
+
+/// Accepted values of `os:`.
+pub const OS_IDS: &[&str] = &["linux", "macos", "windows", "wsl"];
+
+/// Deployment platform of a target (`platform:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Platform {
+    #[serde(rename = "docker_compose")]
+    DockerCompose,
+    #[serde(rename = "podman")]
+    Podman,
+    #[serde(rename = "kubernetes")]
+    Kubernetes,
+    #[serde(rename = "swarm")]
+    Swarm,
+    #[serde(rename = "nomad")]
+    Nomad,
+    #[serde(rename = "ssh_raw")]
+    SshRaw,
+}
+
+impl Platform {
+    /// All platforms, in documentation order.
+    pub const ALL: [Platform; 6] = [
+        Platform::DockerCompose,
+        Platform::Podman,
+        Platform::Kubernetes,
+        Platform::Swarm,
+        Platform::Nomad,
+        Platform::SshRaw,
+    ];
+
+    /// The id used in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::DockerCompose => "docker_compose",
+            Platform::Podman => "podman",
+            Platform::Kubernetes => "kubernetes",
+            Platform::Swarm => "swarm",
+            Platform::Nomad => "nomad",
+            Platform::SshRaw => "ssh_raw",
+        }
+    }
+
+    /// The `config:` keys this platform accepts.
+    pub fn config_keys(self) -> &'static [&'static str] {
+        match self {
+            Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy"],
+            Platform::Podman => &["use_quadlet", "rootless", "pod_name"],
+            Platform::Kubernetes => &["namespace", "kubeconfig", "strategy", "replicas", "resource_limits"],
+            Platform::Swarm => &["stack_name", "replicas", "update_parallelism", "update_delay"],
+            Platform::Nomad => &["datacenter", "job_name", "count", "driver"],
+            Platform::SshRaw => &["deploy_path", "service_manager", "service_name", "pre_script", "post_script"],
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Platform::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            format!("unknown platform {s:?} (expected one of: {})", Platform::ALL.map(Platform::as_str).join(", "))
+        })
+    }
+}
+
+/// How the agent on a target gets its work (`agent.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mode {
+    /// The coordinator connects to the agent.
+    #[default]
+    #[serde(rename = "push")]
+    Push,
+    /// The agent polls the coordinator.
+    #[serde(rename = "pull")]
+    Pull,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Push => "push",
+            Mode::Pull => "pull",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "push" => Ok(Mode::Push),
+            "pull" => Ok(Mode::Pull),
+            _ => Err(format!("unknown agent mode {s:?} (expected one of: push, pull)")),
+        }
+    }
+}
+
+/// The agent on a target (`agent:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSpec {
+    /// Default [`Mode::Push`].
+    pub mode: Mode,
+    /// Default [`DEFAULT_AGENT_PORT`] (7444).
+    pub port: u16,
+    /// Default 30s; must be > 0.
+    pub poll_interval: Duration,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        AgentSpec { mode: Mode::Push, port: DEFAULT_AGENT_PORT, poll_interval: Duration::from_secs(30) }
+    }
+}
+
+/// Service manager for `ssh_raw` targets (`config.service_manager`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ServiceManager {
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "systemd")]
+    Systemd,
+    #[serde(rename = "supervisord")]
+    Supervisord,
+    #[serde(rename = "pm2")]
+    Pm2,
+}
+
+impl ServiceManager {
+    pub const ALL: [ServiceManager; 4] =
+        [ServiceManager::None, ServiceManager::Systemd, ServiceManager::Supervisord, ServiceManager::Pm2];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceManager::None => "none",
+            ServiceManager::Systemd => "systemd",
+            ServiceManager::Supervisord => "supervisord",
+            ServiceManager::Pm2 => "pm2",
+        }
+    }
+}
+
+impl fmt::Display for ServiceManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ServiceManager {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ServiceManager::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown service manager {s:?} (expected one of: {})",
+                ServiceManager::ALL.map(ServiceManager::as_str).join(", ")
+            )
+        })
+    }
+}
+
+/// Per-platform settings (`config:`); the variant always matches
+/// [`Target::platform`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlatformConfig {
+    DockerCompose {
+        compose_project: Option<String>,
+        pull_policy: Option<String>,
+        restart_policy: Option<String>,
+    },
+    Podman {
+        use_quadlet: bool,
+        rootless: bool,
+        pod_name: Option<String>,
+    },
+    Kubernetes {
+        namespace: Option<String>,
+        kubeconfig: Option<String>,
+        strategy: Option<String>,
+        replicas: Option<u32>,
+        resource_limits: BTreeMap<String, String>,
+    },
+    Swarm {
+        stack_name: Option<String>,
+        replicas: Option<u32>,
+        update_parallelism: Option<u32>,
+        update_delay: Option<Duration>,
+    },
+    Nomad {
+        datacenter: Option<String>,
+        job_name: Option<String>,
+        count: Option<u32>,
+        driver: Option<String>,
+    },
+    SshRaw {
+        deploy_path: Option<PathBuf>,
+        service_manager: ServiceManager,
+        service_name: Option<String>,
+        pre_script: Option<String>,
+        post_script: Option<String>,
+    },
+}
+
+impl PlatformConfig {
+    /// The config of `platform` with every key unset.
+    pub fn default_for(platform: Platform) -> PlatformConfig {
+        match platform {
+            Platform::DockerCompose => {
+                PlatformConfig::DockerCompose { compose_project: None, pull_policy: None, restart_policy: None }
+            }
+            Platform::Podman => PlatformConfig::Podman { use_quadlet: false, rootless: false, pod_name: None },
+            Platform::Kubernetes => PlatformConfig::Kubernetes {
+                namespace: None,
+                kubeconfig: None,
+                strategy: None,
+                replicas: None,
+                resource_limits: BTreeMap::new(),
+            },
+            Platform::Swarm => {
+                PlatformConfig::Swarm { stack_name: None, replicas: None, update_parallelism: None, update_delay: None }
+            }
+            Platform::Nomad => PlatformConfig::Nomad { datacenter: None, job_name: None, count: None, driver: None },
+            Platform::SshRaw => PlatformConfig::SshRaw {
+                deploy_path: None,
+                service_manager: ServiceManager::None,
+                service_name: None,
+                pre_script: None,
+                post_script: None,
+            },
+        }
+    }
+
+    /// The platform this config belongs to.
+    pub fn platform(&self) -> Platform {
+        match self {
+            PlatformConfig::DockerCompose { .. } => Platform::DockerCompose,
+            PlatformConfig::Podman { .. } => Platform::Podman,
+            PlatformConfig::Kubernetes { .. } => Platform::Kubernetes,
+            PlatformConfig::Swarm { .. } => Platform::Swarm,
+            PlatformConfig::Nomad { .. } => Platform::Nomad,
+            PlatformConfig::SshRaw { .. } => Platform::SshRaw,
+        }
+    }
+}
+
+/// Post-deploy health checking (`health:`). Serializable (JSON) for
+/// embedding in signed manifests; durations are strings such as `"2s"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub checks: Vec<HealthCheck>,
+    /// Default 3.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Default 2s.
+    #[serde(default = "default_interval", with = "duration_str")]
+    pub interval: Duration,
+    /// Default 5s; must be > 0.
+    #[serde(default = "default_timeout", with = "duration_str")]
+    pub timeout: Duration,
+    /// Default 0s.
+    #[serde(default, with = "duration_str")]
+    pub start_period: Duration,
+}
+
+fn default_retries() -> u32 {
+    3
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_http_status() -> u16 {
+    200
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            checks: Vec::new(),
+            retries: default_retries(),
+            interval: default_interval(),
+            timeout: default_timeout(),
+            start_period: Duration::ZERO,
+        }
+    }
+}
+
+/// One health check. JSON form: `{"type": "http", "url": ..., "status": 200}`,
+/// `{"type": "tcp", "address": "127.0.0.1:80"}`, `{"type": "command", "command": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum HealthCheck { Http { url: String, status: u16, body: Option<String> }, Tcp { address: String }, Command { command: String } }
-pub fn parse_duration(s: &str) -> Result<Duration, String> { let _ = s; Err("stub".into()) }
+pub enum HealthCheck {
+    /// GET `url` (must be `http://`); expect `status` (default 200) and,
+    /// when set, a body containing `body`.
+    Http {
+        url: String,
+        #[serde(default = "default_http_status")]
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+    },
+    /// A TCP connect to `host:port` succeeds.
+    Tcp { address: String },
+    /// A shell command exits 0.
+    Command { command: String },
+}
+
+/// serde helpers: a [`Duration`] as a string such as `"2s"` or `"500ms"`
+/// (see [`format_duration`] / [`parse_duration`]). Use with
+/// `#[serde(with = "duration_str")]`.
+pub mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+// ───────────────────────────── durations ─────────────────────────────
+
+/// Parse a duration: one or more `<number><unit>` groups, units `ns`, `us`
+/// (`µs`), `ms`, `s`, `m`, `h`; e.g. `500ms`, `30s`, `5m`, `1h`, `1h30m`,
+/// `1.5s`. Rejects the empty string, bare numbers, negative values and
+/// unknown units.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const HINT: &str = "expected e.g. \"500ms\", \"30s\", \"5m\", \"1h\"";
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!("empty duration ({HINT})"));
+    }
+    if t.starts_with('-') {
+        return Err(format!("negative duration {s:?} is not allowed"));
+    }
+    let bad = |why: &str| format!("invalid duration {s:?}: {why} ({HINT})");
+    let mut total: u128 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let int_part = &rest[..int_len];
+        rest = &rest[int_len..];
+        let mut frac_part = "";
+        if let Some(r) = rest.strip_prefix('.') {
+            let n = r.bytes().take_while(u8::is_ascii_digit).count();
+            frac_part = &r[..n];
+            rest = &r[n..];
+        }
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(bad("expected a number"));
+        }
+        let unit_len: usize = rest.chars().take_while(|c| c.is_alphabetic()).map(char::len_utf8).sum();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let nanos_per: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(bad("missing unit (ms, s, m or h)")),
+            other => return Err(bad(&format!("unknown unit {other:?}"))),
+        };
+        let too_big = || bad("too large");
+        let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| too_big())? };
+        let mut group = int.checked_mul(nanos_per).ok_or_else(too_big)?;
+        if !frac_part.is_empty() {
+            // Sub-nanosecond digits are dropped.
+            let digits = &frac_part[..frac_part.len().min(18)];
+            let frac: u128 = digits.parse().map_err(|_| too_big())?;
+            let scale = 10u128.pow(digits.len() as u32);
+            group = group.checked_add(frac * nanos_per / scale).ok_or_else(too_big)?;
+        }
+        total = total.checked_add(group).ok_or_else(too_big)?;
+    }
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| bad("too large"))?;
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
+}
+
+/// Format a duration so that [`parse_duration`] reads it back exactly:
+/// `500ms`, `30s`, `5m`, `1h`, `1h30m`, `1s500ms`; zero is `0s`.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".to_string();
+    }
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos() as u64;
+    let parts = [
+        (secs / 3600, "h"),
+        (secs % 3600 / 60, "m"),
+        (secs % 60, "s"),
+        (nanos / 1_000_000, "ms"),
+        (nanos / 1_000 % 1_000, "us"),
+        (nanos % 1_000, "ns"),
+    ];
+    let mut out = String::new();
+    for (v, unit) in parts {
+        if v > 0 {
+            out.push_str(&v.to_string());
+            out.push_str(unit);
+        }
+    }
+    out
+}
+
+// ───────────────────────────── loading ─────────────────────────────
+
+/// Read and parse `file`.
+pub fn load(file: &Path) -> Result<Project, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io { file: file.to_path_buf(), source })?;
+    parse(&text, file)
+}
+
+const TOP_KEYS: &[&str] = &["app", "targets"];
+const APP_KEYS: &[&str] = &["name", "path"];
+const TARGET_KEYS: &[&str] =
+    &["host", "port", "user", "platform", "os", "labels", "config", "agent", "health", "env", "keep_releases"];
+const AGENT_KEYS: &[&str] = &["mode", "port", "poll_interval"];
+const HEALTH_KEYS: &[&str] = &["checks", "retries", "interval", "timeout", "start_period"];
+const CHECK_KINDS: &[&str] = &["http", "tcp", "command"];
+const HTTP_KEYS: &[&str] = &["url", "status", "body"];
+const TCP_KEYS: &[&str] = &["address"];
+
+/// Parse the text of a deploy-targets file. `file` is used in error
+/// messages and for the `app` defaults; it is not read.
+pub fn parse(text: &str, file: &Path) -> Result<Project, ConfigError> {
+    let root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Err(yaml_error(text, file, &e)),
+    };
+    let top = Cx { file, target: None };
+    let map = match &root {
+        Value::Mapping(m) => m,
+        Value::Null => return Err(top.err("", "file is empty (expected a `targets:` mapping)")),
+        other => {
+            return Err(top.err("", format!("top level must be a mapping with `targets:`, found {}", describe(other))))
+        }
+    };
+    let f = top.fields("", map, TOP_KEYS, "")?;
+    let app = parse_app(&top, &f)?;
+
+    let targets_v = f.get("targets").ok_or_else(|| top.err("targets", "missing required key"))?;
+    let targets_map = top.mapping("targets", targets_v)?;
+    if targets_map.is_empty() {
+        return Err(top.err("targets", "no targets defined"));
+    }
+    let mut targets: Vec<Target> = Vec::with_capacity(targets_map.len());
+    for (k, v) in targets_map {
+        let id = match k {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => return Err(top.err("targets", format!("target ids must be strings, found {}", describe(other)))),
+        };
+        if targets.iter().any(|t| t.id == id) {
+            return Err(Cx { file, target: Some(&id) }.err("", format!("duplicate target id {id:?}")));
+        }
+        targets.push(parse_target(file, &id, v)?);
+    }
+    Ok(Project { file: file.to_path_buf(), app, targets })
+}
+
+fn yaml_error(text: &str, file: &Path, e: &serde_yaml_ng::Error) -> ConfigError {
+    let loc = e.location();
+    let (line, column) = (loc.as_ref().map(|l| l.line()), loc.as_ref().map(|l| l.column()));
+    let mut message = e.to_string();
+    if message.contains("duplicate entry") {
+        if let Some((path, key)) = dup::find(text) {
+            // serde_yaml_ng points at the enclosing mapping; point at the
+            // key's lines instead when that is unambiguous.
+            let lines = key_lines(text, &key);
+            let at = match lines.as_slice() {
+                [a, b] => format!(" (lines {a} and {b})"),
+                _ => String::new(),
+            };
+            let (target, key, message) = match path.as_slice() {
+                [t] if t == "targets" => (Some(key.clone()), None, format!("duplicate target id {key:?}{at}")),
+                [t, id, rest @ ..] if t == "targets" => {
+                    (Some(id.clone()), Some(join_path(rest, &key)), format!("duplicate key{at}"))
+                }
+                _ => (None, Some(join_path(&path, &key)), format!("duplicate key{at}")),
+            };
+            return ConfigError::Invalid { file: file.to_path_buf(), target, key, message };
+        }
+    }
+    if let (Some(l), Some(c)) = (line, column) {
+        if !message.contains("line ") {
+            message = format!("{message} at line {l} column {c}");
+        }
+    }
+    ConfigError::Yaml { file: file.to_path_buf(), line, column, message }
+}
+
+/// 1-based numbers of the lines that start (after indentation) with
+/// `key:`, `"key":` or `'key':`.
+fn key_lines(text: &str, key: &str) -> Vec<usize> {
+    let forms = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")];
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            forms.iter().any(|f| l.starts_with(f.as_str()))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+fn join_path(prefix: &[String], key: &str) -> String {
+    let mut s = String::new();
+    for p in prefix.iter().map(String::as_str).chain([key]) {
+        if !s.is_empty() && !p.starts_with('[') {
+            s.push('.');
+        }
+        s.push_str(p);
+    }
+    s
+}
+
+fn parse_app(top: &Cx, f: &Fields) -> Result<AppSpec, ConfigError> {
+    let dir = file_dir(top.file);
+    let (mut name, mut path) = (None, None);
+    if let Some(v) = f.get("app") {
+        let m = top.mapping("app", v)?;
+        let af = top.fields("app", m, APP_KEYS, "")?;
+        if let Some(v) = af.get("name") {
+            let n = top.string("app.name", v)?;
+            if !is_safe_component(&n) {
+                return Err(top.err(
+                    "app.name",
+                    format!(
+                        "invalid app name {n:?}: must be a single path component of [A-Za-z0-9._-] (not \".\" or \"..\")"
+                    ),
+                ));
+            }
+            name = Some(n);
+        }
+        if let Some(v) = af.get("path") {
+            let p = top.string("app.path", v)?;
+            if p.is_empty() {
+                return Err(top.err("app.path", "must not be empty"));
+            }
+            path = Some(clean_path(&dir.join(p)));
+        }
+    }
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let derived = dir_name(&dir).ok_or_else(|| {
+                top.err(
+                    "app.name",
+                    format!("cannot derive an app name from directory {:?}; set app.name", dir.display()),
+                )
+            })?;
+            if !is_safe_component(&derived) {
+                return Err(top.err(
+                    "app.name",
+                    format!("directory name {derived:?} is not a safe app name ([A-Za-z0-9._-]); set app.name"),
+                ));
+            }
+            derived
+        }
+    };
+    Ok(AppSpec { name, path: path.unwrap_or(dir) })
+}
+
+fn parse_target(file: &Path, id: &str, v: &Value) -> Result<Target, ConfigError> {
+    let cx = Cx { file, target: Some(id) };
+    if let Err(why) = check_dns_label(id) {
+        return Err(cx.err("", format!("invalid target id: {why}")));
+    }
+    let map = match v {
+        Value::Mapping(m) => m,
+        other => return Err(cx.err("", format!("target must be a mapping, found {}", describe(other)))),
+    };
+    let f = cx.fields("", map, TARGET_KEYS, "")?;
+
+    let platform = match f.get("platform") {
+        None => {
+            return Err(cx.err(
+                "platform",
+                format!("missing required key (expected one of: {})", Platform::ALL.map(Platform::as_str).join(", ")),
+            ))
+        }
+        Some(v) => {
+            let s = cx.string("platform", v)?;
+            s.parse::<Platform>().map_err(|e| cx.err("platform", e))?
+        }
+    };
+
+    let host = f.get("host").map(|v| cx.string("host", v)).transpose()?;
+    if host.as_deref() == Some("") {
+        return Err(cx.err("host", "must not be empty"));
+    }
+    let port = f.get("port").map(|v| cx.port("port", v)).transpose()?;
+    let user = f.get("user").map(|v| cx.string("user", v)).transpose()?;
+    let os = match f.get("os") {
+        None => None,
+        Some(v) => {
+            let s = cx.string("os", v)?;
+            if !OS_IDS.contains(&s.as_str()) {
+                return Err(cx.err("os", format!("unknown os {s:?} (expected one of: {})", OS_IDS.join(", "))));
+            }
+            Some(s)
+        }
+    };
+    let labels = match f.get("labels") {
+        None => BTreeMap::new(),
+        Some(v) => cx.string_map("labels", v)?,
+    };
+    let config = parse_platform_config(&cx, platform, f.get("config"))?;
+    let agent = match f.get("agent") {
+        None => AgentSpec::default(),
+        Some(v) => parse_agent(&cx, v)?,
+    };
+    let health = f.get("health").map(|v| parse_health(&cx, v)).transpose()?;
+    let env = match f.get("env") {
+        None => BTreeMap::new(),
+        Some(v) => {
+            let env = cx.string_map("env", v)?;
+            if let Some(bad) = env.keys().find(|k| !is_env_name(k)) {
+                return Err(cx.err(format!("env.{bad}"), "invalid variable name (expected [A-Za-z_][A-Za-z0-9_]*)"));
+            }
+            env
+        }
+    };
+    let keep_releases = match f.get("keep_releases") {
+        None => DEFAULT_KEEP_RELEASES,
+        Some(v) => {
+            let n = cx.uint("keep_releases", v, u32::MAX as u64)?;
+            if n < 1 {
+                return Err(cx.err("keep_releases", "must be at least 1"));
+            }
+            n as u32
+        }
+    };
+    Ok(Target { id: id.to_string(), host, port, user, platform, os, labels, config, agent, health, env, keep_releases })
+}
+
+fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Result<PlatformConfig, ConfigError> {
+    let Some(v) = v else {
+        return Ok(PlatformConfig::default_for(platform));
+    };
+    let m = cx.mapping("config", v)?;
+    let ctx = format!(" for platform {platform}");
+    let f = cx.fields("config", m, platform.config_keys(), &ctx)?;
+    let s = |k: &str| f.get(k).map(|v| cx.string(&format!("config.{k}"), v)).transpose();
+    let n =
+        |k: &str| f.get(k).map(|v| cx.uint(&format!("config.{k}"), v, u32::MAX as u64).map(|n| n as u32)).transpose();
+    Ok(match platform {
+        Platform::DockerCompose => {
+            let compose_project = s("compose_project")?;
+            if let Some(p) = &compose_project {
+                if !is_compose_project_name(p) {
+                    return Err(cx.err(
+                        "config.compose_project",
+                        format!("invalid compose project name {p:?} (must match [a-z0-9][a-z0-9_-]*)"),
+                    ));
+                }
+            }
+            PlatformConfig::DockerCompose {
+                compose_project,
+                pull_policy: s("pull_policy")?,
+                restart_policy: s("restart_policy")?,
+            }
+        }
+        Platform::Podman => {
+            let b = |k: &str| {
+                f.get(k).map(|v| cx.boolean(&format!("config.{k}"), v)).transpose().map(|o| o.unwrap_or(false))
+            };
+            PlatformConfig::Podman {
+                use_quadlet: b("use_quadlet")?,
+                rootless: b("rootless")?,
+                pod_name: s("pod_name")?,
+            }
+        }
+        Platform::Kubernetes => PlatformConfig::Kubernetes {
+            namespace: s("namespace")?,
+            kubeconfig: s("kubeconfig")?,
+            strategy: s("strategy")?,
+            replicas: n("replicas")?,
+            resource_limits: match f.get("resource_limits") {
+                None => BTreeMap::new(),
+                Some(v) => cx.string_map("config.resource_limits", v)?,
+            },
+        },
+        Platform::Swarm => PlatformConfig::Swarm {
+            stack_name: s("stack_name")?,
+            replicas: n("replicas")?,
+            update_parallelism: n("update_parallelism")?,
+            update_delay: f.get("update_delay").map(|v| cx.duration("config.update_delay", v)).transpose()?,
+        },
+        Platform::Nomad => PlatformConfig::Nomad {
+            datacenter: s("datacenter")?,
+            job_name: s("job_name")?,
+            count: n("count")?,
+            driver: s("driver")?,
+        },
+        Platform::SshRaw => PlatformConfig::SshRaw {
+            deploy_path: s("deploy_path")?.map(PathBuf::from),
+            service_manager: match s("service_manager")? {
+                None => ServiceManager::None,
+                Some(m) => m.parse().map_err(|e: String| cx.err("config.service_manager", e))?,
+            },
+            service_name: s("service_name")?,
+            pre_script: s("pre_script")?,
+            post_script: s("post_script")?,
+        },
+    })
+}
+
+fn parse_agent(cx: &Cx, v: &Value) -> Result<AgentSpec, ConfigError> {
+    let m = cx.mapping("agent", v)?;
+    let f = cx.fields("agent", m, AGENT_KEYS, "")?;
+    let mut agent = AgentSpec::default();
+    if let Some(v) = f.get("mode") {
+        agent.mode = cx.string("agent.mode", v)?.parse().map_err(|e: String| cx.err("agent.mode", e))?;
+    }
+    if let Some(v) = f.get("port") {
+        agent.port = cx.port("agent.port", v)?;
+    }
+    if let Some(v) = f.get("poll_interval") {
+        agent.poll_interval = cx.duration("agent.poll_interval", v)?;
+        if agent.poll_interval.is_zero() {
+            return Err(cx.err("agent.poll_interval", "must be greater than 0"));
+        }
+    }
+    Ok(agent)
+}
+
+fn parse_health(cx: &Cx, v: &Value) -> Result<HealthSpec, ConfigError> {
+    let m = cx.mapping("health", v)?;
+    let f = cx.fields("health", m, HEALTH_KEYS, "")?;
+    let mut h = HealthSpec::default();
+    if let Some(v) = f.get("retries") {
+        h.retries = cx.uint("health.retries", v, u32::MAX as u64)? as u32;
+    }
+    if let Some(v) = f.get("interval") {
+        h.interval = cx.duration("health.interval", v)?;
+    }
+    if let Some(v) = f.get("timeout") {
+        h.timeout = cx.duration("health.timeout", v)?;
+        if h.timeout.is_zero() {
+            return Err(cx.err("health.timeout", "must be greater than 0"));
+        }
+    }
+    if let Some(v) = f.get("start_period") {
+        h.start_period = cx.duration("health.start_period", v)?;
+    }
+    let checks = f.get("checks").ok_or_else(|| cx.err("health.checks", "missing required key"))?;
+    let Value::Sequence(seq) = checks else {
+        return Err(cx.err("health.checks", format!("expected a sequence, found {}", describe(checks))));
+    };
+    if seq.is_empty() {
+        return Err(cx.err("health.checks", "must contain at least one check"));
+    }
+    for (i, item) in seq.iter().enumerate() {
+        h.checks.push(parse_check(cx, &format!("health.checks[{i}]"), item)?);
+    }
+    Ok(h)
+}
+
+fn parse_check(cx: &Cx, key: &str, v: &Value) -> Result<HealthCheck, ConfigError> {
+    let expect = "a health check must have exactly one of: http, tcp, command";
+    let m = match v {
+        Value::Mapping(m) => m,
+        other => {
+            return Err(cx.err(key, format!("{expect}; found {}", describe(other))));
+        }
+    };
+    let f = cx.fields(key, m, CHECK_KINDS, "")?;
+    let present: Vec<&str> = f.items.iter().map(|(k, _)| *k).filter(|k| f.get(k).is_some()).collect();
+    if present.len() != 1 {
+        let found = if present.is_empty() { "none".to_string() } else { present.join(", ") };
+        return Err(cx.err(key, format!("{expect} (found: {found})")));
+    }
+    let kind = present[0];
+    let v = f.get(kind).unwrap_or(&Value::Null);
+    let key = format!("{key}.{kind}");
+    match kind {
+        "http" => {
+            let (url_key, url_v, status, body) = match v {
+                Value::String(_) => (key.clone(), v, 200, None),
+                Value::Mapping(m) => {
+                    let hf = cx.fields(&key, m, HTTP_KEYS, "")?;
+                    let url_key = format!("{key}.url");
+                    let url_v = hf.get("url").ok_or_else(|| cx.err(&url_key, "missing required key"))?;
+                    let status = match hf.get("status") {
+                        None => 200,
+                        Some(s) => {
+                            let skey = format!("{key}.status");
+                            let n = cx.uint(&skey, s, 599)?;
+                            if n < 100 {
+                                return Err(cx.err(&skey, "must be an HTTP status (100..=599)"));
+                            }
+                            n as u16
+                        }
+                    };
+                    let body = hf.get("body").map(|b| cx.string(&format!("{key}.body"), b)).transpose()?;
+                    (url_key, url_v, status, body)
+                }
+                other => {
+                    return Err(cx.err(
+                        &key,
+                        format!("expected a mapping {{url, status, body}} or a URL string, found {}", describe(other)),
+                    ))
+                }
+            };
+            let url = cx.string(&url_key, url_v)?;
+            check_http_url(&url).map_err(|e| cx.err(&url_key, e))?;
+            Ok(HealthCheck::Http { url, status, body })
+        }
+        "tcp" => {
+            let (akey, av) = match v {
+                Value::Mapping(m) => {
+                    let tf = cx.fields(&key, m, TCP_KEYS, "")?;
+                    let akey = format!("{key}.address");
+                    let av = tf.get("address").ok_or_else(|| cx.err(&akey, "missing required key"))?;
+                    (akey, av)
+                }
+                _ => (key.clone(), v),
+            };
+            let address = cx.string(&akey, av)?;
+            check_tcp_address(&address).map_err(|e| cx.err(&akey, e))?;
+            Ok(HealthCheck::Tcp { address })
+        }
+        _ => {
+            let command = cx.string(&key, v)?;
+            if command.trim().is_empty() {
+                return Err(cx.err(&key, "must not be empty"));
+            }
+            Ok(HealthCheck::Command { command })
+        }
+    }
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    if let Some(rest) = url.strip_prefix("http://") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!("invalid URL {url:?}: missing host"));
+        }
+        return Ok(());
+    }
+    if url.starts_with("https://") {
+        return Err(format!("unsupported URL {url:?}: https health checks are not supported yet (use http://)"));
+    }
+    Err(format!("invalid URL {url:?}: must start with http://"))
+}
+
+fn check_tcp_address(addr: &str) -> Result<(), String> {
+    let bad = || format!("invalid address {addr:?} (expected host:port, e.g. \"127.0.0.1:8080\")");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+// ───────────────────────────── helpers ─────────────────────────────
+
+/// Where we are, for error messages.
+struct Cx<'a> {
+    file: &'a Path,
+    target: Option<&'a str>,
+}
+
+/// The entries of a mapping whose keys were all checked against a list.
+struct Fields<'v> {
+    items: Vec<(&'v str, &'v Value)>,
+}
+
+impl<'v> Fields<'v> {
+    /// The value of `name`; an explicit YAML null counts as absent.
+    fn get(&self, name: &str) -> Option<&'v Value> {
+        self.items.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).filter(|v| !v.is_null())
+    }
+}
+
+fn sub(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+impl Cx<'_> {
+    fn err(&self, key: impl AsRef<str>, message: impl Into<String>) -> ConfigError {
+        let key = key.as_ref();
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            target: self.target.map(str::to_string),
+            key: (!key.is_empty()).then(|| key.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn fields<'v>(
+        &self,
+        prefix: &str,
+        map: &'v Mapping,
+        allowed: &[&str],
+        context: &str,
+    ) -> Result<Fields<'v>, ConfigError> {
+        let mut items = Vec::with_capacity(map.len());
+        for (k, v) in map {
+            let Value::String(k) = k else {
+                return Err(self.err(prefix, format!("keys must be strings, found {}", describe(k))));
+            };
+            if !allowed.contains(&k.as_str()) {
+                return Err(
+                    self.err(sub(prefix, k), format!("unknown key{context} (expected one of: {})", allowed.join(", ")))
+                );
+            }
+            items.push((k.as_str(), v));
+        }
+        Ok(Fields { items })
+    }
+
+    fn mapping<'v>(&self, key: &str, v: &'v Value) -> Result<&'v Mapping, ConfigError> {
+        match v {
+            Value::Mapping(m) => Ok(m),
+            other => Err(self.err(key, format!("expected a mapping, found {}", describe(other)))),
+        }
+    }
+
+    fn string(&self, key: &str, v: &Value) -> Result<String, ConfigError> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(self.err(key, format!("expected a string, found {}", describe(other)))),
+        }
+    }
+
+    fn boolean(&self, key: &str, v: &Value) -> Result<bool, ConfigError> {
+        match v {
+            Value::Bool(b) => Ok(*b),
+            other => Err(self.err(key, format!("expected true or false, found {}", describe(other)))),
+        }
+    }
+
+    fn uint(&self, key: &str, v: &Value, max: u64) -> Result<u64, ConfigError> {
+        match v.as_u64() {
+            Some(n) if n <= max => Ok(n),
+            Some(n) => Err(self.err(key, format!("{n} is too large (maximum {max})"))),
+            None => Err(self.err(key, format!("expected a non-negative integer, found {}", describe(v)))),
+        }
+    }
+
+    fn port(&self, key: &str, v: &Value) -> Result<u16, ConfigError> {
+        match v.as_u64() {
+            Some(n @ 1..=65535) => Ok(n as u16),
+            Some(n) => Err(self.err(key, format!("invalid port {n} (expected 1..65535)"))),
+            None => Err(self.err(key, format!("expected a port number (1..65535), found {}", describe(v)))),
+        }
+    }
+
+    fn duration(&self, key: &str, v: &Value) -> Result<Duration, ConfigError> {
+        match v {
+            Value::String(s) => parse_duration(s).map_err(|e| self.err(key, e)),
+            Value::Number(n) => Err(self.err(key, format!("duration {n} has no unit (write e.g. \"{n}s\")"))),
+            other => Err(self.err(key, format!("expected a duration such as \"30s\", found {}", describe(other)))),
+        }
+    }
+
+    /// A mapping of scalars; numbers and booleans are stringified.
+    fn string_map(&self, key: &str, v: &Value) -> Result<BTreeMap<String, String>, ConfigError> {
+        let m = self.mapping(key, v)?;
+        let mut out = BTreeMap::new();
+        for (k, v) in m {
+            let Some(k) = scalar_string(k) else {
+                return Err(self.err(key, format!("keys must be strings, found {}", describe(k))));
+            };
+            let Some(val) = scalar_string(v) else {
+                return Err(self.err(sub(key, &k), format!("expected a string, found {}", describe(v))));
+            };
+            out.insert(k, val);
+        }
+        Ok(out)
+    }
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Sequence(_) => "a sequence".to_string(),
+        Value::Mapping(_) => "a mapping".to_string(),
+        Value::Tagged(t) => format!("tagged value {}", t.tag),
+    }
+}
+
+/// `[a-z0-9-]{1,63}`, not starting or ending with `-`.
+fn check_dns_label(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 63 {
+        return Err(format!("{id:?} must be 1 to 63 characters long (it is used as a DNS/TLS name)"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(format!(
+            "{id:?} may only contain lowercase letters a-z, digits and '-' (it is used as a DNS/TLS name)"
+        ));
+    }
+    if id.starts_with('-') || id.ends_with('-') {
+        return Err(format!("{id:?} must not start or end with '-' (it is used as a DNS/TLS name)"));
+    }
+    Ok(())
+}
+
+/// A safe single path component: `[A-Za-z0-9._-]+`, not `.` or `..`.
+fn is_safe_component(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Compose's project-name rule: `[a-z0-9][a-z0-9_-]*`.
+fn is_compose_project_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// The directory containing `file` (`.` when it has none).
+fn file_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Drop `.` components (keeps a lone `.`).
+fn clean_path(p: &Path) -> PathBuf {
+    let out: PathBuf = p.components().filter(|c| !matches!(c, Component::CurDir)).collect();
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
+/// The last component of `dir`, resolving `.`/`..` lexically against the
+/// current directory when needed.
+fn dir_name(dir: &Path) -> Option<String> {
+    if let Some(n) = dir.file_name() {
+        return n.to_str().map(str::to_string);
+    }
+    let abs = std::path::absolute(dir).ok()?;
+    let mut parts: Vec<Component> = Vec::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(parts.last(), Some(Component::Normal(_))) {
+                    parts.pop();
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    match parts.last() {
+        Some(Component::Normal(n)) => n.to_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Locating duplicate mapping keys, which `serde_yaml_ng::Value` rejects
+/// without saying where: re-read the text into a tree that keeps them.
+mod dup {
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, VariantAccess, Visitor};
+    use std::fmt;
+
+    enum Raw {
+        Scalar(Option<String>),
+        Seq(Vec<Raw>),
+        Map(Vec<(Raw, Raw)>),
+    }
+
+    impl<'de> Deserialize<'de> for Raw {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Raw, D::Error> {
+            d.deserialize_any(RawVisitor)
+        }
+    }
+
+    struct RawVisitor;
+
+    impl<'de> Visitor<'de> for RawVisitor {
+        type Value = Raw;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any YAML value")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw, E> {
+            Ok(Raw::Scalar(Some(v.to_string())))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
+            Ok(Raw::Scalar(Some(v.to_string())))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
+            Ok(Raw::Scalar(Some(v.to_string())))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw, E> {
+            Ok(Raw::Scalar(Some(v.to_string())))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+            Ok(Raw::Scalar(Some(v.to_string())))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Raw, E> {
+            Ok(Raw::Scalar(None))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Raw, E> {
+            Ok(Raw::Scalar(None))
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
+            Raw::deserialize(d)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+            let mut v = Vec::new();
+            while let Some(x) = a.next_element()? {
+                v.push(x);
+            }
+            Ok(Raw::Seq(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+            let mut v = Vec::new();
+            while let Some(kv) = a.next_entry()? {
+                v.push(kv);
+            }
+            Ok(Raw::Map(v))
+        }
+        fn visit_enum<A: de::EnumAccess<'de>>(self, a: A) -> Result<Raw, A::Error> {
+            let (_tag, variant): (String, _) = a.variant()?;
+            variant.newtype_variant()
+        }
+    }
+
+    /// The path (mapping keys / `[i]`) of the first mapping holding a
+    /// duplicate key, and that key.
+    pub(super) fn find(text: &str) -> Option<(Vec<String>, String)> {
+        let raw: Raw = serde_yaml_ng::from_str(text).ok()?;
+        let mut path = Vec::new();
+        walk(&raw, &mut path)
+    }
+
+    fn walk(raw: &Raw, path: &mut Vec<String>) -> Option<(Vec<String>, String)> {
+        match raw {
+            Raw::Scalar(_) => None,
+            Raw::Seq(items) => items.iter().enumerate().find_map(|(i, x)| {
+                path.push(format!("[{i}]"));
+                let r = walk(x, path);
+                path.pop();
+                r
+            }),
+            Raw::Map(entries) => {
+                let mut seen: Vec<&str> = Vec::new();
+                for (k, v) in entries {
+                    let key = match k {
+                        Raw::Scalar(Some(s)) => s.as_str(),
+                        Raw::Scalar(None) => "~",
+                        _ => "?",
+                    };
+                    if seen.contains(&key) {
+                        return Some((path.clone(), key.to_string()));
+                    }
+                    seen.push(key);
+                    path.push(key.to_string());
+                    let r = walk(v, path);
+                    path.pop();
+                    if r.is_some() {
+                        return r;
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+// ───────────────────────────── tests ─────────────────────────────
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "deploy-targets.yaml";
+
+    fn seed_path() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/seeds/deploy-targets.example.yaml"))
+    }
+
+    fn p(text: &str) -> Result<Project, ConfigError> {
+        parse(text, Path::new("/srv/proj/deploy-targets.yaml"))
+    }
+
+    /// Parse `text` (one target `t1`), expect an error naming file, target
+    /// and key; return its Display.
+    #[track_caller]
+    fn bad(text: &str, target: Option<&str>, key: Option<&str>) -> String {
+        let e = p(text).expect_err("expected an error");
+        let msg = e.to_string();
+        assert!(msg.contains(FILE), "no file in: {msg}");
+        if let Some(t) = target {
+            assert!(msg.contains(&format!("target \"{t}\"")), "no target in: {msg}");
+            assert_eq!(e.target(), Some(t), "{msg}");
+        }
+        if let Some(k) = key {
+            assert!(msg.contains(&format!("key \"{k}\"")), "no key in: {msg}");
+            assert_eq!(e.key(), Some(k), "{msg}");
+        }
+        msg
+    }
+
+    fn one(body: &str) -> String {
+        let mut s = String::from("targets:\n  t1:\n");
+        for line in body.lines() {
+            s.push_str("    ");
+            s.push_str(line);
+            s.push('\n');
+        }
+        s
+    }
+
+    #[test]
+    fn seed_example_loads_unchanged() {
+        let project = load(&seed_path()).expect("seed must load");
+        let ids: Vec<&str> = project.targets.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["prod-vps", "staging-rhel", "prod-k8s", "edge-rpi3", "swarm-cluster", "nomad-cluster"]);
+        assert_eq!(project.app.name, "seeds");
+        assert!(project.app.path.ends_with("seeds"));
+
+        let vps = project.target("prod-vps").unwrap();
+        assert_eq!(vps.host.as_deref(), Some("192.168.1.100"));
+        assert_eq!(vps.port, Some(2224));
+        assert_eq!(vps.user.as_deref(), Some("deployer"));
+        assert_eq!(vps.platform, Platform::DockerCompose);
+        assert_eq!(vps.os.as_deref(), Some("linux"));
+        assert_eq!(vps.labels["env"], "production");
+        assert_eq!(vps.labels["region"], "eu-central");
+        assert_eq!(
+            vps.config,
+            PlatformConfig::DockerCompose {
+                compose_project: Some("myapp".into()),
+                pull_policy: Some("always".into()),
+                restart_policy: Some("unless-stopped".into()),
+            }
+        );
+        assert_eq!(vps.agent, AgentSpec::default());
+        assert_eq!(vps.health, None);
+        assert!(vps.env.is_empty());
+        assert_eq!(vps.keep_releases, DEFAULT_KEEP_RELEASES);
+
+        let rhel = project.target("staging-rhel").unwrap();
+        assert_eq!(rhel.port, None);
+        assert_eq!(
+            rhel.config,
+            PlatformConfig::Podman { use_quadlet: true, rootless: true, pod_name: Some("myapp-pod".into()) }
+        );
+
+        let k8s = project.target("prod-k8s").unwrap();
+        assert_eq!(k8s.user, None);
+        assert_eq!(k8s.os, None);
+        match &k8s.config {
+            PlatformConfig::Kubernetes { namespace, kubeconfig, strategy, replicas, resource_limits } => {
+                assert_eq!(namespace.as_deref(), Some("myapp-prod"));
+                assert_eq!(kubeconfig.as_deref(), Some("/home/deployer/.kube/config"));
+                assert_eq!(strategy.as_deref(), Some("rolling"));
+                assert_eq!(*replicas, Some(3));
+                assert_eq!(resource_limits["cpu"], "500m");
+                assert_eq!(resource_limits["memory"], "512Mi");
+            }
+            other => panic!("wrong config {other:?}"),
+        }
+
+        let rpi = project.target("edge-rpi3").unwrap();
+        assert_eq!(rpi.platform, Platform::SshRaw);
+        assert_eq!(rpi.port, Some(22));
+        assert_eq!(rpi.labels["device"], "rpi3");
+        assert_eq!(
+            rpi.config,
+            PlatformConfig::SshRaw {
+                deploy_path: Some(PathBuf::from("/home/pi/apps")),
+                service_manager: ServiceManager::Systemd,
+                service_name: None,
+                pre_script: Some("sudo systemctl stop myapp".into()),
+                post_script: Some("sudo systemctl start myapp".into()),
+            }
+        );
+
+        let swarm = project.target("swarm-cluster").unwrap();
+        assert_eq!(
+            swarm.config,
+            PlatformConfig::Swarm {
+                stack_name: Some("myapp".into()),
+                replicas: Some(2),
+                update_parallelism: Some(1),
+                update_delay: Some(Duration::from_secs(10)),
+            }
+        );
+
+        let nomad = project.target("nomad-cluster").unwrap();
+        assert_eq!(nomad.host.as_deref(), Some("nomad.company.com"));
+        assert_eq!(
+            nomad.config,
+            PlatformConfig::Nomad {
+                datacenter: Some("dc1".into()),
+                job_name: Some("myapp".into()),
+                count: Some(3),
+                driver: Some("docker".into()),
+            }
+        );
+        assert!(project.target("nope").is_none());
+    }
+
+    #[test]
+    fn dockfra_additions_parse() {
+        let text = r#"
+app: { name: myapp, path: ./app }
+targets:
+  edge-rpi3:
+    host: 192.168.1.200
+    port: 22
+    user: pi
+    platform: ssh_raw
+    os: linux
+    labels: { device: rpi3, gen: 3, fast: false }
+    config: { service_manager: pm2, service_name: web }
+    agent: { mode: pull, port: 7555, poll_interval: 1m30s }
+    health:
+      retries: 5
+      interval: 1s
+      timeout: 2s
+      start_period: 500ms
+      checks:
+        - http: { url: "http://127.0.0.1:8080/health", status: 204, body: "ok" }
+        - http: "http://127.0.0.1:8080/"
+        - tcp: "127.0.0.1:8080"
+        - tcp: { address: "localhost:22" }
+        - command: "test -f ready"
+    env: { KEY: value, N: 3 }
+    keep_releases: 2
+"#;
+        let project = p(text).unwrap();
+        assert_eq!(project.app, AppSpec { name: "myapp".into(), path: PathBuf::from("/srv/proj/app") });
+        let t = &project.targets[0];
+        assert_eq!(t.labels["gen"], "3");
+        assert_eq!(t.labels["fast"], "false");
+        assert_eq!(t.agent, AgentSpec { mode: Mode::Pull, port: 7555, poll_interval: Duration::from_secs(90) });
+        let h = t.health.as_ref().unwrap();
+        assert_eq!(h.retries, 5);
+        assert_eq!(h.interval, Duration::from_secs(1));
+        assert_eq!(h.timeout, Duration::from_secs(2));
+        assert_eq!(h.start_period, Duration::from_millis(500));
+        assert_eq!(
+            h.checks,
+            vec![
+                HealthCheck::Http { url: "http://127.0.0.1:8080/health".into(), status: 204, body: Some("ok".into()) },
+                HealthCheck::Http { url: "http://127.0.0.1:8080/".into(), status: 200, body: None },
+                HealthCheck::Tcp { address: "127.0.0.1:8080".into() },
+                HealthCheck::Tcp { address: "localhost:22".into() },
+                HealthCheck::Command { command: "test -f ready".into() },
+            ]
+        );
+        assert_eq!(t.env["KEY"], "value");
+        assert_eq!(t.env["N"], "3");
+        assert_eq!(t.keep_releases, 2);
+        match &t.config {
+            PlatformConfig::SshRaw { service_manager, service_name, deploy_path, .. } => {
+                assert_eq!(*service_manager, ServiceManager::Pm2);
+                assert_eq!(service_name.as_deref(), Some("web"));
+                assert_eq!(*deploy_path, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let project = p("targets:\n  a:\n    platform: podman\n  b:\n    platform: ssh_raw\n    health: { checks: [ { tcp: 'h:1' } ] }\n").unwrap();
+        assert_eq!(project.app.name, "proj");
+        assert_eq!(project.app.path, PathBuf::from("/srv/proj"));
+        let a = &project.targets[0];
+        assert_eq!(a.agent.mode, Mode::Push);
+        assert_eq!(a.agent.port, 7444);
+        assert_eq!(a.agent.poll_interval, Duration::from_secs(30));
+        assert_eq!(a.keep_releases, DEFAULT_KEEP_RELEASES);
+        assert_eq!(a.config, PlatformConfig::default_for(Platform::Podman));
+        assert_eq!((a.host.clone(), a.port, a.user.clone()), (None, None, None));
+        let b = &project.targets[1];
+        let h = b.health.as_ref().unwrap();
+        assert_eq!(h.retries, 3);
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.timeout, Duration::from_secs(5));
+        assert_eq!(h.start_period, Duration::ZERO);
+        match &b.config {
+            PlatformConfig::SshRaw { service_manager, .. } => assert_eq!(*service_manager, ServiceManager::None),
+            other => panic!("{other:?}"),
+        }
+        // Explicit nulls count as unset.
+        let project = p("targets:\n  a:\n    platform: swarm\n    user:\n    config:\n").unwrap();
+        assert_eq!(project.targets[0].user, None);
+        assert_eq!(project.targets[0].config, PlatformConfig::default_for(Platform::Swarm));
+    }
+
+    #[test]
+    fn app_defaults_for_relative_files() {
+        let project = parse(
+            "app: { path: ../other }\ntargets:\n  a: { platform: nomad }\n",
+            Path::new("work/deploy-targets.yaml"),
+        )
+        .unwrap();
+        assert_eq!(project.app.name, "work");
+        assert_eq!(project.app.path, PathBuf::from("work/../other"));
+        let project =
+            parse("app: { path: /abs/app }\ntargets:\n  a: { platform: nomad }\n", Path::new("deploy-targets.yaml"))
+                .unwrap();
+        assert_eq!(project.app.path, PathBuf::from("/abs/app"));
+        assert!(!project.app.name.is_empty());
+    }
+
+    #[test]
+    fn io_error_names_path() {
+        let e = load(Path::new("/nonexistent/dir/deploy-targets.yaml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }));
+        assert!(e.to_string().contains("/nonexistent/dir/deploy-targets.yaml"));
+    }
+
+    #[test]
+    fn malformed_yaml_has_location() {
+        let e = p("targets:\n  a:\n    platform: [unclosed\n").unwrap_err();
+        let ConfigError::Yaml { line, column, .. } = &e else { panic!("{e:?}") };
+        assert!(line.is_some() && column.is_some());
+        let msg = e.to_string();
+        assert!(msg.contains(FILE) && msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn top_level_errors() {
+        let m = bad("- a\n- b\n", None, None);
+        assert!(m.contains("top level must be a mapping"), "{m}");
+        let m = bad("", None, None);
+        assert!(m.contains("empty"), "{m}");
+        let m = bad("targets: {}\nextra: 1\n", None, Some("extra"));
+        assert!(m.contains("unknown key"), "{m}");
+        let m = bad("app: { name: x }\n", None, Some("targets"));
+        assert!(m.contains("missing"), "{m}");
+        bad("targets: [a]\n", None, Some("targets"));
+        bad("targets: {}\n", None, Some("targets"));
+        bad("app: { nme: x }\ntargets: {a: {platform: nomad}}\n", None, Some("app.nme"));
+        for name in ["..", ".", "a/b", "my app", ""] {
+            let m = bad(
+                &format!("app: {{ name: {name:?} }}\ntargets: {{a: {{platform: nomad}}}}\n"),
+                None,
+                Some("app.name"),
+            );
+            assert!(m.contains("invalid app name"), "{m}");
+        }
+        let e = parse("targets: {a: {platform: nomad}}\n", Path::new("/srv/my app/deploy-targets.yaml")).unwrap_err();
+        assert_eq!(e.key(), Some("app.name"));
+    }
+
+    #[test]
+    fn target_shape_errors() {
+        let m = bad("targets:\n  t1: 5\n", Some("t1"), None);
+        assert!(m.contains("target must be a mapping"), "{m}");
+        let m = bad(&one("host: h"), Some("t1"), Some("platform"));
+        assert!(m.contains("missing") && m.contains("docker_compose"), "{m}");
+        let m = bad(&one("platform: docker"), Some("t1"), Some("platform"));
+        assert!(
+            m.contains("unknown platform \"docker\"")
+                && m.contains("docker_compose, podman, kubernetes, swarm, nomad, ssh_raw"),
+            "{m}"
+        );
+        let m = bad(&one("platform: nomad\nhots: h"), Some("t1"), Some("hots"));
+        assert!(m.contains("unknown key"), "{m}");
+        bad(&one("platform: nomad\nos: beos"), Some("t1"), Some("os"));
+    }
+
+    #[test]
+    fn wrong_types() {
+        let m = bad(&one("platform: nomad\nport: abc"), Some("t1"), Some("port"));
+        assert!(m.contains("expected a port number"), "{m}");
+        let m = bad(&one("platform: nomad\nlabels: [1]"), Some("t1"), Some("labels"));
+        assert!(m.contains("expected a mapping"), "{m}");
+        bad(&one("platform: nomad\nlabels: {a: [1]}"), Some("t1"), Some("labels.a"));
+        bad(&one("platform: nomad\nhost: [x]"), Some("t1"), Some("host"));
+        bad(&one("platform: nomad\nport: -1"), Some("t1"), Some("port"));
+        bad(&one("platform: nomad\nport: 70000"), Some("t1"), Some("port"));
+        bad(&one("platform: nomad\nport: 22.5"), Some("t1"), Some("port"));
+        bad(&one("platform: 5"), Some("t1"), Some("platform"));
+        bad(&one("platform: podman\nconfig: { rootless: yes please }"), Some("t1"), Some("config.rootless"));
+        bad(&one("platform: kubernetes\nconfig: { replicas: three }"), Some("t1"), Some("config.replicas"));
+        let m = bad(&one("platform: swarm\nconfig: { update_delay: 10 }"), Some("t1"), Some("config.update_delay"));
+        assert!(m.contains("no unit"), "{m}");
+        bad(&one("platform: swarm\nconfig: { update_delay: 10x }"), Some("t1"), Some("config.update_delay"));
+        bad(&one("platform: nomad\nconfig: [1]"), Some("t1"), Some("config"));
+        bad(&one("platform: nomad\nagent: { port: 0 }"), Some("t1"), Some("agent.port"));
+        bad(&one("platform: nomad\nagent: { mode: poll }"), Some("t1"), Some("agent.mode"));
+        bad(&one("platform: nomad\nagent: { poll_interval: 0s }"), Some("t1"), Some("agent.poll_interval"));
+        bad(&one("platform: nomad\nagent: { x: 1 }"), Some("t1"), Some("agent.x"));
+        bad(&one("platform: nomad\nenv: { 1BAD: x }"), Some("t1"), Some("env.1BAD"));
+        bad(&one("platform: nomad\nenv: [A=1]"), Some("t1"), Some("env"));
+    }
+
+    #[test]
+    fn port_zero_invalid() {
+        let m = bad(&one("platform: nomad\nport: 0"), Some("t1"), Some("port"));
+        assert!(m.contains("invalid port 0"), "{m}");
+    }
+
+    #[test]
+    fn service_manager_message() {
+        let text = "targets:\n  edge-rpi3:\n    platform: ssh_raw\n    config:\n      service_manager: upstart\n";
+        let e = parse(text, Path::new("deploy-targets.yaml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "deploy-targets.yaml: target \"edge-rpi3\": key \"config.service_manager\": unknown service manager \"upstart\" (expected one of: none, systemd, supervisord, pm2)"
+        );
+    }
+
+    #[test]
+    fn config_keys_checked_against_platform() {
+        // `replicas` is a swarm/kubernetes key, not a docker_compose one.
+        let m = bad(&one("platform: docker_compose\nconfig: { replicas: 2 }"), Some("t1"), Some("config.replicas"));
+        assert!(m.contains("platform docker_compose") && m.contains("compose_project"), "{m}");
+        bad(&one("platform: nomad\nconfig: { namespace: x }"), Some("t1"), Some("config.namespace"));
+        bad(
+            &one("platform: docker_compose\nconfig: { compose_project: My_App }"),
+            Some("t1"),
+            Some("config.compose_project"),
+        );
+        bad(
+            &one("platform: kubernetes\nconfig: { resource_limits: { cpu: [1] } }"),
+            Some("t1"),
+            Some("config.resource_limits.cpu"),
+        );
+    }
+
+    #[test]
+    fn duplicate_target_ids() {
+        let text = "targets:\n  edge-rpi3:\n    platform: nomad\n  other:\n    platform: nomad\n  edge-rpi3:\n    platform: swarm\n";
+        let m = bad(text, Some("edge-rpi3"), None);
+        assert!(m.contains("duplicate target id \"edge-rpi3\""), "{m}");
+        assert!(m.contains("(lines 2 and 6)"), "{m}");
+        // A duplicate inside a target names the key.
+        let text = "targets:\n  t1:\n    platform: nomad\n    labels:\n      a: 1\n      a: 2\n";
+        let m = bad(text, Some("t1"), Some("labels.a"));
+        assert!(m.contains("duplicate key"), "{m}");
+        // Top-level duplicate.
+        let m = bad("targets: {}\ntargets: {}\n", None, Some("targets"));
+        assert!(m.contains("duplicate key"), "{m}");
+    }
+
+    #[test]
+    fn target_ids_are_dns_labels() {
+        let long = "a".repeat(64);
+        for id in ["Edge", "-edge", "edge-", "edge_1", "edge.1", long.as_str(), "é"] {
+            let text = format!("targets:\n  {id:?}:\n    platform: nomad\n");
+            let m = bad(&text, Some(id), None);
+            assert!(m.contains("invalid target id"), "{m}");
+        }
+        let ok = "a".repeat(63);
+        let text = format!(
+            "targets:\n  {ok}:\n    platform: nomad\n  0-x9:\n    platform: nomad\n  7:\n    platform: nomad\n"
+        );
+        let project = p(&text).unwrap();
+        assert_eq!(project.targets[2].id, "7");
+    }
+
+    #[test]
+    fn health_errors() {
+        let h = |body: &str| one(&format!("platform: nomad\nhealth:\n{body}"));
+        let m = bad(
+            &h("  checks:\n    - http: { url: \"https://x/health\" }"),
+            Some("t1"),
+            Some("health.checks[0].http.url"),
+        );
+        assert!(m.contains("https") && m.contains("not supported yet"), "{m}");
+        bad(&h("  checks:\n    - http: \"ftp://x\""), Some("t1"), Some("health.checks[0].http"));
+        bad(&h("  checks:\n    - http: { status: 200 }"), Some("t1"), Some("health.checks[0].http.url"));
+        bad(
+            &h("  checks:\n    - http: { url: 'http://x', status: 99 }"),
+            Some("t1"),
+            Some("health.checks[0].http.status"),
+        );
+        bad(
+            &h("  checks:\n    - http: { url: 'http://x', code: 200 }"),
+            Some("t1"),
+            Some("health.checks[0].http.code"),
+        );
+        let m = bad(
+            &h("  checks:\n    - tcp: 'a:1'\n    - tcp: 'a:1'\n      command: x"),
+            Some("t1"),
+            Some("health.checks[1]"),
+        );
+        assert!(m.contains("exactly one of: http, tcp, command"), "{m}");
+        let m = bad(&h("  checks:\n    - {}"), Some("t1"), Some("health.checks[0]"));
+        assert!(m.contains("exactly one"), "{m}");
+        bad(&h("  checks:\n    - ping: x"), Some("t1"), Some("health.checks[0].ping"));
+        bad(&h("  checks:\n    - just-a-string"), Some("t1"), Some("health.checks[0]"));
+        bad(&h("  checks:\n    - tcp: 'nohost'"), Some("t1"), Some("health.checks[0].tcp"));
+        bad(&h("  checks:\n    - tcp: 'h:0'"), Some("t1"), Some("health.checks[0].tcp"));
+        bad(&h("  checks:\n    - command: ''"), Some("t1"), Some("health.checks[0].command"));
+        bad(&h("  retries: 3"), Some("t1"), Some("health.checks"));
+        bad(&h("  checks: []"), Some("t1"), Some("health.checks"));
+        bad(&h("  checks: {}"), Some("t1"), Some("health.checks"));
+        bad(&h("  checks: [ {tcp: 'a:1'} ]\n  timeout: 0s"), Some("t1"), Some("health.timeout"));
+        bad(&h("  checks: [ {tcp: 'a:1'} ]\n  interval: soon"), Some("t1"), Some("health.interval"));
+        bad(&h("  checks: [ {tcp: 'a:1'} ]\n  retry: 1"), Some("t1"), Some("health.retry"));
+    }
+
+    #[test]
+    fn keep_releases_at_least_one() {
+        let m = bad(&one("platform: nomad\nkeep_releases: 0"), Some("t1"), Some("keep_releases"));
+        assert!(m.contains("at least 1"), "{m}");
+        bad(&one("platform: nomad\nkeep_releases: many"), Some("t1"), Some("keep_releases"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1m30s", Duration::from_secs(90)),
+            ("0s", Duration::ZERO),
+            ("1.5s", Duration::from_millis(1500)),
+            ("250us", Duration::from_micros(250)),
+            ("7ns", Duration::from_nanos(7)),
+            (" 2s ", Duration::from_secs(2)),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        for s in [
+            "",
+            " ",
+            "10",
+            "-1s",
+            "5x",
+            "s",
+            "1h30",
+            "1.s.",
+            "ms5",
+            "1 s",
+            "99999999999999999999h",
+            "18446744073709551615h",
+            "½s",
+        ] {
+            assert!(parse_duration(s).is_err(), "{s:?} should be rejected");
+        }
+        assert!(parse_duration("10").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+        assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn durations_format_and_round_trip() {
+        let cases = [
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_millis(1500), "1s500ms"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(1_001), "1us1ns"),
+        ];
+        for (d, s) in cases {
+            assert_eq!(format_duration(d), s);
+            assert_eq!(parse_duration(s), Ok(d));
+        }
+        let big = Duration::new(u64::MAX / 4, 123_456_789);
+        assert_eq!(parse_duration(&format_duration(big)), Ok(big));
+    }
+
+    #[test]
+    fn health_spec_json_round_trip() {
+        let spec = HealthSpec {
+            checks: vec![
+                HealthCheck::Http { url: "http://127.0.0.1:8080/health".into(), status: 200, body: Some("ok".into()) },
+                HealthCheck::Tcp { address: "127.0.0.1:8080".into() },
+                HealthCheck::Command { command: "test -f ready".into() },
+            ],
+            retries: 5,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(2500),
+            start_period: Duration::ZERO,
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"interval\":\"1s\""), "{json}");
+        assert!(json.contains("\"timeout\":\"2s500ms\""), "{json}");
+        assert!(json.contains("\"type\":\"http\""), "{json}");
+        assert!(json.contains("\"type\":\"tcp\""), "{json}");
+        let back: HealthSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
+
+        let minimal: HealthSpec = serde_json::from_str(r#"{"checks":[{"type":"http","url":"http://x/"}]}"#).unwrap();
+        assert_eq!(minimal.retries, 3);
+        assert_eq!(minimal.interval, Duration::from_secs(2));
+        assert_eq!(minimal.timeout, Duration::from_secs(5));
+        assert_eq!(minimal.checks[0], HealthCheck::Http { url: "http://x/".into(), status: 200, body: None });
+        assert!(serde_json::from_str::<HealthSpec>(r#"{"checks":[],"interval":"2"}"#).is_err());
+        assert!(serde_json::from_str::<HealthSpec>(r#"{"checks":[],"interval":2}"#).is_err());
+    }
+
+    #[test]
+    fn enums_as_strings() {
+        for p in Platform::ALL {
+            assert_eq!(p.as_str().parse::<Platform>(), Ok(p));
+            assert_eq!(p.to_string(), p.as_str());
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{}\"", p.as_str()));
+            assert_eq!(serde_json::from_str::<Platform>(&format!("\"{p}\"")).unwrap(), p);
+        }
+        for m in ServiceManager::ALL {
+            assert_eq!(m.as_str().parse::<ServiceManager>(), Ok(m));
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.as_str()));
+        }
+        assert_eq!(serde_json::to_string(&Mode::Pull).unwrap(), "\"pull\"");
+        assert_eq!("push".parse::<Mode>(), Ok(Mode::Push));
+        assert!("Push".parse::<Mode>().is_err());
+        assert!("Docker_Compose".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        for text in [
+            "targets: !tag {a: {platform: nomad}}",
+            "targets:\n  ? [a]\n  : {platform: nomad}\n",
+            "targets:\n  a: {platform: nomad, labels: {? [x] : y}}\n",
+            "targets:\n  a: &x {platform: nomad}\n  b: *x\n",
+            "targets:\n  a: {platform: nomad, config: {}}\n  <<: {b: 1}\n",
+            "\u{feff}targets: {}",
+            "targets:\n  a:\n    platform: nomad\n    port: 1e3\n",
+            "targets: {a: {platform: !!str nomad}}",
+            "{{{{",
+            "targets: {a: {platform: nomad}}\n---\ntargets: {}\n",
+        ] {
+            let _ = p(text);
+        }
+        // Aliases are fine.
+        let project = p("targets:\n  a: &x {platform: nomad}\n  b: *x\n").unwrap();
+        assert_eq!(project.targets.len(), 2);
+    }
+}

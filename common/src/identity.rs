@@ -36,7 +36,9 @@ pub enum IdentityError {
     Connect { addr: String, source: std::io::Error },
     #[error("TLS handshake with {addr} failed: {reason}")]
     Handshake { addr: String, reason: String },
-    #[error("the coordinator at {addr} did not present a CA whose SHA-256 is {pin} (wrong token, or someone in the middle)")]
+    #[error(
+        "the coordinator at {addr} did not present a CA whose SHA-256 is {pin} (wrong token, or someone in the middle)"
+    )]
     PinMismatch { addr: String, pin: String },
 }
 

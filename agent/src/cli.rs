@@ -1,0 +1,299 @@
+//! The agent's CLI. Thin: parse, call into the library, print, map to exit codes
+//! (0 ok, 1 error, 2 usage, 3 a deploy or apply that did not end live and healthy).
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
+
+use dockfra_common::bundle;
+use dockfra_common::proto;
+
+use crate::executor::{Executor, NoSource};
+use crate::runner::{Runner, SystemRunner};
+use crate::state::{BlobWriter, StateDir};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dockfra-agent",
+    version = dockfra_common::VERSION,
+    about = "dockfra agent: verifies signed bundles and carries out releases on this host",
+    long_about = "dockfra agent: verifies signed bundles and carries out releases on this host \
+(release dirs with an atomic `current` swap, health checks, automatic rollback).\n\n\
+First steps:\n  dockfra-agent enroll --coordinator https://COORD:7443 --token dkf1....\n  dockfra-agent run"
+)]
+pub struct Cli {
+    /// State directory (identity, journal, blobs, releases). Default: /var/lib/dockfra-agent for
+    /// root, else ~/.local/share/dockfra-agent (macOS: ~/Library/Application Support/dockfra-agent).
+    #[arg(long, global = true, env = "DOCKFRA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Join a coordinator with a one-time token (`dockfra-coord token create TARGET`).
+    Enroll {
+        /// The coordinator's gRPC address, e.g. https://10.0.0.1:7443.
+        #[arg(long)]
+        coordinator: String,
+        #[arg(long, env = "DOCKFRA_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Refuse a token that names another target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Run in the mode the target declares: push (listen for the coordinator) or pull (poll it).
+    Run {
+        /// Push mode: the address to listen on (default 0.0.0.0:<agent.port>).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// This agent's target, apps, current and previous releases.
+    Status {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Apply an offline bundle (`dockfra-coord bundle export`), with the same verification.
+    Apply { file: PathBuf },
+    /// Local emergency rollback of APP to its previous release (or --to RELEASE).
+    Rollback {
+        app: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Ask the running pull agent to poll now (sends it SIGHUP).
+    PollNow,
+    /// Print what this host runs: OS, architecture, runtimes.
+    Detect,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let level = ["info", "debug", "trace"][cli.verbose.min(2) as usize];
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DOCKFRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,dockfra_agent={level}")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn executor(state: &StateDir, runner: Arc<dyn Runner>) -> Result<Executor> {
+    let cfg = state.config()?;
+    Ok(Executor::new(state.clone(), cfg.target, state.signing_key()?, runner))
+}
+
+pub async fn run(cli: Cli) -> Result<u8> {
+    let state =
+        StateDir::new(&cli.state_dir.clone().unwrap_or_else(|| dockfra_common::default_state_dir("dockfra-agent")));
+    let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
+    match cli.command {
+        Command::Enroll { coordinator, token, target } => {
+            let cfg = crate::net::enroll(&state, &coordinator, &token, target.as_deref(), runner.as_ref()).await?;
+            println!("enrolled as target {} ({} mode); start with `dockfra-agent run`", cfg.target, cfg.mode);
+            Ok(0)
+        }
+        Command::Run { listen } => run_agent(&state, runner, listen).await,
+        Command::Status { output } => {
+            let exec = executor(&state, runner)?;
+            let st = exec.status(None);
+            let cfg = state.config()?;
+            if output == Output::Json {
+                let apps: Vec<_> = st
+                    .apps
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({"app": a.app, "current_release": a.current_release, "previous_release": a.previous_release,
+                            "current_version": a.current_version, "current_sequence": a.current_sequence, "health": a.health,
+                            "releases": a.releases, "last_result": a.last_result})
+                    })
+                    .collect();
+                let v = serde_json::json!({"target": st.target, "mode": cfg.mode, "coordinator": cfg.coordinator,
+                    "last_desired_sequence": st.last_desired_sequence, "apps": apps});
+                println!("{v}");
+            } else {
+                println!("target: {} ({} mode, coordinator {})", st.target, cfg.mode, cfg.coordinator);
+                for a in &st.apps {
+                    println!(
+                        "app {}: current {} (version {}), previous {}, health {}, last result {}",
+                        a.app,
+                        or_dash(&a.current_release),
+                        or_dash(&a.current_version),
+                        or_dash(&a.previous_release),
+                        a.health,
+                        or_dash(&a.last_result)
+                    );
+                    println!("  releases: {}", a.releases.join(" "));
+                }
+            }
+            Ok(0)
+        }
+        Command::Apply { file } => apply(&state, runner, &file).await,
+        Command::Rollback { app, to } => {
+            let exec = executor(&state, runner)?;
+            let r = exec.local_rollback(&app, to.as_deref()).await?;
+            println!("{app}: current -> {r}");
+            Ok(0)
+        }
+        Command::PollNow => {
+            let pid = std::fs::read_to_string(state.pid_file())
+                .with_context(|| format!("no running agent ({} missing)", state.pid_file().display()))?;
+            let out = tokio::process::Command::new("kill").args(["-HUP", pid.trim()]).output().await?;
+            if !out.status.success() {
+                bail!("cannot signal agent pid {}: {}", pid.trim(), String::from_utf8_lossy(&out.stderr).trim());
+            }
+            println!("asked agent (pid {}) to poll now", pid.trim());
+            Ok(0)
+        }
+        Command::Detect => {
+            let f = crate::facts::detect(runner.as_ref()).await;
+            println!("os:      {} ({}){}", f.os, f.os_release, if f.wsl { " [WSL]" } else { "" });
+            println!("arch:    {}", f.arch);
+            println!("host:    {}", f.hostname);
+            for r in f.runtimes {
+                println!("runtime: {} {} ({})", r.name, r.version, r.path);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, listen: Option<String>) -> Result<u8> {
+    let cfg = state.config()?;
+    let exec = Arc::new(executor(state, runner.clone())?);
+    let recovered = exec.recover().await?;
+    crate::state::write(&state.pid_file(), std::process::id().to_string().as_bytes(), 0o644)?;
+    let facts = crate::facts::detect(runner.as_ref()).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    if let Some(ev) = recovered {
+        // Tell the coordinator; if it is unreachable the next poll's status says enough.
+        if let Ok(ch) = crate::net::coordinator_channel(state, &cfg).await {
+            let _ = proto::fleet_client::FleetClient::new(ch)
+                .report(proto::ReportRequest { events: vec![ev], status: None })
+                .await;
+        }
+    }
+    tracing::info!(target = %cfg.target, mode = %cfg.mode, "dockfra-agent running");
+    let r = match cfg.mode.as_str() {
+        "pull" => crate::net::pull_loop(exec, state.clone(), facts, stop_rx).await,
+        _ => {
+            let listen = listen.unwrap_or_else(|| format!("0.0.0.0:{}", cfg.listen_port));
+            crate::net::push_server(exec, state.clone(), facts, listen, stop_rx).await
+        }
+    };
+    let _ = std::fs::remove_file(state.pid_file());
+    r.map(|()| 0)
+}
+
+/// Apply an offline bundle: verify the signed documents before reading any blob, stage the
+/// blobs (hash-checked) in a temp dir, and only then move them into the store and deploy.
+/// A bad archive leaves nothing behind.
+async fn apply(state: &StateDir, runner: Arc<dyn Runner>, file: &std::path::Path) -> Result<u8> {
+    let exec = executor(state, runner)?;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let staging = state.tmp().join(format!("import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let mut assignment = None;
+    let writer: std::cell::RefCell<Option<BlobWriter>> = std::cell::RefCell::new(None);
+    let read = bundle::read_archive(
+        std::io::BufReader::new(f),
+        |a| {
+            let v = exec.verify(&a)?;
+            let sizes =
+                v.manifest.files.iter().filter(|f| !f.sha256.is_empty()).map(|f| (f.sha256.clone(), f.size)).collect();
+            *writer.borrow_mut() =
+                Some(BlobWriter::new(staging.clone(), sizes).map_err(|e| bundle::BundleError::Archive(e.to_string()))?);
+            assignment = Some(a);
+            Ok(v.manifest.digests().into_iter().collect())
+        },
+        |d, r| {
+            let mut guard = writer.borrow_mut();
+            let w = guard.as_mut().ok_or_else(|| bundle::BundleError::Archive("blob before documents".into()))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut offset = 0u64;
+            loop {
+                let n = r.read(&mut buf).map_err(|e| bundle::BundleError::Archive(e.to_string()))?;
+                w.chunk(d.as_str(), offset, &buf[..n], n == 0)
+                    .map_err(|e| bundle::BundleError::Archive(e.to_string()))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                offset += n as u64;
+            }
+        },
+    );
+    drop(writer);
+    if let Err(e) = read {
+        let _ = std::fs::remove_dir_all(&staging);
+        bail!("{}: {e}", file.display());
+    }
+    let a = assignment.context("no assignment")?;
+    std::fs::create_dir_all(state.blobs())?;
+    for e in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with('.') {
+            std::fs::rename(e.path(), state.blobs().join(&name))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    let (tx, mut rx) = mpsc::unbounded_channel::<proto::DeployEvent>();
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            eprintln!("{:<13} {}", ev.phase, ev.message);
+        }
+    });
+    let fin = exec.execute(&a, &mut NoSource, &tx).await;
+    drop(tx);
+    let _ = printer.await;
+    if fin.result == "succeeded" {
+        println!("applied {}: release {} is live and healthy", file.display(), fin.release);
+        Ok(0)
+    } else {
+        println!("{}: {}: {}", file.display(), fin.result, fin.message);
+        Ok(3)
+    }
+}

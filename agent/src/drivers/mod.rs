@@ -1,0 +1,54 @@
+//! Drivers: one per platform id (the seed's ids). A driver turns a materialized release into
+//! something running. The executor owns ordering, journaling and rollback; a driver only
+//! answers its steps. External programs are reached through the [`Runner`] only.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use dockfra_common::bundle::Manifest;
+use dockfra_common::config::Platform;
+
+use crate::runner::{RunError, Runner};
+
+pub mod ssh_raw;
+
+/// What a driver step needs to know.
+pub struct StepCtx<'a> {
+    pub manifest: &'a Manifest,
+    pub release_dir: PathBuf,
+    pub current_link: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub runner: &'a dyn Runner,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{step}: {source} (service_manager: {manager})")]
+    Tool { step: &'static str, manager: &'static str, source: RunError },
+    #[error("{step}: {source}")]
+    Run { step: &'static str, source: RunError },
+    #[error("{step}: `{command}` exited with {code:?}: {tail}")]
+    Failed { step: &'static str, command: String, code: Option<i32>, tail: String },
+    #[error("platform {0} is not supported by this agent yet")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[tonic::async_trait]
+pub trait Driver: Send + Sync {
+    /// Can this release run here (tools present, config sane)? Changes nothing.
+    async fn validate(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError>;
+    /// Before `current` moves (the seed's `pre_script`).
+    async fn pre_deploy(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError>;
+    /// After `current` points at the release: make it run (service restart, `up`, …).
+    async fn apply(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError>;
+    /// After apply (the seed's `post_script`).
+    async fn post_deploy(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError>;
+}
+
+pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
+    match p {
+        Platform::SshRaw => Ok(Box::new(ssh_raw::SshRaw)),
+        other => Err(DriverError::Unsupported(other.as_str())),
+    }
+}

@@ -1,0 +1,106 @@
+//! What the agent knows of its host: OS (distribution and version, macOS, WSL), architecture,
+//! hostname, and which runtimes are on PATH with their versions. Read-only; never changes
+//! the host.
+use std::time::Duration;
+
+use dockfra_common::proto;
+
+use crate::runner::{which, CommandSpec, Runner};
+
+/// `PRETTY_NAME` (or NAME VERSION_ID) from an os-release file's text.
+pub fn parse_os_release(text: &str) -> Option<String> {
+    let mut kv = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            kv.insert(k.trim(), v.trim().trim_matches('"').trim_matches('\''));
+        }
+    }
+    kv.get("PRETTY_NAME")
+        .map(|s| s.to_string())
+        .or_else(|| kv.get("NAME").map(|n| format!("{n} {}", kv.get("VERSION_ID").unwrap_or(&"")).trim().to_string()))
+}
+
+/// WSL is told by the kernel release ("...microsoft-standard-WSL2") or WSL_DISTRO_NAME.
+pub fn is_wsl(kernel_release: &str, distro_env: Option<&str>) -> bool {
+    distro_env.is_some_and(|d| !d.is_empty()) || kernel_release.to_ascii_lowercase().contains("microsoft")
+}
+
+/// Runtimes we look for, and the argv that prints each one's version.
+const PROBES: &[(&str, &str, &[&str])] = &[
+    ("docker", "docker", &["--version"]),
+    ("docker compose", "docker", &["compose", "version", "--short"]),
+    ("docker-compose", "docker-compose", &["--version"]),
+    ("podman", "podman", &["--version"]),
+    ("kubectl", "kubectl", &["version", "--client"]),
+    ("nomad", "nomad", &["version"]),
+    ("systemctl", "systemctl", &["--version"]),
+    ("supervisorctl", "supervisorctl", &["version"]),
+    ("pm2", "pm2", &["--version"]),
+    ("sh", "sh", &[]),
+];
+
+pub async fn detect(runner: &dyn Runner) -> proto::Facts {
+    let os = match std::env::consts::OS {
+        "macos" => "macos",
+        "windows" => "windows",
+        other => other,
+    }
+    .to_string();
+    let os_release = if os == "macos" {
+        runner
+            .run(&CommandSpec::new("sw_vers", &["-productVersion"]).timeout(Duration::from_secs(3)))
+            .await
+            .map(|o| format!("macOS {}", o.stdout.trim()))
+            .unwrap_or_else(|_| "macOS".into())
+    } else {
+        ["/etc/os-release", "/usr/lib/os-release"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| parse_os_release(&t))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut runtimes = Vec::new();
+    for (name, program, args) in PROBES {
+        let Some(path) = which(program) else { continue };
+        let version = if args.is_empty() {
+            String::new()
+        } else {
+            match runner.run(&CommandSpec::new(program, args).timeout(Duration::from_secs(3))).await {
+                Ok(o) if o.success() => o.stdout.lines().next().unwrap_or("").trim().to_string(),
+                _ if *name == "docker compose" => continue, // the plugin is absent
+                _ => String::new(),
+            }
+        };
+        runtimes.push(proto::Runtime { name: name.to_string(), version, path: path.display().to_string() });
+    }
+    proto::Facts {
+        agent_version: dockfra_common::VERSION.to_string(),
+        wsl: is_wsl(&kernel, std::env::var("WSL_DISTRO_NAME").ok().as_deref()),
+        os,
+        os_release,
+        arch: std::env::consts::ARCH.to_string(),
+        hostname,
+        runtimes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_and_wsl() {
+        let deb = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\n";
+        assert_eq!(parse_os_release(deb).as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(parse_os_release("NAME=Alpine\nVERSION_ID=3.19\n").as_deref(), Some("Alpine 3.19"));
+        assert!(is_wsl("5.15.90.1-microsoft-standard-WSL2", None));
+        assert!(is_wsl("6.1.0", Some("Ubuntu")));
+        assert!(!is_wsl("6.1.0-18-amd64", None));
+    }
+}

@@ -1,0 +1,13 @@
+//! dockfra-agent as a library. The agent must stay small and cross-buildable: no SQLite, no
+//! web framework, no converters, no OpenSSL.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod drivers;
+pub mod executor;
+pub mod facts;
+pub mod health;
+pub mod net;
+pub mod releases;
+pub mod runner;
+pub mod state;

@@ -1,0 +1,374 @@
+//! The agent's side of the wire: enrollment (the one call made before we hold a
+//! certificate, over TLS pinned to the CA hash in the join token), the pull loop, the push
+//! server (accepts only the coordinator's certificate), and certificate renewal.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use dockfra_common::identity;
+use dockfra_common::proto::{self, agent_server, enrollment_client, fleet_client};
+
+use crate::executor::{BlobSource, Executor};
+use crate::runner::Runner;
+use crate::state::{AgentConfig, BlobWriter, StateDir};
+
+/// A fresh ECDSA P-256 key and a CSR for it (the CSR asks for nothing: the coordinator
+/// decides every field).
+fn key_and_csr() -> Result<(String, String)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?.pem()?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// `dockfra-agent enroll`.
+pub async fn enroll(
+    state: &StateDir,
+    coordinator: &str,
+    token: &str,
+    expected: Option<&str>,
+    runner: &dyn Runner,
+) -> Result<AgentConfig> {
+    if state.is_enrolled() {
+        bail!(
+            "{} already holds an enrolled identity (target {:?}); use another --state-dir or remove it first",
+            state.root.display(),
+            state.config().map(|c| c.target).unwrap_or_default()
+        );
+    }
+    let url =
+        if coordinator.starts_with("https://") { coordinator.to_string() } else { format!("https://{coordinator}") };
+    let pin = token.rsplit('.').next().filter(|p| p.len() == 64 && token.starts_with("dkf1."));
+    let Some(pin) = pin else { bail!("malformed join token (expected dkf1.<id>.<secret>.<ca-sha256>)") };
+    let ca_pem = identity::fetch_pinned_ca(identity::authority(&url), pin).await?;
+    let (key_pem, csr) = key_and_csr()?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name(identity::COORDINATOR_DNS);
+    let ch =
+        identity::connect(&url, tls, Duration::from_secs(10)).await.with_context(|| format!("cannot reach {url}"))?;
+    let facts = crate::facts::detect(runner).await;
+    let r = enrollment_client::EnrollmentClient::new(ch)
+        .enroll(proto::EnrollRequest {
+            token: token.to_string(),
+            csr_pem: csr,
+            facts: Some(facts),
+            expected_target: expected.unwrap_or_default().to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
+        .into_inner();
+    if let Some(e) = expected {
+        if e != r.target {
+            bail!("the coordinator enrolled us as {:?}, not {e:?}", r.target);
+        }
+    }
+    if r.ca_pem.trim() != ca_pem.trim() && identity::ca_pin(&r.ca_pem)? != pin {
+        bail!("the coordinator answered with a CA that does not match the token's pin");
+    }
+    let cfg = AgentConfig {
+        target: r.target,
+        coordinator: url,
+        coordinator_name: r.coordinator_name,
+        mode: r.mode,
+        listen_port: r.listen_port as u16,
+        poll_interval_ms: r.poll_interval_ms,
+        cert_issued_unix: dockfra_common::now_unix(),
+    };
+    crate::state::write(&state.identity("key.pem"), key_pem.as_bytes(), 0o600)?;
+    crate::state::write(&state.identity("cert.pem"), r.cert_pem.as_bytes(), 0o644)?;
+    crate::state::write(&state.identity("ca.pem"), r.ca_pem.as_bytes(), 0o644)?;
+    crate::state::write(&state.identity("signing.pub"), &r.signing_public_key, 0o644)?;
+    state.save_config(&cfg)?; // written last: its presence means "enrolled"
+    Ok(cfg)
+}
+
+/// An mTLS channel to the coordinator with our current certificate.
+pub async fn coordinator_channel(state: &StateDir, cfg: &AgentConfig) -> Result<Channel> {
+    let tls = identity::client_tls(
+        &state.read_identity("ca.pem")?,
+        &state.read_identity("cert.pem")?,
+        &state.read_identity("key.pem")?,
+        &cfg.coordinator_name,
+    );
+    identity::connect(&cfg.coordinator, tls, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {}", cfg.coordinator))
+}
+
+/// Renew the certificate when two thirds of its life have passed. Returns true if renewed.
+pub async fn renew_if_due(state: &StateDir) -> Result<bool> {
+    let mut cfg = state.config()?;
+    let der = identity::first_cert_der(&state.read_identity("cert.pem")?)?;
+    let info = identity::cert_info(&der)?;
+    let now = dockfra_common::now_unix() as i64;
+    let life = (info.not_after_unix - cfg.cert_issued_unix as i64).max(1);
+    if now < cfg.cert_issued_unix as i64 + life * 2 / 3 {
+        return Ok(false);
+    }
+    let ch = coordinator_channel(state, &cfg).await?;
+    let (key_pem, csr) = key_and_csr()?;
+    let r = fleet_client::FleetClient::new(ch)
+        .renew(proto::RenewRequest { csr_pem: csr })
+        .await
+        .map_err(|s| anyhow::anyhow!("renewal refused: {}", s.message()))?
+        .into_inner();
+    crate::state::write(&state.identity("key.pem.new"), key_pem.as_bytes(), 0o600)?;
+    crate::state::write(&state.identity("cert.pem"), r.cert_pem.as_bytes(), 0o644)?;
+    std::fs::rename(state.identity("key.pem.new"), state.identity("key.pem"))?;
+    cfg.cert_issued_unix = dockfra_common::now_unix();
+    state.save_config(&cfg)?;
+    tracing::info!("certificate renewed");
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------- pull
+
+/// Blobs from `Fleet.FetchBlobs`.
+pub struct PullSource {
+    pub client: fleet_client::FleetClient<Channel>,
+}
+
+#[tonic::async_trait]
+impl BlobSource for PullSource {
+    async fn fetch(&mut self, bundle_id: &str, w: &mut BlobWriter, digests: Vec<String>) -> Result<()> {
+        let mut s = self
+            .client
+            .fetch_blobs(proto::FetchBlobsRequest { bundle_id: bundle_id.to_string(), digests })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        while let Some(c) = s.next().await {
+            let c = c.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            w.chunk(&c.digest, c.offset, &c.data, c.last)?;
+        }
+        Ok(())
+    }
+}
+
+/// One poll: report status, get an assignment, carry it out, report events.
+pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) -> Result<Option<u64>> {
+    let cfg = state.config()?;
+    let ch = coordinator_channel(state, &cfg).await?;
+    let mut client = fleet_client::FleetClient::new(ch).max_decoding_message_size(64 << 20);
+    let r = client
+        .poll(proto::PollRequest { status: Some(exec.status(Some(facts.clone()))) })
+        .await
+        .map_err(|s| anyhow::anyhow!("poll refused: {}", s.message()))?
+        .into_inner();
+    let next = (r.poll_interval_ms > 0).then_some(r.poll_interval_ms);
+    let Some(a) = r.assignment else { return Ok(next) };
+    let (tx, mut rx) = mpsc::unbounded_channel::<proto::DeployEvent>();
+    // Forward progress as it happens; the final event goes with the status, below.
+    let mut reporter = client.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if ev.r#final {
+                return Some(ev);
+            }
+            let _ = reporter.report(proto::ReportRequest { events: vec![ev], status: None }).await;
+        }
+        None
+    });
+    let mut source = PullSource { client: client.clone() };
+    let last = exec.execute(&a, &mut source, &tx).await;
+    drop(tx);
+    let fin = forward.await.ok().flatten().unwrap_or(last);
+    client
+        .report(proto::ReportRequest { events: vec![fin], status: Some(exec.status(Some(facts.clone()))) })
+        .await
+        .map_err(|s| anyhow::anyhow!("report refused: {}", s.message()))?;
+    Ok(next)
+}
+
+/// Random jitter of ±10%.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let f = 0.9 + (u16::from_le_bytes(b) as f64 / u16::MAX as f64) * 0.2;
+    d.mul_f64(f)
+}
+
+/// Poll forever: on schedule with jitter, at once on SIGHUP, backing off while the
+/// coordinator is unreachable (the current release keeps running meanwhile).
+pub async fn pull_loop(
+    exec: Arc<Executor>,
+    state: StateDir,
+    facts: proto::Facts,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut interval = Duration::from_millis(state.config()?.poll_interval_ms.max(100));
+    let mut failures = 0u32;
+    loop {
+        let _ = renew_if_due(&state).await.map_err(|e| tracing::warn!("renewal: {e:#}"));
+        let wait = match poll_once(&exec, &state, &facts).await {
+            Ok(next) => {
+                if failures > 0 {
+                    tracing::info!("coordinator reachable again");
+                }
+                failures = 0;
+                if let Some(ms) = next {
+                    interval = Duration::from_millis(ms.max(100));
+                }
+                jitter(interval)
+            }
+            Err(e) => {
+                failures += 1;
+                let backoff = Duration::from_millis(500u64.saturating_mul(1 << failures.min(10)))
+                    .min(interval.max(Duration::from_secs(60)));
+                tracing::warn!("poll failed ({failures} in a row), retrying in {backoff:?}: {e:#}");
+                jitter(backoff)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = hup.recv() => tracing::info!("SIGHUP: polling now"),
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- push
+
+pub struct PushService {
+    pub exec: Arc<Executor>,
+    pub facts: proto::Facts,
+}
+
+fn coordinator_only<T>(req: &Request<T>) -> Result<(), Status> {
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+    let first = certs.first().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+    let info = identity::cert_info(first.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    if info.has_uri(identity::COORDINATOR_URI) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied("only the coordinator may call this agent"))
+    }
+}
+
+/// Blobs arriving on the push stream after we asked for them.
+struct PushSource {
+    inbound: Streaming<proto::CoordinatorMsg>,
+    out: mpsc::Sender<Result<proto::AgentMsg, Status>>,
+}
+
+#[tonic::async_trait]
+impl BlobSource for PushSource {
+    async fn fetch(&mut self, _bundle: &str, w: &mut BlobWriter, digests: Vec<String>) -> Result<()> {
+        self.out
+            .send(Ok(proto::AgentMsg { msg: Some(proto::agent_msg::Msg::Need(proto::NeedBlobs { digests })) }))
+            .await
+            .map_err(|_| anyhow::anyhow!("the coordinator went away"))?;
+        while w.remaining() > 0 {
+            match self.inbound.next().await {
+                Some(Ok(proto::CoordinatorMsg { msg: Some(proto::coordinator_msg::Msg::Chunk(c)) })) => {
+                    w.chunk(&c.digest, c.offset, &c.data, c.last)?
+                }
+                Some(Ok(_)) => bail!("unexpected message while receiving blobs"),
+                Some(Err(s)) => bail!("stream error: {}", s.message()),
+                None => bail!("the coordinator closed the stream with {} blob(s) outstanding", w.remaining()),
+            }
+        }
+        Ok(())
+    }
+}
+
+type AgentStream = Pin<Box<dyn Stream<Item = Result<proto::AgentMsg, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl agent_server::Agent for PushService {
+    type DeployStream = AgentStream;
+
+    async fn deploy(&self, req: Request<Streaming<proto::CoordinatorMsg>>) -> Result<Response<AgentStream>, Status> {
+        coordinator_only(&req)?;
+        let mut inbound = req.into_inner();
+        let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("empty deploy stream"))??;
+        let Some(proto::coordinator_msg::Msg::Assignment(a)) = first.msg else {
+            return Err(Status::invalid_argument("a deploy stream starts with the assignment"));
+        };
+        let (out, rx) = mpsc::channel(32);
+        let exec = self.exec.clone();
+        tokio::spawn(async move {
+            let (tx, mut evs) = mpsc::unbounded_channel();
+            let fwd_out = out.clone();
+            let forward = tokio::spawn(async move {
+                while let Some(ev) = evs.recv().await {
+                    let _ = fwd_out.send(Ok(proto::AgentMsg { msg: Some(proto::agent_msg::Msg::Event(ev)) })).await;
+                }
+            });
+            let mut source = PushSource { inbound, out };
+            exec.execute(&a, &mut source, &tx).await;
+            drop(tx);
+            let _ = forward.await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::AgentStatus>, Status> {
+        coordinator_only(&req)?;
+        Ok(Response::new(self.exec.status(Some(self.facts.clone()))))
+    }
+
+    async fn detect(&self, req: Request<proto::DetectRequest>) -> Result<Response<proto::Facts>, Status> {
+        coordinator_only(&req)?;
+        Ok(Response::new(crate::facts::detect(self.exec.runner.as_ref()).await))
+    }
+}
+
+/// Serve the push endpoint until `stop`; restarts itself when the certificate is renewed.
+pub async fn push_server(
+    exec: Arc<Executor>,
+    state: StateDir,
+    facts: proto::Facts,
+    listen: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(state.read_identity("cert.pem")?, state.read_identity("key.pem")?))
+            .client_ca_root(Certificate::from_pem(state.read_identity("ca.pem")?));
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "push endpoint listening (mTLS, coordinator only)");
+        let svc = agent_server::AgentServer::new(PushService { exec: exec.clone(), facts: facts.clone() });
+        let (renewed_tx, renewed_rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                match renew_if_due(&st).await {
+                    Ok(true) => {
+                        let _ = renewed_tx.send(());
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("renewal: {e:#}"),
+                }
+            }
+        });
+        let mut stop2 = stop.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop2.changed() => {}
+                _ = renewed_rx => tracing::info!("reloading the push endpoint with the renewed certificate"),
+            }
+        };
+        tonic::transport::Server::builder()
+            .tls_config(tls)?
+            .add_service(svc.max_decoding_message_size(64 << 20))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .await?;
+        renewer.abort();
+        if *stop.borrow_and_update() {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Capistrano-style releases of one app on this host:
+//!
+//! ```text
+//! <base>/releases/<seq>-<id>/      one dir per release: built in a temp dir, fsynced, renamed in
+//! <base>/releases/<seq>-<id>.json  its manifest, written last: a release without it is incomplete
+//! <base>/current -> releases/…     swapped atomically (new symlink + rename(2))
+//! <base>/shared/                   persistent files linked into every release
+//! <base>/quarantine/               releases that failed their health check
+//! ```
+//! This module owns every write under `<base>`. It only materializes manifests that
+//! `bundle::verify_assignment` accepted, from blobs whose hashes were checked on arrival.
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use dockfra_common::bundle::{EntryKind, Manifest};
+use dockfra_common::paths::{check_component, Digest, SafeRelPath};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("materializing release {release} in {dir}: {source}")]
+    Materialize { release: String, dir: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("release {0} is not present on this host")]
+    Missing(String),
+    #[error("blob {0} is missing from the local store")]
+    MissingBlob(String),
+    #[error("blob {digest} changed on disk (got {actual}); refusing to use it")]
+    BlobCorrupt { digest: String, actual: String },
+    #[error("invalid release name {0:?}")]
+    BadName(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
+    move |source| ReleaseError::Io { path: path.to_path_buf(), source }
+}
+
+/// The release store of one app.
+#[derive(Debug, Clone)]
+pub struct AppReleases {
+    pub base: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseInfo {
+    pub name: String,
+    pub sequence: u64,
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    let (seq, id) = name.split_once('-')?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
+    seq.parse().ok()
+}
+
+impl AppReleases {
+    pub fn new(base: PathBuf) -> Self {
+        Self { base }
+    }
+    pub fn releases_dir(&self) -> PathBuf {
+        self.base.join("releases")
+    }
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.releases_dir().join(name)
+    }
+    fn meta(&self, name: &str) -> PathBuf {
+        self.releases_dir().join(format!("{name}.json"))
+    }
+    pub fn current_link(&self) -> PathBuf {
+        self.base.join("current")
+    }
+
+    /// Is this release fully materialized (its manifest written last)?
+    pub fn is_complete(&self, name: &str) -> bool {
+        self.meta(name).is_file() && self.dir(name).is_dir()
+    }
+
+    pub fn manifest(&self, name: &str) -> Option<Manifest> {
+        let bytes = std::fs::read(self.meta(name)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The release `current` points at, if any.
+    pub fn current(&self) -> Option<String> {
+        let target = std::fs::read_link(self.current_link()).ok()?;
+        let name = target.file_name()?.to_str()?.to_string();
+        self.is_complete(&name).then_some(name)
+    }
+
+    /// Complete releases, oldest first.
+    pub fn list(&self) -> Vec<ReleaseInfo> {
+        let mut out: Vec<ReleaseInfo> = std::fs::read_dir(self.releases_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                let sequence = parse_name(&name)?;
+                (e.path().is_dir() && self.is_complete(&name)).then_some(ReleaseInfo { name, sequence })
+            })
+            .collect();
+        out.sort_by_key(|r| r.sequence);
+        out
+    }
+
+    /// Build the release from the blob store. Everything is written into a temp dir, fsynced,
+    /// and renamed in; on any error (a full disk included) the temp dir is removed and nothing
+    /// else has changed.
+    pub fn materialize(&self, m: &Manifest, blobs: &Path) -> Result<String, ReleaseError> {
+        let name = m.release_name();
+        check_component(&name).map_err(|_| ReleaseError::BadName(name.clone()))?;
+        if self.is_complete(&name) {
+            return Ok(name);
+        }
+        let rel_dir = self.releases_dir();
+        std::fs::create_dir_all(&rel_dir).map_err(io(&rel_dir))?;
+        std::fs::create_dir_all(self.base.join("shared")).map_err(io(&self.base))?;
+        let tmp = rel_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let result = self.fill(&tmp, m, blobs).and_then(|()| {
+            let fin = self.dir(&name);
+            let _ = std::fs::remove_dir_all(&fin); // an incomplete leftover of a crash
+            std::fs::rename(&tmp, &fin)?;
+            let meta = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+            dockfra_common::write_atomic(&self.meta(&name), &meta, 0o644)
+        });
+        match result {
+            Ok(()) => Ok(name),
+            Err(source) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                let _ = std::fs::remove_dir_all(self.dir(&name));
+                Err(ReleaseError::Materialize { release: name, dir: self.releases_dir(), source })
+            }
+        }
+    }
+
+    fn fill(&self, root: &Path, m: &Manifest, blobs: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(root)?;
+        let mut dirs = vec![root.to_path_buf()];
+        for f in &m.files {
+            // validate() already refused these; checking again costs nothing and keeps this
+            // function safe on its own.
+            let rel = SafeRelPath::new(&f.path).map_err(std::io::Error::other)?;
+            let dest = rel.under(root);
+            if let Some(parent) = dest.parent() {
+                if !parent.exists() {
+                    std::fs::create_dir_all(parent)?;
+                    dirs.push(parent.to_path_buf());
+                }
+            }
+            match f.kind {
+                EntryKind::Symlink => {
+                    std::os::unix::fs::symlink(f.link.as_deref().unwrap_or_default(), &dest)?;
+                }
+                EntryKind::File => {
+                    let d = Digest::new(&f.sha256).map_err(std::io::Error::other)?;
+                    let mut src = std::fs::File::open(blobs.join(d.as_str()))?;
+                    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&dest)?;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = src.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        out.write_all(&buf[..n])?;
+                    }
+                    out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777))?;
+                    out.sync_all()?;
+                }
+            }
+        }
+        // Link shared/ entries the release does not bring itself.
+        let shared = self.base.join("shared");
+        for e in std::fs::read_dir(&shared)?.flatten() {
+            let dest = root.join(e.file_name());
+            if std::fs::symlink_metadata(&dest).is_err() {
+                std::os::unix::fs::symlink(e.path(), &dest)?;
+            }
+        }
+        for d in dirs.iter().rev() {
+            dockfra_common::fsync_dir(d)?;
+        }
+        Ok(())
+    }
+
+    /// Point `current` at `name` atomically: a new symlink, renamed over the old one.
+    pub fn activate(&self, name: &str) -> Result<(), ReleaseError> {
+        if !self.is_complete(name) {
+            return Err(ReleaseError::Missing(name.to_string()));
+        }
+        let tmp = self.base.join(format!(".current.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(name), &tmp).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, self.current_link()).map_err(io(&self.base))?;
+        dockfra_common::fsync_dir(&self.base).map_err(io(&self.base))
+    }
+
+    /// Remove `current` (a first release that failed, with nothing to go back to).
+    pub fn deactivate(&self) -> Result<(), ReleaseError> {
+        match std::fs::remove_file(self.current_link()) {
+            Ok(()) => dockfra_common::fsync_dir(&self.base).map_err(io(&self.base)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ReleaseError::Io { path: self.current_link(), source: e }),
+        }
+    }
+
+    /// Move a failed release out of `releases/` so it never counts against healthy ones.
+    pub fn quarantine(&self, name: &str) -> Result<(), ReleaseError> {
+        let q = self.base.join("quarantine");
+        std::fs::create_dir_all(&q).map_err(io(&q))?;
+        let dest = q.join(name);
+        let _ = std::fs::remove_dir_all(&dest);
+        if self.dir(name).exists() {
+            std::fs::rename(self.dir(name), &dest).map_err(io(&dest))?;
+        }
+        let _ = std::fs::rename(self.meta(name), q.join(format!("{name}.json")));
+        // Keep only the three newest quarantined releases.
+        let mut qs: Vec<(u64, PathBuf)> = std::fs::read_dir(&q)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| Some((parse_name(e.file_name().to_str()?)?, e.path())))
+            .collect();
+        qs.sort();
+        for (_, p) in qs.iter().rev().skip(3) {
+            let _ = std::fs::remove_dir_all(p);
+            let _ = std::fs::remove_file(p.with_extension("json"));
+        }
+        Ok(())
+    }
+
+    /// Keep the newest `keep` complete releases plus `current` and `protect`; remove the rest
+    /// and any temp dirs a crash left behind.
+    pub fn prune(&self, keep: usize, protect: &[&str]) -> Vec<String> {
+        let current = self.current();
+        let list = self.list();
+        let mut removed = Vec::new();
+        let excess = list.len().saturating_sub(keep.max(1));
+        for r in list.iter().take(excess) {
+            if Some(&r.name) == current.as_ref() || protect.contains(&r.name.as_str()) {
+                continue;
+            }
+            let _ = std::fs::remove_file(self.meta(&r.name));
+            let _ = std::fs::remove_dir_all(self.dir(&r.name));
+            removed.push(r.name.clone());
+        }
+        self.clean_temp();
+        removed
+    }
+
+    /// Remove temp dirs and incomplete releases left by a crash (never a complete one).
+    pub fn clean_temp(&self) {
+        for e in std::fs::read_dir(self.releases_dir()).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let path = e.path();
+            if name.starts_with(".tmp-") || (path.is_dir() && !self.is_complete(&name)) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        for e in std::fs::read_dir(&self.base).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".current.") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dockfra_common::bundle::{FileEntry, FORMAT};
+    use dockfra_common::config::Platform;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dkf-rel-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn manifest(seq: u64, content: &[u8], blobs: &Path) -> Manifest {
+        let digest = dockfra_common::sha256_hex(content);
+        std::fs::write(blobs.join(&digest), content).unwrap();
+        Manifest {
+            format: FORMAT,
+            target: "t".into(),
+            app: "app".into(),
+            version: format!("v{seq}"),
+            sequence: seq,
+            platform: Platform::SshRaw,
+            created_unix: 0,
+            files: vec![
+                FileEntry {
+                    path: "bin/run.sh".into(),
+                    kind: EntryKind::File,
+                    mode: 0o755,
+                    size: content.len() as u64,
+                    sha256: digest,
+                    link: None,
+                },
+                FileEntry {
+                    path: "run".into(),
+                    kind: EntryKind::Symlink,
+                    mode: 0o777,
+                    size: 0,
+                    sha256: String::new(),
+                    link: Some("bin/run.sh".into()),
+                },
+            ],
+            ssh_raw: None,
+            health: None,
+            keep_releases: 2,
+        }
+    }
+
+    #[test]
+    fn materialize_activate_prune() {
+        let root = tmpdir("cycle");
+        let blobs = root.join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let app = AppReleases::new(root.join("app"));
+        std::fs::create_dir_all(app.base.join("shared")).unwrap();
+        std::fs::write(app.base.join("shared/.env"), "A=1").unwrap();
+        let mut names = Vec::new();
+        for seq in 1..=4u64 {
+            let m = manifest(seq, format!("echo {seq}").as_bytes(), &blobs);
+            let n = app.materialize(&m, &blobs).unwrap();
+            app.activate(&n).unwrap();
+            names.push(n);
+        }
+        assert_eq!(app.current().as_deref(), Some(names[3].as_str()));
+        let cur = app.current_link();
+        assert_eq!(std::fs::read_to_string(cur.join("run")).unwrap(), "echo 4");
+        assert_eq!(std::fs::read_to_string(cur.join(".env")).unwrap(), "A=1");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(cur.join("bin/run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
+        let removed = app.prune(2, &[]);
+        assert_eq!(removed, vec![names[0].clone(), names[1].clone()]);
+        assert_eq!(app.list().len(), 2);
+        app.quarantine(&names[2]).unwrap();
+        assert!(root.join("app/quarantine").join(&names[2]).is_dir());
+        assert_eq!(app.list().len(), 1);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_blob_leaves_nothing_behind() {
+        let root = tmpdir("missing");
+        let blobs = root.join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let app = AppReleases::new(root.join("app"));
+        let mut m = manifest(1, b"x", &blobs);
+        m.files[0].sha256 = "b".repeat(64);
+        assert!(app.materialize(&m, &blobs).is_err());
+        assert!(app.list().is_empty());
+        let leftovers: Vec<_> = std::fs::read_dir(app.releases_dir()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(app.current().is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,228 @@
+//! Builds a release manifest for one target from the project's app directory, storing every
+//! file's content in the content-addressed blob store. Pure with respect to the network: it
+//! reads the app dir and writes blobs, nothing else. Signing and sequencing happen in the
+//! server, which owns the store.
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use dockfra_common::bundle::{EntryKind, FileEntry, Manifest, SshRawSpec, FORMAT};
+use dockfra_common::config::{Platform, PlatformConfig, Project, Target};
+use dockfra_common::paths::{Digest, SafeRelPath};
+
+/// `.dockfraignore` patterns: one per line, `#` comments, `*`/`?` globs, a trailing `/`
+/// matches directories only, a leading `/` anchors at the app root, `!` re-includes.
+pub struct Ignore {
+    rules: Vec<(bool, bool, bool, String)>, // (negated, dir_only, anchored, pattern)
+}
+
+impl Ignore {
+    pub fn parse(text: &str) -> Self {
+        let mut rules = Vec::new();
+        for line in text.lines() {
+            let mut l = line.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let neg = l.starts_with('!');
+            if neg {
+                l = &l[1..];
+            }
+            let dir_only = l.ends_with('/');
+            let l = l.trim_end_matches('/');
+            let anchored = l.starts_with('/') || l.contains('/');
+            rules.push((neg, dir_only, anchored, l.trim_start_matches('/').to_string()));
+        }
+        Self { rules }
+    }
+
+    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let mut ignored = false;
+        for (neg, dir_only, anchored, pat) in &self.rules {
+            if *dir_only && !is_dir {
+                continue;
+            }
+            let hit = if *anchored { glob(pat, rel) } else { glob(pat, name) };
+            if hit {
+                ignored = !neg;
+            }
+        }
+        ignored
+    }
+}
+
+/// Glob match: `*` any run of non-`/` characters (`**` any run), `?` one character.
+fn glob(pat: &str, s: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match p.first() {
+            None => s.is_empty(),
+            Some(b'*') if p.get(1) == Some(&b'*') => (0..=s.len()).any(|i| go(&p[2..], &s[i..])),
+            Some(b'*') => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| go(&p[1..], &s[i..])),
+            Some(b'?') => !s.is_empty() && s[0] != b'/' && go(&p[1..], &s[1..]),
+            Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
+        }
+    }
+    go(pat.as_bytes(), s.as_bytes())
+}
+
+/// Files of the app dir, sorted, as (relative path, absolute path).
+fn walk(app_dir: &Path, project_file: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let ignore = match std::fs::read_to_string(app_dir.join(".dockfraignore")) {
+        Ok(t) => Ignore::parse(&t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ignore::parse(""),
+        Err(e) => return Err(e).context(format!("cannot read {}", app_dir.join(".dockfraignore").display())),
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), app_dir.to_path_buf())];
+    while let Some((rel_dir, dir)) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).with_context(|| format!("cannot read app directory {}", dir.display()))?;
+        for entry in rd {
+            let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+            let path = entry.path();
+            let ft = entry.file_type()?;
+            if rel_dir.is_empty() && (name == ".git" || name == ".dockfraignore") {
+                continue;
+            }
+            if path == project_file {
+                continue; // the fleet's config is not part of any app
+            }
+            if ignore.is_ignored(&rel, ft.is_dir()) {
+                continue;
+            }
+            if ft.is_dir() {
+                stack.push((rel, path));
+            } else {
+                out.push((rel, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Copy a file into the blob store under its sha256; returns (digest, size).
+pub fn store_blob(blobs: &Path, src: &Path) -> Result<(String, u64)> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", src.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    let digest = hex::encode(h.finalize());
+    let dest = blobs.join(&digest);
+    if !dest.exists() {
+        let tmp = blobs.join(format!(".{digest}.{}", std::process::id()));
+        std::fs::copy(src, &tmp).with_context(|| format!("cannot store blob for {}", src.display()))?;
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok((digest, size))
+}
+
+/// What one build produced.
+pub struct Built {
+    pub manifest: Manifest,
+}
+
+/// Build the manifest for `target` (sequence and version filled by the caller's arguments).
+pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, version: Option<&str>) -> Result<Built> {
+    let ssh_raw = match (&target.platform, &target.config) {
+        (
+            Platform::SshRaw,
+            PlatformConfig::SshRaw { deploy_path, service_manager, service_name, pre_script, post_script },
+        ) => Some(SshRawSpec {
+            deploy_path: deploy_path.as_ref().map(|p| p.display().to_string()),
+            service_manager: *service_manager,
+            service_name: service_name.clone(),
+            pre_script: pre_script.clone(),
+            post_script: post_script.clone(),
+        }),
+        (p, _) => bail!(
+            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw)",
+            target.id,
+            p.as_str()
+        ),
+    };
+    let app_dir = &project.app.path;
+    if !app_dir.is_dir() {
+        bail!("{}: app.path {} is not a directory", project.file.display(), app_dir.display());
+    }
+    std::fs::create_dir_all(blobs)?;
+    let mut files = Vec::new();
+    for (rel, abs) in walk(app_dir, &project.file)? {
+        SafeRelPath::new(&rel).with_context(|| format!("app file {}", abs.display()))?;
+        let meta = std::fs::symlink_metadata(&abs)?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.file_type().is_symlink() {
+            let to = std::fs::read_link(&abs)?.to_string_lossy().to_string();
+            files.push(FileEntry {
+                path: rel,
+                kind: EntryKind::Symlink,
+                mode: 0o777,
+                size: 0,
+                sha256: String::new(),
+                link: Some(to),
+            });
+        } else if meta.file_type().is_file() {
+            let (digest, size) = store_blob(blobs, &abs)?;
+            files.push(FileEntry { path: rel, kind: EntryKind::File, mode, size, sha256: digest, link: None });
+        } else {
+            bail!("app file {} is not a regular file, directory or symlink", abs.display());
+        }
+    }
+    let content: BTreeMap<&str, &str> = files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())).collect();
+    let content_id = dockfra_common::sha256_hex(serde_json::to_string(&content)?.as_bytes());
+    let manifest = Manifest {
+        format: FORMAT,
+        target: target.id.clone(),
+        app: project.app.name.clone(),
+        version: version.map(String::from).unwrap_or_else(|| content_id[..12].to_string()),
+        sequence,
+        platform: target.platform,
+        created_unix: dockfra_common::now_unix(),
+        files,
+        ssh_raw,
+        health: target.health.clone(),
+        keep_releases: target.keep_releases,
+    };
+    manifest.validate().with_context(|| format!("the app in {} cannot be bundled", app_dir.display()))?;
+    Ok(Built { manifest })
+}
+
+/// Open a stored blob (digest already validated).
+pub fn open_blob(blobs: &Path, digest: &str) -> std::io::Result<(u64, std::fs::File)> {
+    let d = Digest::new(digest).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let f = std::fs::File::open(blobs.join(d.as_str()))?;
+    Ok((f.metadata()?.len(), f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignore_rules() {
+        let ig = Ignore::parse("# c\n*.log\n/build/\nnode_modules/\n!keep.log\ndocs/**/*.tmp\n");
+        assert!(ig.is_ignored("a.log", false));
+        assert!(ig.is_ignored("x/y/a.log", false));
+        assert!(!ig.is_ignored("keep.log", false));
+        assert!(ig.is_ignored("build", true));
+        assert!(!ig.is_ignored("build", false));
+        assert!(!ig.is_ignored("src/build", true));
+        assert!(ig.is_ignored("src/node_modules", true));
+        assert!(ig.is_ignored("docs/a/b/c.tmp", false));
+        assert!(!ig.is_ignored("main.rs", false));
+    }
+}

@@ -1,0 +1,578 @@
+//! The operator's CLI. Parses flags into typed commands, talks to the running server over
+//! mTLS with the admin certificate, prints tables (or JSON with `--output json`), and maps
+//! outcomes to documented exit codes. No deploy logic lives here.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_stream::StreamExt;
+
+use dockfra_common::config;
+use dockfra_common::identity;
+use dockfra_common::proto::{self, admin_client::AdminClient};
+
+use crate::state::{self, StateDir};
+
+/// Exit codes (documented in docs/CLI.md).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    /// The deploy ran but the release is not live and healthy (failed, rolled back, refused).
+    pub const DEPLOY_FAILED: u8 = 3;
+    /// Gave up waiting for a pull agent's report; the deploy stays queued.
+    pub const TIMEOUT: u8 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dockfra-coord",
+    version = dockfra_common::VERSION,
+    about = "dockfra coordinator: build signed bundles and deploy them to your fleet's agents",
+    long_about = "dockfra coordinator: builds signed, content-addressed bundles per target, keeps fleet state \
+in SQLite, talks to agents over mutual-TLS gRPC, and is the operator's CLI.\n\n\
+First steps:\n  dockfra-coord init --listen 127.0.0.1:7443\n  dockfra-coord serve --root ./myproject &\n  \
+dockfra-coord token create edge-rpi3 --ttl 1h       # give this to `dockfra-agent enroll`\n  \
+dockfra-coord deploy edge-rpi3\n\nOr see everything work on this machine: dockfra-coord demo"
+)]
+pub struct Cli {
+    /// State directory (CA, keys, SQLite store, blobs). Default: /var/lib/dockfra-coord for root,
+    /// else ~/.local/share/dockfra-coord (macOS: ~/Library/Application Support/dockfra-coord).
+    #[arg(long, global = true, env = "DOCKFRA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address of the running coordinator for CLI commands (default: the one `serve` bound).
+    #[arg(long, global = true, env = "DOCKFRA_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Log more (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a state dir: CA, coordinator certificate, bundle-signing key, SQLite store, admin credential.
+    Init {
+        /// gRPC address agents and the CLI use (ADDR:PORT).
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: String,
+        /// Lifetime of agent certificates (agents renew at two thirds of it).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        agent_cert_ttl: Duration,
+    },
+    /// Serve agents and the CLI in the foreground until SIGTERM/SIGINT.
+    Serve {
+        /// Project dir holding deploy-targets.yaml and the app.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// Override the listen address chosen at init.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Join tokens for agents.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Build a signed bundle for TARGET, deliver it, and wait until it is live and healthy.
+    Deploy {
+        target: String,
+        /// Pull targets: wait for the agent's report instead of returning once queued.
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait for a pull agent.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Version label (default: derived from the content).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Roll TARGET back to its previous release (or --to RELEASE).
+    Rollback {
+        target: String,
+        /// Release name (e.g. 3-1a2b3c4d5e6f) or bundle id; see `history`.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// What runs where: current and previous release, health, last deploy.
+    Status {
+        target: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Deployments, newest first.
+    History {
+        target: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Targets from deploy-targets.yaml and their enrollment (never dials anything).
+    Targets {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Enrolled agents; `agents revoke TARGET` cuts one off at its next call.
+    Agents {
+        #[command(subcommand)]
+        cmd: Option<AgentsCmd>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Check a target's agent: reachability, agent version, detected OS and runtimes.
+    DeployTest {
+        target: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Offline bundles.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    /// Print the compose project fully resolved (interpolated, normalized), like `docker compose config`.
+    Config {
+        /// Compose file (default: compose.yaml / docker-compose.yml in the app dir).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Use this target's `env:` for interpolation.
+        #[arg(long)]
+        target: Option<String>,
+        /// Project dir holding deploy-targets.yaml.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+    /// Run a real deploy on this machine: coordinator + agent on loopback, v1, v2, rollback, status.
+    Demo {
+        /// Keep the demo's temp dir and print its path.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Print a one-time join token for TARGET (only the token goes to stdout).
+    Create {
+        target: String,
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentsCmd {
+    /// Revoke TARGET's agent certificate (effective at its next call).
+    Revoke { target: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCmd {
+    /// Build a signed bundle for TARGET and write it as one .tar (for `dockfra-agent apply`).
+    Export {
+        target: String,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// How long the bundle's signed order stays valid.
+        #[arg(long, default_value = "7d", value_parser = parse_duration_days)]
+        expires_in: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+fn parse_duration_days(s: &str) -> Result<Duration, String> {
+    match s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+        Some(d) => Ok(Duration::from_secs(d * 86400)),
+        None => config::parse_duration(s),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    init_tracing(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DOCKFRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,dockfra_coord={level}")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<u8> {
+    let state = StateDir::new(&cli.state_dir.clone().unwrap_or_else(state::default_state_dir));
+    match cli.command {
+        Command::Init { listen, agent_cert_ttl } => {
+            state.init(&listen, agent_cert_ttl)?;
+            println!("initialized {} (gRPC for agents on {listen})", state.root.display());
+            Ok(exit::OK)
+        }
+        Command::Serve { root, listen } => {
+            let project = project_file(&root)?;
+            let listen = listen.unwrap_or(state.settings()?.listen);
+            let coord = crate::server::Coordinator::open(state, project)?;
+            coord.serve(&listen, shutdown_signal()).await?;
+            Ok(exit::OK)
+        }
+        Command::Config { file, target, root } => {
+            print!("{}", resolve_compose(&root, file.as_deref(), target.as_deref())?);
+            Ok(exit::OK)
+        }
+        Command::Demo { keep } => crate::demo::run(keep).await,
+        cmd => {
+            let mut c = admin_client(&state, cli.coordinator.as_deref()).await?;
+            admin_command(&mut c, cmd).await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// `<root>/deploy-targets.yaml`, with a clear error when it is missing.
+pub fn project_file(root: &Path) -> Result<PathBuf> {
+    let f = root.join("deploy-targets.yaml");
+    if !f.is_file() {
+        bail!("{} not found: --root must name a project dir holding deploy-targets.yaml", f.display());
+    }
+    Ok(std::fs::canonicalize(&f)?)
+}
+
+fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Result<String> {
+    let (env, app_dir) = match (target, root.join("deploy-targets.yaml").is_file()) {
+        (Some(t), _) => {
+            let p = config::load(&project_file(root)?)?;
+            let tg = p.target(t).with_context(|| format!("no target {t:?} in {}", p.file.display()))?;
+            (tg.env.clone(), p.app.path.clone())
+        }
+        (None, true) => (Default::default(), config::load(&project_file(root)?)?.app.path),
+        (None, false) => (Default::default(), root.to_path_buf()),
+    };
+    let file = match file {
+        Some(f) => f.to_path_buf(),
+        None => dockfra_common::compose::find_compose_file(&app_dir)
+            .with_context(|| format!("no compose.yaml or docker-compose.yml in {}", app_dir.display()))?,
+    };
+    let opts = dockfra_common::compose::LoadOptions { project_name: None, overrides: &env, use_process_env: true };
+    Ok(dockfra_common::compose::load(&file, &opts)?.to_yaml())
+}
+
+/// The address of the running coordinator: --coordinator, else what `serve` bound, else init's.
+fn coordinator_url(state: &StateDir, flag: Option<&str>) -> Result<String> {
+    if let Some(u) = flag {
+        return Ok(if u.starts_with("https://") { u.to_string() } else { format!("https://{u}") });
+    }
+    let addr = match std::fs::read_to_string(state.serve_addr_file()) {
+        Ok(a) => a.trim().to_string(),
+        Err(_) => state.settings()?.listen,
+    };
+    let addr = addr.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    Ok(format!("https://{addr}"))
+}
+
+pub async fn admin_client(state: &StateDir, flag: Option<&str>) -> Result<AdminClient<tonic::transport::Channel>> {
+    let url = coordinator_url(state, flag)?;
+    let (cert, key) = state.admin_identity()?;
+    let tls = identity::client_tls(&state.ca_pem()?, &cert, &key, identity::COORDINATOR_DNS);
+    let ch = identity::connect(&url, tls, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url} (is `dockfra-coord serve` running?)"))?;
+    Ok(AdminClient::new(ch).max_decoding_message_size(64 << 20))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Command) -> Result<u8> {
+    match cmd {
+        Command::Token(TokenCmd::Create { target, ttl }) => {
+            let r = c
+                .create_token(proto::CreateTokenRequest { target, ttl_ms: ttl.as_millis() as u64 })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            println!("{}", r.token);
+            Ok(exit::OK)
+        }
+        Command::Deploy { target, wait, timeout, version, output } => {
+            let req = proto::DeployRequest {
+                target: target.clone(),
+                wait,
+                version: version.unwrap_or_default(),
+                wait_timeout_ms: timeout.as_millis() as u64,
+            };
+            let stream = c.deploy(req).await.map_err(status_err)?.into_inner();
+            follow(&target, stream, output).await
+        }
+        Command::Rollback { target, to, wait, timeout, output } => {
+            let req = proto::RollbackRequest {
+                target: target.clone(),
+                to_release: to.unwrap_or_default(),
+                wait,
+                wait_timeout_ms: timeout.as_millis() as u64,
+            };
+            let stream = c.rollback(req).await.map_err(status_err)?.into_inner();
+            follow(&target, stream, output).await
+        }
+        Command::Status { target, output } => {
+            let v = json(c.status(proto::TargetRequest { target: target.unwrap_or_default() }).await)?;
+            let rows = if v.is_array() { v.as_array().cloned().unwrap_or_default() } else { vec![v.clone()] };
+            print_out(
+                output,
+                &v,
+                &rows,
+                &[
+                    ("TARGET", "target"),
+                    ("MODE", "mode"),
+                    ("CURRENT", "current_release"),
+                    ("VERSION", "current_version"),
+                    ("PREVIOUS", "previous_release"),
+                    ("HEALTH", "health"),
+                    ("LAST DEPLOY", "last_deploy.status"),
+                ],
+            );
+            Ok(exit::OK)
+        }
+        Command::History { target, output } => {
+            let v = json(c.history(proto::TargetRequest { target: target.unwrap_or_default() }).await)?;
+            let rows = v.as_array().cloned().unwrap_or_default();
+            print_out(
+                output,
+                &v,
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("TARGET", "target"),
+                    ("ACTION", "action"),
+                    ("RELEASE", "release"),
+                    ("VERSION", "version"),
+                    ("STATUS", "status"),
+                    ("BYTES", "bytes"),
+                    ("REASON", "reason"),
+                ],
+            );
+            Ok(exit::OK)
+        }
+        Command::Targets { output } => {
+            let v = json(c.targets(proto::Empty {}).await)?;
+            let rows = v.as_array().cloned().unwrap_or_default();
+            print_out(
+                output,
+                &v,
+                &rows,
+                &[
+                    ("TARGET", "id"),
+                    ("PLATFORM", "platform"),
+                    ("HOST", "host"),
+                    ("MODE", "mode"),
+                    ("ENROLLED", "enrolled"),
+                    ("REVOKED", "revoked"),
+                ],
+            );
+            Ok(exit::OK)
+        }
+        Command::Agents { cmd: Some(AgentsCmd::Revoke { target }), .. } => {
+            json(c.revoke_agent(proto::TargetRequest { target: target.clone() }).await)?;
+            println!("revoked the agent of {target}; its next call is refused");
+            Ok(exit::OK)
+        }
+        Command::Agents { cmd: None, output } => {
+            let v = json(c.agents(proto::Empty {}).await)?;
+            let rows = v.as_array().cloned().unwrap_or_default();
+            print_out(
+                output,
+                &v,
+                &rows,
+                &[
+                    ("TARGET", "target"),
+                    ("SERIAL", "serial"),
+                    ("REVOKED", "revoked"),
+                    ("LAST SEEN", "last_seen_unix"),
+                    ("AGENT", "facts.agent_version"),
+                    ("OS", "facts.os_release"),
+                ],
+            );
+            Ok(exit::OK)
+        }
+        Command::DeployTest { target, output } => {
+            let v = json(c.deploy_test(proto::TargetRequest { target }).await)?;
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                println!("target:     {}", v["target"].as_str().unwrap_or("?"));
+                println!("mode:       {}", v["mode"].as_str().unwrap_or("?"));
+                println!("reachable:  {}", v["reachable"]);
+                let f = &v["facts"];
+                println!("agent:      {}", f["agent_version"].as_str().unwrap_or("?"));
+                println!(
+                    "os:         {} ({}){}",
+                    f["os"].as_str().unwrap_or("?"),
+                    f["os_release"].as_str().unwrap_or("?"),
+                    if f["wsl"] == true { " [WSL]" } else { "" }
+                );
+                println!("arch:       {}", f["arch"].as_str().unwrap_or("?"));
+                for r in f["runtimes"].as_array().into_iter().flatten() {
+                    println!(
+                        "runtime:    {} {} ({})",
+                        r["name"].as_str().unwrap_or("?"),
+                        r["version"].as_str().unwrap_or(""),
+                        r["path"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Bundle(BundleCmd::Export { target, output, expires_in }) => {
+            let mut s = c
+                .export_bundle(proto::ExportRequest { target, expires_in_ms: expires_in.as_millis() as u64 })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut buf = Vec::new();
+            while let Some(chunk) = s.next().await {
+                buf.extend_from_slice(&chunk.map_err(status_err)?.data);
+            }
+            dockfra_common::write_atomic(&output, &buf, 0o644)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            eprintln!("wrote {} ({} bytes)", output.display(), buf.len());
+            Ok(exit::OK)
+        }
+        Command::Init { .. } | Command::Serve { .. } | Command::Config { .. } | Command::Demo { .. } => {
+            unreachable!("handled before connecting")
+        }
+    }
+}
+
+fn json(r: Result<tonic::Response<proto::JsonReply>, tonic::Status>) -> Result<serde_json::Value> {
+    let r = r.map_err(status_err)?.into_inner();
+    Ok(serde_json::from_str(&r.json)?)
+}
+
+/// Follow a deploy's events; the exit code says whether it ended live and healthy.
+pub async fn follow(target: &str, mut stream: tonic::Streaming<proto::DeployEvent>, output: Output) -> Result<u8> {
+    let mut last: Option<proto::DeployEvent> = None;
+    while let Some(ev) = stream.next().await {
+        let ev = ev.map_err(status_err)?;
+        if output == Output::Table {
+            eprintln!("[{target}] {:<13} {}", ev.phase, ev.message);
+        }
+        let done = ev.r#final;
+        last = Some(ev);
+        if done {
+            break;
+        }
+    }
+    let Some(ev) = last else { bail!("the coordinator closed the stream without a result") };
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({"target": target, "deployment_id": ev.deployment_id, "result": ev.result,
+                "release": ev.release, "message": ev.message, "bytes_received": ev.bytes_received})
+        );
+    }
+    Ok(match ev.result.as_str() {
+        "succeeded" => {
+            if output == Output::Table {
+                println!(
+                    "{target}: release {} is live and healthy ({} bytes transferred)",
+                    ev.release, ev.bytes_received
+                );
+            }
+            exit::OK
+        }
+        "queued" => {
+            if output == Output::Table {
+                println!("{target}: queued as {} (pull target; use --wait to wait for the agent)", ev.deployment_id);
+            }
+            exit::OK
+        }
+        "timeout" => exit::TIMEOUT,
+        other => {
+            if output == Output::Table {
+                println!("{target}: {other}: {}", ev.message);
+            }
+            exit::DEPLOY_FAILED
+        }
+    })
+}
+
+fn lookup<'a>(v: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    path.split('.').fold(v, |v, k| &v[k])
+}
+
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) if s.is_empty() => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_out(output: Output, whole: &serde_json::Value, rows: &[serde_json::Value], cols: &[(&str, &str)]) {
+    if output == Output::Json {
+        println!("{whole}");
+        return;
+    }
+    let table: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|(_, k)| cell(lookup(r, k))).collect()).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| table.iter().map(|r| r[i].chars().count()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(cols.iter().map(|(h, _)| h.to_string()).collect());
+    for r in table {
+        line(r);
+    }
+}

@@ -1,0 +1,10 @@
+//! dockfra-coord as a library: everything the binary does, testable without spawning it.
+#![forbid(unsafe_code)]
+
+pub mod builder;
+pub mod ca;
+pub mod cli;
+pub mod demo;
+pub mod server;
+pub mod state;
+pub mod store;
