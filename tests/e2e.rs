@@ -1,1 +1,742 @@
+//! End-to-end: the real `dockfra-coord` and `dockfra-agent` binaries in temp dirs on
+//! 127.0.0.1 (and, for the NAT'd pull agent, in network namespaces the test creates).
+//! Each test builds its own world; nothing is shared between tests.
+use std::time::Duration;
 
+use dockfra_e2e::*;
+
+/// A project with a push target, a pull target and an offline target, all `ssh_raw`.
+fn project(w: &World, push_port: u16, extra_pre: &str, extra_post: &str) {
+    let d = w.dir.display();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: web, path: ./app }}
+targets:
+  edge-push:
+    host: 127.0.0.1
+    platform: ssh_raw
+    os: linux
+    labels: {{ env: test }}
+    agent: {{ mode: push, port: {push_port} }}
+    config:
+      deploy_path: {d}/deploy-push
+      pre_script: "{extra_pre}"
+      post_script: "{extra_post}"
+    health:
+      retries: 1
+      interval: 100ms
+      timeout: 2s
+      checks:
+        - command: "grep -q ok health.txt"
+  edge-pull:
+    host: 127.0.0.1
+    platform: ssh_raw
+    agent: {{ mode: pull, poll_interval: 300ms }}
+    config:
+      deploy_path: {d}/deploy-pull
+      pre_script: "{extra_pre}"
+      post_script: "{extra_post}"
+    health:
+      retries: 1
+      interval: 100ms
+      checks:
+        - command: "grep -q ok health.txt"
+  edge-offline:
+    platform: ssh_raw
+    agent: {{ mode: pull }}
+    config:
+      deploy_path: {d}/deploy-offline
+"#
+        ),
+    );
+    // 200 KiB that never changes between versions: it must travel once per agent only.
+    let big: String = (0..200 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    w.write("project/app/big.txt", &big);
+    w.write("project/app/health.txt", "ok\n");
+    w.write("project/app/VERSION", "v1\n");
+    w.write("project/app/notes.log", "ignored\n");
+    w.write("project/app/.dockfraignore", "*.log\n");
+}
+
+fn current(w: &World, deploy: &str) -> String {
+    let link = w.path(deploy).join("web/current");
+    std::fs::read_link(&link).map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+fn live_version(w: &World, deploy: &str) -> String {
+    std::fs::read_to_string(w.path(deploy).join("web/current/VERSION")).unwrap_or_default().trim().to_string()
+}
+
+fn deploy_json(w: &World, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut a = vec!["deploy"];
+    a.extend_from_slice(args);
+    a.extend(["--output", "json"]);
+    let r = w.coord(&a);
+    let code = r.code();
+    (code, r.json())
+}
+
+#[test]
+fn push_and_pull_deploy_update_rollback_and_failed_health() {
+    let w = World::new("spine");
+    let port = free_port();
+    project(&w, port, "", "");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+
+    let mut push = Agent::new(&w, "push");
+    push.listen = Some(format!("127.0.0.1:{port}"));
+    push.enroll(&url, &w.token("edge-push")).ok();
+    let pull = Agent::new(&w, "pull");
+    pull.enroll(&url, &w.token("edge-pull")).ok();
+    let _pa = push.start(&w);
+    let _pl = pull.start(&w);
+
+    // v1 to both.
+    let (code, v) = deploy_json(&w, &["edge-push"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["result"], "succeeded");
+    let v1_push = current(&w, "deploy-push");
+    assert!(v1_push.starts_with("releases/"), "{v1_push}");
+    assert_eq!(live_version(&w, "deploy-push"), "v1");
+    assert!(!w.path("deploy-push/web/current/notes.log").exists(), ".dockfraignore not honoured");
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v1");
+    let first_bytes = v["bytes_received"].as_u64().unwrap();
+    assert!(first_bytes >= 200 * 1024, "first deploy moved only {first_bytes} bytes");
+
+    // Without --wait, a pull deploy is queued and says so.
+    w.write("project/app/VERSION", "v2-changed\n");
+    let r = w.coord(&["deploy", "edge-pull"]).ok();
+    assert!(r.stdout().contains("queued"), "{}", r.stdout());
+    wait_until("the pull agent to pick up v2", Duration::from_secs(30), || {
+        live_version(&w, "deploy-pull") == "v2-changed"
+    });
+
+    // v2 by push: only the changed file travels.
+    let (code, v) = deploy_json(&w, &["edge-push", "--version", "2.0"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["bytes_received"].as_u64(), Some("v2-changed\n".len() as u64), "{v}");
+    assert_eq!(live_version(&w, "deploy-push"), "v2-changed");
+    let st = w.coord(&["status", "edge-push", "--output", "json"]).ok().json();
+    assert_eq!(st["target"], "edge-push");
+    assert_eq!(st["current_version"], "2.0");
+    assert_eq!(st["health"], "healthy");
+    assert_eq!(st["previous_release"].as_str().unwrap(), v1_push.trim_start_matches("releases/"));
+    assert_eq!(st["last_deploy"]["status"], "succeeded");
+    assert!(st["current_release"].as_str().unwrap().starts_with(&st["current_sequence"].to_string()));
+
+    // Rollback to v1: nothing needs to travel.
+    let r = w.coord(&["rollback", "edge-push", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["bytes_received"].as_u64(), Some(0));
+    assert_eq!(current(&w, "deploy-push"), v1_push);
+    assert_eq!(live_version(&w, "deploy-push"), "v1");
+
+    // v3 fails its health check: automatic rollback, reported as failed with the reason.
+    let before = current(&w, "deploy-push");
+    w.write("project/app/health.txt", "fail\n");
+    w.write("project/app/VERSION", "v3\n");
+    let (code, v) = deploy_json(&w, &["edge-push"]);
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["result"], "failed");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("health check failed") && msg.contains("rolled back to"), "{msg}");
+    assert_eq!(current(&w, "deploy-push"), before, "current must be back on the healthy release");
+    let quarantined: Vec<_> = std::fs::read_dir(w.path("deploy-push/web/quarantine")).unwrap().flatten().collect();
+    assert!(!quarantined.is_empty(), "the failed release is quarantined");
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]);
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v2-changed");
+
+    // History and listings.
+    let h = w.coord(&["history", "edge-push", "--output", "json"]).ok().json();
+    let statuses: Vec<&str> = h.as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, vec!["failed", "succeeded", "succeeded", "succeeded"]);
+    let t = w.coord(&["targets", "--output", "json"]).ok().json();
+    assert_eq!(t.as_array().unwrap().len(), 3);
+    assert_eq!(t[2]["enrolled"], false);
+    let a = w.coord(&["agents", "--output", "json"]).ok().json();
+    assert_eq!(a.as_array().unwrap().len(), 2);
+    let dt = w.coord(&["deploy-test", "edge-push", "--output", "json"]).ok().json();
+    assert_eq!(dt["reachable"], true);
+    assert_eq!(dt["facts"]["agent_version"], dockfra_common::VERSION);
+    assert!(dt["facts"]["runtimes"].as_array().unwrap().iter().any(|r| r["name"] == "sh"));
+    let s = pull.status();
+    assert_eq!(s["apps"][0]["current_version"].as_str().unwrap().len(), 12);
+
+    // Local emergency rollback on the agent.
+    let r = pull.run_cmd(&["rollback", "web"]).ok();
+    assert!(r.stdout().contains("current ->"), "{}", r.stdout());
+    assert_eq!(live_version(&w, "deploy-pull"), "v1");
+}
+
+#[test]
+fn kill_9_mid_deploy_then_restart_converges() {
+    let w = World::new("crash");
+    let port = free_port();
+    let d = w.dir.display();
+    // Hang (once) in pre_script, then (once) in post_script, when the trigger files exist.
+    let pre = format!("if [ -f {d}/trig-pre ] && [ ! -f {d}/hit-pre ]; then touch {d}/hit-pre; sleep 30; fi");
+    let post = format!("if [ -f {d}/trig-post ] && [ ! -f {d}/hit-post ]; then touch {d}/hit-post; sleep 30; fi");
+    project(&w, port, &pre, &post);
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+    let agent = Agent::new(&w, "pull");
+    agent.enroll(&url, &w.token("edge-pull")).ok();
+    let mut proc = agent.start(&w);
+    assert_eq!(deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]).0, 0);
+    let v1 = current(&w, "deploy-pull");
+
+    for (phase, trig, hit) in [("pre", "trig-pre", "hit-pre"), ("post", "trig-post", "hit-post")] {
+        w.write(trig, "");
+        w.write("project/app/VERSION", &format!("after-{phase}\n"));
+        let waiter = {
+            let mut c = std::process::Command::new(bin("dockfra-coord"));
+            c.arg("--state-dir").arg(&w.coord_state).args([
+                "deploy",
+                "edge-pull",
+                "--wait",
+                "--timeout",
+                "90s",
+                "--output",
+                "json",
+            ]);
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap()
+        };
+        wait_until("the agent to hang mid-deploy", Duration::from_secs(30), || w.path(hit).exists());
+        assert!(agent.state.join("journal.json").exists(), "the journal records the deploy in flight");
+        proc.kill9();
+        let _ = std::process::Command::new("pkill").args(["-f", &format!("touch {d}/{hit}")]).status();
+        let cur = current(&w, "deploy-pull");
+        if phase == "pre" {
+            assert_eq!(cur, v1, "a crash before activation leaves current alone");
+        }
+        assert!(w.path("deploy-pull/web").join(&cur).join("VERSION").is_file(), "current is always a complete release");
+        proc = agent.start(&w);
+        let out = waiter.wait_with_output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["result"], "succeeded", "{v}\nagent log:\n{}", proc.log());
+        assert_eq!(live_version(&w, "deploy-pull"), format!("after-{phase}"));
+        assert!(!agent.state.join("journal.json").exists());
+        assert!(proc.log().contains("recovered interrupted deploy"), "{}", proc.log());
+        let leftovers: Vec<_> = std::fs::read_dir(w.path("deploy-pull/web/releases"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
+
+/// Rewrite an exported bundle through `f` (which may change documents and blobs).
+fn rewrite_bundle(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    mut f: impl FnMut(&mut dockfra_common::proto::Assignment, &mut Vec<(String, Vec<u8>)>),
+) {
+    use std::io::Read;
+    let mut docs = None;
+    let mut blobs = Vec::new();
+    dockfra_common::bundle::read_archive(
+        std::fs::File::open(src).unwrap(),
+        |a| {
+            let m: dockfra_common::bundle::Manifest =
+                serde_json::from_slice(&a.manifest.as_ref().unwrap().manifest).unwrap();
+            docs = Some(a);
+            Ok(m.digests().into_iter().collect())
+        },
+        |d, r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            blobs.push((d.to_string(), v));
+            Ok(())
+        },
+    )
+    .unwrap();
+    let mut a = docs.unwrap();
+    f(&mut a, &mut blobs);
+    let names: Vec<String> = blobs.iter().map(|b| b.0.clone()).collect();
+    let out = dockfra_common::bundle::write_archive(Vec::new(), &a, &names, |d| {
+        let data = blobs.iter().find(|b| b.0 == d).unwrap().1.clone();
+        Ok((data.len() as u64, Box::new(std::io::Cursor::new(data)) as Box<dyn Read>))
+    })
+    .unwrap();
+    std::fs::write(dst, out).unwrap();
+}
+
+#[test]
+fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
+    use dockfra_common::bundle::{self, Action, DesiredState, EntryKind, FileEntry, Manifest};
+    let w = World::new("offline");
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+    let agent = Agent::new(&w, "offline");
+    agent.enroll(&url, &w.token("edge-offline")).ok();
+
+    let good = w.path("good.tar");
+    w.coord(&["bundle", "export", "edge-offline", "-o", good.to_str().unwrap()]).ok();
+    agent.run_cmd(&["apply", good.to_str().unwrap()]).ok();
+    assert_eq!(live_version(&w, "deploy-offline"), "v1");
+
+    // Every refusal below must leave the deploy dir and the agent's state byte-for-byte alone.
+    let watched = || {
+        (
+            snapshot(&w.path("deploy-offline")),
+            snapshot(&agent.state.join("blobs")),
+            std::fs::read(agent.state.join("state.json")).unwrap(),
+        )
+    };
+    let refused = |file: &std::path::Path, expect: &str| {
+        let before = watched();
+        let r = agent.run_cmd(&["apply", file.to_str().unwrap()]);
+        let text = format!("{}{}", r.stdout(), r.stderr());
+        assert_ne!(r.code(), 0, "{} was accepted: {text}", file.display());
+        assert!(text.contains(expect), "{}: expected {expect:?} in: {text}", file.display());
+        assert_eq!(before, watched(), "{} changed the disk", file.display());
+        assert!(!agent.state.join("journal.json").exists());
+    };
+
+    refused(&good, "replay refused");
+
+    let fresh = w.path("fresh.tar");
+    w.write("project/app/VERSION", "v2\n");
+    w.coord(&["bundle", "export", "edge-offline", "-o", fresh.to_str().unwrap()]).ok();
+    let t = w.path("tampered-blob.tar");
+    rewrite_bundle(&fresh, &t, |_, blobs| {
+        for b in blobs.iter_mut() {
+            b.1[0] ^= 0x20;
+        }
+    });
+    refused(&t, "does not match its content hash");
+    let t = w.path("tampered-manifest.tar");
+    rewrite_bundle(&fresh, &t, |a, _| {
+        let m = &mut a.manifest.as_mut().unwrap().manifest;
+        let i = m.windows(2).position(|x| x == b"v2").unwrap_or(20);
+        m[i] ^= 1;
+    });
+    refused(&t, "bad signature on the manifest");
+    let other = w.path("other-target.tar");
+    w.coord(&["bundle", "export", "edge-pull", "-o", other.to_str().unwrap()]).ok();
+    refused(&other, "bundle is for target \"edge-pull\"");
+    let expired = w.path("expired.tar");
+    w.coord(&["bundle", "export", "edge-offline", "-o", expired.to_str().unwrap(), "--expires-in", "1s"]).ok();
+    std::thread::sleep(Duration::from_millis(2100));
+    refused(&expired, "expired");
+
+    // Hostile manifests, validly signed with the coordinator's own key: the agent's path and
+    // limit checks are the last line of defence and must hold on their own.
+    let key = dockfra_common::sign::SigningKey::from_pkcs8(&std::fs::read(w.coord_state.join("signing.key")).unwrap())
+        .unwrap();
+    let blob = b"x".to_vec();
+    let digest = dockfra_common::sha256_hex(&blob);
+    let file = |path: &str| FileEntry {
+        path: path.into(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        size: 1,
+        sha256: digest.clone(),
+        link: None,
+    };
+    let link = |path: &str, to: &str| FileEntry {
+        path: path.into(),
+        kind: EntryKind::Symlink,
+        mode: 0o777,
+        size: 0,
+        sha256: String::new(),
+        link: Some(to.into()),
+    };
+    let cases: Vec<(&str, Vec<FileEntry>, &str)> = vec![
+        ("dotdot", vec![file("../../escape")], "`..` component"),
+        ("absolute", vec![file("/etc/dockfra-evil")], "absolute path"),
+        ("symlink-out", vec![link("data", "../../../../etc")], "symlink leaves the release"),
+        ("through-symlink", vec![link("d", "x"), file("d/f")], "is a file or symlink"),
+        ("setuid", vec![FileEntry { mode: 0o4755, ..file("suid") }], "special bits"),
+        ("device", vec![FileEntry { mode: 0o20644, ..file("dev") }], "special bits"),
+        ("oversize", vec![FileEntry { size: bundle::MAX_FILE_SIZE + 1, ..file("huge") }], "over a limit"),
+        ("too-many", (0..=bundle::MAX_FILES).map(|i| file(&format!("f{i}"))).collect(), "over a limit"),
+    ];
+    for (i, (name, files, expect)) in cases.into_iter().enumerate() {
+        let m = Manifest {
+            format: bundle::FORMAT,
+            target: "edge-offline".into(),
+            app: "web".into(),
+            version: name.into(),
+            sequence: 1000 + i as u64,
+            platform: dockfra_common::config::Platform::SshRaw,
+            created_unix: 0,
+            files,
+            ssh_raw: None,
+            health: None,
+            keep_releases: 5,
+        };
+        let bytes = m.canonical_bytes();
+        let d = DesiredState {
+            target: "edge-offline".into(),
+            app: "web".into(),
+            action: Action::Deploy,
+            sequence: 1000 + i as u64,
+            bundle_id: dockfra_common::sha256_hex(&bytes),
+            deployment_id: format!("evil-{name}"),
+            issued_unix: dockfra_common::now_unix(),
+            expires_unix: dockfra_common::now_unix() + 600,
+        };
+        let a = bundle::sign_assignment(&key, &d, bytes);
+        let out = bundle::write_archive(Vec::new(), &a, std::slice::from_ref(&digest), |_| {
+            Ok((1, Box::new(std::io::Cursor::new(blob.clone())) as Box<dyn std::io::Read>))
+        })
+        .unwrap();
+        let p = w.path(&format!("evil-{name}.tar"));
+        std::fs::write(&p, out).unwrap();
+        refused(&p, expect);
+    }
+
+    // Link and device entries in the archive itself.
+    for (name, kind) in [("symlink", 2u8), ("hardlink", 1), ("chardev", 3)] {
+        let mut tar = Vec::new();
+        let mut h = [0u8; 512];
+        let entry = format!("blobs/{digest}");
+        h[..entry.len()].copy_from_slice(entry.as_bytes());
+        h[100..107].copy_from_slice(b"0000644");
+        h[124..135].copy_from_slice(b"00000000000");
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = b'0' + kind;
+        h[157..168].copy_from_slice(b"/etc/passwd");
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| *b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        tar.extend_from_slice(&h);
+        tar.extend_from_slice(&[0u8; 1024]);
+        let p = w.path(&format!("entry-{name}.tar"));
+        std::fs::write(&p, tar).unwrap();
+        refused(&p, "only regular files are allowed");
+    }
+
+    // And the fresh, untampered bundle still applies after all that.
+    agent.run_cmd(&["apply", fresh.to_str().unwrap()]).ok();
+    assert_eq!(live_version(&w, "deploy-offline"), "v2");
+}
+
+#[test]
+fn enrollment_and_authorization_refusals() {
+    let w = World::new("authz");
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+
+    let token = w.token("edge-pull");
+    // A token for another target is refused, and not burnt by the refusal.
+    let wrong = Agent::new(&w, "wrong");
+    let r = wrong.run_cmd(&["enroll", "--coordinator", &url, "--token", &token, "--target", "edge-push"]).fails();
+    assert!(r.stderr().contains("is for target \"edge-pull\""), "{}", r.stderr());
+    assert!(!wrong.state.join("identity/agent.json").exists());
+    let a = Agent::new(&w, "a");
+    a.enroll(&url, &token).ok();
+    // Reused.
+    let r = Agent::new(&w, "b").enroll(&url, &token).fails();
+    assert!(r.stderr().contains("already used"), "{}", r.stderr());
+    // Expired.
+    let short = w.coord(&["token", "create", "edge-push", "--ttl", "1s"]).ok().stdout().trim().to_string();
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = Agent::new(&w, "c").enroll(&url, &short).fails();
+    assert!(r.stderr().contains("expired"), "{}", r.stderr());
+    // A token whose CA pin does not match this coordinator.
+    let mut forged = token.rsplit_once('.').unwrap().0.to_string();
+    forged.push('.');
+    forged.push_str(&"0".repeat(64));
+    let r = Agent::new(&w, "d").enroll(&url, &forged).fails();
+    assert!(r.stderr().contains("did not present a CA whose SHA-256"), "{}", r.stderr());
+    // Unknown target.
+    let r = w.coord(&["token", "create", "nope"]).fails();
+    assert!(r.stderr().contains("no target \"nope\""), "{}", r.stderr());
+
+    // A second, foreign coordinator and its agent.
+    let w2 = World::new("authz-foreign");
+    project(&w2, free_port(), "", "");
+    w2.init("127.0.0.1:0");
+    let _coord2 = w2.serve(&[]);
+    let foreign = Agent::new(&w2, "foreign");
+    foreign.enroll(&format!("https://{}", w2.addr()), &w2.token("edge-pull")).ok();
+
+    // Need a bundle of edge-push to ask for.
+    let push_port = free_port();
+    project(&w, push_port, "", "");
+    let mut pusher = Agent::new(&w, "pusher");
+    pusher.listen = Some(format!("127.0.0.1:{push_port}"));
+    pusher.enroll(&url, &w.token("edge-push")).ok();
+    let _pp = pusher.start(&w);
+    assert_eq!(deploy_json(&w, &["edge-push"]).0, 0);
+    let hist = w.coord(&["history", "edge-push", "--output", "json"]).ok().json();
+    let push_bundle = hist[0]["bundle_id"].as_str().unwrap().to_string();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use dockfra_common::identity;
+        use dockfra_common::proto::{self, fleet_client::FleetClient};
+        let channel = |agent: &Agent, ca_from: &std::path::Path| {
+            let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+            let tls = identity::client_tls(
+                &read(ca_from.join("identity/ca.pem")),
+                &read(agent.state.join("identity/cert.pem")),
+                &read(agent.state.join("identity/key.pem")),
+                identity::COORDINATOR_DNS,
+            );
+            let url = url.clone();
+            async move { identity::connect(&url, tls, Duration::from_secs(5)).await }
+        };
+        // Agent A (edge-pull) asks for edge-push's bundle.
+        let mut c = FleetClient::new(channel(&a, &a.state).await.unwrap());
+        let e = c
+            .fetch_blobs(proto::FetchBlobsRequest { bundle_id: push_bundle.clone(), digests: vec![] })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("is not for target \"edge-pull\""), "{}", e.message());
+        // A certificate from a foreign CA does not get past TLS.
+        let r = channel(&foreign, &a.state).await;
+        match r {
+            Err(_) => {}
+            Ok(ch) => {
+                let e = FleetClient::new(ch).poll(proto::PollRequest::default()).await.unwrap_err();
+                assert_ne!(e.code(), tonic::Code::Ok, "foreign agent got in");
+            }
+        }
+        // Revocation takes effect on the next call.
+        let r = std::process::Command::new(bin("dockfra-coord"))
+            .arg("--state-dir")
+            .arg(&w.coord_state)
+            .args(["agents", "revoke", "edge-pull"])
+            .output()
+            .unwrap();
+        assert!(r.status.success());
+        let e = c.poll(proto::PollRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("revoked"), "{}", e.message());
+        // An agent certificate cannot use the admin API.
+        let mut admin = proto::admin_client::AdminClient::new(channel(&pusher, &pusher.state).await.unwrap());
+        let e =
+            admin.create_token(proto::CreateTokenRequest { target: "edge-push".into(), ttl_ms: 0 }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    });
+}
+
+#[test]
+fn pull_agent_keeps_running_while_the_coordinator_is_down() {
+    let w = World::new("outage");
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    let mut coord = w.serve(&[]);
+    let addr = w.addr();
+    let agent = Agent::new(&w, "pull");
+    agent.enroll(&format!("https://{addr}"), &w.token("edge-pull")).ok();
+    let proc = agent.start(&w);
+    assert_eq!(deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]).0, 0);
+    let v1 = current(&w, "deploy-pull");
+
+    assert!(coord.term().success(), "coordinator stops cleanly on SIGTERM");
+    wait_until("the agent to notice the outage", Duration::from_secs(20), || {
+        proc.log().matches("poll failed").count() >= 2
+    });
+    assert_eq!(current(&w, "deploy-pull"), v1, "the current release keeps running");
+    assert!(proc.log().contains("retrying in"), "{}", proc.log());
+
+    let _coord = w.serve(&["--listen", &addr]);
+    w.write("project/app/VERSION", "v2\n");
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]);
+    assert_eq!(code, 0, "{v}\n{}", proc.log());
+    assert_eq!(live_version(&w, "deploy-pull"), "v2");
+    // poll-now wakes the agent (SIGHUP) — it must survive it.
+    agent.run_cmd(&["poll-now"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.state.join("agent.pid").exists());
+}
+
+#[test]
+fn disk_full_while_materializing_discards_the_release() {
+    if !is_root() && skip_or_fail("root, to mount a small tmpfs") {
+        return;
+    }
+    let w = World::new("diskfull");
+    project(&w, free_port(), "", "");
+    let mnt = w.path("deploy-offline");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(m.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let agent = Agent::new(&w, "offline");
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-offline")).ok();
+    let small = w.path("small.tar");
+    w.coord(&["bundle", "export", "edge-offline", "-o", small.to_str().unwrap()]).ok();
+    agent.run_cmd(&["apply", small.to_str().unwrap()]).ok();
+    let v1 = current(&w, "deploy-offline");
+    let before = snapshot(&mnt);
+    // 3 MiB of content that does not compress: it cannot fit in the 1 MiB tmpfs.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let noise: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(w.path("project/app/blob.bin"), noise).unwrap();
+    let big = w.path("big.tar");
+    w.coord(&["bundle", "export", "edge-offline", "-o", big.to_str().unwrap()]).ok();
+    let r = agent.run_cmd(&["apply", big.to_str().unwrap()]);
+    assert_eq!(r.code(), 3, "{}{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("No space left on device"), "{}", r.stdout());
+    assert_eq!(current(&w, "deploy-offline"), v1);
+    assert_eq!(snapshot(&mnt), before, "the failed release left nothing behind");
+}
+
+#[test]
+fn pull_agent_behind_nat_in_a_network_namespace() {
+    if !is_root() && skip_or_fail("root, for network namespaces") {
+        return;
+    }
+    if runner_missing("ip") || runner_missing("iptables") {
+        skip_or_fail("ip and iptables");
+        return;
+    }
+    let id = std::process::id() % 200 + 20;
+    let (nsc, nsa) = (format!("dkfc{id}"), format!("dkfa{id}"));
+    let (ipc, ipa) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
+    struct Netns(Vec<String>);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
+            }
+        }
+    }
+    let sh = |cmd: &str| {
+        let s = std::process::Command::new("sh").args(["-c", cmd]).status().unwrap();
+        assert!(s.success(), "{cmd}");
+    };
+    let _ns = Netns(vec![nsc.clone(), nsa.clone()]);
+    sh(&format!("ip netns add {nsc} && ip netns add {nsa}"));
+    sh(&format!("ip link add vc{id} netns {nsc} type veth peer name va{id} netns {nsa}"));
+    sh(&format!(
+        "ip -n {nsc} addr add {ipc}/30 dev vc{id} && ip -n {nsc} link set vc{id} up && ip -n {nsc} link set lo up"
+    ));
+    sh(&format!(
+        "ip -n {nsa} addr add {ipa}/30 dev va{id} && ip -n {nsa} link set va{id} up && ip -n {nsa} link set lo up"
+    ));
+    // The agent's side accepts no inbound connection: like a device behind NAT.
+    sh(&format!("ip netns exec {nsa} iptables -A INPUT -p tcp --syn -j DROP"));
+
+    let mut w = World::new("netns");
+    w.coord_prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsc.clone()];
+    project(&w, free_port(), "", "");
+    w.init(&format!("{ipc}:0"));
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "nat");
+    agent.prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsa.clone()];
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
+    let _a = agent.start(&w);
+
+    // The coordinator cannot reach into the agent's namespace, even where something listens …
+    let listener = "import socket,time\ns=socket.socket();s.bind(('0.0.0.0',9000));s.listen();time.sleep(120)";
+    let _listener = Proc {
+        child: std::process::Command::new("ip")
+            .args(["netns", "exec", &nsa, "python3", "-c", listener])
+            .spawn()
+            .unwrap(),
+        log: w.path("listener.log"),
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let probe = format!(
+        "import socket,sys\ns=socket.socket();s.settimeout(2)\ntry:\n s.connect(('{ipa}',9000))\n sys.exit(0)\nexcept Exception:\n sys.exit(7)"
+    );
+    let r = std::process::Command::new("ip").args(["netns", "exec", &nsc, "python3", "-c", &probe]).status().unwrap();
+    assert_eq!(r.code(), Some(7), "the coordinator could open a connection to the agent");
+    // … yet the pull agent deploys.
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v1");
+}
+
+fn runner_missing(program: &str) -> bool {
+    !std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn config_errors_name_file_target_and_key_and_change_nothing() {
+    let w = World::new("config");
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    // Bad YAML keys stop `serve` at start-up, naming file, target and key.
+    let good = std::fs::read_to_string(w.path("project/deploy-targets.yaml")).unwrap();
+    w.write("project/deploy-targets.yaml", &good.replace("    os: linux\n", "    os: linux\n    colour: blue\n"));
+    let r = w.coord(&["serve", "--root", w.project.to_str().unwrap()]).fails();
+    let e = r.stderr();
+    assert!(e.contains("deploy-targets.yaml") && e.contains("edge-push") && e.contains("colour"), "{e}");
+    w.write("project/deploy-targets.yaml", &good.replace("platform: ssh_raw\n    os", "platform: openshift\n    os"));
+    let e = w.coord(&["serve", "--root", w.project.to_str().unwrap()]).fails().stderr();
+    assert!(e.contains("openshift") && e.contains("platform"), "{e}");
+
+    // A running coordinator re-reads the file per deploy: a broken edit is refused, nothing queued.
+    w.write("project/deploy-targets.yaml", &good);
+    let _coord = w.serve(&[]);
+    w.write(
+        "project/deploy-targets.yaml",
+        &good.replace("retries: 1\n      interval: 100ms\n      timeout: 2s", "retries: many"),
+    );
+    let e = w.coord(&["deploy", "edge-push"]).fails().stderr();
+    assert!(e.contains("edge-push") && e.contains("health.retries"), "{e}");
+    w.write("project/deploy-targets.yaml", &good);
+    assert_eq!(w.coord(&["history", "--output", "json"]).ok().json(), serde_json::json!([]));
+
+    // `config`: the compose project resolved with .env, process env and the target's env.
+    w.write("project/app/compose.yaml", "services:\n  web:\n    image: \"busybox:${TAG:-latest}\"\n    environment:\n      - DB=${DB_HOST:?set DB_HOST in .env}\n      - GREETING=$${NOT_INTERPOLATED}\n");
+    let e = w.coord(&["config", "--root", w.project.to_str().unwrap()]).fails().stderr();
+    assert!(e.contains("DB_HOST") && e.contains("set DB_HOST in .env"), "{e}");
+    w.write("project/app/.env", "DB_HOST=db.internal\nTAG=1.36\n");
+    let out = w.coord(&["config", "--root", w.project.to_str().unwrap()]).ok().stdout();
+    assert!(
+        out.contains("busybox:1.36") && out.contains("db.internal") && out.contains("${NOT_INTERPOLATED}"),
+        "{out}"
+    );
+    assert!(out.starts_with("name:"), "{out}");
+}
+
+#[test]
+fn the_seed_fleet_loads_and_lists_without_dialling() {
+    let mut w = World::new("seed");
+    w.init("127.0.0.1:0");
+    // The repository's own deploy-targets.yaml (the seed's six targets, private addresses).
+    w.project = workspace();
+    let _coord = w.serve(&[]);
+    let t = w.coord(&["targets", "--output", "json"]).ok().json();
+    let ids: Vec<&str> = t.as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["prod-vps", "staging-rhel", "prod-k8s", "edge-rpi3", "swarm-cluster", "nomad-cluster"]);
+    assert!(t.as_array().unwrap().iter().all(|x| x["enrolled"] == false));
+    let table = w.coord(&["status"]).ok().stdout();
+    assert!(table.contains("edge-rpi3") && table.contains("unknown"), "{table}");
+    // Non-ssh_raw platforms are refused clearly, before anything is queued or dialled.
+    let e = w.coord(&["deploy", "prod-vps"]).fails().stderr();
+    assert!(e.contains("platform docker_compose is not supported by this build yet"), "{e}");
+}

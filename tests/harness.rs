@@ -1,1 +1,303 @@
+//! Test harness for the end-to-end suite: finds the real `dockfra-coord` and `dockfra-agent`
+//! binaries, gives each test its own temp dir, runs commands, starts servers and agents as
+//! child processes (killed on drop), and waits for conditions with deadlines.
+//!
+//! `DOCKFRA_REQUIRE_ENGINES=1` (set by `.ci/run`) turns "skip: needs root / netns" into a
+//! failure, so CI never passes by skipping.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+/// Where cargo put the binaries (`CARGO_TARGET_DIR` or `<workspace>/target`, debug profile).
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("debug").join(name);
+    assert!(p.is_file(), "{} not built: run `cargo build --workspace` first (scripts/test does it)", p.display());
+    p
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace dir")
+}
+
+/// Skip a test that needs something this machine lacks — unless CI demands it.
+pub fn skip_or_fail(why: &str) -> bool {
+    if std::env::var_os("DOCKFRA_REQUIRE_ENGINES").is_some_and(|v| v == "1") {
+        panic!("required for this test but missing: {why} (DOCKFRA_REQUIRE_ENGINES=1)");
+    }
+    eprintln!("SKIP: {why}");
+    true
+}
+
+pub fn is_root() -> bool {
+    dockfra_common::is_root()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    /// Graceful stop: SIGTERM, then wait.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "process ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Result of a finished command, with helpers that print everything on failure.
+pub struct Run {
+    pub out: Output,
+    pub what: String,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    pub fn ok(self) -> Self {
+        assert!(
+            self.out.status.success(),
+            "{} failed ({}):\nstdout: {}\nstderr: {}",
+            self.what,
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    pub fn fails(self) -> Self {
+        assert!(
+            !self.out.status.success(),
+            "{} unexpectedly succeeded:\nstdout: {}\nstderr: {}",
+            self.what,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout().trim())
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.what, self.stdout()))
+    }
+}
+
+pub fn run(mut cmd: Command) -> Run {
+    let what = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    Run { out, what }
+}
+
+/// One test's world: a temp dir, a project, a coordinator, agents.
+pub struct World {
+    pub dir: PathBuf,
+    pub coord_state: PathBuf,
+    pub project: PathBuf,
+    /// Prefix for commands (e.g. `ip netns exec NS`); empty on the host.
+    pub coord_prefix: Vec<String>,
+}
+
+impl World {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dkf-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let project = dir.join("project");
+        std::fs::create_dir_all(project.join("app")).unwrap();
+        Self { coord_state: dir.join("coord"), project, dir, coord_prefix: vec![] }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn prefixed(&self, program: PathBuf) -> Command {
+        if self.coord_prefix.is_empty() {
+            Command::new(program)
+        } else {
+            let mut c = Command::new(&self.coord_prefix[0]);
+            c.args(&self.coord_prefix[1..]).arg(program);
+            c
+        }
+    }
+
+    /// `dockfra-coord --state-dir <coord> ARGS…`
+    pub fn coord(&self, args: &[&str]) -> Run {
+        let mut c = self.prefixed(bin("dockfra-coord"));
+        c.arg("--state-dir").arg(&self.coord_state).args(args).env("DOCKFRA_LOG", "warn");
+        run(c)
+    }
+
+    pub fn init(&self, listen: &str) {
+        self.coord(&["init", "--listen", listen]).ok();
+    }
+
+    /// Start `serve --root <project>` and wait until it has bound.
+    pub fn serve(&self, extra: &[&str]) -> Proc {
+        let addr_file = self.coord_state.join("serve.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = self.dir.join(format!("coord-{}.log", rand_u64()));
+        let mut c = self.prefixed(bin("dockfra-coord"));
+        c.arg("--state-dir")
+            .arg(&self.coord_state)
+            .args(["serve", "--root"])
+            .arg(&self.project)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut p = Proc { child: c.spawn().unwrap(), log };
+        let start = Instant::now();
+        while !addr_file.exists() {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                panic!("coordinator exited ({s}) before binding:\n{}", p.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "coordinator did not bind:\n{}", p.log());
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        p
+    }
+
+    pub fn addr(&self) -> String {
+        std::fs::read_to_string(self.coord_state.join("serve.addr")).unwrap().trim().to_string()
+    }
+
+    pub fn token(&self, target: &str) -> String {
+        self.coord(&["token", "create", target]).ok().stdout().trim().to_string()
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// An agent's state dir and how to run it.
+pub struct Agent {
+    pub state: PathBuf,
+    pub prefix: Vec<String>,
+    pub listen: Option<String>,
+}
+
+impl Agent {
+    pub fn new(world: &World, name: &str) -> Self {
+        Self { state: world.dir.join(format!("agent-{name}")), prefix: vec![], listen: None }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = if self.prefix.is_empty() {
+            Command::new(bin("dockfra-agent"))
+        } else {
+            let mut c = Command::new(&self.prefix[0]);
+            c.args(&self.prefix[1..]).arg(bin("dockfra-agent"));
+            c
+        };
+        c.arg("--state-dir").arg(&self.state).args(args);
+        c
+    }
+
+    pub fn run_cmd(&self, args: &[&str]) -> Run {
+        run(self.cmd(args))
+    }
+
+    pub fn enroll(&self, coordinator: &str, token: &str) -> Run {
+        self.run_cmd(&["enroll", "--coordinator", coordinator, "--token", token])
+    }
+
+    /// Start `run`; for push agents, wait until the port accepts connections.
+    pub fn start(&self, world: &World) -> Proc {
+        let log = world.dir.join(format!("{}-{}.log", self.state.file_name().unwrap().to_string_lossy(), rand_u64()));
+        let mut args = vec!["run"];
+        if let Some(l) = &self.listen {
+            args.extend(["--listen", l.as_str()]);
+        }
+        let mut c = self.cmd(&args);
+        c.env("DOCKFRA_LOG", "dockfra_agent=debug").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        let p = Proc { child: c.spawn().unwrap(), log };
+        if let Some(l) = &self.listen {
+            wait_until("the push agent to listen", Duration::from_secs(20), || std::net::TcpStream::connect(l).is_ok());
+        } else {
+            wait_until("the agent to start", Duration::from_secs(20), || self.state.join("agent.pid").exists());
+        }
+        p
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.run_cmd(&["status", "--output", "json"]).ok().json()
+    }
+}
+
+/// Every file under `root` with its content hash (symlinks by target) — to assert "nothing changed".
+pub fn snapshot(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                out.push((rel, format!("-> {}", std::fs::read_link(&p).unwrap().display())));
+            } else if ft.is_dir() {
+                out.push((rel, "dir".into()));
+                stack.push(p);
+            } else {
+                out.push((rel, dockfra_common::sha256_hex(&std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
