@@ -136,6 +136,14 @@ fn push_and_pull_deploy_update_rollback_and_failed_health() {
     assert_eq!(current(&w, "deploy-push"), v1_push);
     assert_eq!(live_version(&w, "deploy-push"), "v1");
 
+    // Roll forward again to a named release with --to.
+    let v2_push = st["current_release"].as_str().unwrap().to_string();
+    w.coord(&["rollback", "edge-push", "--to", &v2_push]).ok();
+    assert_eq!(live_version(&w, "deploy-push"), "v2-changed");
+    let e = w.coord(&["rollback", "edge-push", "--to", "99-ffffffffffff"]).fails().stderr();
+    assert!(e.contains("has no release \"99-ffffffffffff\""), "{e}");
+    w.coord(&["rollback", "edge-push", "--to", v1_push.trim_start_matches("releases/")]).ok();
+
     // v3 fails its health check: automatic rollback, reported as failed with the reason.
     let before = current(&w, "deploy-push");
     w.write("project/app/health.txt", "fail\n");
@@ -155,7 +163,7 @@ fn push_and_pull_deploy_update_rollback_and_failed_health() {
     // History and listings.
     let h = w.coord(&["history", "edge-push", "--output", "json"]).ok().json();
     let statuses: Vec<&str> = h.as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, vec!["failed", "succeeded", "succeeded", "succeeded"]);
+    assert_eq!(statuses, vec!["failed", "succeeded", "succeeded", "succeeded", "succeeded", "succeeded"]);
     let t = w.coord(&["targets", "--output", "json"]).ok().json();
     assert_eq!(t.as_array().unwrap().len(), 3);
     assert_eq!(t[2]["enrolled"], false);
@@ -172,6 +180,22 @@ fn push_and_pull_deploy_update_rollback_and_failed_health() {
     let r = pull.run_cmd(&["rollback", "web"]).ok();
     assert!(r.stdout().contains("current ->"), "{}", r.stdout());
     assert_eq!(live_version(&w, "deploy-pull"), "v1");
+
+    // An exported bundle is for offline delivery: the online pull agent does not pick it up,
+    // and applying the file on that host works.
+    w.write("project/app/health.txt", "ok\n");
+    w.write("project/app/VERSION", "usb\n");
+    let usb = w.path("usb.tar");
+    w.coord(&["bundle", "export", "edge-pull", "-o", usb.to_str().unwrap()]).ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(live_version(&w, "deploy-pull"), "v1", "an export must not change the target's desired state");
+    pull.run_cmd(&["apply", usb.to_str().unwrap()]).ok();
+    assert_eq!(live_version(&w, "deploy-pull"), "usb");
+
+    // `poll-now` sends SIGHUP; a push agent must survive it.
+    push.run_cmd(&["poll-now"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(w.coord(&["deploy-test", "edge-push", "--output", "json"]).ok().json()["reachable"], true);
 }
 
 #[test]
@@ -521,6 +545,23 @@ fn enrollment_and_authorization_refusals() {
         let e = c.poll(proto::PollRequest::default()).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("revoked"), "{}", e.message());
+        // A revoked push agent is not dialled at all.
+        let r = std::process::Command::new(bin("dockfra-coord"))
+            .arg("--state-dir")
+            .arg(&w.coord_state)
+            .args(["agents", "revoke", "edge-push"])
+            .output()
+            .unwrap();
+        assert!(r.status.success());
+        let r = std::process::Command::new(bin("dockfra-coord"))
+            .arg("--state-dir")
+            .arg(&w.coord_state)
+            .args(["deploy", "edge-push", "--output", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(r.status.code(), Some(3));
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert!(v["message"].as_str().unwrap().contains("revoked: not dialling"), "{v}");
         // An agent certificate cannot use the admin API.
         let mut admin = proto::admin_client::AdminClient::new(channel(&pusher, &pusher.state).await.unwrap());
         let e =
@@ -554,10 +595,49 @@ fn pull_agent_keeps_running_while_the_coordinator_is_down() {
     let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]);
     assert_eq!(code, 0, "{v}\n{}", proc.log());
     assert_eq!(live_version(&w, "deploy-pull"), "v2");
-    // poll-now wakes the agent (SIGHUP) — it must survive it.
-    agent.run_cmd(&["poll-now"]).ok();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(agent.state.join("agent.pid").exists());
+
+    // `poll-now` (SIGHUP) makes an agent with a 30s schedule poll at once.
+    let slow = Agent::new(&w, "slow");
+    slow.enroll(&format!("https://{addr}"), &w.token("edge-offline")).ok();
+    let slow_proc = slow.start(&w);
+    wait_until("the first poll", Duration::from_secs(10), || slow_proc.log().contains("dockfra-agent running"));
+    std::thread::sleep(Duration::from_millis(500));
+    w.coord(&["deploy", "edge-offline"]).ok();
+    let asked = std::time::Instant::now();
+    slow.run_cmd(&["poll-now"]).ok();
+    wait_until("poll-now to deliver", Duration::from_secs(10), || live_version(&w, "deploy-offline") == "v2");
+    assert!(asked.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn agents_renew_their_short_lived_certificates() {
+    let w = World::new("renew");
+    let port = free_port();
+    project(&w, port, "", "");
+    w.coord(&["init", "--listen", "127.0.0.1:0", "--agent-cert-ttl", "12s"]).ok();
+    let _coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+    let mut push = Agent::new(&w, "push");
+    push.listen = Some(format!("127.0.0.1:{port}"));
+    push.enroll(&url, &w.token("edge-push")).ok();
+    let pull = Agent::new(&w, "pull");
+    pull.enroll(&url, &w.token("edge-pull")).ok();
+    let serial = |a: &Agent| {
+        let pem = std::fs::read_to_string(a.state.join("identity/cert.pem")).unwrap();
+        dockfra_common::identity::cert_info(&dockfra_common::identity::first_cert_der(&pem).unwrap())
+            .unwrap()
+            .serial_hex
+    };
+    let (push0, pull0) = (serial(&push), serial(&pull));
+    let _p1 = push.start(&w);
+    let _p2 = pull.start(&w);
+    wait_until("both agents to renew", Duration::from_secs(40), || serial(&push) != push0 && serial(&pull) != pull0);
+    // The coordinator knows the new serials, and both agents still work with them.
+    let agents = w.coord(&["agents", "--output", "json"]).ok().json();
+    let known: Vec<&str> = agents.as_array().unwrap().iter().map(|a| a["serial"].as_str().unwrap()).collect();
+    assert!(known.contains(&serial(&push).as_str()) && known.contains(&serial(&pull).as_str()), "{agents}");
+    assert_eq!(deploy_json(&w, &["edge-push"]).0, 0);
+    assert_eq!(deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]).0, 0);
 }
 
 #[test]

@@ -113,8 +113,10 @@ fn executor(state: &StateDir, runner: Arc<dyn Runner>) -> Result<Executor> {
 }
 
 pub async fn run(cli: Cli) -> Result<u8> {
+    let dir = cli.state_dir.clone().unwrap_or_else(|| dockfra_common::default_state_dir("dockfra-agent"));
+    // Absolute: paths under it end up in symlinks (shared/) and in the journal.
     let state =
-        StateDir::new(&cli.state_dir.clone().unwrap_or_else(|| dockfra_common::default_state_dir("dockfra-agent")));
+        StateDir::new(&std::path::absolute(&dir).with_context(|| format!("bad --state-dir {}", dir.display()))?);
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     match cli.command {
         Command::Enroll { coordinator, token, target } => {
@@ -196,6 +198,7 @@ fn or_dash(s: &str) -> &str {
 }
 
 async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, listen: Option<String>) -> Result<u8> {
+    crate::net::finish_renewal(state)?;
     let cfg = state.config()?;
     let exec = Arc::new(executor(state, runner.clone())?);
     let recovered = exec.recover().await?;
@@ -221,6 +224,13 @@ async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, listen: Option<Str
     let r = match cfg.mode.as_str() {
         "pull" => crate::net::pull_loop(exec, state.clone(), facts, stop_rx).await,
         _ => {
+            // SIGHUP (`poll-now`) must not kill a push agent: there is nothing to poll.
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP ignored: push mode waits for the coordinator");
+                }
+            });
             let listen = listen.unwrap_or_else(|| format!("0.0.0.0:{}", cfg.listen_port));
             crate::net::push_server(exec, state.clone(), facts, listen, stop_rx).await
         }

@@ -223,12 +223,16 @@ impl Executor {
                 ),
             );
         }
-        let _ = step(&mut journal, Phase::Fetched);
+        if let Err(e) = step(&mut journal, Phase::Fetched) {
+            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+        }
 
         if let Err(e) = rel.materialize(m, &self.state.blobs()) {
             return self.abandon(v, em, &journal, format!("{e}"));
         }
-        let _ = step(&mut journal, Phase::Materialized);
+        if let Err(e) = step(&mut journal, Phase::Materialized) {
+            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+        }
         em.send("Materialized", format!("release dir {}", rel.dir(&name).display()));
 
         let driver = match drivers::for_platform(m.platform) {
@@ -245,19 +249,26 @@ impl Executor {
         if let Err(e) = driver.validate(&ctx).await {
             return self.abandon(v, em, &journal, e.to_string());
         }
-        let _ = step(&mut journal, Phase::PreDeployed);
+        if let Err(e) = step(&mut journal, Phase::PreDeployed) {
+            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+        }
         if let Err(e) = driver.pre_deploy(&ctx).await {
             return self.abandon(v, em, &journal, e.to_string());
         }
         em.send("PreDeployed", "pre-deploy step done");
 
         // From here on `current` may move: a failure must swap back.
-        let _ = step(&mut journal, Phase::Activated);
+        if let Err(e) = step(&mut journal, Phase::Activated) {
+            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+        }
         if let Err(e) = rel.activate(&name) {
             return self.abandon(v, em, &journal, e.to_string());
         }
         em.send("Activated", format!("current -> releases/{name}"));
-        let _ = step(&mut journal, Phase::Applied);
+        if let Err(e) = step(&mut journal, Phase::Applied) {
+            let reason = format!("cannot write the journal: {e:#}");
+            return self.roll_back(v, em, &rel, &journal, driver.as_ref(), reason).await;
+        }
         let applied = async {
             driver.apply(&ctx).await.map_err(|e| e.to_string())?;
             driver.post_deploy(&ctx).await.map_err(|e| e.to_string())?;
@@ -350,7 +361,7 @@ impl Executor {
         let prev = journal.previous.clone().unwrap_or_default();
         let msg = match (&journal.previous, back) {
             (Some(p), Ok(())) => format!("{reason}; rolled back to {p}; release {name} quarantined"),
-            (Some(p), Err(e)) => format!("{reason}; swapped back to {p} but its service step failed: {e}"),
+            (Some(p), Err(e)) => format!("{reason}; going back to {p} failed too: {e}"),
             (None, _) => format!("{reason}; no previous release to go back to; release {name} quarantined"),
         };
         em.finish("failed", &prev, msg)
@@ -436,9 +447,23 @@ impl Executor {
         let pm = rel.manifest(&target).context("release has no manifest")?;
         let driver = drivers::for_platform(pm.platform)?;
         let current = rel.current();
-        self.restore(&rel, Some(&target), driver.as_ref()).await.map_err(anyhow::Error::msg)?;
-        if let Some(h) = &pm.health {
-            health::run(h, self.runner.as_ref(), &rel.dir(&target)).await.map_err(anyhow::Error::msg)?;
+        let switched = async {
+            self.restore(&rel, Some(&target), driver.as_ref()).await?;
+            match &pm.health {
+                Some(h) => health::run(h, self.runner.as_ref(), &rel.dir(&target)).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Err(e) = switched {
+            // Undo: go back to what ran before this command.
+            let back = self.restore(&rel, current.as_deref(), driver.as_ref()).await;
+            let how = match (&current, back) {
+                (Some(c), Ok(())) => format!("back on {c}"),
+                (Some(c), Err(b)) => format!("going back to {c} failed too: {b}"),
+                (None, _) => "no release was current before".to_string(),
+            };
+            anyhow::bail!("rollback of {app:?} to {target} failed: {e}; {how}");
         }
         let app_state = p.apps.entry(app.to_string()).or_default();
         app_state.previous = current;

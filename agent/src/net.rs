@@ -119,13 +119,31 @@ pub async fn renew_if_due(state: &StateDir) -> Result<bool> {
         .await
         .map_err(|s| anyhow::anyhow!("renewal refused: {}", s.message()))?
         .into_inner();
+    // Both new files first; then the pair is swapped in. A crash in between is finished by
+    // `finish_renewal` at the next start, so the key and certificate never disagree.
     crate::state::write(&state.identity("key.pem.new"), key_pem.as_bytes(), 0o600)?;
-    crate::state::write(&state.identity("cert.pem"), r.cert_pem.as_bytes(), 0o644)?;
-    std::fs::rename(state.identity("key.pem.new"), state.identity("key.pem"))?;
+    crate::state::write(&state.identity("cert.pem.new"), r.cert_pem.as_bytes(), 0o644)?;
+    finish_renewal(state)?;
     cfg.cert_issued_unix = dockfra_common::now_unix();
     state.save_config(&cfg)?;
     tracing::info!("certificate renewed");
     Ok(true)
+}
+
+/// Complete a renewal that was interrupted between writing the new key/cert pair and
+/// swapping it in. Both `.new` files exist only once both were fully written.
+pub fn finish_renewal(state: &StateDir) -> Result<()> {
+    let (key_new, cert_new) = (state.identity("key.pem.new"), state.identity("cert.pem.new"));
+    if cert_new.is_file() && key_new.is_file() {
+        std::fs::rename(&key_new, state.identity("key.pem"))?;
+    }
+    if cert_new.is_file() && !key_new.is_file() {
+        std::fs::rename(&cert_new, state.identity("cert.pem"))?;
+        dockfra_common::fsync_dir(&state.root.join("identity"))?;
+    }
+    // A lone key.pem.new means the certificate never arrived: keep the old pair.
+    let _ = std::fs::remove_file(&key_new);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------- pull
@@ -343,7 +361,7 @@ pub async fn push_server(
         let st = state.clone();
         let renewer = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 match renew_if_due(&st).await {
                     Ok(true) => {
                         let _ = renewed_tx.send(());
@@ -361,10 +379,14 @@ pub async fn push_server(
                 _ = renewed_rx => tracing::info!("reloading the push endpoint with the renewed certificate"),
             }
         };
+        // One service, no router: the agent must not link axum.
         tonic::transport::Server::builder()
             .tls_config(tls)?
-            .add_service(svc.max_decoding_message_size(64 << 20))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                svc.max_decoding_message_size(64 << 20),
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
             .await?;
         renewer.abort();
         if *stop.borrow_and_update() {

@@ -23,8 +23,6 @@ pub enum ReleaseError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("release {0} is not present on this host")]
     Missing(String),
-    #[error("blob {0} is missing from the local store")]
-    MissingBlob(String),
     #[error("blob {digest} changed on disk (got {actual}); refusing to use it")]
     BlobCorrupt { digest: String, actual: String },
     #[error("invalid release name {0:?}")]
@@ -155,15 +153,26 @@ impl AppReleases {
                 }
                 EntryKind::File => {
                     let d = Digest::new(&f.sha256).map_err(std::io::Error::other)?;
-                    let mut src = std::fs::File::open(blobs.join(d.as_str()))?;
+                    // Blobs were hash-checked on arrival; check again while copying, so a blob
+                    // corrupted on disk since then is never used (and is dropped from the store).
+                    use sha2::Digest as _;
+                    let blob = blobs.join(d.as_str());
+                    let mut src = std::fs::File::open(&blob)?;
                     let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&dest)?;
+                    let mut h = sha2::Sha256::new();
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
                         let n = src.read(&mut buf)?;
                         if n == 0 {
                             break;
                         }
+                        h.update(&buf[..n]);
                         out.write_all(&buf[..n])?;
+                    }
+                    let actual = hex::encode(h.finalize());
+                    if actual != d.as_str() {
+                        let _ = std::fs::remove_file(&blob);
+                        return Err(std::io::Error::other(ReleaseError::BlobCorrupt { digest: d.to_string(), actual }));
                     }
                     out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777))?;
                     out.sync_all()?;
@@ -171,7 +180,7 @@ impl AppReleases {
             }
         }
         // Link shared/ entries the release does not bring itself.
-        let shared = self.base.join("shared");
+        let shared = std::fs::canonicalize(self.base.join("shared"))?;
         for e in std::fs::read_dir(&shared)?.flatten() {
             let dest = root.join(e.file_name());
             if std::fs::symlink_metadata(&dest).is_err() {

@@ -9,6 +9,9 @@
 //! <state>/journal.json    the deploy in flight (absent when idle)
 //! <state>/blobs/sha256/   verified blobs
 //! <state>/apps/<app>/     releases of apps without a deploy_path
+//! <state>/tmp/            staging of offline bundles (removed after use)
+//! <state>/agent.lock      held while a deploy, apply or local rollback runs
+//! <state>/agent.pid       the running agent (for `poll-now`)
 //! ```
 use std::collections::BTreeMap;
 use std::io::Write;

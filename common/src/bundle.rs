@@ -190,19 +190,41 @@ impl Manifest {
             }
         }
         // A file may not live under a path that is itself a file or a symlink (that would let a
-        // symlink entry redirect a later file write outside the release).
+        // symlink entry redirect a later write outside the release). Compared case-insensitively:
+        // on a case-insensitive filesystem (macOS) `D/x` is written through a symlink `d`.
+        let folded: BTreeSet<String> = seen.iter().map(|p| p.to_lowercase()).collect();
+        let links: BTreeSet<String> =
+            self.files.iter().filter(|f| f.kind == EntryKind::Symlink).map(|f| f.path.to_lowercase()).collect();
         for f in &self.files {
-            let mut prefix = String::new();
-            for part in f.path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
-                if !prefix.is_empty() {
-                    prefix.push('/');
-                }
-                prefix.push_str(part);
-                if seen.contains(&prefix) {
+            let lower = f.path.to_lowercase();
+            for (i, _) in lower.match_indices('/') {
+                let prefix = &lower[..i];
+                if folded.contains(prefix) {
                     return Err(BundleError::Entry {
                         path: f.path.clone(),
                         reason: format!("its parent {prefix:?} is a file or symlink"),
                     });
+                }
+            }
+            // Lexical resolution is only the truth when no step of a link's target is itself a
+            // link (`b -> .` plus `a -> b/..` escapes), so a target may not pass through a link.
+            if let (EntryKind::Symlink, Some(to)) = (&f.kind, &f.link) {
+                let mut at: Vec<String> = lower.split('/').map(String::from).collect();
+                at.pop();
+                for comp in to.to_lowercase().split('/') {
+                    match comp {
+                        "" | "." => continue,
+                        ".." => {
+                            at.pop();
+                        }
+                        name => at.push(name.to_string()),
+                    }
+                    if links.contains(&at.join("/")) {
+                        return Err(BundleError::Entry {
+                            path: f.path.clone(),
+                            reason: format!("symlink target {to:?} passes through another symlink"),
+                        });
+                    }
                 }
             }
         }
@@ -276,6 +298,12 @@ pub fn verify_assignment(
     }
     if manifest.target != me {
         return Err(BundleError::WrongTarget { expected: me.into(), found: manifest.target });
+    }
+    if manifest.app != desired.app {
+        return Err(BundleError::Malformed {
+            what: "desired state",
+            reason: format!("names app {:?}, the manifest is for {:?}", desired.app, manifest.app),
+        });
     }
     if desired.bundle_id != bundle_id {
         return Err(BundleError::BundleMismatch { named: desired.bundle_id, actual: bundle_id });
@@ -449,6 +477,9 @@ mod tests {
             ("symlink out", vec![link("a", "../../etc")]),
             ("absolute symlink", vec![link("a", "/etc/passwd")]),
             ("file under symlink", vec![link("d", "x"), file("d/f")]),
+            ("file under symlink, other case", vec![link("d", "x"), file("D/f")]),
+            ("symlink chain escape", vec![link("b", "."), link("a", "b/..")]),
+            ("symlink through symlink", vec![link("b", "sub"), link("a", "b/x")]),
             ("duplicate", vec![file("a"), file("a")]),
             ("setuid", vec![FileEntry { mode: 0o4755, ..file("a") }]),
             ("device type bits", vec![FileEntry { mode: 0o20644, ..file("a") }]),

@@ -875,7 +875,12 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
             driver: s("driver")?,
         },
         Platform::SshRaw => PlatformConfig::SshRaw {
-            deploy_path: s("deploy_path")?.map(PathBuf::from),
+            deploy_path: match s("deploy_path")? {
+                Some(p) if !p.starts_with('/') => {
+                    return Err(cx.err("config.deploy_path", format!("{p:?} must be an absolute path")))
+                }
+                p => p.map(PathBuf::from),
+            },
             service_manager: match s("service_manager")? {
                 None => ServiceManager::None,
                 Some(m) => m.parse().map_err(|e: String| cx.err("config.service_manager", e))?,
@@ -1711,6 +1716,16 @@ targets:
             e.to_string(),
             "deploy-targets.yaml: target \"edge-rpi3\": key \"config.service_manager\": unknown service manager \"upstart\" (expected one of: none, systemd, supervisord, pm2)"
         );
+    }
+
+    #[test]
+    fn deploy_path_must_be_absolute() {
+        let m = bad(
+            &one("    platform: ssh_raw\n    config:\n      deploy_path: apps\n"),
+            Some("t1"),
+            Some("config.deploy_path"),
+        );
+        assert!(m.contains("must be an absolute path"), "{m}");
     }
 
     #[test]

@@ -105,28 +105,35 @@ fn walk(app_dir: &Path, project_file: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Copy a file into the blob store under its sha256; returns (digest, size).
+/// Copy a file into the blob store under its sha256; returns (digest, size). The copy is
+/// hashed, not the source, so a file that changes while we read it can never leave a blob
+/// whose content does not match its name.
 pub fn store_blob(blobs: &Path, src: &Path) -> Result<(String, u64)> {
     use sha2::Digest as _;
+    use std::io::Write;
     let mut f = std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let tmp = blobs.join(format!(".incoming-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", src.display()))?;
-        if n == 0 {
-            break;
+    let copied = (|| -> std::io::Result<()> {
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return out.sync_all();
+            }
+            size += n as u64;
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
         }
-        size += n as u64;
-        h.update(&buf[..n]);
+    })();
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot store blob for {}", src.display()));
     }
     let digest = hex::encode(h.finalize());
-    let dest = blobs.join(&digest);
-    if !dest.exists() {
-        let tmp = blobs.join(format!(".{digest}.{}", std::process::id()));
-        std::fs::copy(src, &tmp).with_context(|| format!("cannot store blob for {}", src.display()))?;
-        std::fs::rename(&tmp, &dest)?;
-    }
+    std::fs::rename(&tmp, blobs.join(&digest))?;
     Ok((digest, size))
 }
 

@@ -65,7 +65,7 @@ pub enum Command {
         /// gRPC address agents and the CLI use (ADDR:PORT).
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: String,
-        /// Lifetime of agent certificates (agents renew at two thirds of it).
+        /// Lifetime of agent certificates (agents renew at two thirds of it; at least 10s).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         agent_cert_ttl: Duration,
     },
@@ -300,7 +300,11 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
             .with_context(|| format!("no compose.yaml or docker-compose.yml in {}", app_dir.display()))?,
     };
     let opts = dockfra_common::compose::LoadOptions { project_name: None, overrides: &env, use_process_env: true };
-    Ok(dockfra_common::compose::load(&file, &opts)?.to_yaml())
+    let (project, warnings) = dockfra_common::compose::load_with_warnings(&file, &opts)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(project.to_yaml())
 }
 
 /// The address of the running coordinator: --coordinator, else what `serve` bound, else init's.

@@ -25,7 +25,7 @@ use dockfra_common::sign::SigningKey;
 use crate::builder;
 use crate::ca::{Ca, Subject};
 use crate::state::{CoordSettings, StateDir};
-use crate::store::{DeploymentRow, DesiredRow, ReleaseRow, Store};
+use crate::store::{DeploymentRow, DesiredRow, ReleaseRow, Store, TokenRefusal};
 
 /// How long a signed desired state stays valid once handed out.
 const DESIRED_TTL: Duration = Duration::from_secs(600);
@@ -171,8 +171,8 @@ impl Coordinator {
         let _ = self.inner.events.send((target.to_string(), ev.clone()));
     }
 
-    /// Build, store and queue a new release for `target`. Returns (deployment id, release row).
-    fn queue_deploy(&self, target_id: &str, version: Option<&str>) -> Result<(String, ReleaseRow, Target), Status> {
+    /// Build and store a new release for `target` (its sequence is the next of the target's).
+    fn build_release(&self, target_id: &str, version: Option<&str>) -> Result<(ReleaseRow, Target), Status> {
         let (project, target) = self.target(target_id)?;
         let blobs = self.inner.state.blobs();
         let seq = self.store().next_sequence(target_id).map_err(internal)?;
@@ -190,11 +190,19 @@ impl Coordinator {
             manifest: bytes,
         };
         self.store().add_release(&row).map_err(internal)?;
-        let id = self.queue(&target, &row, Action::Deploy, seq)?;
-        Ok((id, row, target))
+        Ok((row, target))
     }
 
-    fn queue(&self, target: &Target, row: &ReleaseRow, action: Action, seq: u64) -> Result<String, Status> {
+    /// Record a deployment. `online`: it becomes the target's desired state (pushed or polled);
+    /// otherwise it is an offline export, which never changes what online agents are told.
+    fn queue(
+        &self,
+        target: &Target,
+        row: &ReleaseRow,
+        action: Action,
+        seq: u64,
+        online: bool,
+    ) -> Result<String, Status> {
         let id =
             format!("d-{}-{}", dockfra_common::now_unix_ms(), &dockfra_common::sha256_hex(&seq.to_be_bytes())[..6]);
         let action_s = match action {
@@ -210,24 +218,26 @@ impl Coordinator {
                 bundle_id: row.bundle_id.clone(),
                 release: row.release.clone(),
                 version: row.version.clone(),
-                status: "queued".into(),
+                status: if online { "queued".into() } else { "exported".into() },
                 reason: String::new(),
                 bytes: 0,
                 started_unix: dockfra_common::now_unix() as i64,
                 finished_unix: None,
             })
             .map_err(internal)?;
-        store
-            .set_desired(
-                &target.id,
-                &DesiredRow {
-                    sequence: seq,
-                    action: action_s.into(),
-                    bundle_id: row.bundle_id.clone(),
-                    deployment_id: id.clone(),
-                },
-            )
-            .map_err(internal)?;
+        if online {
+            store
+                .set_desired(
+                    &target.id,
+                    &DesiredRow {
+                        sequence: seq,
+                        action: action_s.into(),
+                        bundle_id: row.bundle_id.clone(),
+                        deployment_id: id.clone(),
+                    },
+                )
+                .map_err(internal)?;
+        }
         store
             .event(&target.id, action_s, &format!("queued {} (version {}) as {id}", row.release, row.version))
             .map_err(internal)?;
@@ -241,18 +251,32 @@ impl Coordinator {
         let rel =
             store.release(&d.bundle_id).map_err(internal)?.ok_or_else(|| internal("desired release is missing"))?;
         drop(store);
+        let action = if d.action == "rollback" { Action::Rollback } else { Action::Deploy };
+        let a = self.sign(&rel, action, d.sequence, &d.deployment_id, ttl);
+        Ok(Some((d, a)))
+    }
+
+    /// Sign a desired state naming `rel`, valid for `ttl` from now.
+    fn sign(
+        &self,
+        rel: &ReleaseRow,
+        action: Action,
+        sequence: u64,
+        deployment_id: &str,
+        ttl: Duration,
+    ) -> proto::Assignment {
         let now = dockfra_common::now_unix();
         let desired = DesiredState {
-            target: target.to_string(),
+            target: rel.target.clone(),
             app: rel.app.clone(),
-            action: if d.action == "rollback" { Action::Rollback } else { Action::Deploy },
-            sequence: d.sequence,
+            action,
+            sequence,
             bundle_id: rel.bundle_id.clone(),
-            deployment_id: d.deployment_id.clone(),
+            deployment_id: deployment_id.to_string(),
             issued_unix: now,
             expires_unix: now + ttl.as_secs().max(1),
         };
-        Ok(Some((d, bundle::sign_assignment(&self.inner.signing, &desired, rel.manifest))))
+        bundle::sign_assignment(&self.inner.signing, &desired, rel.manifest.clone())
     }
 
     /// Allowed digests of a bundle for a target (authorization for blob fetches).
@@ -321,6 +345,21 @@ impl Coordinator {
         &self,
         target: &Target,
     ) -> Result<agent_client::AgentClient<tonic::transport::Channel>, Status> {
+        match self.store().agent(&target.id).map_err(internal)? {
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "target {:?} has no enrolled agent (create a token with `dockfra-coord token create {}`)",
+                    target.id, target.id
+                )))
+            }
+            Some(a) if a.revoked => {
+                return Err(Status::permission_denied(format!(
+                    "the agent of {:?} is revoked: not dialling it (re-enroll with a new token)",
+                    target.id
+                )))
+            }
+            Some(_) => {}
+        }
         let url = Self::agent_url(target)?;
         let (cert, key) = &self.inner.coord_identity;
         let tls = identity::client_tls(&self.inner.ca_pem, cert, key, &identity::agent_dns(&target.id));
@@ -506,27 +545,27 @@ impl enrollment_server::Enrollment for Coordinator {
             return Err(Status::invalid_argument("malformed join token (expected dkf1.<id>.<secret>.<ca-sha256>)"));
         };
         let expected = (!r.expected_target.is_empty()).then_some(r.expected_target.as_str());
-        let verdict = self
-            .inner
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .use_token(id, &dockfra_common::sha256_hex(secret.as_bytes()), expected, dockfra_common::now_unix())
-            .map_err(internal)?;
-        let target_id = match verdict {
-            Ok(t) => t,
-            Err(refusal) => {
-                let _ = self.store().event(expected.unwrap_or("-"), "enroll-refused", &refusal.to_string());
-                return Err(Status::permission_denied(refusal.to_string()));
-            }
+        let refuse = |refusal: TokenRefusal| {
+            let _ = self.store().event(expected.unwrap_or("-"), "enroll-refused", &refusal.to_string());
+            Status::permission_denied(refusal.to_string())
         };
-        let (_, target) = self.target(&target_id)?;
+        // Check everything that can fail before the token is burnt: the target it names must
+        // still exist and the CSR must be good. Only then is it used (once, atomically).
+        let named = self.store().peek_token(id).map_err(internal)?;
+        let named = named.ok_or_else(|| refuse(TokenRefusal::Unknown))?;
+        let (_, target) = self.target(&named)?;
         let ttl = Duration::from_secs(self.inner.settings.agent_cert_ttl_secs);
         let issued = self
             .inner
             .ca
-            .issue_for_csr(&r.csr_pem, Subject::Agent { target: &target_id }, ttl)
+            .issue_for_csr(&r.csr_pem, Subject::Agent { target: &named }, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // (Bind the verdict first: `refuse` takes the store lock again.)
+        let verdict = self
+            .store()
+            .use_token(id, &dockfra_common::sha256_hex(secret.as_bytes()), expected, dockfra_common::now_unix())
+            .map_err(internal)?;
+        let target_id = verdict.map_err(refuse)?;
         let not_after = (dockfra_common::now_unix() + ttl.as_secs()) as i64;
         let facts = r.facts.as_ref().map(facts_json).unwrap_or_default();
         {
@@ -556,7 +595,7 @@ impl enrollment_server::Enrollment for Coordinator {
 #[tonic::async_trait]
 impl fleet_server::Fleet for Coordinator {
     async fn renew(&self, req: Request<proto::RenewRequest>) -> Result<Response<proto::RenewResponse>, Status> {
-        let (target, serial) = self.agent_peer(&req)?;
+        let (target, _) = self.agent_peer(&req)?;
         let ttl = Duration::from_secs(self.inner.settings.agent_cert_ttl_secs);
         let issued = self
             .inner
@@ -566,7 +605,7 @@ impl fleet_server::Fleet for Coordinator {
         let not_after = (dockfra_common::now_unix() + ttl.as_secs()) as i64;
         let store = self.store();
         store.record_cert(&issued.serial_hex, &target, not_after).map_err(internal)?;
-        store.renew_agent(&target, &serial, &issued.serial_hex, not_after).map_err(internal)?;
+        store.renew_agent(&target, &issued.serial_hex, not_after).map_err(internal)?;
         store
             .event(&target, "renewed", &format!("certificate renewed, serial {}", issued.serial_hex))
             .map_err(internal)?;
@@ -754,7 +793,8 @@ impl admin_server::Admin for Coordinator {
         Self::admin_peer(&req)?;
         let r = req.into_inner();
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
-        let (id, _row, target) = self.queue_deploy(&r.target, version)?;
+        let (row, target) = self.build_release(&r.target, version)?;
+        let id = self.queue(&target, &row, Action::Deploy, row.sequence, true)?;
         Ok(Response::new(self.deliver(target, id, r.wait, wait_timeout(r.wait_timeout_ms))))
     }
 
@@ -780,7 +820,7 @@ impl admin_server::Admin for Coordinator {
                 Status::not_found(format!("target {:?} has no release {to:?} (see `history`)", r.target))
             })?;
         let seq = self.store().next_sequence(&r.target).map_err(internal)?;
-        let id = self.queue(&target, &row, Action::Rollback, seq)?;
+        let id = self.queue(&target, &row, Action::Rollback, seq, true)?;
         Ok(Response::new(self.deliver(target, id, r.wait, wait_timeout(r.wait_timeout_ms))))
     }
 
@@ -818,10 +858,11 @@ impl admin_server::Admin for Coordinator {
     async fn export_bundle(&self, req: Request<proto::ExportRequest>) -> Result<Response<ChunkStream>, Status> {
         Self::admin_peer(&req)?;
         let r = req.into_inner();
-        let (id, row, target) = self.queue_deploy(&r.target, None)?;
+        let (row, target) = self.build_release(&r.target, None)?;
+        let id = self.queue(&target, &row, Action::Deploy, row.sequence, false)?;
         let ttl =
             if r.expires_in_ms == 0 { Duration::from_secs(7 * 86400) } else { Duration::from_millis(r.expires_in_ms) };
-        let (_, assignment) = self.assignment_for(&target.id, ttl)?.ok_or_else(|| internal("no desired state"))?;
+        let assignment = self.sign(&row, Action::Deploy, row.sequence, &id, ttl);
         let m: Manifest = serde_json::from_slice(&row.manifest).map_err(internal)?;
         let blobs = self.inner.state.blobs();
         let digests = m.digests();

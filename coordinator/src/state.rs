@@ -90,8 +90,9 @@ impl StateDir {
         let admin = ca.issue_with_key(Subject::Admin, Duration::from_secs(5 * 365 * 86400))?;
         let signing = dockfra_common::sign::SigningKey::generate_pkcs8()?;
         let settings =
-            CoordSettings { listen: listen.to_string(), agent_cert_ttl_secs: agent_cert_ttl.as_secs().max(60) };
-        // Write everything into a temp dir first, then move into place: a failed init leaves nothing.
+            CoordSettings { listen: listen.to_string(), agent_cert_ttl_secs: agent_cert_ttl.as_secs().max(10) };
+        // ca.crt is written last: its presence is what marks the dir as initialized, so a failed
+        // init can simply be run again.
         let files: Vec<(&str, Vec<u8>, u32)> = vec![
             ("ca.key", ca_key.into_bytes(), 0o600),
             ("coordinator.key", coord.key_pem.unwrap_or_default().into_bytes(), 0o600),

@@ -167,6 +167,11 @@ impl Store {
     }
 
     /// Check and burn a token in one transaction; returns its target.
+    /// The target a token names, without using it.
+    pub fn peek_token(&self, id: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT target FROM tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+    }
+
     /// A token for another target than `expected` is refused without being burnt.
     pub fn use_token(
         &mut self,
@@ -222,8 +227,9 @@ impl Store {
         Ok(())
     }
 
-    pub fn renew_agent(&self, target: &str, old_serial: &str, serial: &str, not_after: i64) -> Result<()> {
-        self.conn.execute("UPDATE certs SET revoked = 1 WHERE serial = ?1", [old_serial])?;
+    /// Record a renewed certificate. The old one stays valid until it expires, so an agent
+    /// whose renewal reply was lost is not locked out; revocation still cuts off both.
+    pub fn renew_agent(&self, target: &str, serial: &str, not_after: i64) -> Result<()> {
         self.conn.execute(
             "UPDATE agents SET serial = ?2, cert_not_after = ?3 WHERE target = ?1",
             params![target, serial, not_after],
