@@ -629,6 +629,11 @@ fn agents_renew_their_short_lived_certificates() {
             .serial_hex
     };
     let (push0, pull0) = (serial(&push), serial(&pull));
+    let old_identity = w.path("old-identity");
+    std::fs::create_dir_all(old_identity.join("identity")).unwrap();
+    for f in ["cert.pem", "key.pem", "ca.pem"] {
+        std::fs::copy(pull.state.join("identity").join(f), old_identity.join("identity").join(f)).unwrap();
+    }
     let _p1 = push.start(&w);
     let _p2 = pull.start(&w);
     wait_until("both agents to renew", Duration::from_secs(40), || serial(&push) != push0 && serial(&pull) != pull0);
@@ -638,6 +643,18 @@ fn agents_renew_their_short_lived_certificates() {
     assert!(known.contains(&serial(&push).as_str()) && known.contains(&serial(&pull).as_str()), "{agents}");
     assert_eq!(deploy_json(&w, &["edge-push"]).0, 0);
     assert_eq!(deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]).0, 0);
+
+    // Once the agent has used its new certificate, a copy of the old one is dead.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use dockfra_common::{identity, proto};
+        let read = |f: &str| std::fs::read_to_string(old_identity.join("identity").join(f)).unwrap();
+        let tls = identity::client_tls(&read("ca.pem"), &read("cert.pem"), &read("key.pem"), identity::COORDINATOR_DNS);
+        let ch = identity::connect(&url, tls, Duration::from_secs(5)).await.unwrap();
+        let e = proto::fleet_client::FleetClient::new(ch).poll(proto::PollRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("revoked or superseded"), "{}", e.message());
+    });
 }
 
 #[test]

@@ -184,6 +184,14 @@ impl Manifest {
                         path: f.path.clone(),
                         reason: "symlink without a target".into(),
                     })?;
+                    // Link checks compare names case-insensitively; only for ASCII is that exact
+                    // on every filesystem (Unicode normalization differs between them).
+                    if !f.path.is_ascii() || !link.is_ascii() {
+                        return Err(BundleError::Entry {
+                            path: f.path.clone(),
+                            reason: "symlink paths and targets must be ASCII".into(),
+                        });
+                    }
                     symlink_stays_inside(&p, link)
                         .map_err(|e| BundleError::Path { path: f.path.clone(), source: e })?;
                 }
@@ -479,6 +487,7 @@ mod tests {
             ("file under symlink", vec![link("d", "x"), file("d/f")]),
             ("file under symlink, other case", vec![link("d", "x"), file("D/f")]),
             ("symlink chain escape", vec![link("b", "."), link("a", "b/..")]),
+            ("non-ascii symlink", vec![link("caf\u{e9}", "x")]),
             ("symlink through symlink", vec![link("b", "sub"), link("a", "b/x")]),
             ("duplicate", vec![file("a"), file("a")]),
             ("setuid", vec![FileEntry { mode: 0o4755, ..file("a") }]),

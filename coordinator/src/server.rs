@@ -140,11 +140,14 @@ impl Coordinator {
             .target()
             .ok_or_else(|| Status::permission_denied("this call is for agents; the certificate names no target"))?
             .to_string();
-        if !self.store().cert_active(&target, &info.serial_hex).map_err(internal)? {
+        let store = self.store();
+        if !store.cert_active(&target, &info.serial_hex).map_err(internal)? {
             return Err(Status::permission_denied(format!(
                 "the certificate of agent {target:?} is revoked or superseded; re-enroll with a new token"
             )));
         }
+        store.note_use(&target, &info.serial_hex).map_err(internal)?;
+        drop(store);
         Ok((target, info.serial_hex))
     }
 

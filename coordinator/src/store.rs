@@ -227,12 +227,25 @@ impl Store {
         Ok(())
     }
 
-    /// Record a renewed certificate. The old one stays valid until it expires, so an agent
-    /// whose renewal reply was lost is not locked out; revocation still cuts off both.
+    /// Record a renewed certificate. The old one stays valid until the new one is first used
+    /// (see [`Store::note_use`]) or expires; revocation cuts off both.
     pub fn renew_agent(&self, target: &str, serial: &str, not_after: i64) -> Result<()> {
         self.conn.execute(
             "UPDATE agents SET serial = ?2, cert_not_after = ?3 WHERE target = ?1",
             params![target, serial, not_after],
+        )?;
+        Ok(())
+    }
+
+    /// Called on every authenticated agent call. When the agent uses its newest certificate,
+    /// every older one of the target is revoked: a renewal supersedes the old certificate at
+    /// its first use (so a lost renewal reply never locks an agent out, and a copied old
+    /// certificate dies as soon as the real agent moves on).
+    pub fn note_use(&self, target: &str, serial: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE certs SET revoked = 1 WHERE target = ?1 AND serial != ?2 AND revoked = 0
+               AND ?2 = (SELECT serial FROM agents WHERE target = ?1)",
+            params![target, serial],
         )?;
         Ok(())
     }
