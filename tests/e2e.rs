@@ -525,6 +525,23 @@ fn enrollment_and_authorization_refusals() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
         assert!(e.message().contains("is not for target \"edge-pull\""), "{}", e.message());
+        // A push agent serves only the coordinator: another agent's certificate, though issued
+        // by the same CA, is refused.
+        {
+            let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+            let tls = identity::client_tls(
+                &read(a.state.join("identity/ca.pem")),
+                &read(a.state.join("identity/cert.pem")),
+                &read(a.state.join("identity/key.pem")),
+                &identity::agent_dns("edge-push"),
+            );
+            let ch = identity::connect(&format!("https://127.0.0.1:{push_port}"), tls, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let e = proto::agent_client::AgentClient::new(ch).status(proto::StatusRequest {}).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+            assert!(e.message().contains("only the coordinator"), "{}", e.message());
+        }
         // A certificate from a foreign CA does not get past TLS.
         let r = channel(&foreign, &a.state).await;
         match r {
@@ -822,10 +839,16 @@ fn config_errors_name_file_target_and_key_and_change_nothing() {
 
 #[test]
 fn the_seed_fleet_loads_and_lists_without_dialling() {
-    let mut w = World::new("seed");
+    let w = World::new("seed");
     w.init("127.0.0.1:0");
-    // The repository's own deploy-targets.yaml (the seed's six targets, private addresses).
-    w.project = workspace();
+    // The repository's own deploy-targets.yaml, byte for byte (the seed's six targets, on
+    // private addresses that must never be dialled).
+    std::fs::copy(workspace().join("deploy-targets.yaml"), w.project.join("deploy-targets.yaml")).unwrap();
+    assert_eq!(
+        std::fs::read(workspace().join("deploy-targets.yaml")).unwrap(),
+        std::fs::read(workspace().join("../shared/seeds/deploy-targets.example.yaml")).unwrap(),
+        "the top-level deploy-targets.yaml starts as the seed's example"
+    );
     let _coord = w.serve(&[]);
     let t = w.coord(&["targets", "--output", "json"]).ok().json();
     let ids: Vec<&str> = t.as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();

@@ -250,7 +250,21 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let project = project_file(&root)?;
             let listen = listen.unwrap_or(state.settings()?.listen);
             let coord = crate::server::Coordinator::open(state, project)?;
-            coord.serve(&listen, shutdown_signal()).await?;
+            // One shutdown path: the signal stops accepting and drains open calls; after a
+            // grace period we leave anyway (agents retry, deploys are journaled on their side).
+            let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+            let signal = async move {
+                shutdown_signal().await;
+                let _ = stopping_tx.send(true);
+            };
+            let grace = async move {
+                let _ = stopping.changed().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            tokio::select! {
+                r = coord.serve(&listen, signal) => r?,
+                _ = grace => tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}: exiting anyway"),
+            }
             Ok(exit::OK)
         }
         Command::Config { file, target, root } => {
@@ -264,6 +278,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
     }
 }
+
+/// How long `serve` drains open calls after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
