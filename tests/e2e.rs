@@ -397,6 +397,7 @@ fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
             created_unix: 0,
             files,
             ssh_raw: None,
+            docker_compose: None,
             health: None,
             keep_releases: 5,
         };
@@ -856,7 +857,146 @@ fn the_seed_fleet_loads_and_lists_without_dialling() {
     assert!(t.as_array().unwrap().iter().all(|x| x["enrolled"] == false));
     let table = w.coord(&["status"]).ok().stdout();
     assert!(table.contains("edge-rpi3") && table.contains("unknown"), "{table}");
-    // Non-ssh_raw platforms are refused clearly, before anything is queued or dialled.
+    // Platforms without a driver yet are refused clearly, before anything is queued or dialled.
+    let e = w.coord(&["deploy", "prod-k8s"]).fails().stderr();
+    assert!(e.contains("platform kubernetes is not supported by this build yet"), "{e}");
+    // A docker_compose target needs a compose file in the app.
     let e = w.coord(&["deploy", "prod-vps"]).fails().stderr();
-    assert!(e.contains("platform docker_compose is not supported by this build yet"), "{e}");
+    assert!(e.contains("needs a compose.yaml or docker-compose.yml"), "{e}");
+    assert_eq!(w.coord(&["history", "--output", "json"]).ok().json(), serde_json::json!([]));
+}
+
+/// `docker info` works and the local test image exists (`scripts/engines` makes both).
+fn docker_ready() -> bool {
+    let ok = |args: &[&str]| {
+        std::process::Command::new("docker").args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    ok(&["info"]) && ok(&["compose", "version"]) && ok(&["image", "inspect", "dockfra-busybox:test"])
+}
+
+/// GET http://127.0.0.1:PORT/ with a plain socket; the body, or "" when nothing answers.
+fn http_body(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default()
+}
+
+#[test]
+fn docker_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
+    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
+    {
+        return;
+    }
+    let w = World::new("compose");
+    let (agent_port, web_port) = (free_port(), free_port());
+    let project_name = format!("dkfe2e{}", std::process::id());
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["compose", "-p", &self.0, "down", "-t", "1", "--remove-orphans"])
+                .output();
+        }
+    }
+    let _down = Down(project_name.clone());
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  vps:
+    host: 127.0.0.1
+    platform: docker_compose
+    agent: {{ mode: push, port: {agent_port} }}
+    config:
+      compose_project: {project_name}
+      pull_policy: never
+      restart_policy: "no"
+    env:
+      WEB_PORT: "{web_port}"
+    health:
+      retries: 5
+      interval: 500ms
+      checks:
+        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
+"#
+        ),
+    );
+    // Two services: `web` serves HTTP and has a healthcheck; `worker` starts only once web is
+    // healthy. Versions come from .env, interpolated by the coordinator.
+    w.write(
+        "project/app/compose.yaml",
+        r#"services:
+  web:
+    image: dockfra-busybox:test
+    init: true
+    command: ["sh", "-c", "mkdir -p /www && echo 'hello ${APP_VERSION}' > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: ["127.0.0.1:${WEB_PORT}:8080"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080${HEALTH_PATH:-/}"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+  worker:
+    image: dockfra-busybox:test
+    init: true
+    command: ["sh", "-c", "while true; do wget -q -O- http://web:8080/ > /dev/null; sleep 1; done"]
+    depends_on:
+      web: { condition: service_healthy }
+"#,
+    );
+    w.write("project/app/.env", "APP_VERSION=v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "vps");
+    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("vps")).ok();
+    let _a = agent.start(&w);
+
+    let deploy = |args: &[&str]| {
+        let r = w.coord(args);
+        let code = r.code();
+        (code, r.json())
+    };
+    let (code, v) = deploy(&["deploy", "vps", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v1");
+    // The resolved compose file travelled in the bundle; `$` stays escaped for the agent.
+    let rendered = std::fs::read_to_string(agent.state.join("apps/shop/current/.dockfra/compose.yaml")).unwrap();
+    assert!(rendered.contains("hello v1") && rendered.contains(&format!("127.0.0.1:{web_port}:8080")), "{rendered}");
+    let running = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=com.docker.compose.project={project_name}"),
+            "--format",
+            "{{.Names}} {{.Status}}",
+        ])
+        .output()
+        .unwrap();
+    let running = String::from_utf8_lossy(&running.stdout).to_string();
+    assert!(running.contains("web-1") && running.contains("(healthy)") && running.contains("worker-1"), "{running}");
+
+    w.write("project/app/.env", "APP_VERSION=v2\n");
+    assert_eq!(deploy(&["deploy", "vps", "--output", "json"]).0, 0);
+    assert_eq!(http_body(web_port), "hello v2");
+
+    let (code, v) = deploy(&["rollback", "vps", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v1", "v1 answers again after rollback");
+
+    // v3's healthcheck fails: compose reports the container unhealthy, the agent rolls back.
+    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
+    let (code, v) = deploy(&["deploy", "vps", "--output", "json"]);
+    assert_eq!(code, 3, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("unhealthy") && msg.contains("rolled back to"), "{msg}");
+    assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
+    let st = w.coord(&["status", "vps", "--output", "json"]).ok().json();
+    assert_eq!(st["last_deploy"]["status"], "failed");
+    assert_eq!(st["health"], "healthy");
 }

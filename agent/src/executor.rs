@@ -346,6 +346,19 @@ impl Executor {
     ) -> proto::DeployEvent {
         let name = &journal.release;
         em.send("RollingBack", format!("{reason}; rolling back"));
+        if journal.previous.is_none() {
+            // Nothing to go back to: stop what this release started.
+            let ctx = StepCtx {
+                manifest: &v.manifest,
+                release_dir: rel.dir(name),
+                current_link: rel.current_link(),
+                env: self.env(&v.manifest, rel, name, None),
+                runner: self.runner.as_ref(),
+            };
+            if let Err(e) = driver.teardown(&ctx).await {
+                em.send("RollingBack", format!("teardown of {name} failed: {e}"));
+            }
+        }
         let back = self.restore(rel, journal.previous.as_deref(), driver).await;
         let _ = rel.quarantine(name);
         let mut p = self.state.persisted();

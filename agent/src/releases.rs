@@ -319,6 +319,7 @@ mod tests {
                 },
             ],
             ssh_raw: None,
+            docker_compose: None,
             health: None,
             keep_releases: 2,
         }

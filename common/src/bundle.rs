@@ -52,6 +52,22 @@ pub struct SshRawSpec {
     pub post_script: Option<String>,
 }
 
+/// What the `docker_compose` driver needs. The compose file is the coordinator's resolved
+/// rendering (interpolated with `.env` and the target's env, `$` re-escaped), shipped in the
+/// bundle at `file`, so the agent's host needs no env of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerComposeSpec {
+    /// `docker compose -p` project name.
+    pub project: String,
+    /// Path of the resolved compose file inside the release.
+    pub file: String,
+    /// How long `up --wait` may take, in seconds.
+    pub wait_timeout_secs: u64,
+}
+
+/// Directory inside a release that holds what dockfra renders (never an app file).
+pub const RENDERED_DIR: &str = ".dockfra";
+
 /// The signed description of one release for one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +82,8 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_raw: Option<SshRawSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_compose: Option<DockerComposeSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
     pub keep_releases: u32,
@@ -457,6 +475,7 @@ mod tests {
             created_unix: 0,
             files,
             ssh_raw: None,
+            docker_compose: None,
             health: None,
             keep_releases: 5,
         }

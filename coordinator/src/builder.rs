@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use dockfra_common::bundle::{EntryKind, FileEntry, Manifest, SshRawSpec, FORMAT};
+use dockfra_common::bundle::{DockerComposeSpec, EntryKind, FileEntry, Manifest, SshRawSpec, FORMAT, RENDERED_DIR};
 use dockfra_common::config::{Platform, PlatformConfig, Project, Target};
 use dockfra_common::paths::{Digest, SafeRelPath};
 
@@ -137,6 +137,90 @@ pub fn store_blob(blobs: &Path, src: &Path) -> Result<(String, u64)> {
     Ok((digest, size))
 }
 
+/// Store bytes made here (a rendered file) in the blob store.
+fn store_bytes(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
+    let digest = dockfra_common::sha256_hex(bytes);
+    let dest = blobs.join(&digest);
+    if !dest.exists() {
+        dockfra_common::write_atomic(&dest, bytes, 0o644)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    Ok((digest, bytes.len() as u64))
+}
+
+/// Escape `$` in every string so the agent's `docker compose` does not interpolate a value
+/// the coordinator already resolved (or one the user escaped with `$$`).
+fn escape_dollars(v: &mut serde_yaml_ng::Value) {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
+        Value::Sequence(seq) => seq.iter_mut().for_each(escape_dollars),
+        Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| escape_dollars(v)),
+        Value::Tagged(t) => escape_dollars(&mut t.value),
+        _ => {}
+    }
+}
+
+/// Resolve the app's compose file for a `docker_compose` target: interpolated with the app
+/// dir's `.env` and the target's `env:` (never the coordinator's own environment, so a bundle
+/// does not depend on who built it), the target's `restart_policy`/`pull_policy` applied to
+/// services that set none, the project named by `compose_project`, the file's `name:`, or
+/// the app.
+fn render_compose(
+    project: &Project,
+    target: &Target,
+    compose_project: &Option<String>,
+    pull_policy: &Option<String>,
+    restart_policy: &Option<String>,
+) -> Result<(DockerComposeSpec, Vec<u8>)> {
+    use dockfra_common::compose;
+    use serde_yaml_ng::Value;
+    let app_dir = &project.app.path;
+    let file = compose::find_compose_file(app_dir).with_context(|| {
+        format!(
+            "target {:?}: platform docker_compose needs a compose.yaml or docker-compose.yml in {}",
+            target.id,
+            app_dir.display()
+        )
+    })?;
+    let raw: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&file)?).unwrap_or(Value::Null);
+    let name = match compose_project {
+        Some(p) => Some(p.clone()),
+        None if raw.get("name").is_some() => None,
+        None => Some(compose::normalize_project_name(&project.app.name)),
+    };
+    let opts = compose::LoadOptions { project_name: name.as_deref(), overrides: &target.env, use_process_env: false };
+    let (cp, warnings) = compose::load_with_warnings(&file, &opts)
+        .with_context(|| format!("target {:?}: cannot resolve {}", target.id, file.display()))?;
+    for w in warnings {
+        tracing::warn!(target = %target.id, "{w}");
+    }
+    let mut model = cp.model.clone();
+    if let Some(Value::Mapping(services)) = model.get_mut("services") {
+        for (_, svc) in services.iter_mut() {
+            let Value::Mapping(svc) = svc else { continue };
+            if let Some(r) = restart_policy {
+                if !svc.contains_key("restart") {
+                    svc.insert("restart".into(), Value::String(r.clone()));
+                }
+            }
+            if let Some(p) = pull_policy {
+                if !svc.contains_key("pull_policy") {
+                    svc.insert("pull_policy".into(), Value::String(p.clone()));
+                }
+            }
+        }
+    }
+    escape_dollars(&mut model);
+    let yaml = serde_yaml_ng::to_string(&model)?;
+    let spec = DockerComposeSpec {
+        project: cp.name.clone(),
+        file: format!("{RENDERED_DIR}/compose.yaml"),
+        wait_timeout_secs: 120,
+    };
+    Ok((spec, yaml.into_bytes()))
+}
+
 /// What one build produced.
 pub struct Built {
     pub manifest: Manifest,
@@ -144,31 +228,43 @@ pub struct Built {
 
 /// Build the manifest for `target` (sequence and version filled by the caller's arguments).
 pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, version: Option<&str>) -> Result<Built> {
-    let ssh_raw = match (&target.platform, &target.config) {
-        (
-            Platform::SshRaw,
-            PlatformConfig::SshRaw { deploy_path, service_manager, service_name, pre_script, post_script },
-        ) => Some(SshRawSpec {
-            deploy_path: deploy_path.as_ref().map(|p| p.display().to_string()),
-            service_manager: *service_manager,
-            service_name: service_name.clone(),
-            pre_script: pre_script.clone(),
-            post_script: post_script.clone(),
-        }),
-        (p, _) => bail!(
-            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw)",
-            target.id,
-            p.as_str()
-        ),
-    };
     let app_dir = &project.app.path;
     if !app_dir.is_dir() {
         bail!("{}: app.path {} is not a directory", project.file.display(), app_dir.display());
     }
+    let mut rendered: Vec<(String, Vec<u8>)> = Vec::new();
+    let (ssh_raw, docker_compose) = match (&target.platform, &target.config) {
+        (
+            Platform::SshRaw,
+            PlatformConfig::SshRaw { deploy_path, service_manager, service_name, pre_script, post_script },
+        ) => (
+            Some(SshRawSpec {
+                deploy_path: deploy_path.as_ref().map(|p| p.display().to_string()),
+                service_manager: *service_manager,
+                service_name: service_name.clone(),
+                pre_script: pre_script.clone(),
+                post_script: post_script.clone(),
+            }),
+            None,
+        ),
+        (Platform::DockerCompose, PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy }) => {
+            let (spec, yaml) = render_compose(project, target, compose_project, pull_policy, restart_policy)?;
+            rendered.push((spec.file.clone(), yaml));
+            (None, Some(spec))
+        }
+        (p, _) => bail!(
+            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose)",
+            target.id,
+            p.as_str()
+        ),
+    };
     std::fs::create_dir_all(blobs)?;
     let mut files = Vec::new();
     for (rel, abs) in walk(app_dir, &project.file)? {
         SafeRelPath::new(&rel).with_context(|| format!("app file {}", abs.display()))?;
+        if rel == RENDERED_DIR || rel.starts_with(&format!("{RENDERED_DIR}/")) {
+            bail!("app file {}: {RENDERED_DIR}/ is reserved for what dockfra renders", abs.display());
+        }
         let meta = std::fs::symlink_metadata(&abs)?;
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
@@ -189,6 +285,11 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             bail!("app file {} is not a regular file, directory or symlink", abs.display());
         }
     }
+    for (path, bytes) in rendered {
+        let (digest, size) = store_bytes(blobs, &bytes)?;
+        files.push(FileEntry { path, kind: EntryKind::File, mode: 0o644, size, sha256: digest, link: None });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     let content: BTreeMap<&str, &str> = files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())).collect();
     let content_id = dockfra_common::sha256_hex(serde_json::to_string(&content)?.as_bytes());
     let manifest = Manifest {
@@ -201,6 +302,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         created_unix: dockfra_common::now_unix(),
         files,
         ssh_raw,
+        docker_compose,
         health: target.health.clone(),
         keep_releases: target.keep_releases,
     };

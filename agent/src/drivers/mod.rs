@@ -9,6 +9,7 @@ use dockfra_common::config::Platform;
 
 use crate::runner::{RunError, Runner};
 
+pub mod docker_compose;
 pub mod ssh_raw;
 
 /// What a driver step needs to know.
@@ -44,11 +45,16 @@ pub trait Driver: Send + Sync {
     async fn apply(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError>;
     /// After apply (the seed's `post_script`).
     async fn post_deploy(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError>;
+    /// Stop what `apply` started, when a first release fails and there is nothing to go back to.
+    async fn teardown(&self, _ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        Ok(())
+    }
 }
 
 pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
     match p {
         Platform::SshRaw => Ok(Box::new(ssh_raw::SshRaw)),
+        Platform::DockerCompose => Ok(Box::new(docker_compose::DockerCompose)),
         other => Err(DriverError::Unsupported(other.as_str())),
     }
 }

@@ -105,6 +105,7 @@ mod tests {
                 pre_script: Some("echo pre".into()),
                 post_script: None,
             }),
+            docker_compose: None,
             health: None,
             keep_releases: 5,
         }

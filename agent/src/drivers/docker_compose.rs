@@ -1,0 +1,138 @@
+//! `docker_compose`: runs the coordinator's resolved compose file with the Compose v2 CLI:
+//! `docker compose -p <project> -f <release>/.dockfra/compose.yaml --project-directory
+//! <release> up -d --remove-orphans --wait`. `--wait` makes the step end only when every
+//! service is running and, where it has a healthcheck, healthy. Rollback is the executor's
+//! swap back followed by `apply` of the previous release, which recreates what changed.
+use std::time::Duration;
+
+use super::{Driver, DriverError, StepCtx};
+use crate::runner::{CommandSpec, RunError};
+
+pub struct DockerCompose;
+
+fn spec<'a>(ctx: &'a StepCtx<'_>) -> Result<&'a dockfra_common::bundle::DockerComposeSpec, DriverError> {
+    ctx.manifest
+        .docker_compose
+        .as_ref()
+        .ok_or_else(|| DriverError::Invalid("docker_compose manifest without its docker_compose section".into()))
+}
+
+/// `docker compose -p P -f FILE --project-directory DIR ARGS…`
+pub fn compose_command(ctx: &StepCtx<'_>, args: &[&str]) -> Result<CommandSpec, DriverError> {
+    let s = spec(ctx)?;
+    let file = ctx.release_dir.join(&s.file);
+    let mut argv: Vec<String> = vec!["compose".into(), "-p".into(), s.project.clone(), "-f".into()];
+    argv.push(file.display().to_string());
+    argv.push("--project-directory".into());
+    argv.push(ctx.release_dir.display().to_string());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    Ok(CommandSpec::new("docker", &refs).cwd(&ctx.release_dir).timeout(Duration::from_secs(s.wait_timeout_secs + 60)))
+}
+
+async fn run(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {
+    let cmd = compose_command(ctx, args)?;
+    let out = ctx.runner.run(&cmd).await.map_err(|source| DriverError::Run { step, source })?;
+    if !out.success() {
+        return Err(DriverError::Failed { step, command: cmd.display(), code: out.code, tail: out.tail() });
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Driver for DockerCompose {
+    async fn validate(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        spec(ctx)?;
+        let probe = CommandSpec::new("docker", &["compose", "version", "--short"]).timeout(Duration::from_secs(10));
+        match ctx.runner.run(&probe).await {
+            Err(e @ RunError::NotFound { .. }) => Err(DriverError::Run { step: "validate", source: e }),
+            Err(e) => Err(DriverError::Run { step: "validate", source: e }),
+            Ok(o) if !o.success() => Err(DriverError::Invalid(format!(
+                "validate: `docker compose` (Compose v2) is not available: {}",
+                o.tail()
+            ))),
+            Ok(_) => run(ctx, "validate", &["config", "--quiet"]).await,
+        }
+    }
+
+    async fn pre_deploy(&self, _ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    async fn apply(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        let timeout = spec(ctx)?.wait_timeout_secs.to_string();
+        run(ctx, "compose up", &["up", "-d", "--remove-orphans", "--wait", "--wait-timeout", &timeout]).await
+    }
+
+    async fn post_deploy(&self, _ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        run(ctx, "compose down", &["down", "--remove-orphans", "--timeout", "10"]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::FakeRunner;
+    use dockfra_common::bundle::{DockerComposeSpec, Manifest, FORMAT};
+    use dockfra_common::config::Platform;
+
+    #[tokio::test]
+    async fn argv_is_the_compose_cli() {
+        let m = Manifest {
+            format: FORMAT,
+            target: "t".into(),
+            app: "web".into(),
+            version: "v".into(),
+            sequence: 1,
+            platform: Platform::DockerCompose,
+            created_unix: 0,
+            files: vec![],
+            ssh_raw: None,
+            docker_compose: Some(DockerComposeSpec {
+                project: "shop".into(),
+                file: ".dockfra/compose.yaml".into(),
+                wait_timeout_secs: 30,
+            }),
+            health: None,
+            keep_releases: 5,
+        };
+        let runner = FakeRunner::default();
+        let ctx = StepCtx {
+            manifest: &m,
+            release_dir: "/r/1-abc".into(),
+            current_link: "/r/current".into(),
+            env: Default::default(),
+            runner: &runner,
+        };
+        DockerCompose.apply(&ctx).await.unwrap();
+        DockerCompose.teardown(&ctx).await.unwrap();
+        let calls = runner.calls.lock().unwrap().clone();
+        assert_eq!(calls[0].program, "docker");
+        assert_eq!(
+            calls[0].args,
+            [
+                "compose",
+                "-p",
+                "shop",
+                "-f",
+                "/r/1-abc/.dockfra/compose.yaml",
+                "--project-directory",
+                "/r/1-abc",
+                "up",
+                "-d",
+                "--remove-orphans",
+                "--wait",
+                "--wait-timeout",
+                "30"
+            ]
+        );
+        assert_eq!(&calls[1].args[7..], ["down", "--remove-orphans", "--timeout", "10"]);
+        let missing = FakeRunner { missing: vec!["docker".into()], ..Default::default() };
+        let ctx = StepCtx { runner: &missing, ..ctx };
+        assert_eq!(DockerCompose.validate(&ctx).await.unwrap_err().to_string(), "validate: docker not found on PATH");
+    }
+}
