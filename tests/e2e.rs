@@ -981,6 +981,16 @@ targets:
     let running = String::from_utf8_lossy(&running.stdout).to_string();
     assert!(running.contains("web-1") && running.contains("(healthy)") && running.contains("worker-1"), "{running}");
 
+    // deploy-test reports the engine as its API describes it (negotiated version, swarm state).
+    let dt = w.coord(&["deploy-test", "vps", "--output", "json"]).ok().json();
+    let runtimes = dt["facts"]["runtimes"].as_array().unwrap().clone();
+    let engine = runtimes.iter().find(|r| r["name"] == "docker engine").unwrap_or_else(|| panic!("{dt}"));
+    let line = engine["version"].as_str().unwrap();
+    assert!(line.contains("(API 1.") && line.contains("swarm ") && !line.starts_with("unreachable"), "{line}");
+    assert!(runtimes.iter().any(|r| r["name"] == "docker compose"), "{dt}");
+    let table = w.coord(&["deploy-test", "vps"]).ok().stdout();
+    assert!(table.contains("runtime:    docker engine"), "{table}");
+
     w.write("project/app/.env", "APP_VERSION=v2\n");
     assert_eq!(deploy(&["deploy", "vps", "--output", "json"]).0, 0);
     assert_eq!(http_body(web_port), "hello v2");

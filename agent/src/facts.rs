@@ -79,6 +79,18 @@ pub async fn detect(runner: &dyn Runner) -> proto::Facts {
         };
         runtimes.push(proto::Runtime { name: name.to_string(), version, path: path.display().to_string() });
     }
+    // The engine itself, through its API, when its CLI is here.
+    if runtimes.iter().any(|r| r.name == "docker") {
+        let socket = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        match crate::engine::detect().await {
+            Ok(e) => runtimes.push(proto::Runtime { name: "docker engine".into(), version: e.summary(), path: socket }),
+            Err(why) => runtimes.push(proto::Runtime {
+                name: "docker engine".into(),
+                version: format!("unreachable: {why}"),
+                path: socket,
+            }),
+        }
+    }
     proto::Facts {
         agent_version: dockfra_common::VERSION.to_string(),
         wsl: is_wsl(&kernel, std::env::var("WSL_DISTRO_NAME").ok().as_deref()),

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod drivers;
+pub mod engine;
 pub mod executor;
 pub mod facts;
 pub mod health;
