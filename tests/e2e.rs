@@ -1009,4 +1009,11 @@ targets:
     let st = w.coord(&["status", "vps", "--output", "json"]).ok().json();
     assert_eq!(st["last_deploy"]["status"], "failed");
     assert_eq!(st["health"], "healthy");
+
+    // Health is read live from the engine: a container stopped behind our back shows.
+    assert_eq!(agent.status()["apps"][0]["health"], "healthy");
+    let web = format!("{project_name}-web-1");
+    assert!(std::process::Command::new("docker").args(["stop", "-t", "1", &web]).output().unwrap().status.success());
+    let health = agent.status()["apps"][0]["health"].as_str().unwrap().to_string();
+    assert!(health.starts_with("unhealthy") && health.contains(&web), "{health}");
 }

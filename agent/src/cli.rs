@@ -127,7 +127,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Run { listen } => run_agent(&state, runner, listen).await,
         Command::Status { output } => {
             let exec = executor(&state, runner)?;
-            let st = exec.status(None);
+            let st = exec.status(None).await;
             let cfg = state.config()?;
             if output == Output::Json {
                 let apps: Vec<_> = st

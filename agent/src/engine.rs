@@ -46,9 +46,93 @@ pub async fn detect() -> Result<EngineFacts, String> {
         .map_err(|_| "the Docker engine did not answer in 5s".to_string())?
 }
 
+/// One container of a compose project, as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    pub name: String,
+    /// running, exited, restarting, …
+    pub state: String,
+    /// e.g. "Up 5 minutes (healthy)"; at API 1.41 health lives only here.
+    pub status: String,
+}
+
+/// The containers of compose project `project` (by its label), stopped ones included.
+pub async fn compose_containers(project: &str) -> Result<Vec<ContainerState>, String> {
+    let run = async {
+        let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+        let docker = docker.negotiate_version().await.map_err(|e| e.to_string())?;
+        let filters = [("label".to_string(), vec![format!("com.docker.compose.project={project}")])].into();
+        let opts = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = docker.list_containers(Some(opts)).await.map_err(|e| e.to_string())?;
+        let mut out: Vec<ContainerState> = list
+            .into_iter()
+            .map(|c| ContainerState {
+                name: c.names.and_then(|n| n.first().cloned()).unwrap_or_default().trim_start_matches('/').to_string(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                status: c.status.unwrap_or_default(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    };
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .map_err(|_| "the Docker engine did not answer in 5s".to_string())?
+}
+
+/// One word and a reason: `healthy`, `starting`, or `unhealthy: web-1 exited`.
+pub fn compose_health(containers: &[ContainerState]) -> String {
+    if containers.is_empty() {
+        return "unhealthy: no containers".into();
+    }
+    let mut bad = Vec::new();
+    let mut starting = false;
+    for c in containers {
+        if c.state != "running" {
+            bad.push(format!("{} {}", c.name, c.state));
+        } else if c.status.contains("(unhealthy)") {
+            bad.push(format!("{} unhealthy", c.name));
+        } else if c.status.contains("health: starting") {
+            starting = true;
+        }
+    }
+    match (bad.is_empty(), starting) {
+        (false, _) => format!("unhealthy: {}", bad.join(", ")),
+        (true, true) => "starting".into(),
+        (true, false) => "healthy".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compose_health_from_container_states() {
+        let c = |name: &str, state: &str, status: &str| ContainerState {
+            name: name.into(),
+            state: state.into(),
+            status: status.into(),
+        };
+        assert_eq!(
+            compose_health(&[
+                c("web-1", "running", "Up 3 seconds (healthy)"),
+                c("worker-1", "running", "Up 2 seconds")
+            ]),
+            "healthy"
+        );
+        assert_eq!(
+            compose_health(&[c("web-1", "exited", "Exited (137) 1 second ago"), c("worker-1", "running", "Up")]),
+            "unhealthy: web-1 exited"
+        );
+        assert_eq!(compose_health(&[c("web-1", "running", "Up 9 seconds (unhealthy)")]), "unhealthy: web-1 unhealthy");
+        assert_eq!(compose_health(&[c("web-1", "running", "Up 1 second (health: starting)")]), "starting");
+        assert_eq!(compose_health(&[]), "unhealthy: no containers");
+    }
 
     #[test]
     fn summary_line() {

@@ -489,8 +489,28 @@ impl Executor {
         Ok(target)
     }
 
-    /// This agent's view of its apps.
-    pub fn status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
+    /// This agent's view of its apps. For `docker_compose` apps the health is read live from
+    /// the engine (the project's containers and their health), not remembered from the deploy.
+    pub async fn status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
+        let mut st = self.remembered_status(facts);
+        let p = self.state.persisted();
+        for app in &mut st.apps {
+            let Some(base) = p.apps.get(&app.app).and_then(|a| a.base.clone()) else { continue };
+            let rel = AppReleases::new(base);
+            let Some(project) =
+                rel.current().and_then(|c| rel.manifest(&c)).and_then(|m| m.docker_compose).map(|d| d.project)
+            else {
+                continue;
+            };
+            app.health = match crate::engine::compose_containers(&project).await {
+                Ok(cs) => crate::engine::compose_health(&cs),
+                Err(e) => format!("unknown: {e}"),
+            };
+        }
+        st
+    }
+
+    fn remembered_status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
         let p = self.state.persisted();
         proto::AgentStatus {
             target: self.target.clone(),

@@ -176,7 +176,7 @@ pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) 
     let ch = coordinator_channel(state, &cfg).await?;
     let mut client = fleet_client::FleetClient::new(ch).max_decoding_message_size(64 << 20);
     let r = client
-        .poll(proto::PollRequest { status: Some(exec.status(Some(facts.clone()))) })
+        .poll(proto::PollRequest { status: Some(exec.status(Some(facts.clone())).await) })
         .await
         .map_err(|s| anyhow::anyhow!("poll refused: {}", s.message()))?
         .into_inner();
@@ -199,7 +199,7 @@ pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) 
     drop(tx);
     let fin = forward.await.ok().flatten().unwrap_or(last);
     client
-        .report(proto::ReportRequest { events: vec![fin], status: Some(exec.status(Some(facts.clone()))) })
+        .report(proto::ReportRequest { events: vec![fin], status: Some(exec.status(Some(facts.clone())).await) })
         .await
         .map_err(|s| anyhow::anyhow!("report refused: {}", s.message()))?;
     Ok(next)
@@ -332,7 +332,7 @@ impl agent_server::Agent for PushService {
 
     async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::AgentStatus>, Status> {
         coordinator_only(&req)?;
-        Ok(Response::new(self.exec.status(Some(self.facts.clone()))))
+        Ok(Response::new(self.exec.status(Some(self.facts.clone())).await))
     }
 
     async fn detect(&self, req: Request<proto::DetectRequest>) -> Result<Response<proto::Facts>, Status> {
