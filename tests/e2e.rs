@@ -1017,3 +1017,91 @@ targets:
     let health = agent.status()["apps"][0]["health"].as_str().unwrap().to_string();
     assert!(health.starts_with("unhealthy") && health.contains(&web), "{health}");
 }
+
+#[test]
+fn images_carried_in_the_bundle_reach_an_engine_that_lacks_them() {
+    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
+    {
+        return;
+    }
+    let docker = |args: &[&str]| {
+        let o = std::process::Command::new("docker").args(args).output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let w = World::new("images");
+    let pid = std::process::id();
+    let (agent_port, web_port) = (free_port(), free_port());
+    let project_name = format!("dkfimg{pid}");
+    let image = format!("dkf-e2e-ship-{pid}:v1");
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker").args(["compose", "-p", &self.0, "down", "-t", "1"]).output();
+            let _ = std::process::Command::new("docker").args(["rmi", "-f", &self.1]).output();
+        }
+    }
+    let _cleanup = Cleanup(project_name.clone(), image.clone());
+    // An image with an id of its own (not shared with the base image).
+    let tmp = format!("dkf-e2e-mk-{pid}");
+    assert!(docker(&["create", "--name", &tmp, "dockfra-busybox:test", "true"]).0);
+    assert!(docker(&["commit", "-c", &format!("LABEL dockfra.e2e={pid}"), &tmp, &image]).0);
+    docker(&["rm", &tmp]);
+    let (_, image_id, _) = docker(&["image", "inspect", "--format", "{{.Id}}", &image]);
+
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  airgap:
+    host: 127.0.0.1
+    platform: docker_compose
+    agent: {{ mode: push, port: {agent_port} }}
+    config: {{ compose_project: {project_name}, pull_policy: never, images: bundle }}
+    env: {{ IMAGE: "{image}", WEB_PORT: "{web_port}" }}
+"#
+        ),
+    );
+    w.write(
+        "project/app/compose.yaml",
+        r#"services:
+  web:
+    image: ${IMAGE}
+    init: true
+    command: ["sh", "-c", "mkdir -p /www && echo 'hello ${APP_VERSION}' > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: ["127.0.0.1:${WEB_PORT}:8080"]
+"#,
+    );
+    w.write("project/app/.env", "APP_VERSION=offline\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "airgap");
+    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("airgap")).ok();
+
+    // Offline: the bundle carries the image; then the engine loses it entirely.
+    let usb = w.path("airgap.tar");
+    w.coord(&["bundle", "export", "airgap", "-o", usb.to_str().unwrap()]).ok();
+    let bundle_size = std::fs::metadata(&usb).unwrap().len();
+    assert!(bundle_size > 1 << 20, "the image travels in the bundle ({bundle_size} bytes)");
+    let (ok, _, err) = docker(&["rmi", &image]);
+    assert!(ok, "{err}");
+    assert!(!docker(&["image", "inspect", &image_id]).0, "the engine must not have the image now");
+    let r = agent.run_cmd(&["apply", usb.to_str().unwrap()]);
+    assert_eq!(r.code(), 0, "{}{}", r.stdout(), r.stderr());
+    assert!(docker(&["image", "inspect", &image_id]).0, "the agent loaded the image into the engine");
+    assert_eq!(http_body(web_port), "hello offline");
+
+    // Online, the image is already in the agent's store and engine: it does not travel again.
+    let _a = agent.start(&w);
+    w.write("project/app/.env", "APP_VERSION=online\n");
+    let r = w.coord(&["deploy", "airgap", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    let bytes = r.json()["bytes_received"].as_u64().unwrap();
+    assert!(bytes < 64 * 1024, "only the changed compose file should travel, got {bytes} bytes");
+    assert_eq!(http_body(web_port), "hello online");
+}

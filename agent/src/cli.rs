@@ -253,8 +253,7 @@ async fn apply(state: &StateDir, runner: Arc<dyn Runner>, file: &std::path::Path
         std::io::BufReader::new(f),
         |a| {
             let v = exec.verify(&a)?;
-            let sizes =
-                v.manifest.files.iter().filter(|f| !f.sha256.is_empty()).map(|f| (f.sha256.clone(), f.size)).collect();
+            let sizes = v.manifest.blob_sizes();
             *writer.borrow_mut() =
                 Some(BlobWriter::new(staging.clone(), sizes).map_err(|e| bundle::BundleError::Archive(e.to_string()))?);
             assignment = Some(a);

@@ -46,6 +46,56 @@ pub async fn detect() -> Result<EngineFacts, String> {
         .map_err(|_| "the Docker engine did not answer in 5s".to_string())?
 }
 
+async fn client() -> Result<bollard::Docker, String> {
+    let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    docker.negotiate_version().await.map_err(|e| format!("cannot negotiate the API version: {e}"))
+}
+
+/// Does the engine hold this image (by id or reference)?
+pub async fn has_image(image: &str) -> Result<bool, String> {
+    match client().await?.inspect_image(image).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+        Err(e) => Err(format!("inspect {image}: {e}")),
+    }
+}
+
+/// Load a `docker save` archive into the engine, streamed from disk.
+pub async fn load_image(archive: &std::path::Path) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+    let docker = client().await?;
+    let mut file = tokio::fs::File::open(archive).await.map_err(|e| format!("{}: {e}", archive.display()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(buf.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let opts = bollard::query_parameters::ImportImageOptions { quiet: true, ..Default::default() };
+    let mut progress = docker.import_image_stream(opts, tokio_stream::wrappers::ReceiverStream::new(rx), None);
+    while let Some(item) = progress.next().await {
+        let info = item.map_err(|e| format!("docker load: {e}"))?;
+        if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+            return Err(format!("docker load: {detail}"));
+        }
+    }
+    Ok(())
+}
+
 /// One container of a compose project, as the engine lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {

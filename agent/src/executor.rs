@@ -197,7 +197,7 @@ impl Executor {
             let wanted = m.digests();
             let missing = self.state.missing_blobs(&wanted);
             let sizes: BTreeMap<String, u64> =
-                m.files.iter().filter(|f| missing.contains(&f.sha256)).map(|f| (f.sha256.clone(), f.size)).collect();
+                m.blob_sizes().into_iter().filter(|(d, _)| missing.contains(d)).collect();
             if !missing.is_empty() {
                 let r = async {
                     let mut w = BlobWriter::new(self.state.blobs(), sizes)?;
@@ -245,6 +245,7 @@ impl Executor {
             current_link: rel.current_link(),
             env: self.env(m, &rel, &name, previous.as_deref()),
             runner: self.runner.as_ref(),
+            blobs: self.state.blobs(),
         };
         if let Err(e) = driver.validate(&ctx).await {
             return self.abandon(v, em, &journal, e.to_string());
@@ -354,6 +355,7 @@ impl Executor {
                 current_link: rel.current_link(),
                 env: self.env(&v.manifest, rel, name, None),
                 runner: self.runner.as_ref(),
+                blobs: self.state.blobs(),
             };
             if let Err(e) = driver.teardown(&ctx).await {
                 em.send("RollingBack", format!("teardown of {name} failed: {e}"));
@@ -398,6 +400,7 @@ impl Executor {
             current_link: rel.current_link(),
             env: self.env(&pm, rel, prev, None),
             runner: self.runner.as_ref(),
+            blobs: self.state.blobs(),
         };
         driver.apply(&ctx).await.map_err(|e| e.to_string())
     }

@@ -63,6 +63,22 @@ pub struct DockerComposeSpec {
     pub file: String,
     /// How long `up --wait` may take, in seconds.
     pub wait_timeout_secs: u64,
+    /// Images carried in the bundle (`docker save` archives as blobs), loaded by the agent
+    /// into an engine that lacks them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageRef>,
+}
+
+/// One image carried in a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// The reference the compose file uses, e.g. `shop/web:1.4`.
+    pub name: String,
+    /// The engine's image id (`sha256:…`): an engine that has it needs no load.
+    pub id: String,
+    /// Blob holding the `docker save` archive.
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// Directory inside a release that holds what dockfra renders (never an app file).
@@ -254,17 +270,35 @@ impl Manifest {
                 }
             }
         }
+        for img in self.docker_compose.iter().flat_map(|d| &d.images) {
+            Digest::new(&img.sha256).map_err(|e| BundleError::Path { path: img.name.clone(), source: e })?;
+            if img.name.is_empty()
+                || img.name.len() > 512
+                || img.name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(BundleError::Entry {
+                    path: img.name.clone(),
+                    reason: "not a valid image reference".into(),
+                });
+            }
+            total = total.saturating_add(img.size);
+        }
         if total > MAX_TOTAL_SIZE {
             return Err(BundleError::Limit(format!("{total} bytes in all (at most {MAX_TOTAL_SIZE})")));
         }
         Ok(())
     }
 
-    /// Distinct blob digests this manifest needs.
+    /// Distinct blob digests this manifest needs (files and carried images).
     pub fn digests(&self) -> Vec<String> {
-        let set: BTreeSet<&str> =
-            self.files.iter().filter(|f| f.kind == EntryKind::File).map(|f| f.sha256.as_str()).collect();
-        set.into_iter().map(String::from).collect()
+        self.blob_sizes().into_keys().collect()
+    }
+
+    /// Every blob this manifest needs, with the size it must have.
+    pub fn blob_sizes(&self) -> std::collections::BTreeMap<String, u64> {
+        let files = self.files.iter().filter(|f| f.kind == EntryKind::File).map(|f| (f.sha256.clone(), f.size));
+        let images = self.docker_compose.iter().flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
+        files.chain(images).collect()
     }
 }
 

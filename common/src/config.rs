@@ -206,7 +206,7 @@ impl Platform {
     /// The `config:` keys this platform accepts.
     pub fn config_keys(self) -> &'static [&'static str] {
         match self {
-            Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy"],
+            Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images"],
             Platform::Podman => &["use_quadlet", "rootless", "pod_name"],
             Platform::Kubernetes => &["namespace", "kubeconfig", "strategy", "replicas", "resource_limits"],
             Platform::Swarm => &["stack_name", "replicas", "update_parallelism", "update_delay"],
@@ -340,6 +340,10 @@ pub enum PlatformConfig {
         compose_project: Option<String>,
         pull_policy: Option<String>,
         restart_policy: Option<String>,
+        /// dockfra addition, `images: bundle`: the coordinator saves the services' images from
+        /// its engine into the bundle and the agent loads them (air-gapped / NAT'd hosts).
+        /// Default `images: registry`: the agent's engine has or pulls them.
+        ship_images: bool,
     },
     Podman {
         use_quadlet: bool,
@@ -378,9 +382,12 @@ impl PlatformConfig {
     /// The config of `platform` with every key unset.
     pub fn default_for(platform: Platform) -> PlatformConfig {
         match platform {
-            Platform::DockerCompose => {
-                PlatformConfig::DockerCompose { compose_project: None, pull_policy: None, restart_policy: None }
-            }
+            Platform::DockerCompose => PlatformConfig::DockerCompose {
+                compose_project: None,
+                pull_policy: None,
+                restart_policy: None,
+                ship_images: false,
+            },
             Platform::Podman => PlatformConfig::Podman { use_quadlet: false, rootless: false, pod_name: None },
             Platform::Kubernetes => PlatformConfig::Kubernetes {
                 namespace: None,
@@ -836,10 +843,21 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                     ));
                 }
             }
+            let ship_images = match s("images")?.as_deref() {
+                None | Some("registry") => false,
+                Some("bundle") => true,
+                Some(other) => {
+                    return Err(cx.err(
+                        "config.images",
+                        format!("unknown image source {other:?} (expected one of: registry, bundle)"),
+                    ))
+                }
+            };
             PlatformConfig::DockerCompose {
                 compose_project,
                 pull_policy: s("pull_policy")?,
                 restart_policy: s("restart_policy")?,
+                ship_images,
             }
         }
         Platform::Podman => {
@@ -1443,6 +1461,7 @@ mod tests {
                 compose_project: Some("myapp".into()),
                 pull_policy: Some("always".into()),
                 restart_policy: Some("unless-stopped".into()),
+                ship_images: false,
             }
         );
         assert_eq!(vps.agent, AgentSpec::default());
@@ -1716,6 +1735,14 @@ targets:
             e.to_string(),
             "deploy-targets.yaml: target \"edge-rpi3\": key \"config.service_manager\": unknown service manager \"upstart\" (expected one of: none, systemd, supervisord, pm2)"
         );
+    }
+
+    #[test]
+    fn image_source_is_checked() {
+        let m = bad(&one("platform: docker_compose\nconfig:\n  images: usb\n"), Some("t1"), Some("config.images"));
+        assert!(m.contains("expected one of: registry, bundle"), "{m}");
+        let ok = p(&one("platform: docker_compose\nconfig:\n  images: bundle\n")).unwrap();
+        assert!(matches!(ok.targets[0].config, PlatformConfig::DockerCompose { ship_images: true, .. }));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use dockfra_common::bundle::{DockerComposeSpec, EntryKind, FileEntry, Manifest, SshRawSpec, FORMAT, RENDERED_DIR};
+use dockfra_common::bundle::{
+    DockerComposeSpec, EntryKind, FileEntry, ImageRef, Manifest, SshRawSpec, FORMAT, RENDERED_DIR,
+};
 use dockfra_common::config::{Platform, PlatformConfig, Project, Target};
 use dockfra_common::paths::{Digest, SafeRelPath};
 
@@ -172,7 +174,7 @@ fn render_compose(
     compose_project: &Option<String>,
     pull_policy: &Option<String>,
     restart_policy: &Option<String>,
-) -> Result<(DockerComposeSpec, Vec<u8>)> {
+) -> Result<(DockerComposeSpec, Vec<u8>, Vec<String>)> {
     use dockfra_common::compose;
     use serde_yaml_ng::Value;
     let app_dir = &project.app.path;
@@ -196,9 +198,20 @@ fn render_compose(
         tracing::warn!(target = %target.id, "{w}");
     }
     let mut model = cp.model.clone();
+    let mut images: Vec<String> = Vec::new();
     if let Some(Value::Mapping(services)) = model.get_mut("services") {
-        for (_, svc) in services.iter_mut() {
+        for (name, svc) in services.iter_mut() {
             let Value::Mapping(svc) = svc else { continue };
+            match svc.get("image").and_then(Value::as_str) {
+                Some(img) if !images.iter().any(|i| i == img) => images.push(img.to_string()),
+                Some(_) => {}
+                None => bail!(
+                    "target {:?}: service {:?} in {} has no `image:` (`build:` services are not supported yet)",
+                    target.id,
+                    name.as_str().unwrap_or("?"),
+                    file.display()
+                ),
+            }
             if let Some(r) = restart_policy {
                 if !svc.contains_key("restart") {
                     svc.insert("restart".into(), Value::String(r.clone()));
@@ -217,8 +230,38 @@ fn render_compose(
         project: cp.name.clone(),
         file: format!("{RENDERED_DIR}/compose.yaml"),
         wait_timeout_secs: 120,
+        images: Vec::new(),
     };
-    Ok((spec, yaml.into_bytes()))
+    Ok((spec, yaml.into_bytes(), images))
+}
+
+/// `images: bundle`: save each image from the coordinator's engine into the blob store.
+/// `docker save` of an unchanged image is byte-for-byte the same, so it travels once.
+fn save_images(blobs: &Path, images: &[String], target: &str) -> Result<Vec<ImageRef>> {
+    let mut out = Vec::new();
+    for (i, name) in images.iter().enumerate() {
+        let inspect = std::process::Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", name])
+            .output()
+            .context("cannot run docker (images: bundle saves images from the coordinator's engine)")?;
+        if !inspect.status.success() {
+            bail!(
+                "target {target:?}: image {name} is not in the coordinator's Docker engine (images: bundle ships it from there: build or pull it first)"
+            );
+        }
+        let id = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+        let tmp = blobs.join(format!(".save-{}-{i}.tar", std::process::id()));
+        let save = std::process::Command::new("docker").args(["save", "-o"]).arg(&tmp).arg(name).output()?;
+        if !save.status.success() {
+            let _ = std::fs::remove_file(&tmp);
+            bail!("target {target:?}: docker save {name} failed: {}", String::from_utf8_lossy(&save.stderr).trim());
+        }
+        let stored = store_blob(blobs, &tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let (sha256, size) = stored?;
+        out.push(ImageRef { name: name.clone(), id, sha256, size });
+    }
+    Ok(out)
 }
 
 /// What one build produced.
@@ -247,8 +290,16 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             }),
             None,
         ),
-        (Platform::DockerCompose, PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy }) => {
-            let (spec, yaml) = render_compose(project, target, compose_project, pull_policy, restart_policy)?;
+        (
+            Platform::DockerCompose,
+            PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy, ship_images },
+        ) => {
+            std::fs::create_dir_all(blobs)?;
+            let (mut spec, yaml, images) =
+                render_compose(project, target, compose_project, pull_policy, restart_policy)?;
+            if *ship_images {
+                spec.images = save_images(blobs, &images, &target.id)?;
+            }
             rendered.push((spec.file.clone(), yaml));
             (None, Some(spec))
         }

@@ -30,6 +30,21 @@ pub fn compose_command(ctx: &StepCtx<'_>, args: &[&str]) -> Result<CommandSpec, 
     Ok(CommandSpec::new("docker", &refs).cwd(&ctx.release_dir).timeout(Duration::from_secs(s.wait_timeout_secs + 60)))
 }
 
+fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
 async fn run(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {
     let cmd = compose_command(ctx, args)?;
     let out = ctx.runner.run(&cmd).await.map_err(|source| DriverError::Run { step, source })?;
@@ -55,7 +70,31 @@ impl Driver for DockerCompose {
         }
     }
 
-    async fn pre_deploy(&self, _ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+    /// Load the images this release carries into an engine that lacks them — each archive
+    /// hash-checked again right before the engine sees it — before `current` moves.
+    async fn pre_deploy(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        use crate::engine;
+        for img in &spec(ctx)?.images {
+            let has = engine::has_image(&img.id).await.map_err(DriverError::Invalid)?;
+            if has {
+                continue;
+            }
+            let archive = ctx.blobs.join(&img.sha256);
+            let actual = hash_file(&archive).map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
+            if actual != img.sha256 {
+                return Err(DriverError::Invalid(format!(
+                    "image {}: archive {} does not match its hash (got {actual}); refused",
+                    img.name, img.sha256
+                )));
+            }
+            engine::load_image(&archive).await.map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
+            if !engine::has_image(&img.id).await.map_err(DriverError::Invalid)? {
+                return Err(DriverError::Invalid(format!(
+                    "image {}: loading did not produce image {}",
+                    img.name, img.id
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -96,6 +135,7 @@ mod tests {
                 project: "shop".into(),
                 file: ".dockfra/compose.yaml".into(),
                 wait_timeout_secs: 30,
+                images: vec![],
             }),
             health: None,
             keep_releases: 5,
@@ -107,6 +147,7 @@ mod tests {
             current_link: "/r/current".into(),
             env: Default::default(),
             runner: &runner,
+            blobs: "/tmp".into(),
         };
         DockerCompose.apply(&ctx).await.unwrap();
         DockerCompose.teardown(&ctx).await.unwrap();

@@ -19,6 +19,8 @@ pub struct StepCtx<'a> {
     pub current_link: PathBuf,
     pub env: BTreeMap<String, String>,
     pub runner: &'a dyn Runner,
+    /// The agent's verified blob store (carried images are read from here).
+    pub blobs: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -126,6 +126,7 @@ mod tests {
                 current_link: "/tmp".into(),
                 env: Default::default(),
                 runner: &runner,
+                blobs: "/tmp".into(),
             };
             SshRaw.pre_deploy(&ctx).await.unwrap();
             SshRaw.apply(&ctx).await.unwrap();
@@ -143,6 +144,7 @@ mod tests {
             current_link: "/tmp".into(),
             env: Default::default(),
             runner: &runner,
+            blobs: "/tmp".into(),
         };
         SshRaw.apply(&ctx).await.unwrap();
         assert!(runner.calls.lock().unwrap().is_empty());
@@ -158,6 +160,7 @@ mod tests {
             current_link: "/tmp".into(),
             env: Default::default(),
             runner: &runner,
+            blobs: "/tmp".into(),
         };
         let e = SshRaw.apply(&ctx).await.unwrap_err().to_string();
         assert_eq!(e, "service restart: supervisorctl not found on PATH (service_manager: supervisord)");
