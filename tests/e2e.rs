@@ -1105,3 +1105,109 @@ targets:
     assert!(bytes < 64 * 1024, "only the changed compose file should travel, got {bytes} bytes");
     assert_eq!(http_body(web_port), "hello online");
 }
+
+#[test]
+fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
+    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
+    {
+        return;
+    }
+    if runner_missing("docker-registry") && skip_or_fail("Debian's docker-registry (run scripts/engines)") {
+        return;
+    }
+    let docker = |args: &[&str]| {
+        let o = std::process::Command::new("docker").args(args).output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let w = World::new("registry");
+    let pid = std::process::id();
+    let (reg_port, web_port) = (free_port(), free_port());
+    let registry = format!("127.0.0.1:{reg_port}");
+    let project_name = format!("dkfreg{pid}");
+    let image = format!("dkf-e2e-reg-{pid}:v1");
+    let pushed = format!("{registry}/{image}");
+    struct Cleanup(String, Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker").args(["compose", "-p", &self.0, "down", "-t", "1"]).output();
+            for i in &self.1 {
+                let _ = std::process::Command::new("docker").args(["rmi", "-f", i]).output();
+            }
+        }
+    }
+    let _cleanup = Cleanup(project_name.clone(), vec![image.clone(), pushed.clone()]);
+
+    // A registry of our own on loopback (Docker trusts 127.0.0.0/8 without TLS).
+    w.write(
+        "registry.yml",
+        &format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n",
+            w.path("registry-data").display()
+        ),
+    );
+    let _registry = Proc {
+        child: std::process::Command::new("docker-registry")
+            .args(["serve", w.path("registry.yml").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(w.path("registry.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        log: w.path("registry.log"),
+    };
+    wait_until("the registry", Duration::from_secs(20), || std::net::TcpStream::connect(&registry).is_ok());
+
+    let tmp = format!("dkf-e2e-mkreg-{pid}");
+    assert!(docker(&["create", "--name", &tmp, "dockfra-busybox:test", "true"]).0);
+    assert!(docker(&["commit", "-c", &format!("LABEL dockfra.e2e.registry={pid}"), &tmp, &image]).0);
+    docker(&["rm", &tmp]);
+    let (_, image_id, _) = docker(&["image", "inspect", "--format", "{{.Id}}", &image]);
+
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  fleet:
+    platform: docker_compose
+    agent: {{ mode: pull, poll_interval: 1h }}
+    config: {{ compose_project: {project_name}, pull_policy: missing, registry: "{registry}" }}
+    env: {{ IMAGE: "{image}", WEB_PORT: "{web_port}" }}
+"#
+        ),
+    );
+    w.write(
+        "project/app/compose.yaml",
+        r#"services:
+  web:
+    image: ${IMAGE}
+    init: true
+    command: ["sh", "-c", "mkdir -p /www && echo 'hello from the registry' > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: ["127.0.0.1:${WEB_PORT}:8080"]
+"#,
+    );
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let agent = Agent::new(&w, "fleet");
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("fleet")).ok();
+    let proc = agent.start(&w);
+    wait_until("the agent's first poll", Duration::from_secs(10), || proc.log().contains("dockfra-agent running"));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The coordinator pushes the image and names it by the registry in the compose file …
+    let r = w.coord(&["deploy", "fleet"]).ok();
+    assert!(r.stdout().contains("queued"), "{}", r.stdout());
+    // … then the engine loses every copy, so only a pull from the registry can bring it back.
+    assert!(docker(&["rmi", &image, &pushed]).0);
+    assert!(!docker(&["image", "inspect", &image_id]).0);
+    agent.run_cmd(&["poll-now"]).ok();
+    wait_until("the app pulled from the registry to answer", Duration::from_secs(60), || {
+        http_body(web_port) == "hello from the registry"
+    });
+    let (_, used, _) = docker(&["inspect", "--format", "{{.Config.Image}}", &format!("{project_name}-web-1")]);
+    assert_eq!(used, pushed, "the container runs the registry's reference");
+    assert!(docker(&["image", "inspect", &image_id]).0, "the engine pulled the same image back");
+}

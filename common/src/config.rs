@@ -206,7 +206,7 @@ impl Platform {
     /// The `config:` keys this platform accepts.
     pub fn config_keys(self) -> &'static [&'static str] {
         match self {
-            Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images"],
+            Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images", "registry"],
             Platform::Podman => &["use_quadlet", "rootless", "pod_name"],
             Platform::Kubernetes => &["namespace", "kubeconfig", "strategy", "replicas", "resource_limits"],
             Platform::Swarm => &["stack_name", "replicas", "update_parallelism", "update_delay"],
@@ -344,6 +344,10 @@ pub enum PlatformConfig {
         /// its engine into the bundle and the agent loads them (air-gapped / NAT'd hosts).
         /// Default `images: registry`: the agent's engine has or pulls them.
         ship_images: bool,
+        /// dockfra addition, `registry: HOST[:PORT]`: the coordinator tags and pushes the
+        /// services' images there and the compose file names them by it; the agent's engine
+        /// pulls them.
+        registry: Option<String>,
     },
     Podman {
         use_quadlet: bool,
@@ -387,6 +391,7 @@ impl PlatformConfig {
                 pull_policy: None,
                 restart_policy: None,
                 ship_images: false,
+                registry: None,
             },
             Platform::Podman => PlatformConfig::Podman { use_quadlet: false, rootless: false, pod_name: None },
             Platform::Kubernetes => PlatformConfig::Kubernetes {
@@ -853,11 +858,24 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                     ))
                 }
             };
+            let registry = s("registry")?;
+            if let Some(r) = &registry {
+                if r.contains("://") || r.is_empty() || r.chars().any(|c| c.is_whitespace() || c == '@') {
+                    return Err(cx.err("config.registry", format!("{r:?} is not HOST[:PORT][/PATH] (no scheme)")));
+                }
+                if ship_images {
+                    return Err(cx.err(
+                        "config.registry",
+                        "images: bundle carries the images itself; a registry is for images: registry",
+                    ));
+                }
+            }
             PlatformConfig::DockerCompose {
                 compose_project,
                 pull_policy: s("pull_policy")?,
                 restart_policy: s("restart_policy")?,
                 ship_images,
+                registry,
             }
         }
         Platform::Podman => {
@@ -1462,6 +1480,7 @@ mod tests {
                 pull_policy: Some("always".into()),
                 restart_policy: Some("unless-stopped".into()),
                 ship_images: false,
+                registry: None,
             }
         );
         assert_eq!(vps.agent, AgentSpec::default());
@@ -1743,6 +1762,14 @@ targets:
         assert!(m.contains("expected one of: registry, bundle"), "{m}");
         let ok = p(&one("platform: docker_compose\nconfig:\n  images: bundle\n")).unwrap();
         assert!(matches!(ok.targets[0].config, PlatformConfig::DockerCompose { ship_images: true, .. }));
+        let m = bad(
+            &one("platform: docker_compose\nconfig:\n  registry: https://r.local\n"),
+            Some("t1"),
+            Some("config.registry"),
+        );
+        assert!(m.contains("no scheme"), "{m}");
+        let both = "platform: docker_compose\nconfig:\n  images: bundle\n  registry: r.local:5000\n";
+        bad(&one(both), Some("t1"), Some("config.registry"));
     }
 
     #[test]

@@ -174,7 +174,7 @@ fn render_compose(
     compose_project: &Option<String>,
     pull_policy: &Option<String>,
     restart_policy: &Option<String>,
-) -> Result<(DockerComposeSpec, Vec<u8>, Vec<String>)> {
+) -> Result<(DockerComposeSpec, serde_yaml_ng::Value, Vec<String>)> {
     use dockfra_common::compose;
     use serde_yaml_ng::Value;
     let app_dir = &project.app.path;
@@ -224,15 +224,57 @@ fn render_compose(
             }
         }
     }
-    escape_dollars(&mut model);
-    let yaml = serde_yaml_ng::to_string(&model)?;
     let spec = DockerComposeSpec {
         project: cp.name.clone(),
         file: format!("{RENDERED_DIR}/compose.yaml"),
         wait_timeout_secs: 120,
         images: Vec::new(),
     };
-    Ok((spec, yaml.into_bytes(), images))
+    Ok((spec, model, images))
+}
+
+/// `registry: R`: tag each image as `R/<name without its registry>` and push it; returns
+/// (old reference, new reference) pairs.
+fn push_images(registry: &str, images: &[String], target: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for name in images {
+        let mut parts = name.splitn(2, '/');
+        let first = parts.next().unwrap_or_default();
+        let rest = parts.next();
+        let bare = match rest {
+            Some(r) if first.contains('.') || first.contains(':') || first == "localhost" => r,
+            _ => name.as_str(),
+        };
+        let dest = format!("{}/{bare}", registry.trim_end_matches('/'));
+        for args in [vec!["tag", name.as_str(), dest.as_str()], vec!["push", dest.as_str()]] {
+            let o = std::process::Command::new("docker")
+                .args(&args)
+                .output()
+                .context("cannot run docker (registry: pushes images from the coordinator's engine)")?;
+            if !o.status.success() {
+                bail!(
+                    "target {target:?}: docker {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+        }
+        out.push((name.clone(), dest));
+    }
+    Ok(out)
+}
+
+/// Point every service's `image:` at its pushed reference.
+fn rename_images(model: &mut serde_yaml_ng::Value, moved: &[(String, String)]) {
+    use serde_yaml_ng::Value;
+    let Some(Value::Mapping(services)) = model.get_mut("services") else { return };
+    for (_, svc) in services.iter_mut() {
+        if let Some(Value::String(img)) = svc.get_mut("image") {
+            if let Some((_, to)) = moved.iter().find(|(from, _)| from == img) {
+                *img = to.clone();
+            }
+        }
+    }
 }
 
 /// `images: bundle`: save each image from the coordinator's engine into the blob store.
@@ -292,15 +334,20 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         ),
         (
             Platform::DockerCompose,
-            PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy, ship_images },
+            PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy, ship_images, registry },
         ) => {
             std::fs::create_dir_all(blobs)?;
-            let (mut spec, yaml, images) =
+            let (mut spec, mut model, images) =
                 render_compose(project, target, compose_project, pull_policy, restart_policy)?;
             if *ship_images {
                 spec.images = save_images(blobs, &images, &target.id)?;
             }
-            rendered.push((spec.file.clone(), yaml));
+            if let Some(r) = registry {
+                let moved = push_images(r, &images, &target.id)?;
+                rename_images(&mut model, &moved);
+            }
+            escape_dollars(&mut model);
+            rendered.push((spec.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
             (None, Some(spec))
         }
         (p, _) => bail!(
