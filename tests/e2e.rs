@@ -398,6 +398,7 @@ fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
             files,
             ssh_raw: None,
             docker_compose: None,
+            swarm: None,
             health: None,
             keep_releases: 5,
         };
@@ -1210,4 +1211,125 @@ targets:
     let (_, used, _) = docker(&["inspect", "--format", "{{.Config.Image}}", &format!("{project_name}-web-1")]);
     assert_eq!(used, pushed, "the container runs the registry's reference");
     assert!(docker(&["image", "inspect", &image_id]).0, "the engine pulled the same image back");
+}
+
+fn swarm_active() -> bool {
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.Swarm.LocalNodeState}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "active")
+        .unwrap_or(false)
+}
+
+#[test]
+fn swarm_stack_deploy_update_rollback_and_failed_health_on_a_real_swarm() {
+    if !(docker_ready() && swarm_active()) && skip_or_fail("a Docker engine in swarm mode (run scripts/engines)") {
+        return;
+    }
+    let w = World::new("swarm");
+    let (agent_port, web_port) = (free_port(), free_port());
+    let stack = format!("dkfsw{}", std::process::id());
+    struct StackRm(String);
+    impl Drop for StackRm {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker").args(["stack", "rm", &self.0]).output();
+        }
+    }
+    let _rm = StackRm(stack.clone());
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  swarm-cluster:
+    host: 127.0.0.1
+    platform: swarm
+    agent: {{ mode: push, port: {agent_port} }}
+    config: {{ stack_name: {stack}, replicas: 1, update_parallelism: 1, update_delay: 1s }}
+    env: {{ WEB_PORT: "{web_port}" }}
+    health:
+      retries: 10
+      interval: 500ms
+      checks:
+        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
+"#
+        ),
+    );
+    // No IPVS here: host-mode ports and dnsrr (RUNTIMES.md). busybox as PID 1 ignores SIGTERM:
+    // init and a short grace period keep stop-first updates quick.
+    w.write(
+        "project/app/compose.yaml",
+        r#"services:
+  web:
+    image: dockfra-busybox:test
+    init: true
+    stop_grace_period: 1s
+    command: ["sh", "-c", "mkdir -p /www && echo 'hello ${APP_VERSION}' > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports:
+      - target: 8080
+        published: "${WEB_PORT}"
+        protocol: tcp
+        mode: host
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080${HEALTH_PATH:-/}"]
+      interval: 1s
+      timeout: 2s
+      retries: 2
+    deploy:
+      endpoint_mode: dnsrr
+  worker:
+    image: dockfra-busybox:test
+    init: true
+    stop_grace_period: 1s
+    command: ["sh", "-c", "while true; do wget -q -O- http://web:8080/ > /dev/null; sleep 1; done"]
+    depends_on:
+      web: { condition: service_healthy }
+    deploy:
+      endpoint_mode: dnsrr
+"#,
+    );
+    w.write("project/app/.env", "APP_VERSION=v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "swarm");
+    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("swarm-cluster")).ok();
+    let _a = agent.start(&w);
+    let deploy = |args: &[&str]| {
+        let r = w.coord(args);
+        (r.code(), r.json())
+    };
+
+    let (code, v) = deploy(&["deploy", "swarm-cluster", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v1");
+    // The seed's keys reached the stack.
+    let o = std::process::Command::new("docker")
+        .args([
+            "service",
+            "inspect",
+            &format!("{stack}_web"),
+            "--format",
+            "{{.Spec.Mode.Replicated.Replicas}} {{.Spec.UpdateConfig.Parallelism}} {{.Spec.UpdateConfig.Delay}}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1 1 1s");
+
+    w.write("project/app/.env", "APP_VERSION=v2\n");
+    let (code, v) = deploy(&["deploy", "swarm-cluster", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v2");
+
+    let (code, v) = deploy(&["rollback", "swarm-cluster", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v1", "v1 answers again after rollback");
+
+    // v3's healthcheck fails: its task fails, the agent redeploys the previous stack file.
+    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
+    let (code, v) = deploy(&["deploy", "swarm-cluster", "--output", "json"]);
+    assert_eq!(code, 3, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("rolled back to"), "{msg}");
+    assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
 }

@@ -157,9 +157,165 @@ pub fn compose_health(containers: &[ContainerState]) -> String {
     }
 }
 
+/// One swarm task of a stack, as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackTask {
+    pub id: String,
+    pub service: String,
+    pub desired: String,
+    pub state: String,
+    pub err: String,
+}
+
+/// The services (name, replicas; `None` for global) and tasks of stack `stack`.
+pub async fn stack_state(stack: &str) -> Result<(Vec<(String, Option<i64>)>, Vec<StackTask>), String> {
+    let docker = client().await?;
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![format!("com.docker.stack.namespace={stack}")])].into();
+    let services = docker
+        .list_services(Some(bollard::query_parameters::ListServicesOptions {
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| format!("list services: {e}"))?;
+    let tasks = docker
+        .list_tasks(Some(bollard::query_parameters::ListTasksOptions { filters: Some(filters) }))
+        .await
+        .map_err(|e| format!("list tasks: {e}"))?;
+    let mut names = std::collections::HashMap::new();
+    let mut svcs = Vec::new();
+    for s in services {
+        let spec = s.spec.unwrap_or_default();
+        let name = spec.name.unwrap_or_default();
+        let replicas = spec.mode.and_then(|m| m.replicated).and_then(|r| r.replicas);
+        names.insert(s.id.unwrap_or_default(), name.clone());
+        svcs.push((name, replicas));
+    }
+    let tasks = tasks
+        .into_iter()
+        .map(|t| {
+            let status = t.status.unwrap_or_default();
+            StackTask {
+                id: t.id.unwrap_or_default(),
+                service: t.service_id.and_then(|id| names.get(&id).cloned()).unwrap_or_default(),
+                desired: t.desired_state.map(|s| s.to_string()).unwrap_or_default(),
+                state: status.state.map(|s| s.to_string()).unwrap_or_default(),
+                err: status.err.unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok((svcs, tasks))
+}
+
+/// Where a stack stands after a deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StackVerdict {
+    Converged,
+    Waiting(String),
+    Failed(String),
+}
+
+/// Judge a stack from its services and tasks. `before`: task ids that existed before the
+/// deploy — only a task of this deploy failing fails it.
+pub fn stack_verdict(
+    services: &[(String, Option<i64>)],
+    tasks: &[StackTask],
+    before: &std::collections::HashSet<String>,
+) -> StackVerdict {
+    if let Some(t) = tasks.iter().find(|t| !before.contains(&t.id) && (t.state == "failed" || t.state == "rejected")) {
+        return StackVerdict::Failed(format!("{}: task {}: {}", t.service, t.state, t.err));
+    }
+    if services.is_empty() {
+        return StackVerdict::Waiting("no services yet".into());
+    }
+    for (name, replicas) in services {
+        let mine: Vec<&StackTask> = tasks.iter().filter(|t| &t.service == name).collect();
+        let running = mine.iter().filter(|t| t.desired == "running" && t.state == "running").count() as i64;
+        if let Some(t) = mine.iter().find(|t| t.desired == "running" && t.state != "running") {
+            let why = if t.err.is_empty() { String::new() } else { format!(": {}", t.err) };
+            return StackVerdict::Waiting(format!("{name}: a task is {}{why}", t.state));
+        }
+        if mine.iter().any(|t| t.desired == "shutdown" && t.state == "running") {
+            return StackVerdict::Waiting(format!("{name}: an old task is still stopping"));
+        }
+        if let Some(want) = replicas {
+            if running != *want {
+                return StackVerdict::Waiting(format!("{name}: {running}/{want} running"));
+            }
+        }
+    }
+    StackVerdict::Converged
+}
+
+/// Poll until the stack has converged and stayed so (the engine's states lag), a task of
+/// this deploy fails, or `timeout` passes.
+pub async fn wait_stack(
+    stack: &str,
+    before: &std::collections::HashSet<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let mut stable = 0;
+    let mut last = String::from("not polled yet");
+    while start.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (services, tasks) = stack_state(stack).await?;
+        match stack_verdict(&services, &tasks, before) {
+            StackVerdict::Failed(why) => return Err(why),
+            StackVerdict::Waiting(why) => {
+                stable = 0;
+                last = why;
+            }
+            StackVerdict::Converged => {
+                stable += 1;
+                if stable >= 3 && start.elapsed() >= Duration::from_secs(2) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(format!("stack {stack} did not converge in {}s: {last}", timeout.as_secs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_verdicts() {
+        let t = |id: &str, svc: &str, desired: &str, state: &str, err: &str| StackTask {
+            id: id.into(),
+            service: svc.into(),
+            desired: desired.into(),
+            state: state.into(),
+            err: err.into(),
+        };
+        let svcs = vec![("s_web".to_string(), Some(1))];
+        let none = std::collections::HashSet::new();
+        assert_eq!(stack_verdict(&svcs, &[t("1", "s_web", "running", "running", "")], &none), StackVerdict::Converged);
+        assert!(matches!(
+            stack_verdict(&svcs, &[t("1", "s_web", "running", "starting", "")], &none),
+            StackVerdict::Waiting(_)
+        ));
+        assert!(matches!(
+            stack_verdict(
+                &svcs,
+                &[t("1", "s_web", "shutdown", "running", ""), t("2", "s_web", "running", "running", "")],
+                &none
+            ),
+            StackVerdict::Waiting(_)
+        ));
+        let failed =
+            [t("9", "s_web", "shutdown", "failed", "unhealthy container"), t("2", "s_web", "running", "running", "")];
+        assert_eq!(
+            stack_verdict(&svcs, &failed, &none),
+            StackVerdict::Failed("s_web: task failed: unhealthy container".into())
+        );
+        // A failure from before this deploy does not count against it.
+        let before: std::collections::HashSet<String> = ["9".to_string()].into();
+        assert_eq!(stack_verdict(&svcs, &failed, &before), StackVerdict::Converged);
+    }
 
     #[test]
     fn compose_health_from_container_states() {

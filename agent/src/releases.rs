@@ -320,6 +320,7 @@ mod tests {
             ],
             ssh_raw: None,
             docker_compose: None,
+            swarm: None,
             health: None,
             keep_releases: 2,
         }

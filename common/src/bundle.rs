@@ -100,6 +100,9 @@ pub struct Manifest {
     pub ssh_raw: Option<SshRawSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_compose: Option<DockerComposeSpec>,
+    /// `swarm`: the same shape; `project` is the stack name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<DockerComposeSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
     pub keep_releases: u32,
@@ -270,7 +273,7 @@ impl Manifest {
                 }
             }
         }
-        for img in self.docker_compose.iter().flat_map(|d| &d.images) {
+        for img in self.docker_compose.iter().chain(&self.swarm).flat_map(|d| &d.images) {
             Digest::new(&img.sha256).map_err(|e| BundleError::Path { path: img.name.clone(), source: e })?;
             if img.name.is_empty()
                 || img.name.len() > 512
@@ -297,7 +300,11 @@ impl Manifest {
     /// Every blob this manifest needs, with the size it must have.
     pub fn blob_sizes(&self) -> std::collections::BTreeMap<String, u64> {
         let files = self.files.iter().filter(|f| f.kind == EntryKind::File).map(|f| (f.sha256.clone(), f.size));
-        let images = self.docker_compose.iter().flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
+        let images = self
+            .docker_compose
+            .iter()
+            .chain(&self.swarm)
+            .flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
         files.chain(images).collect()
     }
 }
@@ -510,6 +517,7 @@ mod tests {
             files,
             ssh_raw: None,
             docker_compose: None,
+            swarm: None,
             health: None,
             keep_releases: 5,
         }

@@ -233,6 +233,59 @@ fn render_compose(
     Ok((spec, model, images))
 }
 
+/// Make a resolved compose model fit `docker stack deploy`: `depends_on` in its list form
+/// (a stack ignores start order; the long form is refused), and the seed's `replicas`,
+/// `update_parallelism` and `update_delay` on every service's `deploy:` that sets none.
+fn for_swarm(
+    model: &mut serde_yaml_ng::Value,
+    replicas: Option<u32>,
+    parallelism: Option<u32>,
+    delay: Option<std::time::Duration>,
+) {
+    use serde_yaml_ng::{Mapping, Value};
+    // The stack is named on the command line; `stack deploy`'s schema refuses a `name:`.
+    if let Value::Mapping(top) = model {
+        top.remove("name");
+    }
+    let Some(Value::Mapping(services)) = model.get_mut("services") else { return };
+    for (_, svc) in services.iter_mut() {
+        let Value::Mapping(svc) = svc else { continue };
+        if let Some(Value::Mapping(deps)) = svc.get("depends_on") {
+            let list: Vec<Value> = deps.keys().cloned().collect();
+            svc.insert("depends_on".into(), Value::Sequence(list));
+        }
+        // Interpolation yields strings; `stack deploy` wants numbers in long-form ports.
+        if let Some(Value::Sequence(ports)) = svc.get_mut("ports") {
+            for port in ports.iter_mut() {
+                let Value::Mapping(p) = port else { continue };
+                for key in ["published", "target"] {
+                    if let Some(Value::String(s)) = p.get(key) {
+                        if let Ok(n) = s.parse::<u16>() {
+                            p.insert(key.into(), Value::Number(n.into()));
+                        }
+                    }
+                }
+            }
+        }
+        let deploy = svc.entry("deploy".into()).or_insert_with(|| Value::Mapping(Mapping::new()));
+        let Value::Mapping(deploy) = deploy else { continue };
+        if let Some(n) = replicas {
+            deploy.entry("replicas".into()).or_insert(Value::Number(n.into()));
+        }
+        if parallelism.is_some() || delay.is_some() {
+            let uc = deploy.entry("update_config".into()).or_insert_with(|| Value::Mapping(Mapping::new()));
+            if let Value::Mapping(uc) = uc {
+                if let Some(p) = parallelism {
+                    uc.entry("parallelism".into()).or_insert(Value::Number(p.into()));
+                }
+                if let Some(d) = delay {
+                    uc.entry("delay".into()).or_insert(Value::String(dockfra_common::config::format_duration(d)));
+                }
+            }
+        }
+    }
+}
+
 /// `registry: R`: tag each image as `R/<name without its registry>` and push it; returns
 /// (old reference, new reference) pairs.
 fn push_images(registry: &str, images: &[String], target: &str) -> Result<Vec<(String, String)>> {
@@ -318,7 +371,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         bail!("{}: app.path {} is not a directory", project.file.display(), app_dir.display());
     }
     let mut rendered: Vec<(String, Vec<u8>)> = Vec::new();
-    let (ssh_raw, docker_compose) = match (&target.platform, &target.config) {
+    let (ssh_raw, docker_compose, swarm) = match (&target.platform, &target.config) {
         (
             Platform::SshRaw,
             PlatformConfig::SshRaw { deploy_path, service_manager, service_name, pre_script, post_script },
@@ -330,6 +383,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
                 pre_script: pre_script.clone(),
                 post_script: post_script.clone(),
             }),
+            None,
             None,
         ),
         (
@@ -348,10 +402,18 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             }
             escape_dollars(&mut model);
             rendered.push((spec.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
-            (None, Some(spec))
+            (None, Some(spec), None)
+        }
+        (Platform::Swarm, PlatformConfig::Swarm { stack_name, replicas, update_parallelism, update_delay }) => {
+            std::fs::create_dir_all(blobs)?;
+            let (spec, mut model, _) = render_compose(project, target, stack_name, &None, &None)?;
+            for_swarm(&mut model, *replicas, *update_parallelism, *update_delay);
+            escape_dollars(&mut model);
+            rendered.push((spec.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
+            (None, None, Some(spec))
         }
         (p, _) => bail!(
-            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose)",
+            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm)",
             target.id,
             p.as_str()
         ),
@@ -401,6 +463,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         files,
         ssh_raw,
         docker_compose,
+        swarm,
         health: target.health.clone(),
         keep_releases: target.keep_releases,
     };
@@ -418,6 +481,27 @@ pub fn open_blob(blobs: &Path, digest: &str) -> std::io::Result<(u64, std::fs::F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarm_rendering_maps_the_seed_keys() {
+        let mut m: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            "name: x\nservices:\n  web:\n    image: a\n    ports: [{ target: 80, published: '8080', mode: host }]\n  worker:\n    image: b\n    depends_on:\n      web: { condition: service_healthy }\n    deploy: { replicas: 5 }\n",
+        )
+        .unwrap();
+        for_swarm(&mut m, Some(2), Some(1), Some(std::time::Duration::from_secs(10)));
+        let y = serde_yaml_ng::to_string(&m).unwrap();
+        let back: serde_yaml_ng::Value = serde_yaml_ng::from_str(&y).unwrap();
+        assert_eq!(
+            back["services"]["worker"]["depends_on"],
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[web]").unwrap()
+        );
+        assert_eq!(back["services"]["web"]["deploy"]["replicas"], 2);
+        assert_eq!(back["services"]["worker"]["deploy"]["replicas"], 5, "an explicit value wins");
+        assert_eq!(back["services"]["web"]["deploy"]["update_config"]["parallelism"], 1);
+        assert_eq!(back["services"]["web"]["deploy"]["update_config"]["delay"], "10s");
+        assert_eq!(back["services"]["web"]["ports"][0]["published"], 8080);
+        assert!(back.get("name").is_none());
+    }
 
     #[test]
     fn ignore_rules() {

@@ -30,6 +30,34 @@ pub fn compose_command(ctx: &StepCtx<'_>, args: &[&str]) -> Result<CommandSpec, 
     Ok(CommandSpec::new("docker", &refs).cwd(&ctx.release_dir).timeout(Duration::from_secs(s.wait_timeout_secs + 60)))
 }
 
+/// Load the images a release carries into an engine that lacks them — each archive
+/// hash-checked again right before the engine sees it — before `current` moves.
+pub(crate) async fn load_images(
+    images: &[dockfra_common::bundle::ImageRef],
+    ctx: &StepCtx<'_>,
+) -> Result<(), DriverError> {
+    use crate::engine;
+    for img in images {
+        let has = engine::has_image(&img.id).await.map_err(DriverError::Invalid)?;
+        if has {
+            continue;
+        }
+        let archive = ctx.blobs.join(&img.sha256);
+        let actual = hash_file(&archive).map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
+        if actual != img.sha256 {
+            return Err(DriverError::Invalid(format!(
+                "image {}: archive {} does not match its hash (got {actual}); refused",
+                img.name, img.sha256
+            )));
+        }
+        engine::load_image(&archive).await.map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
+        if !engine::has_image(&img.id).await.map_err(DriverError::Invalid)? {
+            return Err(DriverError::Invalid(format!("image {}: loading did not produce image {}", img.name, img.id)));
+        }
+    }
+    Ok(())
+}
+
 fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest as _;
     use std::io::Read;
@@ -70,32 +98,8 @@ impl Driver for DockerCompose {
         }
     }
 
-    /// Load the images this release carries into an engine that lacks them — each archive
-    /// hash-checked again right before the engine sees it — before `current` moves.
     async fn pre_deploy(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
-        use crate::engine;
-        for img in &spec(ctx)?.images {
-            let has = engine::has_image(&img.id).await.map_err(DriverError::Invalid)?;
-            if has {
-                continue;
-            }
-            let archive = ctx.blobs.join(&img.sha256);
-            let actual = hash_file(&archive).map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
-            if actual != img.sha256 {
-                return Err(DriverError::Invalid(format!(
-                    "image {}: archive {} does not match its hash (got {actual}); refused",
-                    img.name, img.sha256
-                )));
-            }
-            engine::load_image(&archive).await.map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
-            if !engine::has_image(&img.id).await.map_err(DriverError::Invalid)? {
-                return Err(DriverError::Invalid(format!(
-                    "image {}: loading did not produce image {}",
-                    img.name, img.id
-                )));
-            }
-        }
-        Ok(())
+        load_images(&spec(ctx)?.images, ctx).await
     }
 
     async fn apply(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
@@ -137,6 +141,7 @@ mod tests {
                 wait_timeout_secs: 30,
                 images: vec![],
             }),
+            swarm: None,
             health: None,
             keep_releases: 5,
         };

@@ -11,6 +11,7 @@ use crate::runner::{RunError, Runner};
 
 pub mod docker_compose;
 pub mod ssh_raw;
+pub mod swarm;
 
 /// What a driver step needs to know.
 pub struct StepCtx<'a> {
@@ -57,6 +58,7 @@ pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
     match p {
         Platform::SshRaw => Ok(Box::new(ssh_raw::SshRaw)),
         Platform::DockerCompose => Ok(Box::new(docker_compose::DockerCompose)),
+        Platform::Swarm => Ok(Box::new(swarm::Swarm)),
         other => Err(DriverError::Unsupported(other.as_str())),
     }
 }

@@ -106,6 +106,7 @@ mod tests {
                 post_script: None,
             }),
             docker_compose: None,
+            swarm: None,
             health: None,
             keep_releases: 5,
         }

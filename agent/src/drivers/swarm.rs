@@ -1,0 +1,69 @@
+//! `swarm`: `docker stack deploy` of the coordinator's resolved stack file on a swarm
+//! manager, then a wait for convergence read from the service and task states (they lag, so
+//! the state must hold for a while), failing fast when a task of this deploy fails — a
+//! failed healthcheck included. Rollback is the executor's swap back and a redeploy of the
+//! previous release's stack file.
+use std::time::Duration;
+
+use super::{Driver, DriverError, StepCtx};
+use crate::runner::CommandSpec;
+
+pub struct Swarm;
+
+fn spec<'a>(ctx: &'a StepCtx<'_>) -> Result<&'a dockfra_common::bundle::DockerComposeSpec, DriverError> {
+    ctx.manifest.swarm.as_ref().ok_or_else(|| DriverError::Invalid("swarm manifest without its swarm section".into()))
+}
+
+async fn docker(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {
+    let cmd = CommandSpec::new("docker", args).cwd(&ctx.release_dir).timeout(Duration::from_secs(300));
+    let out = ctx.runner.run(&cmd).await.map_err(|source| DriverError::Run { step, source })?;
+    if !out.success() {
+        return Err(DriverError::Failed { step, command: cmd.display(), code: out.code, tail: out.tail() });
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Driver for Swarm {
+    async fn validate(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        spec(ctx)?;
+        let facts = crate::engine::detect().await.map_err(|e| DriverError::Invalid(format!("validate: {e}")))?;
+        if facts.swarm != "active" {
+            return Err(DriverError::Invalid(format!(
+                "validate: this Docker engine is not part of a swarm (swarm {}): run `docker swarm init` on a manager",
+                facts.swarm
+            )));
+        }
+        Ok(())
+    }
+
+    async fn pre_deploy(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        super::docker_compose::load_images(&spec(ctx)?.images, ctx).await
+    }
+
+    async fn apply(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        let s = spec(ctx)?;
+        let before = crate::engine::stack_state(&s.project)
+            .await
+            .map(|(_, tasks)| tasks.into_iter().map(|t| t.id).collect())
+            .unwrap_or_default();
+        let file = ctx.release_dir.join(&s.file).display().to_string();
+        docker(
+            ctx,
+            "stack deploy",
+            &["stack", "deploy", "--resolve-image", "never", "--prune", "-c", &file, &s.project],
+        )
+        .await?;
+        crate::engine::wait_stack(&s.project, &before, Duration::from_secs(s.wait_timeout_secs))
+            .await
+            .map_err(|e| DriverError::Invalid(format!("stack {}: {e}", s.project)))
+    }
+
+    async fn post_deploy(&self, _ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        docker(ctx, "stack rm", &["stack", "rm", &spec(ctx)?.project]).await
+    }
+}
