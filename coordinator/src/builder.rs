@@ -180,8 +180,9 @@ fn render_compose(
     let app_dir = &project.app.path;
     let file = compose::find_compose_file(app_dir).with_context(|| {
         format!(
-            "target {:?}: platform docker_compose needs a compose.yaml or docker-compose.yml in {}",
+            "target {:?}: platform {} needs a compose.yaml or docker-compose.yml in {}",
             target.id,
+            target.platform.as_str(),
             app_dir.display()
         )
     })?;
@@ -269,7 +270,8 @@ fn for_swarm(
         }
         let deploy = svc.entry("deploy".into()).or_insert_with(|| Value::Mapping(Mapping::new()));
         let Value::Mapping(deploy) = deploy else { continue };
-        if let Some(n) = replicas {
+        let global = deploy.get("mode").and_then(Value::as_str) == Some("global");
+        if let (Some(n), false) = (replicas, global) {
             deploy.entry("replicas".into()).or_insert(Value::Number(n.into()));
         }
         if parallelism.is_some() || delay.is_some() {
@@ -485,7 +487,7 @@ mod tests {
     #[test]
     fn swarm_rendering_maps_the_seed_keys() {
         let mut m: serde_yaml_ng::Value = serde_yaml_ng::from_str(
-            "name: x\nservices:\n  web:\n    image: a\n    ports: [{ target: 80, published: '8080', mode: host }]\n  worker:\n    image: b\n    depends_on:\n      web: { condition: service_healthy }\n    deploy: { replicas: 5 }\n",
+            "name: x\nservices:\n  agentd:\n    image: c\n    deploy: { mode: global }\n  web:\n    image: a\n    ports: [{ target: 80, published: '8080', mode: host }]\n  worker:\n    image: b\n    depends_on:\n      web: { condition: service_healthy }\n    deploy: { replicas: 5 }\n",
         )
         .unwrap();
         for_swarm(&mut m, Some(2), Some(1), Some(std::time::Duration::from_secs(10)));
@@ -501,6 +503,7 @@ mod tests {
         assert_eq!(back["services"]["web"]["deploy"]["update_config"]["delay"], "10s");
         assert_eq!(back["services"]["web"]["ports"][0]["published"], 8080);
         assert!(back.get("name").is_none());
+        assert!(back["services"]["agentd"]["deploy"].get("replicas").is_none(), "global services take no replicas");
     }
 
     #[test]

@@ -27,6 +27,13 @@ async fn docker(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<
 impl Driver for Swarm {
     async fn validate(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
         spec(ctx)?;
+        // The CLI is needed for `stack deploy`; find out now, before `current` moves.
+        if crate::runner::which("docker").is_none() {
+            return Err(DriverError::Run {
+                step: "validate",
+                source: crate::runner::RunError::NotFound { program: "docker".into() },
+            });
+        }
         let facts = crate::engine::detect().await.map_err(|e| DriverError::Invalid(format!("validate: {e}")))?;
         if facts.swarm != "active" {
             return Err(DriverError::Invalid(format!(
