@@ -1333,3 +1333,50 @@ targets:
     assert!(msg.contains("rolled back to"), "{msg}");
     assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
 }
+
+#[test]
+fn quadlet_units_of_every_corpus_file_pass_the_real_generator() {
+    let quadlet = std::path::Path::new("/usr/local/libexec/dockfra/quadlet");
+    if !quadlet.is_file()
+        && skip_or_fail("Quadlet's generator at /usr/local/libexec/dockfra/quadlet (run scripts/engines)")
+    {
+        return;
+    }
+    use dockfra_common::compose;
+    use dockfra_coord::convert::quadlet::{convert, Options};
+    let corpus = workspace().join("../shared/corpus/awesome-compose");
+    let w = World::new("quadlet");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&corpus).unwrap().flatten() {
+        let Some(file) = compose::find_compose_file(&entry.path()) else { continue };
+        let opts = compose::LoadOptions { project_name: None, overrides: &Default::default(), use_process_env: false };
+        let project = compose::load(&file, &opts).unwrap();
+        for pod in [None, Some(format!("{}-pod", project.name))] {
+            let c = convert(&project.model, &Options { project: project.name.clone(), pod: pod.clone() });
+            let dir = w.path(&format!("{}-{}", project.name, pod.is_some()));
+            std::fs::create_dir_all(&dir).unwrap();
+            for u in &c.units {
+                std::fs::write(dir.join(&u.name), &u.text).unwrap();
+            }
+            let out =
+                std::process::Command::new(quadlet).arg("-dryrun").env("QUADLET_UNIT_DIRS", &dir).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}: quadlet -dryrun refused the units:\n{}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for u in c.units.iter().filter(|u| u.name.ends_with(".container")) {
+                let service = u.name.replace(".container", ".service");
+                assert!(
+                    stdout.contains(&format!("---{service}---")),
+                    "{}: no {service} generated:\n{stdout}",
+                    file.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 60, "checked {checked} unit sets");
+}

@@ -4,6 +4,7 @@
 pub mod builder;
 pub mod ca;
 pub mod cli;
+pub mod convert;
 pub mod demo;
 pub mod server;
 pub mod state;
