@@ -895,15 +895,7 @@ fn docker_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
     let w = World::new("compose");
     let (agent_port, web_port) = (free_port(), free_port());
     let project_name = format!("dkfe2e{}", std::process::id());
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("docker")
-                .args(["compose", "-p", &self.0, "down", "-t", "1", "--remove-orphans"])
-                .output();
-        }
-    }
-    let _down = Down(project_name.clone());
+    let _cleanup = DockerCleanup { compose_projects: vec![project_name.clone()], stacks: vec![], images: vec![] };
     w.write(
         "project/deploy-targets.yaml",
         &format!(
@@ -1025,33 +1017,15 @@ fn images_carried_in_the_bundle_reach_an_engine_that_lacks_them() {
     {
         return;
     }
-    let docker = |args: &[&str]| {
-        let o = std::process::Command::new("docker").args(args).output().unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
-    };
     let w = World::new("images");
     let pid = std::process::id();
     let (agent_port, web_port) = (free_port(), free_port());
     let project_name = format!("dkfimg{pid}");
     let image = format!("dkf-e2e-ship-{pid}:v1");
-    struct Cleanup(String, String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("docker").args(["compose", "-p", &self.0, "down", "-t", "1"]).output();
-            let _ = std::process::Command::new("docker").args(["rmi", "-f", &self.1]).output();
-        }
-    }
-    let _cleanup = Cleanup(project_name.clone(), image.clone());
+    let _cleanup =
+        DockerCleanup { compose_projects: vec![project_name.clone()], stacks: vec![], images: vec![image.clone()] };
     // An image with an id of its own (not shared with the base image).
-    let tmp = format!("dkf-e2e-mk-{pid}");
-    assert!(docker(&["create", "--name", &tmp, "dockfra-busybox:test", "true"]).0);
-    assert!(docker(&["commit", "-c", &format!("LABEL dockfra.e2e={pid}"), &tmp, &image]).0);
-    docker(&["rm", &tmp]);
-    let (_, image_id, _) = docker(&["image", "inspect", "--format", "{{.Id}}", &image]);
+    let image_id = make_image(&image);
 
     w.write(
         "project/deploy-targets.yaml",
@@ -1116,14 +1090,6 @@ fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
     if runner_missing("docker-registry") && skip_or_fail("Debian's docker-registry (run scripts/engines)") {
         return;
     }
-    let docker = |args: &[&str]| {
-        let o = std::process::Command::new("docker").args(args).output().unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
-    };
     let w = World::new("registry");
     let pid = std::process::id();
     let (reg_port, web_port) = (free_port(), free_port());
@@ -1131,16 +1097,11 @@ fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
     let project_name = format!("dkfreg{pid}");
     let image = format!("dkf-e2e-reg-{pid}:v1");
     let pushed = format!("{registry}/{image}");
-    struct Cleanup(String, Vec<String>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("docker").args(["compose", "-p", &self.0, "down", "-t", "1"]).output();
-            for i in &self.1 {
-                let _ = std::process::Command::new("docker").args(["rmi", "-f", i]).output();
-            }
-        }
-    }
-    let _cleanup = Cleanup(project_name.clone(), vec![image.clone(), pushed.clone()]);
+    let _cleanup = DockerCleanup {
+        compose_projects: vec![project_name.clone()],
+        stacks: vec![],
+        images: vec![image.clone(), pushed.clone()],
+    };
 
     // A registry of our own on loopback (Docker trusts 127.0.0.0/8 without TLS).
     w.write(
@@ -1161,11 +1122,7 @@ fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
     };
     wait_until("the registry", Duration::from_secs(20), || std::net::TcpStream::connect(&registry).is_ok());
 
-    let tmp = format!("dkf-e2e-mkreg-{pid}");
-    assert!(docker(&["create", "--name", &tmp, "dockfra-busybox:test", "true"]).0);
-    assert!(docker(&["commit", "-c", &format!("LABEL dockfra.e2e.registry={pid}"), &tmp, &image]).0);
-    docker(&["rm", &tmp]);
-    let (_, image_id, _) = docker(&["image", "inspect", "--format", "{{.Id}}", &image]);
+    let image_id = make_image(&image);
 
     w.write(
         "project/deploy-targets.yaml",
@@ -1229,13 +1186,7 @@ fn swarm_stack_deploy_update_rollback_and_failed_health_on_a_real_swarm() {
     let w = World::new("swarm");
     let (agent_port, web_port) = (free_port(), free_port());
     let stack = format!("dkfsw{}", std::process::id());
-    struct StackRm(String);
-    impl Drop for StackRm {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("docker").args(["stack", "rm", &self.0]).output();
-        }
-    }
-    let _rm = StackRm(stack.clone());
+    let _cleanup = DockerCleanup { compose_projects: vec![], stacks: vec![stack.clone()], images: vec![] };
     w.write(
         "project/deploy-targets.yaml",
         &format!(

@@ -301,3 +301,45 @@ pub fn snapshot(root: &Path) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// Run `docker ARGS…`: (success, trimmed stdout, stderr).
+pub fn docker(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new("docker").args(args).output().expect("docker");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// Make image `tag` from the local test image with an id of its own (a new layer of
+/// metadata), so removing it really removes it from the engine. Returns its id.
+pub fn make_image(tag: &str) -> String {
+    let tmp = format!("dkf-e2e-mk-{}-{}", std::process::id(), rand_u64());
+    assert!(docker(&["create", "--name", &tmp, "dockfra-busybox:test", "true"]).0);
+    let (ok, _, err) = docker(&["commit", "-c", &format!("LABEL dockfra.e2e={tag}"), &tmp, tag]);
+    docker(&["rm", &tmp]);
+    assert!(ok, "docker commit: {err}");
+    docker(&["image", "inspect", "--format", "{{.Id}}", tag]).1
+}
+
+/// Removes what a Docker test made (compose projects, stacks, images), also when it fails.
+pub struct DockerCleanup {
+    pub compose_projects: Vec<String>,
+    pub stacks: Vec<String>,
+    pub images: Vec<String>,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        for p in &self.compose_projects {
+            docker(&["compose", "-p", p, "down", "-t", "1", "--remove-orphans"]);
+        }
+        for s in &self.stacks {
+            docker(&["stack", "rm", s]);
+        }
+        for i in &self.images {
+            docker(&["rmi", "-f", i]);
+        }
+    }
+}

@@ -74,12 +74,7 @@ fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
 }
 
 async fn run(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {
-    let cmd = compose_command(ctx, args)?;
-    let out = ctx.runner.run(&cmd).await.map_err(|source| DriverError::Run { step, source })?;
-    if !out.success() {
-        return Err(DriverError::Failed { step, command: cmd.display(), code: out.code, tail: out.tail() });
-    }
-    Ok(())
+    super::run_step(ctx, step, &compose_command(ctx, args)?).await
 }
 
 #[tonic::async_trait]

@@ -54,6 +54,20 @@ pub trait Driver: Send + Sync {
     }
 }
 
+/// Run one step's command through the runner; a non-zero exit is a [`DriverError::Failed`]
+/// naming the step, the command and the tail of its output.
+pub(crate) async fn run_step(
+    ctx: &StepCtx<'_>,
+    step: &'static str,
+    cmd: &crate::runner::CommandSpec,
+) -> Result<(), DriverError> {
+    let out = ctx.runner.run(cmd).await.map_err(|source| DriverError::Run { step, source })?;
+    if !out.success() {
+        return Err(DriverError::Failed { step, command: cmd.display(), code: out.code, tail: out.tail() });
+    }
+    Ok(())
+}
+
 pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
     match p {
         Platform::SshRaw => Ok(Box::new(ssh_raw::SshRaw)),

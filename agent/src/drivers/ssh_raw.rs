@@ -27,12 +27,7 @@ pub fn service_command(manager: ServiceManager, name: &str) -> Option<CommandSpe
 
 async fn script(ctx: &StepCtx<'_>, step: &'static str, script: &Option<String>) -> Result<(), DriverError> {
     let Some(s) = script.as_deref().filter(|s| !s.trim().is_empty()) else { return Ok(()) };
-    let cmd = CommandSpec::script(s).cwd(&ctx.release_dir).env(&ctx.env);
-    let out = ctx.runner.run(&cmd).await.map_err(|source| DriverError::Run { step, source })?;
-    if !out.success() {
-        return Err(DriverError::Failed { step, command: s.to_string(), code: out.code, tail: out.tail() });
-    }
-    Ok(())
+    super::run_step(ctx, step, &CommandSpec::script(s).cwd(&ctx.release_dir).env(&ctx.env)).await
 }
 
 #[tonic::async_trait]

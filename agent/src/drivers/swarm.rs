@@ -16,11 +16,7 @@ fn spec<'a>(ctx: &'a StepCtx<'_>) -> Result<&'a dockfra_common::bundle::DockerCo
 
 async fn docker(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {
     let cmd = CommandSpec::new("docker", args).cwd(&ctx.release_dir).timeout(Duration::from_secs(300));
-    let out = ctx.runner.run(&cmd).await.map_err(|source| DriverError::Run { step, source })?;
-    if !out.success() {
-        return Err(DriverError::Failed { step, command: cmd.display(), code: out.code, tail: out.tail() });
-    }
-    Ok(())
+    super::run_step(ctx, step, &cmd).await
 }
 
 #[tonic::async_trait]
