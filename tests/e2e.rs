@@ -1331,3 +1331,23 @@ fn quadlet_units_of_every_corpus_file_pass_the_real_generator() {
     }
     assert!(checked >= 60, "checked {checked} unit sets");
 }
+
+/// The README's first command: `dockfra-coord demo` deploys v1, v2, rolls back, prints status.
+#[test]
+fn the_readme_demo_runs() {
+    let w = World::new("demo");
+    let mut c = std::process::Command::new(bin("dockfra-coord"));
+    c.arg("demo").env("TMPDIR", &w.dir).env("DOCKFRA_LOG", "warn");
+    let r = run(c).ok();
+    let out = r.stdout();
+    assert!(out.contains("release") && out.contains("is live and healthy"), "{out}");
+    assert!(out.contains("live index.html says: <p>version: v1</p>"), "after the rollback v1 is live again:\n{out}");
+    assert!(out.contains("demo finished"), "{out}");
+    // It cleans up after itself.
+    let left: Vec<_> = std::fs::read_dir(&w.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("dockfra-demo-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
