@@ -44,6 +44,7 @@ pub struct Inner {
     settings: CoordSettings,
     coord_identity: (String, String),
     events: broadcast::Sender<(String, proto::DeployEvent)>,
+    project_cache: Mutex<Option<((std::time::SystemTime, u64), Project)>>,
 }
 
 #[derive(Clone)]
@@ -75,6 +76,7 @@ impl Coordinator {
             project_file,
             state,
             events,
+            project_cache: Mutex::new(None),
         };
         // Fail at start-up, naming file/target/key, rather than on the first request.
         config::load(&inner.project_file)?;
@@ -85,8 +87,21 @@ impl Coordinator {
         self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The project's config, re-read only when the file changed (every poll of every agent
+    /// asks for it; an operator's edit still applies at the next call).
     fn project(&self) -> Result<Project, Status> {
-        config::load(&self.inner.project_file).map_err(|e| Status::failed_precondition(e.to_string()))
+        let file = &self.inner.project_file;
+        // Modification time and length: a cheap fingerprint of the file.
+        let stamp = std::fs::metadata(file).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut cache = self.inner.project_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(stamp), Some((at, project))) = (stamp, cache.as_ref()) {
+            if *at == stamp {
+                return Ok(project.clone());
+            }
+        }
+        let project = config::load(file).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        *cache = stamp.map(|s| (s, project.clone()));
+        Ok(project)
     }
 
     fn target(&self, id: &str) -> Result<(Project, Target), Status> {
