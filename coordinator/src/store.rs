@@ -16,6 +16,9 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+const DEPLOYMENT_COLUMNS: &str =
+    "SELECT id, target, action, bundle_id, release, version, status, reason, bytes, started_unix, finished_unix FROM deployments";
+
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "CREATE TABLE tokens (
@@ -415,29 +418,31 @@ impl Store {
     }
 
     pub fn deployment(&self, id: &str) -> Result<Option<DeploymentRow>> {
-        Ok(self.deployments(None, 1_000_000)?.into_iter().find(|d| d.id == id))
+        let mut st = self.conn.prepare(&format!("{DEPLOYMENT_COLUMNS} WHERE id = ?1"))?;
+        Ok(st.query_row([id], Self::deployment_from_row).optional()?)
+    }
+
+    fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+        Ok(DeploymentRow {
+            id: r.get(0)?,
+            target: r.get(1)?,
+            action: r.get(2)?,
+            bundle_id: r.get(3)?,
+            release: r.get(4)?,
+            version: r.get(5)?,
+            status: r.get(6)?,
+            reason: r.get(7)?,
+            bytes: r.get::<_, i64>(8)? as u64,
+            started_unix: r.get(9)?,
+            finished_unix: r.get(10)?,
+        })
     }
 
     pub fn deployments(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeploymentRow>> {
-        let mut st = self.conn.prepare(
-            "SELECT id, target, action, bundle_id, release, version, status, reason, bytes, started_unix, finished_unix
-             FROM deployments WHERE (?1 IS NULL OR target = ?1) ORDER BY started_unix DESC, rowid DESC LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![target, limit], |r| {
-            Ok(DeploymentRow {
-                id: r.get(0)?,
-                target: r.get(1)?,
-                action: r.get(2)?,
-                bundle_id: r.get(3)?,
-                release: r.get(4)?,
-                version: r.get(5)?,
-                status: r.get(6)?,
-                reason: r.get(7)?,
-                bytes: r.get::<_, i64>(8)? as u64,
-                started_unix: r.get(9)?,
-                finished_unix: r.get(10)?,
-            })
-        })?;
+        let mut st = self.conn.prepare(&format!(
+            "{DEPLOYMENT_COLUMNS} WHERE (?1 IS NULL OR target = ?1) ORDER BY started_unix DESC, rowid DESC LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![target, limit], Self::deployment_from_row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 }
@@ -466,6 +471,27 @@ mod tests {
         assert_eq!(s.next_sequence("t1").unwrap(), 1);
         assert_eq!(s.next_sequence("t1").unwrap(), 2);
         assert_eq!(s.next_sequence("t2").unwrap(), 1);
+        // Deployments: one by id, final statuses stick.
+        let d = DeploymentRow {
+            id: "d1".into(),
+            target: "t1".into(),
+            action: "deploy".into(),
+            bundle_id: "b".into(),
+            release: "1-b".into(),
+            version: "v".into(),
+            status: "queued".into(),
+            reason: String::new(),
+            bytes: 0,
+            started_unix: 1,
+            finished_unix: None,
+        };
+        s.add_deployment(&d).unwrap();
+        s.update_deployment("d1", "succeeded", "ok", true, 42).unwrap();
+        s.update_deployment("d1", "failed", "late", true, 0).unwrap();
+        let got = s.deployment("d1").unwrap().unwrap();
+        assert_eq!((got.status.as_str(), got.bytes), ("succeeded", 42));
+        assert!(got.finished_unix.is_some());
+        assert!(s.deployment("nope").unwrap().is_none());
         // Reopening runs no migration twice.
         drop(s);
         let s = Store::open(&dir.join("db")).unwrap();
