@@ -76,3 +76,16 @@ pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
         other => Err(DriverError::Unsupported(other.as_str())),
     }
 }
+
+/// A step context for driver unit tests: fixed paths, the given manifest and runner.
+#[cfg(test)]
+pub(crate) fn test_ctx<'a>(manifest: &'a Manifest, runner: &'a dyn Runner) -> StepCtx<'a> {
+    StepCtx {
+        manifest,
+        release_dir: "/tmp".into(),
+        current_link: "/tmp".into(),
+        env: BTreeMap::new(),
+        runner,
+        blobs: "/tmp".into(),
+    }
+}

@@ -116,14 +116,7 @@ mod tests {
         ] {
             let runner = FakeRunner::default();
             let man = manifest(m);
-            let ctx = StepCtx {
-                manifest: &man,
-                release_dir: "/tmp".into(),
-                current_link: "/tmp".into(),
-                env: Default::default(),
-                runner: &runner,
-                blobs: "/tmp".into(),
-            };
+            let ctx = crate::drivers::test_ctx(&man, &runner);
             SshRaw.pre_deploy(&ctx).await.unwrap();
             SshRaw.apply(&ctx).await.unwrap();
             let calls = runner.calls.lock().unwrap().clone();
@@ -134,14 +127,7 @@ mod tests {
         }
         let runner = FakeRunner::default();
         let man = manifest(ServiceManager::None);
-        let ctx = StepCtx {
-            manifest: &man,
-            release_dir: "/tmp".into(),
-            current_link: "/tmp".into(),
-            env: Default::default(),
-            runner: &runner,
-            blobs: "/tmp".into(),
-        };
+        let ctx = crate::drivers::test_ctx(&man, &runner);
         SshRaw.apply(&ctx).await.unwrap();
         assert!(runner.calls.lock().unwrap().is_empty());
     }
@@ -150,14 +136,7 @@ mod tests {
     async fn a_missing_service_manager_is_named() {
         let runner = FakeRunner { missing: vec!["supervisorctl".into()], ..Default::default() };
         let man = manifest(ServiceManager::Supervisord);
-        let ctx = StepCtx {
-            manifest: &man,
-            release_dir: "/tmp".into(),
-            current_link: "/tmp".into(),
-            env: Default::default(),
-            runner: &runner,
-            blobs: "/tmp".into(),
-        };
+        let ctx = crate::drivers::test_ctx(&man, &runner);
         let e = SshRaw.apply(&ctx).await.unwrap_err().to_string();
         assert_eq!(e, "service restart: supervisorctl not found on PATH (service_manager: supervisord)");
     }
