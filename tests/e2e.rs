@@ -399,6 +399,7 @@ fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
             ssh_raw: None,
             docker_compose: None,
             swarm: None,
+            podman: None,
             health: None,
             keep_releases: 5,
         };
@@ -1283,6 +1284,145 @@ targets:
     let msg = v["message"].as_str().unwrap();
     assert!(msg.contains("rolled back to"), "{msg}");
     assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
+}
+
+fn podman_ready() -> bool {
+    let ok = |prog: &str, args: &[&str]| {
+        std::process::Command::new(prog).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    ok("podman", &["info"]) && ok("podman-compose", &["version"])
+}
+
+/// Removes what a Podman test made on this host's Podman.
+struct PodmanCleanup {
+    project: String,
+    images: Vec<String>,
+}
+
+impl Drop for PodmanCleanup {
+    fn drop(&mut self) {
+        let podman = |args: &[&str]| std::process::Command::new("podman").args(args).output().ok();
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        if let Some(o) = podman(&["ps", "-a", "-q", "--filter", &label]) {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                podman(&["rm", "-f", "-t", "0", id]);
+            }
+        }
+        podman(&["network", "rm", "-f", &format!("{}_default", self.project)]);
+        for i in &self.images {
+            podman(&["rmi", "-f", i]);
+        }
+    }
+}
+
+/// The two-service app of the container platform tests: `web` serves HTTP and has a
+/// healthcheck (its path from HEALTH_PATH), `worker` waits for it and polls it by name.
+const TWO_SERVICES: &str = r#"services:
+  web:
+    image: ${IMAGE:-dockfra-busybox:test}
+    init: true
+    command: ["sh", "-c", "mkdir -p /www && echo 'hello ${APP_VERSION}' > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: ["${WEB_BIND:-127.0.0.1:}${WEB_PORT}:8080"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080${HEALTH_PATH:-/}"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+  worker:
+    image: ${IMAGE:-dockfra-busybox:test}
+    init: true
+    command: ["sh", "-c", "while true; do wget -q -O- http://web:8080/ > /dev/null; sleep 1; done"]
+    depends_on:
+      web: { condition: service_healthy }
+"#;
+
+#[test]
+fn podman_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
+    if !(docker_ready() && podman_ready())
+        && skip_or_fail("Podman with podman-compose, and Docker for the coordinator's images (run scripts/engines)")
+    {
+        return;
+    }
+    let w = World::new("podman");
+    let pid = std::process::id();
+    let (agent_port, web_port) = (free_port(), free_port());
+    let project = format!("dkfpod{pid}");
+    // An image this Podman has never seen: it travels in the bundle and the agent loads it.
+    let image = format!("dkf-e2e-pod-{pid}:v1");
+    let _docker = DockerCleanup { compose_projects: vec![], stacks: vec![], images: vec![image.clone()] };
+    let _podman = PodmanCleanup { project: project.clone(), images: vec![format!("localhost/{image}")] };
+    let image_id = make_image(&image);
+    let podman_has = |id: &str| {
+        std::process::Command::new("podman").args(["image", "exists", id]).status().map(|s| s.success()).unwrap()
+    };
+    assert!(!podman_has(&image_id));
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  rhel:
+    host: 127.0.0.1
+    platform: podman
+    agent: {{ mode: push, port: {agent_port} }}
+    config: {{ use_quadlet: false, rootless: false, compose_project: {project}, images: bundle }}
+    env: {{ WEB_PORT: "{web_port}", IMAGE: "{image}" }}
+    health:
+      retries: 5
+      interval: 500ms
+      checks:
+        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
+"#
+        ),
+    );
+    w.write("project/app/compose.yaml", TWO_SERVICES);
+    w.write("project/app/.env", "APP_VERSION=v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "rhel");
+    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("rhel")).ok();
+    let _a = agent.start(&w);
+    let deploy = |args: &[&str]| {
+        let r = w.coord(args);
+        (r.code(), r.json())
+    };
+
+    let (code, v) = deploy(&["deploy", "rhel", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(podman_has(&image_id), "the agent loaded the carried image into Podman");
+    assert_eq!(http_body(web_port), "hello v1");
+    assert_eq!(agent.status()["apps"][0]["health"], "healthy");
+
+    // deploy-test reports Podman as it describes itself.
+    let dt = w.coord(&["deploy-test", "rhel", "--output", "json"]).ok().json();
+    let runtimes = dt["facts"]["runtimes"].as_array().unwrap().clone();
+    let engine = runtimes.iter().find(|r| r["name"] == "podman engine").unwrap_or_else(|| panic!("{dt}"));
+    let line = engine["version"].as_str().unwrap();
+    assert!(line.contains("(rootful, ") && line.contains("socket "), "{line}");
+
+    w.write("project/app/.env", "APP_VERSION=v2\n");
+    let (code, v) = deploy(&["deploy", "rhel", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v2");
+
+    let (code, v) = deploy(&["rollback", "rhel", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v1", "v1 answers again after rollback");
+
+    // v3's healthcheck fails: Podman marks the container unhealthy, the agent rolls back.
+    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
+    let (code, v) = deploy(&["deploy", "rhel", "--output", "json"]);
+    assert_eq!(code, 3, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("unhealthy") && msg.contains("rolled back to"), "{msg}");
+    assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
+
+    // Health is read live: a container removed behind the agent's back shows.
+    let o = std::process::Command::new("podman").args(["rm", "-f", "-t", "0", &format!("{project}_web_1")]).output();
+    assert!(o.unwrap().status.success());
+    let health = agent.status()["apps"][0]["health"].as_str().unwrap().to_string();
+    assert!(health.starts_with("unhealthy") && health.contains("no container for service web"), "{health}");
 }
 
 #[test]

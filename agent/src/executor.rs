@@ -492,23 +492,30 @@ impl Executor {
         Ok(target)
     }
 
-    /// This agent's view of its apps. For `docker_compose` apps the health is read live from
-    /// the engine (the project's containers and their health), not remembered from the deploy.
+    /// This agent's view of its apps. For `docker_compose` and `podman` apps the health is read
+    /// live from the engine (the project's containers and their health), not remembered from
+    /// the deploy.
     pub async fn status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
         let mut st = self.remembered_status(facts);
         let p = self.state.persisted();
         for app in &mut st.apps {
             let Some(base) = p.apps.get(&app.app).and_then(|a| a.base.clone()) else { continue };
             let rel = AppReleases::new(base);
-            let Some(project) =
-                rel.current().and_then(|c| rel.manifest(&c)).and_then(|m| m.docker_compose).map(|d| d.project)
-            else {
-                continue;
-            };
-            app.health = match crate::engine::compose_containers(&project).await {
-                Ok(cs) => crate::engine::compose_health(&cs),
-                Err(e) => format!("unknown: {e}"),
-            };
+            let Some(m) = rel.current().and_then(|c| rel.manifest(&c)) else { continue };
+            if let Some(d) = m.docker_compose {
+                app.health = match crate::engine::compose_containers(&d.project).await {
+                    Ok(cs) => crate::engine::compose_health(&cs),
+                    Err(e) => format!("unknown: {e}"),
+                };
+            } else if let Some(p) = m.podman {
+                let runner = crate::runner::SystemRunner;
+                app.health =
+                    match crate::drivers::podman::project_health(&runner, &p.compose.project, &p.services, false).await
+                    {
+                        Ok(h) => h,
+                        Err(e) => format!("unknown: {e}"),
+                    };
+            }
         }
         st
     }

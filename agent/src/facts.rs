@@ -31,6 +31,7 @@ const PROBES: &[(&str, &str, &[&str])] = &[
     ("docker compose", "docker", &["compose", "version", "--short"]),
     ("docker-compose", "docker-compose", &["--version"]),
     ("podman", "podman", &["--version"]),
+    ("podman-compose", "podman-compose", &["version"]),
     ("kubectl", "kubectl", &["version", "--client"]),
     ("nomad", "nomad", &["version"]),
     ("systemctl", "systemctl", &["--version"]),
@@ -89,6 +90,26 @@ pub async fn detect(runner: &dyn Runner) -> proto::Facts {
                 version: format!("unreachable: {why}"),
                 path: socket,
             }),
+        }
+    }
+    // Podman: its own account of itself, and on macOS the machine that runs the containers.
+    if runtimes.iter().any(|r| r.name == "podman") {
+        use crate::drivers::podman;
+        let info = CommandSpec::new("podman", &["info", "--format", "json"]).timeout(Duration::from_secs(10));
+        let version = match runner.run(&info).await {
+            Ok(o) if o.success() => podman::info_summary(&o.stdout),
+            Ok(o) => format!("unreachable: {}", o.tail()),
+            Err(e) => format!("unreachable: {e}"),
+        };
+        runtimes.push(proto::Runtime { name: "podman engine".into(), version, path: String::new() });
+        if os == "macos" {
+            let list =
+                CommandSpec::new("podman", &["machine", "list", "--format", "json"]).timeout(Duration::from_secs(10));
+            let version = match runner.run(&list).await {
+                Ok(o) if o.success() => podman::machine_summary(&o.stdout),
+                _ => "unknown".into(),
+            };
+            runtimes.push(proto::Runtime { name: "podman machine".into(), version, path: String::new() });
         }
     }
     proto::Facts {

@@ -321,6 +321,7 @@ mod tests {
             ssh_raw: None,
             docker_compose: None,
             swarm: None,
+            podman: None,
             health: None,
             keep_releases: 2,
         }

@@ -123,11 +123,23 @@ impl Runner for SystemRunner {
     }
 }
 
-/// Records every command; answers from a script of canned outputs (default: success).
+/// Records every command; answers from a script of canned outputs (default: success, no
+/// output).
 #[derive(Default)]
 pub struct FakeRunner {
     pub calls: std::sync::Mutex<Vec<CommandSpec>>,
     pub missing: Vec<String>,
+    /// (start of the command line, stdout): the first match answers; when a later entry
+    /// matches too, the first is used up, so replies to one command come in order.
+    pub replies: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl FakeRunner {
+    /// Answer commands that start with `prefix` with `stdout` (exit 0).
+    pub fn reply(self, prefix: &str, stdout: &str) -> Self {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner()).push((prefix.into(), stdout.into()));
+        self
+    }
 }
 
 #[tonic::async_trait]
@@ -137,7 +149,16 @@ impl Runner for FakeRunner {
         if self.missing.contains(&spec.program) {
             return Err(RunError::NotFound { program: spec.program.clone() });
         }
-        Ok(Output { code: Some(0), stdout: String::new(), stderr: String::new() })
+        let line = spec.display();
+        let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let matching: Vec<usize> =
+            replies.iter().enumerate().filter(|(_, (p, _))| line.starts_with(p.as_str())).map(|(i, _)| i).collect();
+        let stdout = match matching.as_slice() {
+            [] => String::new(),
+            [only] => replies[*only].1.clone(),
+            [first, ..] => replies.remove(*first).1,
+        };
+        Ok(Output { code: Some(0), stdout, stderr: String::new() })
     }
 }
 

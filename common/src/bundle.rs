@@ -81,6 +81,37 @@ pub struct ImageRef {
     pub size: u64,
 }
 
+/// What the `podman` driver needs: the resolved compose file (run by `podman-compose`, or
+/// the source of the units), and in Quadlet mode the units rendered from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodmanSpec {
+    /// Project name, compose file, wait timeout and carried images, as for `docker_compose`.
+    pub compose: DockerComposeSpec,
+    /// Quadlet mode: unit file names (`shop-web.container`, …), each shipped in the release
+    /// under [`QUADLET_DIR`] and installed into the systemd unit dir for Quadlet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quadlet_units: Vec<String>,
+    /// The compose services: each must have a running container for the release to be up.
+    pub services: Vec<String>,
+    pub use_quadlet: bool,
+    pub rootless: bool,
+    #[serde(default)]
+    pub start_machine: bool,
+}
+
+/// Where a release carries its Quadlet units.
+pub const QUADLET_DIR: &str = ".dockfra/quadlet";
+
+/// A Quadlet unit file name dockfra may install: `NAME.container|.network|.volume|.pod`, NAME
+/// of `[A-Za-z0-9_.@-]` starting with an alphanumeric (no path, no hidden file).
+pub fn is_quadlet_unit_name(name: &str) -> bool {
+    let Some((stem, ext)) = name.rsplit_once('.') else { return false };
+    matches!(ext, "container" | "network" | "volume" | "pod")
+        && stem.len() <= 200
+        && stem.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && stem.chars().all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
+}
+
 /// Directory inside a release that holds what dockfra renders (never an app file).
 pub const RENDERED_DIR: &str = ".dockfra";
 
@@ -103,6 +134,8 @@ pub struct Manifest {
     /// `swarm`: the same shape; `project` is the stack name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm: Option<DockerComposeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub podman: Option<PodmanSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
     pub keep_releases: u32,
@@ -273,7 +306,21 @@ impl Manifest {
                 }
             }
         }
-        for img in self.docker_compose.iter().chain(&self.swarm).flat_map(|d| &d.images) {
+        if let Some(p) = &self.podman {
+            for unit in &p.quadlet_units {
+                if !is_quadlet_unit_name(unit) {
+                    return Err(BundleError::Entry {
+                        path: unit.clone(),
+                        reason: "not a Quadlet unit name (NAME.container|network|volume|pod)".into(),
+                    });
+                }
+                let path = format!("{QUADLET_DIR}/{unit}");
+                if !self.files.iter().any(|f| f.path == path && f.kind == EntryKind::File) {
+                    return Err(BundleError::Entry { path, reason: "Quadlet unit listed but not carried".into() });
+                }
+            }
+        }
+        for img in self.compose_specs().flat_map(|d| &d.images) {
             Digest::new(&img.sha256).map_err(|e| BundleError::Path { path: img.name.clone(), source: e })?;
             if img.name.is_empty()
                 || img.name.len() > 512
@@ -300,12 +347,13 @@ impl Manifest {
     /// Every blob this manifest needs, with the size it must have.
     pub fn blob_sizes(&self) -> std::collections::BTreeMap<String, u64> {
         let files = self.files.iter().filter(|f| f.kind == EntryKind::File).map(|f| (f.sha256.clone(), f.size));
-        let images = self
-            .docker_compose
-            .iter()
-            .chain(&self.swarm)
-            .flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
+        let images = self.compose_specs().flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
         files.chain(images).collect()
+    }
+
+    /// The compose-shaped sections (docker_compose, swarm, podman) this manifest has.
+    pub fn compose_specs(&self) -> impl Iterator<Item = &DockerComposeSpec> {
+        self.docker_compose.iter().chain(&self.swarm).chain(self.podman.iter().map(|p| &p.compose))
     }
 }
 
@@ -518,6 +566,7 @@ mod tests {
             ssh_raw: None,
             docker_compose: None,
             swarm: None,
+            podman: None,
             health: None,
             keep_releases: 5,
         }

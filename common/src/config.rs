@@ -207,7 +207,7 @@ impl Platform {
     pub fn config_keys(self) -> &'static [&'static str] {
         match self {
             Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images", "registry"],
-            Platform::Podman => &["use_quadlet", "rootless", "pod_name"],
+            Platform::Podman => &["use_quadlet", "rootless", "pod_name", "compose_project", "images", "start_machine"],
             Platform::Kubernetes => &["namespace", "kubeconfig", "strategy", "replicas", "resource_limits"],
             Platform::Swarm => &["stack_name", "replicas", "update_parallelism", "update_delay"],
             Platform::Nomad => &["datacenter", "job_name", "count", "driver"],
@@ -350,9 +350,18 @@ pub enum PlatformConfig {
         registry: Option<String>,
     },
     Podman {
+        /// Run the services as Quadlet units under systemd (else `podman-compose`).
         use_quadlet: bool,
+        /// The agent runs as an unprivileged user: rootless Podman, user units.
         rootless: bool,
+        /// Put every container in this pod.
         pod_name: Option<String>,
+        /// dockfra addition: the project name (container and unit prefix); default the app's.
+        compose_project: Option<String>,
+        /// dockfra addition, `images: bundle` as for `docker_compose`; the agent `podman load`s.
+        ship_images: bool,
+        /// dockfra addition, macOS: start the default `podman machine` when it is stopped.
+        start_machine: bool,
     },
     Kubernetes {
         namespace: Option<String>,
@@ -393,7 +402,14 @@ impl PlatformConfig {
                 ship_images: false,
                 registry: None,
             },
-            Platform::Podman => PlatformConfig::Podman { use_quadlet: false, rootless: false, pod_name: None },
+            Platform::Podman => PlatformConfig::Podman {
+                use_quadlet: false,
+                rootless: false,
+                pod_name: None,
+                compose_project: None,
+                ship_images: false,
+                start_machine: false,
+            },
             Platform::Kubernetes => PlatformConfig::Kubernetes {
                 namespace: None,
                 kubeconfig: None,
@@ -837,27 +853,25 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
     let s = |k: &str| f.get(k).map(|v| cx.string(&format!("config.{k}"), v)).transpose();
     let n =
         |k: &str| f.get(k).map(|v| cx.uint(&format!("config.{k}"), v, u32::MAX as u64).map(|n| n as u32)).transpose();
+    let project_name = |p: Option<String>| match p {
+        Some(p) if !is_compose_project_name(&p) => Err(cx.err(
+            "config.compose_project",
+            format!("invalid compose project name {p:?} (must match [a-z0-9][a-z0-9_-]*)"),
+        )),
+        p => Ok(p),
+    };
+    // `images: registry` (default: the engine has or pulls them) or `bundle` (carried).
+    let image_source = |v: Option<String>| match v.as_deref() {
+        None | Some("registry") => Ok(false),
+        Some("bundle") => Ok(true),
+        Some(other) => {
+            Err(cx.err("config.images", format!("unknown image source {other:?} (expected one of: registry, bundle)")))
+        }
+    };
     Ok(match platform {
         Platform::DockerCompose => {
-            let compose_project = s("compose_project")?;
-            if let Some(p) = &compose_project {
-                if !is_compose_project_name(p) {
-                    return Err(cx.err(
-                        "config.compose_project",
-                        format!("invalid compose project name {p:?} (must match [a-z0-9][a-z0-9_-]*)"),
-                    ));
-                }
-            }
-            let ship_images = match s("images")?.as_deref() {
-                None | Some("registry") => false,
-                Some("bundle") => true,
-                Some(other) => {
-                    return Err(cx.err(
-                        "config.images",
-                        format!("unknown image source {other:?} (expected one of: registry, bundle)"),
-                    ))
-                }
-            };
+            let compose_project = project_name(s("compose_project")?)?;
+            let ship_images = image_source(s("images")?)?;
             let registry = s("registry")?;
             if let Some(r) = &registry {
                 if r.contains("://") || r.is_empty() || r.chars().any(|c| c.is_whitespace() || c == '@') {
@@ -882,10 +896,21 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
             let b = |k: &str| {
                 f.get(k).map(|v| cx.boolean(&format!("config.{k}"), v)).transpose().map(|o| o.unwrap_or(false))
             };
+            let pod_name = s("pod_name")?;
+            if let Some(p) = &pod_name {
+                if !is_compose_project_name(p) {
+                    return Err(
+                        cx.err("config.pod_name", format!("invalid pod name {p:?} (must match [a-z0-9][a-z0-9_-]*)"))
+                    );
+                }
+            }
             PlatformConfig::Podman {
                 use_quadlet: b("use_quadlet")?,
                 rootless: b("rootless")?,
-                pod_name: s("pod_name")?,
+                pod_name,
+                compose_project: project_name(s("compose_project")?)?,
+                ship_images: image_source(s("images")?)?,
+                start_machine: b("start_machine")?,
             }
         }
         Platform::Kubernetes => PlatformConfig::Kubernetes {
@@ -1492,7 +1517,14 @@ mod tests {
         assert_eq!(rhel.port, None);
         assert_eq!(
             rhel.config,
-            PlatformConfig::Podman { use_quadlet: true, rootless: true, pod_name: Some("myapp-pod".into()) }
+            PlatformConfig::Podman {
+                use_quadlet: true,
+                rootless: true,
+                pod_name: Some("myapp-pod".into()),
+                compose_project: None,
+                ship_images: false,
+                start_machine: false,
+            }
         );
 
         let k8s = project.target("prod-k8s").unwrap();

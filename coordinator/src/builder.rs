@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use dockfra_common::bundle::{
-    DockerComposeSpec, EntryKind, FileEntry, ImageRef, Manifest, SshRawSpec, FORMAT, RENDERED_DIR,
+    DockerComposeSpec, EntryKind, FileEntry, ImageRef, Manifest, PodmanSpec, SshRawSpec, FORMAT, QUADLET_DIR,
+    RENDERED_DIR,
 };
 use dockfra_common::config::{Platform, PlatformConfig, Project, Target};
 use dockfra_common::paths::{Digest, SafeRelPath};
@@ -373,6 +374,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         bail!("{}: app.path {} is not a directory", project.file.display(), app_dir.display());
     }
     let mut rendered: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut podman = None;
     let (ssh_raw, docker_compose, swarm) = match (&target.platform, &target.config) {
         (
             Platform::SshRaw,
@@ -414,8 +416,46 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             rendered.push((spec.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
             (None, None, Some(spec))
         }
+        (
+            Platform::Podman,
+            PlatformConfig::Podman { use_quadlet, rootless, pod_name, compose_project, ship_images, start_machine },
+        ) => {
+            std::fs::create_dir_all(blobs)?;
+            let (mut compose, mut model, images) = render_compose(project, target, compose_project, &None, &None)?;
+            if *ship_images {
+                compose.images = save_images(blobs, &images, &target.id)?;
+            }
+            let mut quadlet_units = Vec::new();
+            if *use_quadlet {
+                use crate::convert::quadlet;
+                let opts = quadlet::Options { project: compose.project.clone(), pod: pod_name.clone() };
+                let converted = quadlet::convert(&model, &opts);
+                for w in &converted.warnings {
+                    tracing::warn!(target = %target.id, "quadlet: {w}");
+                }
+                for u in converted.units {
+                    rendered.push((format!("{QUADLET_DIR}/{}", u.name), u.text.into_bytes()));
+                    quadlet_units.push(u.name);
+                }
+            }
+            escape_dollars(&mut model);
+            rendered.push((compose.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
+            let services = match model.get("services") {
+                Some(serde_yaml_ng::Value::Mapping(m)) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
+                _ => Vec::new(),
+            };
+            podman = Some(PodmanSpec {
+                compose,
+                quadlet_units,
+                services,
+                use_quadlet: *use_quadlet,
+                rootless: *rootless,
+                start_machine: *start_machine,
+            });
+            (None, None, None)
+        }
         (p, _) => bail!(
-            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm)",
+            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm, podman)",
             target.id,
             p.as_str()
         ),
@@ -466,6 +506,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         ssh_raw,
         docker_compose,
         swarm,
+        podman,
         health: target.health.clone(),
         keep_releases: target.keep_releases,
     };

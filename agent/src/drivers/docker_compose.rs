@@ -43,17 +43,26 @@ pub(crate) async fn load_images(
             continue;
         }
         let archive = ctx.blobs.join(&img.sha256);
-        let actual = hash_file(&archive).map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
-        if actual != img.sha256 {
-            return Err(DriverError::Invalid(format!(
-                "image {}: archive {} does not match its hash (got {actual}); refused",
-                img.name, img.sha256
-            )));
-        }
+        check_archive(img, &archive)?;
         engine::load_image(&archive).await.map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
         if !engine::has_image(&img.id).await.map_err(DriverError::Invalid)? {
             return Err(DriverError::Invalid(format!("image {}: loading did not produce image {}", img.name, img.id)));
         }
+    }
+    Ok(())
+}
+
+/// Hash-check a carried image archive again right before an engine sees it.
+pub(crate) fn check_archive(
+    img: &dockfra_common::bundle::ImageRef,
+    archive: &std::path::Path,
+) -> Result<(), DriverError> {
+    let actual = hash_file(archive).map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
+    if actual != img.sha256 {
+        return Err(DriverError::Invalid(format!(
+            "image {}: archive {} does not match its hash (got {actual}); refused",
+            img.name, img.sha256
+        )));
     }
     Ok(())
 }
@@ -137,6 +146,7 @@ mod tests {
                 images: vec![],
             }),
             swarm: None,
+            podman: None,
             health: None,
             keep_releases: 5,
         };

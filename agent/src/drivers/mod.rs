@@ -10,6 +10,7 @@ use dockfra_common::config::Platform;
 use crate::runner::{RunError, Runner};
 
 pub mod docker_compose;
+pub mod podman;
 pub mod ssh_raw;
 pub mod swarm;
 
@@ -73,6 +74,7 @@ pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
         Platform::SshRaw => Ok(Box::new(ssh_raw::SshRaw)),
         Platform::DockerCompose => Ok(Box::new(docker_compose::DockerCompose)),
         Platform::Swarm => Ok(Box::new(swarm::Swarm)),
+        Platform::Podman => Ok(Box::new(podman::Podman)),
         other => Err(DriverError::Unsupported(other.as_str())),
     }
 }

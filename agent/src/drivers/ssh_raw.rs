@@ -102,6 +102,7 @@ mod tests {
             }),
             docker_compose: None,
             swarm: None,
+            podman: None,
             health: None,
             keep_releases: 5,
         }

@@ -141,6 +141,14 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
             out.units.push(Unit { name: format!("{prefix}{name}.network"), text: t });
         }
     }
+    let default_needed = services.values().filter_map(Value::as_mapping).any(|svc| joins_default(svc, opts));
+    if default_needed && !networks.iter().any(|n| n == "default") {
+        networks.push("default".into());
+        out.units.push(Unit {
+            name: format!("{prefix}default.network"),
+            text: format!("[Network]\nNetworkName={prefix}default\n"),
+        });
+    }
     let mut volumes = Vec::new();
     if let Some(vols) = model.get("volumes").and_then(Value::as_mapping) {
         for (name, def) in vols {
@@ -232,19 +240,29 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
                 }
             }
         }
+        // As in compose, a service without `networks:` joins the project's `default` network,
+        // and on each of its networks it answers to its service name.
         let svc_nets: Vec<String> = match svc.get("networks") {
             Some(Value::Mapping(m)) => m.keys().filter_map(scalar).collect(),
             Some(other) => list(other),
-            None if !networks.is_empty() => vec![],
+            None if joins_default(svc, opts) => vec!["default".into()],
             None => vec![],
         };
+        let mut joined = false;
         for n in svc_nets {
             if networks.contains(&n) {
                 let _ = writeln!(container, "Network={prefix}{n}.network");
+                joined = true;
             } else {
                 warn(&mut out, "networks", &format!("network {n} is not defined at the top level; ignored"));
             }
         }
+        if joined {
+            let _ = writeln!(container, "NetworkAlias={svc_name}");
+        }
+        // The labels compose sets, so one filter finds a project's containers in either mode.
+        let _ = writeln!(container, "Label=com.docker.compose.project={}", quote(&opts.project));
+        let _ = writeln!(container, "Label=com.docker.compose.service={}", quote(&svc_name));
         if let Some(labels) = svc.get("labels") {
             for (k, v) in pairs(labels) {
                 let _ = writeln!(container, "Label={}", quote(&format!("{k}={}", v.unwrap_or_default())));
@@ -350,15 +368,21 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
         for k in unhandled {
             warn(&mut out, k, "not supported by the Quadlet conversion; ignored");
         }
+        // Podman 4.x leaves the cid file behind on stop, and the next start refuses to run.
+        let _ = writeln!(service, "ExecStopPost=-/bin/rm -f %t/%N.cid");
         let mut text = unit;
         let _ = write!(text, "\n[Container]\n{container}");
-        if !service.is_empty() {
-            let _ = write!(text, "\n[Service]\n{service}");
-        }
+        let _ = write!(text, "\n[Service]\n{service}");
         text.push_str("\n[Install]\nWantedBy=default.target\n");
         out.units.push(Unit { name: format!("{prefix}{svc_name}.container"), text });
     }
     out
+}
+
+/// Does this service join the project's `default` network (no `networks:`, no
+/// `network_mode:`, not in a pod)?
+fn joins_default(svc: &Mapping, opts: &Options) -> bool {
+    opts.pod.is_none() && !svc.contains_key("networks") && !svc.contains_key("network_mode")
 }
 
 /// Ports in short (`"8080:80"`, `"127.0.0.1:8080:80/udp"`) or long form, as `PublishPort=` values.
@@ -468,18 +492,30 @@ volumes: { data: {} }
         );
         let c = convert(&m, &Options { project: "shop".into(), pod: None });
         let names: Vec<&str> = c.units.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["shop-front.network", "shop-data.volume", "shop-web.container", "shop-worker.container"]);
-        let web = &c.units[2].text;
+        assert_eq!(
+            names,
+            [
+                "shop-front.network",
+                "shop-default.network",
+                "shop-data.volume",
+                "shop-web.container",
+                "shop-worker.container"
+            ]
+        );
+        let web = &c.units[3].text;
         assert_eq!(
             web,
             "[Unit]\nDescription=web (compose service of shop)\n\n[Container]\nImage=docker.io/library/busybox:1.36\n\
 ContainerName=shop-web\nExec=httpd -f -p 8080\nEnvironment=\"GREETING=hello world\"\nPublishPort=127.0.0.1:8080:8080\n\
-Volume=shop-data.volume:/www\nVolume=/etc/hosts:/etc/hosts:ro\nNetwork=shop-front.network\n\
-HealthCmd=wget -q -O- http://127.0.0.1:8080/\nHealthInterval=5s\nHealthRetries=3\n\n[Service]\nRestart=always\n\n\
-[Install]\nWantedBy=default.target\n"
+Volume=shop-data.volume:/www\nVolume=/etc/hosts:/etc/hosts:ro\nNetwork=shop-front.network\nNetworkAlias=web\n\
+Label=com.docker.compose.project=shop\nLabel=com.docker.compose.service=web\n\
+HealthCmd=wget -q -O- http://127.0.0.1:8080/\nHealthInterval=5s\nHealthRetries=3\n\n[Service]\nRestart=always\n\
+ExecStopPost=-/bin/rm -f %t/%N.cid\n\n[Install]\nWantedBy=default.target\n"
         );
-        let worker = &c.units[3].text;
+        let worker = &c.units[4].text;
         assert!(worker.contains("Exec=/bin/sh -c \"sleep 3600\""), "{worker}");
+        // No `networks:`: the project's default network, reachable by service name.
+        assert!(worker.contains("Network=shop-default.network\nNetworkAlias=worker\n"), "{worker}");
         assert!(worker.contains("Requires=shop-web.service\nAfter=shop-web.service"), "{worker}");
         assert_eq!(c.warnings, ["service web: key deploy: not supported by the Quadlet conversion; ignored"]);
     }
