@@ -794,7 +794,7 @@ fn pull_agent_behind_nat_in_a_network_namespace() {
 
 fn runner_missing(program: &str) -> bool {
     !std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
+        .args(["-c", &format!("command -v {program} >/dev/null")])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
@@ -1198,7 +1198,7 @@ targets:
     platform: swarm
     agent: {{ mode: push, port: {agent_port} }}
     config: {{ stack_name: {stack}, replicas: 1, update_parallelism: 1, update_delay: 1s }}
-    env: {{ WEB_PORT: "{web_port}" }}
+    env: {{ WEB_PORT: "{web_port}", RESTART: unless-stopped }}
     health:
       retries: 10
       interval: 500ms
@@ -1322,7 +1322,8 @@ const TWO_SERVICES: &str = r#"services:
     image: ${IMAGE:-dockfra-busybox:test}
     init: true
     command: ["sh", "-c", "mkdir -p /www && echo 'hello ${APP_VERSION}' > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    ports: ["${WEB_BIND:-127.0.0.1:}${WEB_PORT}:8080"]
+    ports: ["127.0.0.1:${WEB_PORT}:8080"]
+    restart: ${RESTART:-no}
     healthcheck:
       test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080${HEALTH_PATH:-/}"]
       interval: 1s
@@ -1423,6 +1424,180 @@ targets:
     assert!(o.unwrap().status.success());
     let health = agent.status()["apps"][0]["health"].as_str().unwrap().to_string();
     assert!(health.starts_with("unhealthy") && health.contains("no container for service web"), "{health}");
+}
+
+const SYSTEMD_PODMAN: &str = "dockfra-systemd-podman:test";
+
+/// A container booting systemd with Podman and Quadlet inside (scripts/systemd-podman-image),
+/// on a network namespace of its own with nothing in it but loopback. The World's directory
+/// and the built binaries are bind-mounted at the same paths, so an agent run inside sees
+/// the same state paths as the test. Removed on drop.
+struct SystemdBox {
+    name: String,
+    pid: String,
+}
+
+impl SystemdBox {
+    fn start(w: &World) -> Self {
+        let name = format!("dkf-systemd-{}", std::process::id());
+        let _ = docker(&["rm", "-f", &name]);
+        let world = format!("{}:{}", w.dir.display(), w.dir.display());
+        let bins = bin("dockfra-agent").parent().unwrap().display().to_string();
+        let bins = format!("{bins}:{bins}:ro");
+        let (ok, _, err) = docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--pull",
+            "never",
+            "--network",
+            "none",
+            "--cgroupns=private",
+            "--cap-add",
+            "ALL",
+            "--cap-drop",
+            "SYS_RESOURCE",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "systempaths=unconfined",
+            "--tmpfs",
+            "/var/lib/containers:rw,exec,dev,suid",
+            "-v",
+            &world,
+            "-v",
+            &bins,
+            SYSTEMD_PODMAN,
+        ]);
+        assert!(ok, "docker run {SYSTEMD_PODMAN}: {err}");
+        let b = SystemdBox { pid: docker(&["inspect", "-f", "{{.State.Pid}}", &name]).1, name };
+        // Right after start systemd may not answer on its bus yet.
+        let mut state = String::new();
+        wait_until("systemd to boot in the container", Duration::from_secs(90), || {
+            state = docker(&["exec", &b.name, "systemctl", "is-system-running", "--wait"]).1;
+            state == "running" || state == "degraded"
+        });
+        if state == "degraded" {
+            let failed = docker(&["exec", &b.name, "systemctl", "--failed", "--no-legend"]).1;
+            eprintln!("systemd in {} is degraded: {failed}", b.name);
+        }
+        b
+    }
+
+    /// Run a program from this host inside the container's network namespace only.
+    fn in_netns(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.pid, "-n"].map(String::from).to_vec()
+    }
+
+    /// `docker exec` prefix for programs that must run inside the container (the agent).
+    fn exec(&self) -> Vec<String> {
+        ["docker", "exec", "-i", "-e", "DOCKFRA_LOG=dockfra_agent=debug", &self.name].map(String::from).to_vec()
+    }
+
+    fn sh(&self, cmd: &str) -> (bool, String, String) {
+        docker(&["exec", &self.name, "sh", "-c", cmd])
+    }
+
+    /// GET http://127.0.0.1:PORT/ inside the container's network namespace.
+    fn http_body(&self, port: u16) -> String {
+        let get = format!(
+            "import urllib.request as u\ntry: print(u.urlopen('http://127.0.0.1:{port}/', timeout=3).read().decode())\nexcept Exception: pass"
+        );
+        let mut c = std::process::Command::new("nsenter");
+        c.args(["-t", &self.pid, "-n", "python3", "-c", &get]);
+        c.output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    }
+}
+
+impl Drop for SystemdBox {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+    }
+}
+
+#[test]
+fn quadlet_deploy_update_rollback_and_failed_health_under_systemd() {
+    let have = docker_ready() && docker(&["image", "inspect", SYSTEMD_PODMAN]).0 && !runner_missing("nsenter");
+    if !have && skip_or_fail("Docker, nsenter and the systemd+podman image (run scripts/engines)") {
+        return;
+    }
+    let mut w = World::new("quadlet-run");
+    let sbox = SystemdBox::start(&w);
+    let web_port = free_port();
+    w.coord_prefix = sbox.in_netns();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  rhel:
+    host: 127.0.0.1
+    platform: podman
+    agent: {{ mode: pull, poll_interval: 1s }}
+    config: {{ use_quadlet: true, rootless: false, compose_project: shop, images: bundle }}
+    env: {{ WEB_PORT: "{web_port}", RESTART: unless-stopped }}
+    health:
+      retries: 10
+      interval: 500ms
+      checks:
+        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
+"#
+        ),
+    );
+    w.write("project/app/compose.yaml", TWO_SERVICES);
+    w.write("project/app/.env", "APP_VERSION=v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "rhel");
+    agent.prefix = sbox.exec();
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("rhel")).ok();
+    let _a = agent.start(&w);
+    let deploy = |args: &[&str]| {
+        let r = w.coord(args);
+        (r.code(), r.json())
+    };
+    let wait = ["--wait", "--timeout", "180s", "--output", "json"];
+
+    // The container's Podman has never seen the image: it comes in the bundle.
+    assert!(!sbox.sh("podman image exists dockfra-busybox:test").0);
+    let (code, v) = deploy(&[&["deploy", "rhel"][..], &wait].concat());
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.http_body(web_port), "hello v1");
+    assert!(sbox.sh("podman image exists dockfra-busybox:test").0);
+    // Installed as Quadlet units, marked as dockfra's, running as systemd services.
+    let (_, units, _) = sbox.sh("ls /etc/containers/systemd");
+    assert_eq!(
+        units.split_whitespace().collect::<Vec<_>>(),
+        ["shop-default.network", "shop-web.container", "shop-worker.container"]
+    );
+    let (_, active, _) = sbox.sh("systemctl is-active shop-web.service shop-worker.service");
+    assert_eq!(active.split_whitespace().collect::<Vec<_>>(), ["active", "active"], "{active}");
+    let (_, head, _) = sbox.sh("head -1 /etc/containers/systemd/shop-web.container");
+    assert!(head.starts_with("# dockfra: project=shop"), "{head}");
+
+    w.write("project/app/.env", "APP_VERSION=v2\n");
+    let (code, v) = deploy(&[&["deploy", "rhel"][..], &wait].concat());
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.http_body(web_port), "hello v2");
+
+    let (code, v) = deploy(&[&["rollback", "rhel"][..], &wait].concat());
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.http_body(web_port), "hello v1", "v1 answers again after rollback");
+    let (_, unit, _) = sbox.sh("cat /etc/containers/systemd/shop-web.container");
+    assert!(unit.contains("hello v1"), "the previous release's units are back:\n{unit}");
+
+    // v3's healthcheck fails: the agent rolls back to v1's units.
+    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
+    let (code, v) = deploy(&[&["deploy", "rhel"][..], &wait].concat());
+    assert_eq!(code, 3, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("unhealthy") && msg.contains("rolled back to"), "{msg}");
+    assert_eq!(sbox.http_body(web_port), "hello v1", "the healthy release is back");
+
+    // systemd keeps the service: a container killed behind the agent's back comes back.
+    assert!(sbox.sh("podman kill shop-web").0);
+    wait_until("systemd to restart shop-web", Duration::from_secs(60), || sbox.http_body(web_port) == "hello v1");
 }
 
 #[test]

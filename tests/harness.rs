@@ -15,7 +15,7 @@ pub fn bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug").join(name);
     assert!(p.is_file(), "{} not built: run `cargo build --workspace` first (scripts/test does it)", p.display());
-    p
+    p.canonicalize().expect("binary path")
 }
 
 pub fn workspace() -> PathBuf {

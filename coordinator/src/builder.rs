@@ -164,6 +164,47 @@ fn escape_dollars(v: &mut serde_yaml_ng::Value) {
     }
 }
 
+/// The resolved compose model as the file the agent runs: JSON, which every YAML parser reads
+/// the same way. Plain YAML output leaves strings such as `no`, `on` or `yes` unquoted, and
+/// YAML 1.1 readers (podman-compose's PyYAML, the yaml.v2 behind `docker stack deploy`) take
+/// them for booleans: `restart: "no"` became `False`.
+fn render_json(model: &serde_yaml_ng::Value) -> Vec<u8> {
+    use serde_json::Value as J;
+    use serde_yaml_ng::Value as Y;
+    fn conv(v: &Y) -> J {
+        match v {
+            Y::Null => J::Null,
+            Y::Bool(b) => J::Bool(*b),
+            Y::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    J::from(i)
+                } else if let Some(u) = n.as_u64() {
+                    J::from(u)
+                } else {
+                    n.as_f64().and_then(serde_json::Number::from_f64).map(J::Number).unwrap_or(J::Null)
+                }
+            }
+            Y::String(s) => J::String(s.clone()),
+            Y::Sequence(seq) => J::Array(seq.iter().map(conv).collect()),
+            Y::Mapping(m) => J::Object(
+                m.iter()
+                    .map(|(k, v)| {
+                        let key = match k {
+                            Y::String(s) => s.clone(),
+                            other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
+                        };
+                        (key, conv(v))
+                    })
+                    .collect(),
+            ),
+            Y::Tagged(t) => conv(&t.value),
+        }
+    }
+    let mut out = serde_json::to_vec_pretty(&conv(model)).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
 /// Resolve the app's compose file for a `docker_compose` target: interpolated with the app
 /// dir's `.env` and the target's `env:` (never the coordinator's own environment, so a bundle
 /// does not depend on who built it), the target's `restart_policy`/`pull_policy` applied to
@@ -405,7 +446,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
                 rename_images(&mut model, &moved);
             }
             escape_dollars(&mut model);
-            rendered.push((spec.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
+            rendered.push((spec.file.clone(), render_json(&model)));
             (None, Some(spec), None)
         }
         (Platform::Swarm, PlatformConfig::Swarm { stack_name, replicas, update_parallelism, update_delay }) => {
@@ -413,7 +454,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             let (spec, mut model, _) = render_compose(project, target, stack_name, &None, &None)?;
             for_swarm(&mut model, *replicas, *update_parallelism, *update_delay);
             escape_dollars(&mut model);
-            rendered.push((spec.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
+            rendered.push((spec.file.clone(), render_json(&model)));
             (None, None, Some(spec))
         }
         (
@@ -439,7 +480,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
                 }
             }
             escape_dollars(&mut model);
-            rendered.push((compose.file.clone(), serde_yaml_ng::to_string(&model)?.into_bytes()));
+            rendered.push((compose.file.clone(), render_json(&model)));
             let services = match model.get("services") {
                 Some(serde_yaml_ng::Value::Mapping(m)) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
                 _ => Vec::new(),
@@ -524,6 +565,18 @@ pub fn open_blob(blobs: &Path, digest: &str) -> std::io::Result<(u64, std::fs::F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_compose_keeps_yaml_1_1_words_strings() {
+        let m: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str("services:\n  web:\n    restart: \"no\"\n    environment: { DEBUG: \"on\", N: 3 }\n    ports: [\"80:80\"]\n")
+                .unwrap();
+        let text = String::from_utf8(render_json(&m)).unwrap();
+        assert!(text.contains(r#""restart": "no""#) && text.contains(r#""DEBUG": "on""#), "{text}");
+        assert!(text.contains(r#""N": 3"#) && text.contains(r#""80:80""#), "{text}");
+        // Still YAML: read back, it is the same model.
+        assert_eq!(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap(), m);
+    }
 
     #[test]
     fn swarm_rendering_maps_the_seed_keys() {

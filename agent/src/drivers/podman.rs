@@ -265,7 +265,7 @@ async fn compose_tool(runner: &dyn Runner) -> Result<Vec<String>, DriverError> {
     }
 }
 
-async fn compose(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {
+async fn compose(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<Output, DriverError> {
     let s = spec(ctx)?;
     let tool = compose_tool(ctx.runner).await?;
     let file = ctx.release_dir.join(&s.compose.file).display().to_string();
@@ -275,7 +275,14 @@ async fn compose(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result
     let cmd = CommandSpec::new(&tool[0], &argv)
         .cwd(&ctx.release_dir)
         .timeout(Duration::from_secs(s.compose.wait_timeout_secs + 60));
-    run_ok(ctx.runner, step, &cmd).await.map(|_| ())
+    run_ok(ctx.runner, step, &cmd).await
+}
+
+/// The `Error:` lines of a podman-compose run (it exits 0 even when a container failed).
+fn compose_errors(out: &Output) -> String {
+    let lines: Vec<&str> =
+        out.stdout.lines().chain(out.stderr.lines()).filter(|l| l.trim_start().starts_with("Error")).collect();
+    lines.join(" | ")
 }
 
 /// Remove the project's containers (whatever release made them).
@@ -456,7 +463,12 @@ impl Driver for Podman {
             }
         } else {
             remove_containers(ctx, &s.compose.project).await?;
-            compose(ctx, "compose up", &["up", "-d"]).await?;
+            let up = compose(ctx, "compose up", &["up", "-d"]).await?;
+            let errors = compose_errors(&up);
+            return wait_healthy(ctx, s).await.map_err(|e| match errors.is_empty() {
+                true => e,
+                false => DriverError::Invalid(format!("{e} (podman-compose up: {errors})")),
+            });
         }
         wait_healthy(ctx, s).await
     }
@@ -478,7 +490,7 @@ impl Driver for Podman {
             Ok(())
         } else {
             remove_containers(ctx, &s.compose.project).await?;
-            compose(ctx, "compose down", &["down"]).await
+            compose(ctx, "compose down", &["down"]).await.map(|_| ())
         }
     }
 }

@@ -134,9 +134,11 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
                 out.warnings.push(format!("network {name}: external networks are expected to exist; no unit made"));
                 continue;
             }
-            if def.get("internal").and_then(Value::as_bool) == Some(true) {
+            let internal = def.get("internal").and_then(Value::as_bool) == Some(true);
+            if internal {
                 t.push_str("Internal=true\n");
             }
+            t.push_str(&create_first("network", &format!("{prefix}{name}"), if internal { "--internal " } else { "" }));
             networks.push(name.clone());
             out.units.push(Unit { name: format!("{prefix}{name}.network"), text: t });
         }
@@ -144,9 +146,10 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
     let default_needed = services.values().filter_map(Value::as_mapping).any(|svc| joins_default(svc, opts));
     if default_needed && !networks.iter().any(|n| n == "default") {
         networks.push("default".into());
+        let name = format!("{prefix}default");
         out.units.push(Unit {
-            name: format!("{prefix}default.network"),
-            text: format!("[Network]\nNetworkName={prefix}default\n"),
+            name: format!("{name}.network"),
+            text: format!("[Network]\nNetworkName={name}\n{}", create_first("network", &name, "")),
         });
     }
     let mut volumes = Vec::new();
@@ -163,7 +166,10 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
             volumes.push(name.clone());
             out.units.push(Unit {
                 name: format!("{prefix}{name}.volume"),
-                text: format!("[Volume]\nVolumeName={prefix}{name}\n"),
+                text: format!(
+                    "[Volume]\nVolumeName={prefix}{name}\n{}",
+                    create_first("volume", &format!("{prefix}{name}"), "")
+                ),
             });
         }
     }
@@ -370,6 +376,8 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
         }
         // Podman 4.x leaves the cid file behind on stop, and the next start refuses to run.
         let _ = writeln!(service, "ExecStopPost=-/bin/rm -f %t/%N.cid");
+        // A container stopped by SIGTERM is a clean stop, not a failed unit.
+        let _ = writeln!(service, "SuccessExitStatus=143");
         let mut text = unit;
         let _ = write!(text, "\n[Container]\n{container}");
         let _ = write!(text, "\n[Service]\n{service}");
@@ -377,6 +385,15 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
         out.units.push(Unit { name: format!("{prefix}{svc_name}.container"), text });
     }
     out
+}
+
+/// `[Service]` lines that make a `.network`/`.volume` unit work with Podman before 4.4 too:
+/// Quadlet always runs `podman network|volume create --ignore NAME`, and Podman 4.3 knows no
+/// `--ignore` (exit 125). The resource is created first, idempotently, and that exit accepted.
+fn create_first(kind: &str, name: &str, flags: &str) -> String {
+    format!(
+        "\n[Service]\nExecStartPre=/bin/sh -c 'podman {kind} exists {name} || exec podman {kind} create {flags}{name}'\nSuccessExitStatus=125\n"
+    )
 }
 
 /// Does this service join the project's `default` network (no `networks:`, no
@@ -510,7 +527,7 @@ ContainerName=shop-web\nExec=httpd -f -p 8080\nEnvironment=\"GREETING=hello worl
 Volume=shop-data.volume:/www\nVolume=/etc/hosts:/etc/hosts:ro\nNetwork=shop-front.network\nNetworkAlias=web\n\
 Label=com.docker.compose.project=shop\nLabel=com.docker.compose.service=web\n\
 HealthCmd=wget -q -O- http://127.0.0.1:8080/\nHealthInterval=5s\nHealthRetries=3\n\n[Service]\nRestart=always\n\
-ExecStopPost=-/bin/rm -f %t/%N.cid\n\n[Install]\nWantedBy=default.target\n"
+ExecStopPost=-/bin/rm -f %t/%N.cid\nSuccessExitStatus=143\n\n[Install]\nWantedBy=default.target\n"
         );
         let worker = &c.units[4].text;
         assert!(worker.contains("Exec=/bin/sh -c \"sleep 3600\""), "{worker}");
