@@ -1083,6 +1083,112 @@ targets:
 }
 
 #[test]
+fn build_services_are_built_on_the_coordinator_and_carried() {
+    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
+    {
+        return;
+    }
+    let w = World::new("build");
+    let (agent_port, web_port) = (free_port(), free_port());
+    let project_name = format!("dkfbuild{}", std::process::id());
+    struct Built(String);
+    impl Drop for Built {
+        fn drop(&mut self) {
+            let (_, ids, _) = docker(&["images", "-q", "--filter", &format!("reference={}-web", self.0)]);
+            for id in ids.split_whitespace() {
+                docker(&["rmi", "-f", id]);
+            }
+        }
+    }
+    let _cleanup = DockerCleanup { compose_projects: vec![project_name.clone()], stacks: vec![], images: vec![] };
+    let _built = Built(project_name.clone());
+    let targets = |extra: &str| {
+        format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  vps:
+    host: 127.0.0.1
+    platform: docker_compose
+    agent: {{ mode: push, port: {agent_port} }}
+    config: {{ compose_project: {project_name}, pull_policy: never{extra} }}
+    env: {{ WEB_PORT: "{web_port}" }}
+    keep_releases: 1
+"#
+        )
+    };
+    w.write("project/deploy-targets.yaml", &targets(""));
+    w.write(
+        "project/app/compose.yaml",
+        r#"services:
+  web:
+    build: { context: ./web, args: { GREETING: built } }
+    init: true
+    ports: ["127.0.0.1:${WEB_PORT}:8080"]
+"#,
+    );
+    w.write(
+        "project/app/web/Dockerfile",
+        "FROM dockfra-busybox:test\nARG GREETING\nCOPY index.html /www/index.html\nRUN sed -i \"s/^/$GREETING /\" /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    );
+    w.write("project/app/web/index.html", "v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "vps");
+    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("vps")).ok();
+    let _a = agent.start(&w);
+
+    // Nothing would carry a built image to the target: refused, naming service and fix.
+    let r = w.coord(&["deploy", "vps"]).fails();
+    let err = r.stderr();
+    assert!(err.contains("service \"web\"") && err.contains("images: bundle"), "{err}");
+    assert!(agent.status()["apps"].as_array().unwrap().is_empty(), "nothing was deployed");
+
+    w.write("project/deploy-targets.yaml", &targets(", images: bundle"));
+    let r = w.coord(&["deploy", "vps", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert_eq!(http_body(web_port), "built v1");
+    let file = agent.state.join("apps/shop/current/.dockfra/compose.yaml");
+    let v1: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let image_v1 = v1["services"]["web"]["image"].as_str().unwrap().to_string();
+    assert!(image_v1.starts_with(&format!("{project_name}-web:b-")) && v1["services"]["web"].get("build").is_none());
+
+    // New content, new image (and tag); the old release keeps naming its own.
+    w.write("project/app/web/index.html", "v2\n");
+    let r = w.coord(&["deploy", "vps", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert_eq!(http_body(web_port), "built v2");
+    let v2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_ne!(v2["services"]["web"]["image"].as_str().unwrap(), image_v1);
+    let r = w.coord(&["rollback", "vps", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert_eq!(http_body(web_port), "built v1");
+
+    // A build that fails names the target and the service; nothing is queued.
+    w.write("project/app/web/Dockerfile", "FROM dockfra-busybox:test\nRUN exit 3\n");
+    let err = w.coord(&["deploy", "vps"]).fails().stderr();
+    assert!(err.contains("target \"vps\": service \"web\"") && err.contains("docker build"), "{err}");
+    assert_eq!(http_body(web_port), "built v1");
+
+    // v3 while v1 is current: with keep_releases 1, v2's release is pruned and so is its image;
+    // v1's (the release to roll back to) and v3's stay.
+    let image_v2 = v2["services"]["web"]["image"].as_str().unwrap().to_string();
+    w.write(
+        "project/app/web/Dockerfile",
+        "FROM dockfra-busybox:test\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    );
+    w.write("project/app/web/index.html", "v3\n");
+    let r = w.coord(&["deploy", "vps", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert_eq!(http_body(web_port), "v3");
+    assert!(!docker(&["image", "inspect", &image_v2]).0, "v2's image went with its release");
+    assert!(docker(&["image", "inspect", &image_v1]).0, "the previous release's image stays");
+    let r = w.coord(&["rollback", "vps", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert_eq!(http_body(web_port), "built v1");
+}
+
+#[test]
 fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
     if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
     {

@@ -61,6 +61,13 @@ pub async fn has_image(image: &str) -> Result<bool, String> {
 }
 
 /// Load a `docker save` archive into the engine, streamed from disk.
+/// Remove an image by id, never forced: an image a container uses, or one tagged more than
+/// once, stays (the engine's refusal is returned).
+pub async fn remove_image(id: &str) -> Result<(), String> {
+    let opts = bollard::query_parameters::RemoveImageOptions { force: false, noprune: false, ..Default::default() };
+    client().await?.remove_image(id, Some(opts), None).await.map(|_| ()).map_err(|e| format!("remove {id}: {e}"))
+}
+
 pub async fn load_image(archive: &std::path::Path) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
     use tokio_stream::StreamExt;

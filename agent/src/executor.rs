@@ -290,9 +290,21 @@ impl Executor {
         let _ = step(&mut journal, Phase::Pruned);
         let keep = m.keep_releases as usize;
         let protect: Vec<&str> = previous.iter().map(String::as_str).collect();
+        let manifests: Vec<(String, Manifest)> =
+            rel.list().into_iter().filter_map(|r| rel.manifest(&r.name).map(|m| (r.name, m))).collect();
         let removed = rel.prune(keep, &protect);
         if !removed.is_empty() {
             em.send("Pruned", format!("pruned {}", removed.join(", ")));
+            let unused = images_only_in(&manifests, &removed);
+            if !unused.is_empty() {
+                let (gone, kept) = driver.remove_images(&ctx, &unused).await;
+                if !gone.is_empty() {
+                    em.send("Pruned", format!("removed image(s) no kept release uses: {}", gone.join(", ")));
+                }
+                for k in kept {
+                    tracing::info!("image kept: {k}");
+                }
+            }
         }
         let _ = self.state.clear_journal();
         em.finish("succeeded", &name, format!("release {name} (version {}) is live and healthy", m.version))
@@ -544,5 +556,68 @@ impl Executor {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Images carried by the `removed` releases and by none of the others (compared by image id):
+/// what pruning may take from the engine without touching what a kept release needs.
+fn images_only_in(manifests: &[(String, Manifest)], removed: &[String]) -> Vec<bundle::ImageRef> {
+    let carried = |m: &Manifest| m.compose_specs().flat_map(|c| c.images.clone()).collect::<Vec<_>>();
+    let kept: std::collections::BTreeSet<String> =
+        manifests.iter().filter(|(n, _)| !removed.contains(n)).flat_map(|(_, m)| carried(m)).map(|i| i.id).collect();
+    let mut out: Vec<bundle::ImageRef> = Vec::new();
+    for img in manifests.iter().filter(|(n, _)| removed.contains(n)).flat_map(|(_, m)| carried(m)) {
+        if !kept.contains(&img.id) && !out.iter().any(|o| o.id == img.id) {
+            out.push(img);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dockfra_common::bundle::{DockerComposeSpec, ImageRef, FORMAT};
+    use dockfra_common::config::Platform;
+
+    fn with_images(ids: &[&str]) -> Manifest {
+        let images = ids
+            .iter()
+            .map(|id| ImageRef { name: format!("img-{id}"), id: (*id).into(), sha256: "0".repeat(64), size: 1 })
+            .collect();
+        Manifest {
+            format: FORMAT,
+            target: "t".into(),
+            app: "a".into(),
+            version: "v".into(),
+            sequence: 1,
+            platform: Platform::DockerCompose,
+            created_unix: 0,
+            files: vec![],
+            ssh_raw: None,
+            docker_compose: Some(DockerComposeSpec {
+                project: "p".into(),
+                file: "f".into(),
+                wait_timeout_secs: 1,
+                images,
+            }),
+            swarm: None,
+            podman: None,
+            health: None,
+            keep_releases: 1,
+        }
+    }
+
+    #[test]
+    fn pruning_takes_only_images_no_kept_release_carries() {
+        let all = vec![
+            ("1".to_string(), with_images(&["A", "shared"])),
+            ("2".to_string(), with_images(&["B", "B"])),
+            ("3".to_string(), with_images(&["C", "shared"])),
+        ];
+        let ids = |v: Vec<ImageRef>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(ids(images_only_in(&all, &["1".into(), "2".into()])), ["A", "B"]);
+        assert_eq!(ids(images_only_in(&all, &["3".into()])), ["C"]);
+        assert!(images_only_in(&all, &[]).is_empty());
     }
 }

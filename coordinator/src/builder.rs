@@ -216,6 +216,7 @@ fn render_compose(
     compose_project: &Option<String>,
     pull_policy: &Option<String>,
     restart_policy: &Option<String>,
+    can_ship: bool,
 ) -> Result<(DockerComposeSpec, serde_yaml_ng::Value, Vec<String>)> {
     use dockfra_common::compose;
     use serde_yaml_ng::Value;
@@ -242,16 +243,31 @@ fn render_compose(
     }
     let mut model = cp.model.clone();
     let mut images: Vec<String> = Vec::new();
+    let compose_dir = file.parent().unwrap_or(app_dir).to_path_buf();
     if let Some(Value::Mapping(services)) = model.get_mut("services") {
         for (name, svc) in services.iter_mut() {
             let Value::Mapping(svc) = svc else { continue };
+            let name = name.as_str().unwrap_or("?");
+            if let Some(build) = svc.remove("build") {
+                if !can_ship {
+                    bail!(
+                        "target {:?}: service {name:?} in {} is built from source (`build:`), but nothing would carry the image to the target: set `images: bundle`{}",
+                        target.id,
+                        file.display(),
+                        if target.platform == Platform::DockerCompose { " or `registry: HOST[:PORT]`" } else { "" }
+                    );
+                }
+                let repo = svc.get("image").and_then(Value::as_str).map(String::from);
+                let built = build_image(&compose_dir, &cp.name, name, repo.as_deref(), &build)
+                    .with_context(|| format!("target {:?}: service {name:?} in {}", target.id, file.display()))?;
+                svc.insert("image".into(), Value::String(built));
+            }
             match svc.get("image").and_then(Value::as_str) {
                 Some(img) if !images.iter().any(|i| i == img) => images.push(img.to_string()),
                 Some(_) => {}
                 None => bail!(
-                    "target {:?}: service {:?} in {} has no `image:` (`build:` services are not supported yet)",
+                    "target {:?}: service {name:?} in {} has no `image:` and no `build:`",
                     target.id,
-                    name.as_str().unwrap_or("?"),
                     file.display()
                 ),
             }
@@ -328,6 +344,99 @@ fn for_swarm(
             }
         }
     }
+}
+
+/// Build one `build:` service with the coordinator's engine (`docker build`, classic builder:
+/// nothing is pulled when the base image is local). The image is tagged
+/// `<image: repo, else PROJECT-SERVICE>:b-<12 hex of its id>`, so a rebuild with different
+/// content gets a new tag and an older release keeps naming its own image.
+fn build_image(
+    compose_dir: &Path,
+    project: &str,
+    service: &str,
+    repo: Option<&str>,
+    build: &serde_yaml_ng::Value,
+) -> Result<String> {
+    use serde_yaml_ng::Value;
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let (context, dockerfile, target, args): (String, Option<String>, Option<String>, Vec<String>) = match build {
+        Value::String(c) => (c.clone(), None, None, vec![]),
+        Value::Mapping(m) => {
+            for k in m.keys().filter_map(Value::as_str) {
+                if !["context", "dockerfile", "args", "target"].contains(&k) {
+                    bail!("build.{k} is not supported (supported: context, dockerfile, args, target)");
+                }
+            }
+            let args = match m.get("args") {
+                Some(Value::Mapping(a)) => a
+                    .iter()
+                    .filter_map(|(k, v)| Some(format!("{}={}", scalar(k)?, scalar(v).unwrap_or_default())))
+                    .collect(),
+                Some(Value::Sequence(a)) => a.iter().filter_map(scalar).collect(),
+                _ => vec![],
+            };
+            (
+                m.get("context").and_then(scalar).unwrap_or_else(|| ".".into()),
+                m.get("dockerfile").and_then(scalar),
+                m.get("target").and_then(scalar),
+                args,
+            )
+        }
+        _ => bail!("build: must be a path or a mapping"),
+    };
+    if context.contains("://") || context.starts_with("git@") {
+        bail!("build.context {context:?}: only a local directory can be built here");
+    }
+    let dir = compose_dir.join(&context);
+    if !dir.is_dir() {
+        bail!("build.context {} is not a directory", dir.display());
+    }
+    let mut cmd = std::process::Command::new("docker");
+    cmd.env("DOCKER_BUILDKIT", "0").args(["build", "-q"]);
+    if let Some(f) = &dockerfile {
+        cmd.arg("-f").arg(dir.join(f));
+    }
+    if let Some(t) = &target {
+        cmd.args(["--target", t]);
+    }
+    for a in &args {
+        cmd.args(["--build-arg", a]);
+    }
+    cmd.arg(&dir);
+    let o = cmd.output().context("cannot run docker (build: services are built with the coordinator's engine)")?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(8).collect();
+        bail!("docker build {} failed:\n{}", dir.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let hex = id.trim_start_matches("sha256:");
+    if hex.len() < 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("docker build printed no image id (got {id:?})");
+    }
+    let repo = match repo {
+        // The repository part of `image:` (a tag or digest given there is replaced).
+        Some(r) => {
+            let r = r.split('@').next().unwrap_or(r);
+            match r.rsplit_once(':') {
+                Some((head, tag)) if !tag.contains('/') => head.to_string(),
+                _ => r.to_string(),
+            }
+        }
+        None => format!("{project}-{}", service.to_ascii_lowercase()),
+    };
+    let name = format!("{repo}:b-{}", &hex[..12]);
+    let o = std::process::Command::new("docker").args(["tag", &id, &name]).output()?;
+    if !o.status.success() {
+        bail!("docker tag {id} {name} failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+    }
+    tracing::info!(service, image = %name, "built");
+    Ok(name)
 }
 
 /// `registry: R`: tag each image as `R/<name without its registry>` and push it; returns
@@ -437,7 +546,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         ) => {
             std::fs::create_dir_all(blobs)?;
             let (mut spec, mut model, images) =
-                render_compose(project, target, compose_project, pull_policy, restart_policy)?;
+                render_compose(project, target, compose_project, pull_policy, restart_policy, *ship_images || registry.is_some())?;
             if *ship_images {
                 spec.images = save_images(blobs, &images, &target.id)?;
             }
@@ -451,7 +560,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         }
         (Platform::Swarm, PlatformConfig::Swarm { stack_name, replicas, update_parallelism, update_delay }) => {
             std::fs::create_dir_all(blobs)?;
-            let (spec, mut model, _) = render_compose(project, target, stack_name, &None, &None)?;
+            let (spec, mut model, _) = render_compose(project, target, stack_name, &None, &None, false)?;
             for_swarm(&mut model, *replicas, *update_parallelism, *update_delay);
             escape_dollars(&mut model);
             rendered.push((spec.file.clone(), render_json(&model)));
@@ -462,7 +571,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             PlatformConfig::Podman { use_quadlet, rootless, pod_name, compose_project, ship_images, start_machine },
         ) => {
             std::fs::create_dir_all(blobs)?;
-            let (mut compose, mut model, images) = render_compose(project, target, compose_project, &None, &None)?;
+            let (mut compose, mut model, images) = render_compose(project, target, compose_project, &None, &None, *ship_images)?;
             if *ship_images {
                 compose.images = save_images(blobs, &images, &target.id)?;
             }

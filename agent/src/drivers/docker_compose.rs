@@ -118,6 +118,21 @@ impl Driver for DockerCompose {
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
         run(ctx, "compose down", &["down", "--remove-orphans", "--timeout", "10"]).await
     }
+
+    async fn remove_images(
+        &self,
+        _ctx: &StepCtx<'_>,
+        images: &[dockfra_common::bundle::ImageRef],
+    ) -> (Vec<String>, Vec<String>) {
+        let (mut gone, mut kept) = (Vec::new(), Vec::new());
+        for img in images {
+            match crate::engine::remove_image(&img.id).await {
+                Ok(()) => gone.push(img.name.clone()),
+                Err(e) => kept.push(format!("{}: {e}", img.name)),
+            }
+        }
+        (gone, kept)
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use dockfra_common::bundle::Manifest;
+use dockfra_common::bundle::{ImageRef, Manifest};
 use dockfra_common::config::Platform;
 
 use crate::runner::{RunError, Runner};
@@ -52,6 +52,11 @@ pub trait Driver: Send + Sync {
     /// Stop what `apply` started, when a first release fails and there is nothing to go back to.
     async fn teardown(&self, _ctx: &StepCtx<'_>) -> Result<(), DriverError> {
         Ok(())
+    }
+    /// Remove images that pruned releases carried and no kept release carries. Returns what
+    /// it removed and what the engine refused to remove (in use, tagged elsewhere), with why.
+    async fn remove_images(&self, _ctx: &StepCtx<'_>, _images: &[ImageRef]) -> (Vec<String>, Vec<String>) {
+        (Vec::new(), Vec::new())
     }
 }
 

@@ -477,6 +477,21 @@ impl Driver for Podman {
         Ok(())
     }
 
+    async fn remove_images(
+        &self,
+        ctx: &StepCtx<'_>,
+        images: &[dockfra_common::bundle::ImageRef],
+    ) -> (Vec<String>, Vec<String>) {
+        let (mut gone, mut kept) = (Vec::new(), Vec::new());
+        for img in images {
+            match run_ok(ctx.runner, "podman rmi", &podman(&["rmi", &img.id])).await {
+                Ok(_) => gone.push(img.name.clone()),
+                Err(e) => kept.push(format!("{}: {e}", img.name)),
+            }
+        }
+        (gone, kept)
+    }
+
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
         let s = spec(ctx)?;
         if s.use_quadlet {
