@@ -1303,7 +1303,7 @@ targets:
     host: 127.0.0.1
     platform: swarm
     agent: {{ mode: push, port: {agent_port} }}
-    config: {{ stack_name: {stack}, replicas: 1, update_parallelism: 1, update_delay: 1s }}
+    config: {{ stack_name: {stack}, replicas: 1, update_parallelism: 1, update_delay: 1s, images: bundle }}
     env: {{ WEB_PORT: "{web_port}", RESTART: unless-stopped }}
     health:
       retries: 10
@@ -1361,6 +1361,8 @@ targets:
     let (code, v) = deploy(&["deploy", "swarm-cluster", "--output", "json"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(http_body(web_port), "hello v1");
+    let bytes = v["bytes_received"].as_u64().unwrap();
+    assert!(bytes > 1 << 20, "images: bundle carries the image to the manager ({bytes} bytes)");
     // The seed's keys reached the stack.
     let o = std::process::Command::new("docker")
         .args([
@@ -1390,6 +1392,19 @@ targets:
     let msg = v["message"].as_str().unwrap();
     assert!(msg.contains("rolled back to"), "{msg}");
     assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
+
+    // Between deploys, health is read live from the task states: a web task that cannot be
+    // placed shows, naming the service and why.
+    assert_eq!(agent.status()["apps"][0]["health"], "healthy");
+    let web = format!("{stack}_web");
+    let (ok, _, err) =
+        docker(&["service", "update", "--detach", "--constraint-add", "node.labels.dkfnowhere==1", &web]);
+    assert!(ok, "{err}");
+    let mut health = String::new();
+    wait_until("the unplaceable task to show in status", Duration::from_secs(60), || {
+        health = agent.status()["apps"][0]["health"].as_str().unwrap_or_default().to_string();
+        health.starts_with("unhealthy") && health.contains(&format!("{web} 0/1 running"))
+    });
 }
 
 fn podman_ready() -> bool {

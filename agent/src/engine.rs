@@ -255,6 +255,36 @@ pub fn stack_verdict(
     StackVerdict::Converged
 }
 
+/// A deployed stack's health between deploys, from its services and tasks: `healthy` when
+/// every replicated service runs its replicas (swarm replaces a task whose healthcheck fails,
+/// so a failing service shows as short of replicas), else `unhealthy: web 0/1 running (…)`.
+pub fn stack_health(services: &[(String, Option<i64>)], tasks: &[StackTask]) -> String {
+    if services.is_empty() {
+        return "unhealthy: no services".into();
+    }
+    let mut bad = Vec::new();
+    for (name, replicas) in services {
+        let mine: Vec<&StackTask> = tasks.iter().filter(|t| &t.service == name).collect();
+        let running = mine.iter().filter(|t| t.desired == "running" && t.state == "running").count() as i64;
+        let want = replicas.unwrap_or_else(|| running.max(1));
+        if running < want {
+            let why = mine
+                .iter()
+                .find(|t| t.desired == "running" && t.state != "running")
+                .map(
+                    |t| if t.err.is_empty() { format!(" ({})", t.state) } else { format!(" ({}: {})", t.state, t.err) },
+                )
+                .unwrap_or_default();
+            bad.push(format!("{name} {running}/{want} running{why}"));
+        }
+    }
+    if bad.is_empty() {
+        "healthy".into()
+    } else {
+        format!("unhealthy: {}", bad.join(", "))
+    }
+}
+
 /// Poll until the stack has converged and stayed so (the engine's states lag), a task of
 /// this deploy fails, or `timeout` passes.
 pub async fn wait_stack(
@@ -288,6 +318,25 @@ pub async fn wait_stack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_health_between_deploys() {
+        let t = |svc: &str, desired: &str, state: &str, err: &str| StackTask {
+            id: "x".into(),
+            service: svc.into(),
+            desired: desired.into(),
+            state: state.into(),
+            err: err.into(),
+        };
+        let svcs = vec![("s_web".to_string(), Some(1)), ("s_worker".to_string(), Some(1))];
+        let ok = [t("s_web", "running", "running", ""), t("s_worker", "running", "running", "")];
+        assert_eq!(stack_health(&svcs, &ok), "healthy");
+        let pending = [t("s_web", "running", "pending", "no suitable node"), t("s_worker", "running", "running", "")];
+        assert_eq!(stack_health(&svcs, &pending), "unhealthy: s_web 0/1 running (pending: no suitable node)");
+        let old = [t("s_web", "shutdown", "failed", "unhealthy"), t("s_worker", "running", "running", "")];
+        assert_eq!(stack_health(&svcs, &old), "unhealthy: s_web 0/1 running");
+        assert_eq!(stack_health(&[], &[]), "unhealthy: no services");
+    }
 
     #[test]
     fn stack_verdicts() {

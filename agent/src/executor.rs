@@ -504,7 +504,7 @@ impl Executor {
         Ok(target)
     }
 
-    /// This agent's view of its apps. For `docker_compose` and `podman` apps the health is read
+    /// This agent's view of its apps. For `docker_compose`, `swarm` and `podman` apps the health is read
     /// live from the engine (the project's containers and their health), not remembered from
     /// the deploy.
     pub async fn status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
@@ -517,6 +517,11 @@ impl Executor {
             if let Some(d) = m.docker_compose {
                 app.health = match crate::engine::compose_containers(&d.project).await {
                     Ok(cs) => crate::engine::compose_health(&cs),
+                    Err(e) => format!("unknown: {e}"),
+                };
+            } else if let Some(s) = m.swarm {
+                app.health = match crate::engine::stack_state(&s.project).await {
+                    Ok((services, tasks)) => crate::engine::stack_health(&services, &tasks),
                     Err(e) => format!("unknown: {e}"),
                 };
             } else if let Some(p) = m.podman {

@@ -209,7 +209,7 @@ impl Platform {
             Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images", "registry"],
             Platform::Podman => &["use_quadlet", "rootless", "pod_name", "compose_project", "images", "start_machine"],
             Platform::Kubernetes => &["namespace", "kubeconfig", "strategy", "replicas", "resource_limits"],
-            Platform::Swarm => &["stack_name", "replicas", "update_parallelism", "update_delay"],
+            Platform::Swarm => &["stack_name", "replicas", "update_parallelism", "update_delay", "images", "registry"],
             Platform::Nomad => &["datacenter", "job_name", "count", "driver"],
             Platform::SshRaw => &["deploy_path", "service_manager", "service_name", "pre_script", "post_script"],
         }
@@ -375,6 +375,11 @@ pub enum PlatformConfig {
         replicas: Option<u32>,
         update_parallelism: Option<u32>,
         update_delay: Option<Duration>,
+        /// dockfra addition, `images: bundle`: loaded into the manager's engine (a one-node
+        /// swarm, or nodes that get them otherwise).
+        ship_images: bool,
+        /// dockfra addition, `registry: HOST[:PORT]`: pushed there, pulled by every node.
+        registry: Option<String>,
     },
     Nomad {
         datacenter: Option<String>,
@@ -417,9 +422,14 @@ impl PlatformConfig {
                 replicas: None,
                 resource_limits: BTreeMap::new(),
             },
-            Platform::Swarm => {
-                PlatformConfig::Swarm { stack_name: None, replicas: None, update_parallelism: None, update_delay: None }
-            }
+            Platform::Swarm => PlatformConfig::Swarm {
+                stack_name: None,
+                replicas: None,
+                update_parallelism: None,
+                update_delay: None,
+                ship_images: false,
+                registry: None,
+            },
             Platform::Nomad => PlatformConfig::Nomad { datacenter: None, job_name: None, count: None, driver: None },
             Platform::SshRaw => PlatformConfig::SshRaw {
                 deploy_path: None,
@@ -860,6 +870,21 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
         )),
         p => Ok(p),
     };
+    // `registry: HOST[:PORT][/PATH]`, only with `images: registry`.
+    let registry_of = |r: Option<String>, ship_images: bool| {
+        if let Some(r) = &r {
+            if r.contains("://") || r.is_empty() || r.chars().any(|c| c.is_whitespace() || c == '@') {
+                return Err(cx.err("config.registry", format!("{r:?} is not HOST[:PORT][/PATH] (no scheme)")));
+            }
+            if ship_images {
+                return Err(cx.err(
+                    "config.registry",
+                    "images: bundle carries the images itself; a registry is for images: registry",
+                ));
+            }
+        }
+        Ok(r)
+    };
     // `images: registry` (default: the engine has or pulls them) or `bundle` (carried).
     let image_source = |v: Option<String>| match v.as_deref() {
         None | Some("registry") => Ok(false),
@@ -872,18 +897,7 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
         Platform::DockerCompose => {
             let compose_project = project_name(s("compose_project")?)?;
             let ship_images = image_source(s("images")?)?;
-            let registry = s("registry")?;
-            if let Some(r) = &registry {
-                if r.contains("://") || r.is_empty() || r.chars().any(|c| c.is_whitespace() || c == '@') {
-                    return Err(cx.err("config.registry", format!("{r:?} is not HOST[:PORT][/PATH] (no scheme)")));
-                }
-                if ship_images {
-                    return Err(cx.err(
-                        "config.registry",
-                        "images: bundle carries the images itself; a registry is for images: registry",
-                    ));
-                }
-            }
+            let registry = registry_of(s("registry")?, ship_images)?;
             PlatformConfig::DockerCompose {
                 compose_project,
                 pull_policy: s("pull_policy")?,
@@ -923,12 +937,26 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                 Some(v) => cx.string_map("config.resource_limits", v)?,
             },
         },
-        Platform::Swarm => PlatformConfig::Swarm {
-            stack_name: s("stack_name")?,
-            replicas: n("replicas")?,
-            update_parallelism: n("update_parallelism")?,
-            update_delay: f.get("update_delay").map(|v| cx.duration("config.update_delay", v)).transpose()?,
-        },
+        Platform::Swarm => {
+            let stack_name = s("stack_name")?;
+            if let Some(p) = &stack_name {
+                if !is_compose_project_name(p) {
+                    return Err(cx.err(
+                        "config.stack_name",
+                        format!("invalid stack name {p:?} (must match [a-z0-9][a-z0-9_-]*)"),
+                    ));
+                }
+            }
+            let ship_images = image_source(s("images")?)?;
+            PlatformConfig::Swarm {
+                stack_name,
+                replicas: n("replicas")?,
+                update_parallelism: n("update_parallelism")?,
+                update_delay: f.get("update_delay").map(|v| cx.duration("config.update_delay", v)).transpose()?,
+                ship_images,
+                registry: registry_of(s("registry")?, ship_images)?,
+            }
+        }
         Platform::Nomad => PlatformConfig::Nomad {
             datacenter: s("datacenter")?,
             job_name: s("job_name")?,
@@ -1565,6 +1593,8 @@ mod tests {
                 replicas: Some(2),
                 update_parallelism: Some(1),
                 update_delay: Some(Duration::from_secs(10)),
+                ship_images: false,
+                registry: None,
             }
         );
 
@@ -1759,6 +1789,13 @@ targets:
         bad(&one("platform: nomad\nport: 22.5"), Some("t1"), Some("port"));
         bad(&one("platform: 5"), Some("t1"), Some("platform"));
         bad(&one("platform: podman\nconfig: { rootless: yes please }"), Some("t1"), Some("config.rootless"));
+        bad(&one("platform: swarm\nconfig: { stack_name: My Stack }"), Some("t1"), Some("config.stack_name"));
+        bad(&one("platform: podman\nconfig: { pod_name: \"a/b\" }"), Some("t1"), Some("config.pod_name"));
+        bad(
+            &one("platform: swarm\nconfig: { images: bundle, registry: \"r:5000\" }"),
+            Some("t1"),
+            Some("config.registry"),
+        );
         bad(&one("platform: kubernetes\nconfig: { replicas: three }"), Some("t1"), Some("config.replicas"));
         let m = bad(&one("platform: swarm\nconfig: { update_delay: 10 }"), Some("t1"), Some("config.update_delay"));
         assert!(m.contains("no unit"), "{m}");

@@ -558,9 +558,20 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             rendered.push((spec.file.clone(), render_json(&model)));
             (None, Some(spec), None)
         }
-        (Platform::Swarm, PlatformConfig::Swarm { stack_name, replicas, update_parallelism, update_delay }) => {
+        (
+            Platform::Swarm,
+            PlatformConfig::Swarm { stack_name, replicas, update_parallelism, update_delay, ship_images, registry },
+        ) => {
             std::fs::create_dir_all(blobs)?;
-            let (spec, mut model, _) = render_compose(project, target, stack_name, &None, &None, false)?;
+            let (mut spec, mut model, images) =
+                render_compose(project, target, stack_name, &None, &None, *ship_images || registry.is_some())?;
+            if *ship_images {
+                spec.images = save_images(blobs, &images, &target.id)?;
+            }
+            if let Some(r) = registry {
+                let moved = push_images(r, &images, &target.id)?;
+                rename_images(&mut model, &moved);
+            }
             for_swarm(&mut model, *replicas, *update_parallelism, *update_delay);
             escape_dollars(&mut model);
             rendered.push((spec.file.clone(), render_json(&model)));

@@ -66,7 +66,27 @@ impl Driver for Swarm {
         Ok(())
     }
 
+    /// `stack rm` returns before the stack's networks are gone; a deploy right after would
+    /// meet them half-removed, so wait (up to 30 s) until none is left.
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
-        docker(ctx, "stack rm", &["stack", "rm", &spec(ctx)?.project]).await
+        let stack = &spec(ctx)?.project;
+        docker(ctx, "stack rm", &["stack", "rm", stack]).await?;
+        let label = format!("label=com.docker.stack.namespace={stack}");
+        let list =
+            CommandSpec::new("docker", &["network", "ls", "-q", "--filter", &label]).timeout(Duration::from_secs(10));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = ctx.runner.run(&list).await.map_err(|source| DriverError::Run { step: "stack rm", source })?;
+            if out.success() && out.stdout.trim().is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(DriverError::Invalid(format!(
+                    "stack rm: the networks of stack {stack} are still there after 30s: {}",
+                    out.stdout.split_whitespace().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
