@@ -792,6 +792,47 @@ fn pull_agent_behind_nat_in_a_network_namespace() {
     assert_eq!(live_version(&w, "deploy-pull"), "v1");
 }
 
+/// What a package sets up: `--config FILE` with the state dir and coordinator, enrollment
+/// with just a token, and a clear refusal (exit 78, no restart loop) before enrollment.
+#[test]
+fn agent_config_file_and_the_not_enrolled_refusal() {
+    let w = World::new("agentcfg");
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let state = w.path("var-lib-dockfra");
+    let cfg = w.path("agent.yaml");
+    w.write(
+        "agent.yaml",
+        &format!("# written by a package\nstate_dir: {}\ncoordinator: https://{}\n", state.display(), w.addr()),
+    );
+    let agent = |args: &[&str]| {
+        let mut c = std::process::Command::new(bin("dockfra-agent"));
+        c.arg("--config").arg(&cfg).args(args);
+        run(c)
+    };
+
+    let r = agent(&["run"]);
+    assert_eq!(r.code(), 78, "{}", r.stderr());
+    assert!(r.stderr().contains("not enrolled") && r.stderr().contains("dockfra-agent --config "), "{}", r.stderr());
+    assert_eq!(agent(&["status"]).code(), 78);
+    assert!(!state.join("identity").exists(), "a refusal writes nothing");
+
+    agent(&["enroll", "--token", &w.token("edge-pull")]).ok();
+    assert!(state.join("identity/agent.json").is_file(), "enrolled into the config's state_dir");
+    let st = agent(&["status", "--output", "json"]).ok().json();
+    assert_eq!(st["target"], "edge-pull");
+
+    w.write("agent.yaml", "state_dir: /tmp/x\nlisten_port: 1\n");
+    let r = agent(&["status"]).fails();
+    assert!(r.stderr().contains("agent.yaml") && r.stderr().contains("listen_port"), "{}", r.stderr());
+    let r = std::process::Command::new(bin("dockfra-agent"))
+        .args(["--config", "/nonexistent/agent.yaml", "status"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot read /nonexistent/agent.yaml"));
+}
+
 fn runner_missing(program: &str) -> bool {
     !std::process::Command::new("sh")
         .args(["-c", &format!("command -v {program} >/dev/null")])

@@ -25,6 +25,10 @@ use crate::state::{BlobWriter, StateDir};
 First steps:\n  dockfra-agent enroll --coordinator https://COORD:7443 --token dkf1....\n  dockfra-agent run"
 )]
 pub struct Cli {
+    /// Agent config file (YAML: `state_dir`, `listen`, `coordinator`); flags win over it.
+    /// The packages install /etc/dockfra/agent.yaml and run the agent with it.
+    #[arg(long, global = true, env = "DOCKFRA_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
     /// State directory (identity, journal, blobs, releases). Default: /var/lib/dockfra-agent for
     /// root, else ~/.local/share/dockfra-agent (macOS: ~/Library/Application Support/dockfra-agent).
     #[arg(long, global = true, env = "DOCKFRA_STATE_DIR")]
@@ -45,9 +49,10 @@ pub enum Output {
 pub enum Command {
     /// Join a coordinator with a one-time token (`dockfra-coord token create TARGET`).
     Enroll {
-        /// The coordinator's gRPC address, e.g. https://10.0.0.1:7443.
+        /// The coordinator's gRPC address, e.g. https://10.0.0.1:7443 (default: `coordinator`
+        /// in the --config file).
         #[arg(long)]
-        coordinator: String,
+        coordinator: Option<String>,
         #[arg(long, env = "DOCKFRA_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         /// Refuse a token that names another target.
@@ -56,7 +61,8 @@ pub enum Command {
     },
     /// Run in the mode the target declares: push (listen for the coordinator) or pull (poll it).
     Run {
-        /// Push mode: the address to listen on (default 0.0.0.0:<agent.port>).
+        /// Push mode: the address to listen on (default: `listen` in the --config file, else
+        /// 0.0.0.0:<agent.port>).
         #[arg(long)]
         listen: Option<String>,
     },
@@ -112,19 +118,64 @@ fn executor(state: &StateDir, runner: Arc<dyn Runner>) -> Result<Executor> {
     Ok(Executor::new(state.clone(), cfg.target, state.signing_key()?, runner))
 }
 
+/// The agent's config file (`--config`): what a package or a service definition sets once.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub coordinator: Option<String>,
+}
+
+impl AgentFile {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(&text).with_context(|| {
+            format!("{}: not a valid agent config (keys: state_dir, listen, coordinator)", path.display())
+        })
+    }
+}
+
+/// Exit status of `run`/`status` on a host that has not enrolled yet (EX_CONFIG): a service
+/// manager should not restart it (the systemd unit says `RestartPreventExitStatus=78`).
+pub const NOT_ENROLLED: u8 = 78;
+
 pub async fn run(cli: Cli) -> Result<u8> {
-    let dir = cli.state_dir.clone().unwrap_or_else(|| dockfra_common::default_state_dir("dockfra-agent"));
+    let file = match &cli.config {
+        Some(p) => AgentFile::load(p)?,
+        None => AgentFile::default(),
+    };
+    let dir = cli
+        .state_dir
+        .clone()
+        .or(file.state_dir.clone())
+        .unwrap_or_else(|| dockfra_common::default_state_dir("dockfra-agent"));
     // Absolute: paths under it end up in symlinks (shared/) and in the journal.
     let state =
         StateDir::new(&std::path::absolute(&dir).with_context(|| format!("bad --state-dir {}", dir.display()))?);
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
+    let needs_identity = matches!(cli.command, Command::Run { .. } | Command::Status { .. } | Command::PollNow);
+    if needs_identity && !state.is_enrolled() {
+        eprintln!(
+            "error: not enrolled: {} holds no identity yet; enroll first: dockfra-agent{} enroll --coordinator https://COORD:7443 --token TOKEN",
+            state.root.display(),
+            cli.config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default()
+        );
+        return Ok(NOT_ENROLLED);
+    }
     match cli.command {
         Command::Enroll { coordinator, token, target } => {
+            let Some(coordinator) = coordinator.or(file.coordinator.clone()) else {
+                anyhow::bail!("enroll needs the coordinator's address: --coordinator https://COORD:7443 (or `coordinator:` in the --config file)");
+            };
             let cfg = crate::net::enroll(&state, &coordinator, &token, target.as_deref(), runner.as_ref()).await?;
             println!("enrolled as target {} ({} mode); start with `dockfra-agent run`", cfg.target, cfg.mode);
             Ok(0)
         }
-        Command::Run { listen } => run_agent(&state, runner, listen).await,
+        Command::Run { listen } => run_agent(&state, runner, listen.or(file.listen.clone())).await,
         Command::Status { output } => {
             let exec = executor(&state, runner)?;
             let st = exec.status(None).await;
