@@ -833,6 +833,46 @@ fn agent_config_file_and_the_not_enrolled_refusal() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("cannot read /nonexistent/agent.yaml"));
 }
 
+/// The Raspberry Pi 3 agent: the static armv7 build from `cross/build armv7`, run under
+/// qemu-user as a Cortex-A7, enrolls with this (x86_64) coordinator, takes pull deploys and
+/// switches `current`.
+#[test]
+fn armv7_agent_under_qemu_enrolls_deploys_and_switches_current() {
+    let binary = std::env::var_os("DOCKFRA_ARMV7_AGENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/cross/dist/dockfra-agent-armv7-unknown-linux-gnueabihf"));
+    if (!binary.is_file() || runner_missing("qemu-arm-static"))
+        && skip_or_fail("the armv7 agent (cross/build armv7) and qemu-user-static")
+    {
+        return;
+    }
+    let w = World::new("armv7");
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "rpi3");
+    agent.prefix = ["qemu-arm-static", "-cpu", "cortex-a7"].map(String::from).to_vec();
+    agent.program = Some(binary);
+
+    let detect = agent.run_cmd(&["detect"]).ok().stdout();
+    assert!(detect.contains("arch:") && detect.contains("arm"), "{detect}");
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
+    let _a = agent.start(&w);
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "120s"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v1");
+    let first = current(&w, "deploy-pull");
+
+    w.write("project/app/VERSION", "v2\n");
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "120s"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v2");
+    assert_ne!(current(&w, "deploy-pull"), first, "current moved to the new release");
+    let agents = w.coord(&["agents", "--output", "json"]).ok().json();
+    let row = agents.as_array().unwrap().iter().find(|a| a["target"] == "edge-pull").cloned().unwrap();
+    assert_eq!(row["facts"]["arch"], "arm", "the coordinator sees an ARM agent: {row}");
+}
+
 fn runner_missing(program: &str) -> bool {
     !std::process::Command::new("sh")
         .args(["-c", &format!("command -v {program} >/dev/null")])

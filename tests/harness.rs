@@ -228,19 +228,22 @@ pub struct Agent {
     pub state: PathBuf,
     pub prefix: Vec<String>,
     pub listen: Option<String>,
+    /// Another agent binary (e.g. a cross-built one); default: the workspace's debug build.
+    pub program: Option<PathBuf>,
 }
 
 impl Agent {
     pub fn new(world: &World, name: &str) -> Self {
-        Self { state: world.dir.join(format!("agent-{name}")), prefix: vec![], listen: None }
+        Self { state: world.dir.join(format!("agent-{name}")), prefix: vec![], listen: None, program: None }
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
+        let program = self.program.clone().unwrap_or_else(|| bin("dockfra-agent"));
         let mut c = if self.prefix.is_empty() {
-            Command::new(bin("dockfra-agent"))
+            Command::new(program)
         } else {
             let mut c = Command::new(&self.prefix[0]);
-            c.args(&self.prefix[1..]).arg(bin("dockfra-agent"));
+            c.args(&self.prefix[1..]).arg(program);
             c
         };
         c.arg("--state-dir").arg(&self.state).args(args);
