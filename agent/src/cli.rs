@@ -94,9 +94,18 @@ pub fn main() -> ExitCode {
         }
     };
     let level = ["info", "debug", "trace"][cli.verbose.min(2) as usize];
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DOCKFRA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,dockfra_agent={level}")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // `DOCKFRA_LOG=warn,dockfra_agent=debug` style targets (no regex engine: the agent stays small).
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let default = format!("warn,dockfra_agent={level}");
+    let filter: tracing_subscriber::filter::Targets = std::env::var("DOCKFRA_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or_default());
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
+        .with(filter)
+        .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
