@@ -402,6 +402,7 @@ fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
             podman: None,
             health: None,
             keep_releases: 5,
+            os: None,
         };
         let bytes = m.canonical_bytes();
         let d = DesiredState {
@@ -871,6 +872,47 @@ fn armv7_agent_under_qemu_enrolls_deploys_and_switches_current() {
     let agents = w.coord(&["agents", "--output", "json"]).ok().json();
     let row = agents.as_array().unwrap().iter().find(|a| a["target"] == "edge-pull").cloned().unwrap();
     assert_eq!(row["facts"]["arch"], "arm", "the coordinator sees an ARM agent: {row}");
+}
+
+/// `os:` is checked against what the agent reports: `deploy-test` says so, and the agent
+/// refuses a release for another OS before anything on disk changes.
+#[test]
+fn declared_os_is_checked_against_the_agent() {
+    let w = World::new("os");
+    let port = free_port();
+    let targets = |os: &str| {
+        format!(
+            "app: {{ name: web, path: ./app }}\ntargets:\n  box:\n    host: 127.0.0.1\n    platform: ssh_raw\n    os: {os}\n    agent: {{ mode: push, port: {port} }}\n    config: {{ deploy_path: {}/deploy }}\n",
+            w.dir.display()
+        )
+    };
+    w.write("project/deploy-targets.yaml", &targets("macos"));
+    w.write("project/app/VERSION", "v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "box");
+    agent.listen = Some(format!("127.0.0.1:{port}"));
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("box")).ok();
+    let _a = agent.start(&w);
+
+    let r = w.coord(&["deploy-test", "box"]);
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(
+        r.stdout().contains("os check:   mismatch: os: macos is declared, but the agent's host is linux"),
+        "{}",
+        r.stdout()
+    );
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 3, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("os: macos is declared, but the agent's host is linux"), "{v}");
+    assert!(!w.path("deploy").exists(), "nothing on disk for a refused release");
+
+    w.write("project/deploy-targets.yaml", &targets("linux"));
+    let r = w.coord(&["deploy-test", "box"]).ok();
+    assert!(r.stdout().contains("os check:   ok"), "{}", r.stdout());
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(std::fs::read_to_string(w.path("deploy/web/current/VERSION")).unwrap(), "v1\n");
 }
 
 fn runner_missing(program: &str) -> bool {

@@ -150,6 +150,12 @@ impl Executor {
             Err(e) => return em.finish("refused", "", format!("refused: {e}")),
         };
         em.deployment_id = v.desired.deployment_id.clone();
+        if let Some(declared) = &v.manifest.os {
+            let (os, wsl) = crate::facts::host_os();
+            if let Some(why) = dockfra_common::config::os_mismatch(declared, &os, wsl) {
+                return em.finish("refused", "", format!("refused: target {}: {why}", v.manifest.target));
+            }
+        }
         let r = self.run_verified(&v, source, &mut em).await;
         drop(lock);
         r
@@ -610,6 +616,7 @@ mod tests {
             podman: None,
             health: None,
             keep_releases: 1,
+            os: None,
         }
     }
 

@@ -40,13 +40,16 @@ const PROBES: &[(&str, &str, &[&str])] = &[
     ("sh", "sh", &[]),
 ];
 
+/// This host's OS as the agent reports it (`linux`, `macos`, `windows`) and whether it is WSL.
+pub fn host_os() -> (String, bool) {
+    // Rust's own names are the wire's: linux, macos, windows.
+    let os = std::env::consts::OS;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    (os.to_string(), is_wsl(&kernel, std::env::var("WSL_DISTRO_NAME").ok().as_deref()))
+}
+
 pub async fn detect(runner: &dyn Runner) -> proto::Facts {
-    let os = match std::env::consts::OS {
-        "macos" => "macos",
-        "windows" => "windows",
-        other => other,
-    }
-    .to_string();
+    let (os, wsl) = host_os();
     let os_release = if os == "macos" {
         runner
             .run(&CommandSpec::new("sw_vers", &["-productVersion"]).timeout(Duration::from_secs(3)))
@@ -60,7 +63,6 @@ pub async fn detect(runner: &dyn Runner) -> proto::Facts {
             .and_then(|t| parse_os_release(&t))
             .unwrap_or_else(|| "unknown".into())
     };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .unwrap_or_default()
@@ -114,7 +116,7 @@ pub async fn detect(runner: &dyn Runner) -> proto::Facts {
     }
     proto::Facts {
         agent_version: dockfra_common::VERSION.to_string(),
-        wsl: is_wsl(&kernel, std::env::var("WSL_DISTRO_NAME").ok().as_deref()),
+        wsl,
         os,
         os_release,
         arch: std::env::consts::ARCH.to_string(),

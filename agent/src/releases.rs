@@ -324,6 +324,7 @@ mod tests {
             podman: None,
             health: None,
             keep_releases: 2,
+            os: None,
         }
     }
 

@@ -139,6 +139,9 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
     pub keep_releases: u32,
+    /// The target's `os:`: the agent refuses the release on a host that does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -569,6 +572,7 @@ mod tests {
             podman: None,
             health: None,
             keep_releases: 5,
+            os: None,
         }
     }
 

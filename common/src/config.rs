@@ -163,6 +163,28 @@ pub const DEFAULT_AGENT_PORT: u16 = 7444;
 /// Accepted values of `os:`.
 pub const OS_IDS: &[&str] = &["linux", "macos", "windows", "wsl"];
 
+/// Does a host match a target's declared `os:`? `os` is what the agent reports (`linux`,
+/// `macos`, `windows`), `wsl` whether that Linux runs under WSL. `linux` accepts WSL too (it is
+/// a Linux); `wsl` demands it. `None` when it matches, else why not, in one sentence.
+pub fn os_mismatch(declared: &str, os: &str, wsl: bool) -> Option<String> {
+    let host = if wsl { format!("{os} under WSL") } else { os.to_string() };
+    let ok = match declared {
+        "linux" => os == "linux",
+        "wsl" => os == "linux" && wsl,
+        "macos" => os == "macos",
+        "windows" => os == "windows",
+        _ => false,
+    };
+    if ok {
+        return None;
+    }
+    let hint = match (declared, os, wsl) {
+        ("windows", "linux", true) => " (the agent runs inside WSL: declare os: wsl or linux)",
+        _ => "",
+    };
+    Some(format!("os: {declared} is declared, but the agent's host is {host}{hint}"))
+}
+
 /// Deployment platform of a target (`platform:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Platform {
@@ -1774,6 +1796,18 @@ targets:
         let m = bad(&one("platform: nomad\nhots: h"), Some("t1"), Some("hots"));
         assert!(m.contains("unknown key"), "{m}");
         bad(&one("platform: nomad\nos: beos"), Some("t1"), Some("os"));
+        assert_eq!(os_mismatch("linux", "linux", false), None);
+        assert_eq!(os_mismatch("linux", "linux", true), None);
+        assert_eq!(os_mismatch("wsl", "linux", true), None);
+        assert_eq!(
+            os_mismatch("wsl", "linux", false).as_deref(),
+            Some("os: wsl is declared, but the agent's host is linux")
+        );
+        assert_eq!(
+            os_mismatch("macos", "linux", false).as_deref(),
+            Some("os: macos is declared, but the agent's host is linux")
+        );
+        assert!(os_mismatch("windows", "linux", true).unwrap().contains("declare os: wsl or linux"));
     }
 
     #[test]

@@ -670,6 +670,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         podman,
         health: target.health.clone(),
         keep_releases: target.keep_releases,
+        os: target.os.clone(),
     };
     manifest.validate().with_context(|| format!("the app in {} cannot be bundled", app_dir.display()))?;
     Ok(Built { manifest })

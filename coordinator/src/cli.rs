@@ -464,6 +464,7 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
         }
         Command::DeployTest { target, output } => {
             let v = json(c.deploy_test(proto::TargetRequest { target }).await)?;
+            let os_check = v["os_check"].as_str().unwrap_or("").to_string();
             if output == Output::Json {
                 println!("{v}");
             } else {
@@ -479,6 +480,7 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
                     if f["wsl"] == true { " [WSL]" } else { "" }
                 );
                 println!("arch:       {}", f["arch"].as_str().unwrap_or("?"));
+                println!("os check:   {os_check}");
                 for r in f["runtimes"].as_array().into_iter().flatten() {
                     println!(
                         "runtime:    {} {} ({})",
@@ -487,6 +489,10 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
                         r["path"].as_str().unwrap_or("")
                     );
                 }
+            }
+            if os_check.starts_with("mismatch") {
+                eprintln!("error: {os_check}");
+                return Ok(exit::ERROR);
             }
             Ok(exit::OK)
         }

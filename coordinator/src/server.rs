@@ -853,9 +853,10 @@ impl admin_server::Admin for Coordinator {
                 let facts = c.detect(proto::DetectRequest {}).await?.into_inner();
                 let rtt = started.elapsed().as_millis() as u64;
                 let _ = self.store().touch_agent(&target.id, None, Some(&facts_json(&facts)));
+                let f = facts_json(&facts);
                 Ok(json_reply(serde_json::json!({
                     "target": target.id, "mode": "push", "reachable": true, "url": Self::agent_url(&target)?,
-                    "round_trip_ms": rtt, "facts": facts_json(&facts),
+                    "round_trip_ms": rtt, "os_check": os_check(&target, &f), "facts": f,
                 })))
             }
             Mode::Pull => {
@@ -865,7 +866,7 @@ impl admin_server::Admin for Coordinator {
                 let age = a.last_seen_unix.map(|s| dockfra_common::now_unix() as i64 - s);
                 Ok(json_reply(serde_json::json!({
                     "target": target.id, "mode": "pull", "reachable": age.is_some_and(|s| (s as u64) < 3 * target.agent.poll_interval.as_secs().max(10)),
-                    "last_seen_seconds_ago": age, "facts": a.facts,
+                    "last_seen_seconds_ago": age, "os_check": os_check(&target, &a.facts), "facts": a.facts,
                 })))
             }
         }
@@ -911,4 +912,15 @@ impl admin_server::Admin for Coordinator {
 /// Convert anything displayable into an anyhow error for callers at the edge.
 pub fn status_to_anyhow(s: Status) -> anyhow::Error {
     anyhow!("{}", s.message())
+}
+
+/// `deploy-test`'s verdict on the target's `os:` against the agent's facts: `ok`,
+/// `not declared`, `unknown (no facts yet)`, or `mismatch: …`.
+fn os_check(target: &Target, facts: &serde_json::Value) -> String {
+    let Some(declared) = &target.os else { return "not declared".into() };
+    let Some(os) = facts["os"].as_str().filter(|s| !s.is_empty()) else { return "unknown (no facts yet)".into() };
+    match dockfra_common::config::os_mismatch(declared, os, facts["wsl"] == true) {
+        None => "ok".into(),
+        Some(why) => format!("mismatch: {why}"),
+    }
 }

@@ -164,6 +164,7 @@ mod tests {
             podman: None,
             health: None,
             keep_releases: 5,
+            os: None,
         };
         let runner = FakeRunner::default();
         let ctx = StepCtx {

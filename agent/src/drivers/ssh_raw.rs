@@ -105,6 +105,7 @@ mod tests {
             podman: None,
             health: None,
             keep_releases: 5,
+            os: None,
         }
     }
 
