@@ -819,13 +819,26 @@ fn agent_config_file_and_the_not_enrolled_refusal() {
     assert_eq!(agent(&["status"]).code(), 78);
     assert!(!state.join("identity").exists(), "a refusal writes nothing");
 
+    // As a package sets it up: the state dir belongs to the service user, root enrolls.
+    if is_root() {
+        std::fs::create_dir_all(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    }
     agent(&["enroll", "--token", &w.token("edge-pull")]).ok();
     assert!(state.join("identity/agent.json").is_file(), "enrolled into the config's state_dir");
+    if is_root() {
+        use std::os::unix::fs::MetadataExt as _;
+        for f in ["identity", "identity/agent.json", "identity/key.pem"] {
+            let m = std::fs::metadata(state.join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f} belongs to the state dir's owner");
+        }
+    }
     let st = agent(&["status", "--output", "json"]).ok().json();
     assert_eq!(st["target"], "edge-pull");
 
     w.write("agent.yaml", "state_dir: /tmp/x\nlisten_port: 1\n");
-    let r = agent(&["status"]).fails();
+    let r = agent(&["status"]);
+    assert_eq!(r.code(), 78, "a bad config is the operator's to fix: no restart loop");
     assert!(r.stderr().contains("agent.yaml") && r.stderr().contains("listen_port"), "{}", r.stderr());
     let r = std::process::Command::new(bin("dockfra-agent"))
         .args(["--config", "/nonexistent/agent.yaml", "status"])
@@ -913,6 +926,60 @@ fn declared_os_is_checked_against_the_agent() {
     let (code, v) = deploy_json(&w, &["box"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(std::fs::read_to_string(w.path("deploy/web/current/VERSION")).unwrap(), "v1\n");
+}
+
+/// The .deb (packaging/deb, cargo-deb) installs, upgrades, is removed and purged in a
+/// Debian 12 container that boots systemd: packaging/test-deb does each step and checks it.
+/// The package carries this build's agent binary; cross/build makes the static ones.
+#[test]
+fn deb_package_installs_upgrades_removes_and_purges_under_systemd() {
+    let have = docker_ready() && docker(&["image", "inspect", SYSTEMD_PODMAN]).0 && !runner_missing("cargo-deb");
+    if !have && skip_or_fail("cargo-deb, Docker and the systemd+podman image (run scripts/engines and .ci/run)") {
+        return;
+    }
+    let w = World::new("deb");
+    // cargo-deb packages target/release/dockfra-agent: a private target dir holds a copy.
+    let target = w.path("target");
+    std::fs::create_dir_all(target.join("release")).unwrap();
+    std::fs::copy(bin("dockfra-agent"), target.join("release/dockfra-agent")).unwrap();
+    let out = w.path("out");
+    let mut debs = Vec::new();
+    for version in ["0.1.0-1", "0.1.0-2"] {
+        let mut c = std::process::Command::new("cargo");
+        c.current_dir(workspace())
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["deb", "-p", "dockfra-agent", "--no-build", "--strip", "--deb-version", version, "-o"])
+            .arg(&out);
+        let r = run(c).ok();
+        let deb = r.stdout().lines().last().unwrap_or_default().trim().to_string();
+        assert!(deb.ends_with(&format!("dockfra-agent_{version}_amd64.deb")), "{}{}", r.stdout(), r.stderr());
+        debs.push(deb);
+    }
+    let mut c = std::process::Command::new(workspace().join("packaging/test-deb"));
+    c.args(&debs);
+    let r = run(c);
+    assert_eq!(r.code(), 0, "packaging/test-deb failed:\n{}\n{}", r.stdout(), r.stderr());
+    let log = r.stdout();
+    for step in ["--- install V1", "--- upgrade to V2", "--- remove", "--- purge", "test-deb: all checks passed"] {
+        assert!(log.contains(step), "missing step {step:?}:\n{log}");
+    }
+}
+
+/// The Homebrew formula and the launchd plists, as far as Linux can check them
+/// (packaging/check-brew: `ruby -c`, the formula against a stand-in of Homebrew's DSL, plist
+/// parsing); macOS, brew and launchd themselves are not here.
+#[test]
+fn homebrew_formula_and_launchd_plists_check() {
+    if (runner_missing("ruby") || runner_missing("plistutil"))
+        && skip_or_fail("ruby and plistutil (apt-get install ruby libplist-utils; .ci/run does)")
+    {
+        return;
+    }
+    let mut c = std::process::Command::new(workspace().join("packaging/check-brew"));
+    c.arg(bin("dockfra-agent"));
+    let r = run(c);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("check-brew: all checks passed"), "{}", r.stdout());
 }
 
 fn runner_missing(program: &str) -> bool {

@@ -127,6 +127,30 @@ fn executor(state: &StateDir, runner: Arc<dyn Runner>) -> Result<Executor> {
     Ok(Executor::new(state.clone(), cfg.target, state.signing_key()?, runner))
 }
 
+/// `enroll` run as root (`sudo dockfra-agent --config … enroll`) into a state dir that a
+/// service user owns (the packages' `dockfra`): hand what it wrote to that user, or the
+/// service could not read its own key.
+fn give_to_state_owner(root: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(root).with_context(|| format!("{}", root.display()))?;
+    if !dockfra_common::is_root() || owner.uid() == 0 {
+        return Ok(());
+    }
+    fn walk(p: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        let m = std::fs::symlink_metadata(p)?;
+        if m.uid() == 0 {
+            std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+    walk(root, owner.uid(), owner.gid()).with_context(|| format!("cannot hand {} to its owner", root.display()))
+}
+
 /// The agent's config file (`--config`): what a package or a service definition sets once.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,13 +172,20 @@ impl AgentFile {
     }
 }
 
-/// Exit status of `run`/`status` on a host that has not enrolled yet (EX_CONFIG): a service
-/// manager should not restart it (the systemd unit says `RestartPreventExitStatus=78`).
+/// Exit status (EX_CONFIG) for what only an operator can fix: not enrolled yet, or a bad
+/// --config file. A service manager should not restart it (the systemd unit says
+/// `RestartPreventExitStatus=78`).
 pub const NOT_ENROLLED: u8 = 78;
 
 pub async fn run(cli: Cli) -> Result<u8> {
     let file = match &cli.config {
-        Some(p) => AgentFile::load(p)?,
+        Some(p) => match AgentFile::load(p) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(NOT_ENROLLED);
+            }
+        },
         None => AgentFile::default(),
     };
     let dir = cli
@@ -181,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 anyhow::bail!("enroll needs the coordinator's address: --coordinator https://COORD:7443 (or `coordinator:` in the --config file)");
             };
             let cfg = crate::net::enroll(&state, &coordinator, &token, target.as_deref(), runner.as_ref()).await?;
+            give_to_state_owner(&state.root)?;
             println!("enrolled as target {} ({} mode); start with `dockfra-agent run`", cfg.target, cfg.mode);
             Ok(0)
         }

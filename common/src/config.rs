@@ -320,11 +320,23 @@ pub enum ServiceManager {
     Supervisord,
     #[serde(rename = "pm2")]
     Pm2,
+    /// Alpine, Gentoo: `rc-service NAME restart`.
+    #[serde(rename = "openrc")]
+    OpenRc,
+    /// macOS: `launchctl kickstart -k DOMAIN/LABEL` (`service_name` is the job's label).
+    #[serde(rename = "launchd")]
+    Launchd,
 }
 
 impl ServiceManager {
-    pub const ALL: [ServiceManager; 4] =
-        [ServiceManager::None, ServiceManager::Systemd, ServiceManager::Supervisord, ServiceManager::Pm2];
+    pub const ALL: [ServiceManager; 6] = [
+        ServiceManager::None,
+        ServiceManager::Systemd,
+        ServiceManager::Supervisord,
+        ServiceManager::Pm2,
+        ServiceManager::OpenRc,
+        ServiceManager::Launchd,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -332,6 +344,8 @@ impl ServiceManager {
             ServiceManager::Systemd => "systemd",
             ServiceManager::Supervisord => "supervisord",
             ServiceManager::Pm2 => "pm2",
+            ServiceManager::OpenRc => "openrc",
+            ServiceManager::Launchd => "launchd",
         }
     }
 }

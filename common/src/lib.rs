@@ -8,6 +8,7 @@ pub mod compose;
 pub mod config;
 pub mod identity;
 pub mod paths;
+pub mod pkg;
 pub mod sign;
 
 /// Generated from `proto/dockfra/v1/dockfra.proto` — the wire contract.
@@ -75,7 +76,12 @@ pub fn default_state_dir(name: &str) -> std::path::PathBuf {
     home.map(|h| h.join(".local/share").join(name)).unwrap_or_else(|| std::path::PathBuf::from(".").join(name))
 }
 
-/// Are we running as root (uid 0)?
+/// Are we running as root (uid 0)? Linux: the owner of /proc/self. Where there is no /proc
+/// (macOS): the owner of $HOME, which is root's only for root.
 pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata("/proc/self") {
+        Ok(m) => m.uid() == 0,
+        Err(_) => std::env::var_os("HOME").and_then(|h| std::fs::metadata(h).ok()).is_some_and(|m| m.uid() == 0),
+    }
 }

@@ -1,5 +1,5 @@
 //! `ssh_raw`: plain files plus `pre_script` / `post_script` and a service manager (`none`,
-//! `systemd`, `supervisord`, `pm2`), each through its own CLI. Rollback is the executor's
+//! `systemd`, `supervisord`, `pm2`, `openrc`, `launchd`), each through its own CLI. Rollback is the executor's
 //! symlink swap back followed by this driver's `apply` for the previous release.
 use dockfra_common::config::ServiceManager;
 
@@ -22,7 +22,25 @@ pub fn service_command(manager: ServiceManager, name: &str) -> Option<CommandSpe
         ServiceManager::Systemd => Some(CommandSpec::new("systemctl", &["restart", name])),
         ServiceManager::Supervisord => Some(CommandSpec::new("supervisorctl", &["restart", name])),
         ServiceManager::Pm2 => Some(CommandSpec::new("pm2", &["restart", name, "--update-env"])),
+        ServiceManager::OpenRc => Some(CommandSpec::new("rc-service", &[name, "restart"])),
+        ServiceManager::Launchd => {
+            let target = format!("{}/{name}", launchd_domain());
+            Some(CommandSpec::new("launchctl", &["kickstart", "-k", &target]))
+        }
     }
+}
+
+/// launchd's domain for jobs of the agent's user: `system` for root (LaunchDaemons), else the
+/// user's GUI session `gui/UID` (LaunchAgents), UID being the owner of $HOME.
+pub fn launchd_domain() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    if dockfra_common::is_root() {
+        return "system".into();
+    }
+    std::env::var_os("HOME")
+        .and_then(|h| std::fs::metadata(h).ok())
+        .map(|m| format!("gui/{}", m.uid()))
+        .unwrap_or_else(|| "system".into())
 }
 
 async fn script(ctx: &StepCtx<'_>, step: &'static str, script: &Option<String>) -> Result<(), DriverError> {
@@ -115,6 +133,8 @@ mod tests {
             (ServiceManager::Systemd, vec!["systemctl", "restart", "myapp"]),
             (ServiceManager::Supervisord, vec!["supervisorctl", "restart", "myapp"]),
             (ServiceManager::Pm2, vec!["pm2", "restart", "myapp", "--update-env"]),
+            (ServiceManager::OpenRc, vec!["rc-service", "myapp", "restart"]),
+            (ServiceManager::Launchd, vec!["launchctl", "kickstart", "-k", &format!("{}/myapp", launchd_domain())]),
         ] {
             let runner = FakeRunner::default();
             let man = manifest(m);
