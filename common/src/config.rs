@@ -1869,7 +1869,7 @@ targets:
         let e = parse(text, Path::new("deploy-targets.yaml")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "deploy-targets.yaml: target \"edge-rpi3\": key \"config.service_manager\": unknown service manager \"upstart\" (expected one of: none, systemd, supervisord, pm2)"
+            "deploy-targets.yaml: target \"edge-rpi3\": key \"config.service_manager\": unknown service manager \"upstart\" (expected one of: none, systemd, supervisord, pm2, openrc, launchd)"
         );
     }
 
