@@ -938,23 +938,8 @@ fn deb_package_installs_upgrades_removes_and_purges_under_systemd() {
         return;
     }
     let w = World::new("deb");
-    // cargo-deb packages target/release/dockfra-agent: a private target dir holds a copy.
-    let target = w.path("target");
-    std::fs::create_dir_all(target.join("release")).unwrap();
-    std::fs::copy(bin("dockfra-agent"), target.join("release/dockfra-agent")).unwrap();
     let out = w.path("out");
-    let mut debs = Vec::new();
-    for version in ["0.1.0-1", "0.1.0-2"] {
-        let mut c = std::process::Command::new("cargo");
-        c.current_dir(workspace())
-            .env("CARGO_TARGET_DIR", &target)
-            .args(["deb", "-p", "dockfra-agent", "--no-build", "--strip", "--deb-version", version, "-o"])
-            .arg(&out);
-        let r = run(c).ok();
-        let deb = r.stdout().lines().last().unwrap_or_default().trim().to_string();
-        assert!(deb.ends_with(&format!("dockfra-agent_{version}_amd64.deb")), "{}{}", r.stdout(), r.stderr());
-        debs.push(deb);
-    }
+    let debs = [build_deb(&w, &out, "0.1.0-1"), build_deb(&w, &out, "0.1.0-2")];
     let mut c = std::process::Command::new(workspace().join("packaging/test-deb"));
     c.args(&debs);
     let r = run(c);
@@ -980,6 +965,107 @@ fn homebrew_formula_and_launchd_plists_check() {
     let r = run(c);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stdout().contains("check-brew: all checks passed"), "{}", r.stdout());
+}
+
+/// Package this build's agent as a .deb (cargo-deb, private target dir) into `out`.
+fn build_deb(w: &World, out: &std::path::Path, version: &str) -> String {
+    let target = w.path("deb-target");
+    std::fs::create_dir_all(target.join("release")).unwrap();
+    std::fs::copy(bin("dockfra-agent"), target.join("release/dockfra-agent")).unwrap();
+    let mut c = std::process::Command::new("cargo");
+    c.current_dir(workspace())
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["deb", "-p", "dockfra-agent", "--no-build", "--strip", "--deb-version", version, "-o"])
+        .arg(out);
+    let r = run(c).ok();
+    let deb = r.stdout().lines().last().unwrap_or_default().trim().to_string();
+    assert!(deb.ends_with(&format!("dockfra-agent_{version}_amd64.deb")), "{}{}", r.stdout(), r.stderr());
+    deb
+}
+
+/// `dockfra-coord agent install` against a real sshd: a Debian 12 container booting systemd,
+/// in a network namespace of its own (the coordinator joins it with nsenter). A wrong host
+/// key fingerprint is refused before anything is uploaded; the right one installs the .deb,
+/// enrolls, starts the hardened service, verifies with deploy-test, and a deploy lands.
+#[test]
+fn agent_install_over_ssh_into_a_systemd_host() {
+    let have = docker_ready()
+        && docker(&["image", "inspect", SYSTEMD_PODMAN]).0
+        && !runner_missing("cargo-deb")
+        && !runner_missing("ssh")
+        && !runner_missing("nsenter");
+    if !have && skip_or_fail("cargo-deb, ssh, nsenter, Docker and the systemd+podman image (run .ci/run)") {
+        return;
+    }
+    let mut w = World::new("sshinst");
+    let sbox = SystemdBox::start(&w);
+    wait_until("sshd in the container", Duration::from_secs(30), || sbox.sh("systemctl is-active ssh").1 == "active");
+    let key = w.path("id_ed25519");
+    let r = run({
+        let mut c = std::process::Command::new("ssh-keygen");
+        c.args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key);
+        c
+    });
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let public = std::fs::read_to_string(w.path("id_ed25519.pub")).unwrap();
+    let (ok, _, err) = sbox.sh(&format!(
+        "mkdir -p /root/.ssh && chmod 700 /root/.ssh && echo '{}' > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys",
+        public.trim()
+    ));
+    assert!(ok, "{err}");
+    let (_, fp_line, _) = sbox.sh("ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub");
+    let fingerprint = fp_line.split_whitespace().nth(1).unwrap().to_string();
+    let artifacts = w.path("artifacts");
+    build_deb(&w, &artifacts, "0.1.0-1");
+
+    let port = free_port();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            "app: {{ name: web, path: ./app }}\ntargets:\n  box:\n    host: 127.0.0.1\n    port: 22\n    user: root\n    os: linux\n    platform: ssh_raw\n    agent: {{ mode: push, port: {port} }}\n"
+        ),
+    );
+    w.write("project/app/VERSION", "v1\n");
+    w.coord_prefix = sbox.in_netns();
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let install = |fp: &str| {
+        let (k, a) = (key.display().to_string(), artifacts.display().to_string());
+        w.coord(&["agent", "install", "box", "--identity", &k, "--host-key-fingerprint", fp, "--artifacts", &a])
+    };
+
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let r = install(wrong);
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(r.stderr().contains("does not match") && r.stderr().contains(&fingerprint), "{}", r.stderr());
+    assert!(!sbox.sh("test -e /usr/bin/dockfra-agent").0, "nothing reached a host whose key did not match");
+
+    let r = install(&fingerprint);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    for step in [
+        "probe:    Linux x86_64 (debian, systemd)",
+        "install:  dockfra-agent_0.1.0-1_amd64.deb",
+        "enroll:   as target box",
+        "verify:   deploy-test: reachable",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+    assert!(out.contains("os check ok"), "{out}");
+    let (_, pid, _) = sbox.sh("systemctl show -p MainPID --value dockfra-agent");
+    let (_, owner, _) = sbox.sh(&format!("stat -c %U /proc/{pid}"));
+    assert_eq!(owner, "dockfra", "the service runs as its own user");
+    let (_, cfg, _) = sbox.sh("cat /etc/dockfra/agent.yaml");
+    assert!(cfg.contains("coordinator: https://127.0.0.1:"), "{cfg}");
+
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.sh("cat /var/lib/dockfra/apps/web/current/VERSION").1, "v1");
+
+    // Again: the package is reinstalled, the enrollment kept.
+    let r = install(&fingerprint);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("already enrolled; kept"), "{}", r.stdout());
 }
 
 fn runner_missing(program: &str) -> bool {

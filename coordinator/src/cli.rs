@@ -133,6 +133,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Put an agent on a target over SSH (`agent install TARGET`).
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// Check a target's agent: reachability, agent version, detected OS and runtimes.
     DeployTest {
         target: String,
@@ -176,6 +179,37 @@ pub enum TokenCmd {
 pub enum AgentsCmd {
     /// Revoke TARGET's agent certificate (effective at its next call).
     Revoke { target: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// Install the agent on TARGET over SSH (its host/port/user in deploy-targets.yaml; key
+    /// auth, the host key checked): probe the host, upload and install the matching .deb,
+    /// write /etc/dockfra/agent.yaml, enroll with a fresh one-time token, start the service,
+    /// then verify with deploy-test.
+    #[command(
+        after_help = "Example:\n  dockfra-coord agent install edge-rpi3 --identity ~/.ssh/id_ed25519 \\\n      --host-key-fingerprint SHA256:abc... --artifacts dist/ --agent-coordinator https://10.0.0.1:7443"
+    )]
+    Install {
+        target: String,
+        /// Private key for ssh -i (default: ssh's own choice).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Trust only the host key with this fingerprint (`ssh-keygen -lf` prints it:
+        /// SHA256:…); the host's keys are fetched with ssh-keyscan and compared.
+        #[arg(long, conflicts_with = "known_hosts")]
+        host_key_fingerprint: Option<String>,
+        /// known_hosts file to check the host key against (default: ~/.ssh/known_hosts).
+        #[arg(long)]
+        known_hosts: Option<PathBuf>,
+        /// Directory holding the packages (dockfra-agent_VERSION_ARCH.deb).
+        #[arg(long, default_value = "target/cross/dist")]
+        artifacts: PathBuf,
+        /// The coordinator's address as the target reaches it (default: this coordinator's
+        /// own address).
+        #[arg(long)]
+        agent_coordinator: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,8 +307,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Demo { keep } => crate::demo::run(keep).await,
         cmd => {
+            let url = coordinator_url(&state, cli.coordinator.as_deref())?;
             let mut c = admin_client(&state, cli.coordinator.as_deref()).await?;
-            admin_command(&mut c, cmd).await
+            admin_command(&mut c, cmd, &url).await
         }
     }
 }
@@ -351,7 +386,16 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
-async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Command) -> Result<u8> {
+/// A private temp dir (0700) for this process.
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("dockfra-coord-{}-{}", std::process::id(), dockfra_common::now_unix()));
+    std::fs::create_dir_all(&d)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+    Ok(d)
+}
+
+async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Command, own_url: &str) -> Result<u8> {
     match cmd {
         Command::Token(TokenCmd::Create { target, ttl }) => {
             let r = c
@@ -438,6 +482,95 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
                 ],
             );
             Ok(exit::OK)
+        }
+        Command::Agent(AgentCmd::Install {
+            target,
+            identity,
+            host_key_fingerprint,
+            known_hosts,
+            artifacts,
+            agent_coordinator,
+        }) => {
+            let targets = json(c.targets(proto::Empty {}).await)?;
+            let Some(t) = targets.as_array().into_iter().flatten().find(|t| t["id"] == target.as_str()).cloned() else {
+                anyhow::bail!("unknown target {target:?} (see `dockfra-coord targets`)");
+            };
+            let Some(host) = t["host"].as_str().map(String::from) else {
+                anyhow::bail!("target {target:?} has no host: in deploy-targets.yaml; nothing to log in to");
+            };
+            let user = t["user"].as_str().map(String::from).unwrap_or_else(|| "root".into());
+            let port = t["port"].as_u64().unwrap_or(22) as u16;
+            let sh = crate::bootstrap::SystemShell;
+            let tmp = tempfile_dir()?;
+            let known = match (&host_key_fingerprint, known_hosts) {
+                (Some(fp), _) => {
+                    let kh = tmp.join("known_hosts");
+                    crate::bootstrap::pin_fingerprint(&sh, &host, port, fp, &kh)?;
+                    println!("host key: {fp} (pinned)");
+                    kh
+                }
+                (None, Some(kh)) => kh,
+                (None, None) => std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".ssh/known_hosts"))
+                    .context("no --known-hosts, --host-key-fingerprint or $HOME")?,
+            };
+            let remote = crate::bootstrap::Remote { host, port, user, identity, known_hosts: known };
+            let coordinator = match agent_coordinator {
+                Some(u) if u.starts_with("https://") => u,
+                Some(u) => format!("https://{u}"),
+                None => own_url.to_string(),
+            };
+            let handle = tokio::runtime::Handle::current();
+            let mut token = || {
+                let mut c = c.clone();
+                let target = target.clone();
+                tokio::task::block_in_place(|| {
+                    handle.block_on(async move {
+                        let r = c
+                            .create_token(proto::CreateTokenRequest { target, ttl_ms: 15 * 60 * 1000 })
+                            .await
+                            .map_err(status_err)?;
+                        Ok::<_, anyhow::Error>(r.into_inner().token)
+                    })
+                })
+            };
+            let plan = crate::bootstrap::Plan {
+                target: &target,
+                coordinator: &coordinator,
+                artifacts: &artifacts,
+                token: &mut token,
+            };
+            let result = tokio::task::block_in_place(|| crate::bootstrap::install(&sh, &remote, plan));
+            let _ = std::fs::remove_dir_all(&tmp);
+            result?;
+            // Verify: a push agent must answer; a pull agent must have polled.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let v = c.deploy_test(proto::TargetRequest { target: target.clone() }).await;
+                match v {
+                    Ok(r) => {
+                        let v: serde_json::Value = serde_json::from_str(&r.into_inner().json)?;
+                        if v["reachable"] == true {
+                            println!(
+                                "verify:   deploy-test: reachable, agent {} on {} ({}), os check {}",
+                                v["facts"]["agent_version"].as_str().unwrap_or("?"),
+                                v["facts"]["os_release"].as_str().unwrap_or("?"),
+                                v["facts"]["arch"].as_str().unwrap_or("?"),
+                                v["os_check"].as_str().unwrap_or("?")
+                            );
+                            return Ok(exit::OK);
+                        }
+                    }
+                    Err(e) if std::time::Instant::now() >= deadline => {
+                        anyhow::bail!("installed, but deploy-test fails: {}", e.message())
+                    }
+                    Err(_) => {}
+                }
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!("installed, but the agent has not been seen within 60s (journalctl -u dockfra-agent on the host)");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
         Command::Agents { cmd: Some(AgentsCmd::Revoke { target }), .. } => {
             json(c.revoke_agent(proto::TargetRequest { target: target.clone() }).await)?;

@@ -1,6 +1,7 @@
 //! dockfra-coord as a library: everything the binary does, testable without spawning it.
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 pub mod builder;
 pub mod ca;
 pub mod cli;

@@ -761,7 +761,8 @@ impl admin_server::Admin for Coordinator {
             .map(|t| {
                 let a = agents.iter().find(|a| a.target == t.id);
                 serde_json::json!({
-                    "id": t.id, "platform": t.platform.as_str(), "host": t.host, "os": t.os, "labels": t.labels,
+                    "id": t.id, "platform": t.platform.as_str(), "host": t.host, "port": t.port, "user": t.user,
+                    "os": t.os, "labels": t.labels,
                     "mode": t.agent.mode.as_str(), "enrolled": a.is_some(), "revoked": a.map(|a| a.revoked).unwrap_or(false),
                     "last_seen_unix": a.and_then(|a| a.last_seen_unix),
                 })
