@@ -901,12 +901,7 @@ fn declared_os_is_checked_against_the_agent() {
     };
     w.write("project/deploy-targets.yaml", &targets("macos"));
     w.write("project/app/VERSION", "v1\n");
-    w.init("127.0.0.1:0");
-    let _coord = w.serve(&[]);
-    let mut agent = Agent::new(&w, "box");
-    agent.listen = Some(format!("127.0.0.1:{port}"));
-    agent.enroll(&format!("https://{}", w.addr()), &w.token("box")).ok();
-    let _a = agent.start(&w);
+    let (_coord, _agent, _a) = w.start_push("box", "box", port);
 
     let r = w.coord(&["deploy-test", "box"]);
     assert_eq!(r.code(), 1, "{}", r.stdout());
@@ -1220,18 +1215,9 @@ targets:
 "#,
     );
     w.write("project/app/.env", "APP_VERSION=v1\n");
-    w.init("127.0.0.1:0");
-    let _coord = w.serve(&[]);
-    let mut agent = Agent::new(&w, "vps");
-    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
-    agent.enroll(&format!("https://{}", w.addr()), &w.token("vps")).ok();
-    let _a = agent.start(&w);
+    let (_coord, agent, _a) = w.start_push("vps", "vps", agent_port);
 
-    let deploy = |args: &[&str]| {
-        let r = w.coord(args);
-        let code = r.code();
-        (code, r.json())
-    };
+    let deploy = |args: &[&str]| w.coord_json(args);
     let (code, v) = deploy(&["deploy", "vps", "--output", "json"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(http_body(web_port), "hello v1");
@@ -1407,12 +1393,7 @@ targets:
         "FROM dockfra-busybox:test\nARG GREETING\nCOPY index.html /www/index.html\nRUN sed -i \"s/^/$GREETING /\" /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
     );
     w.write("project/app/web/index.html", "v1\n");
-    w.init("127.0.0.1:0");
-    let _coord = w.serve(&[]);
-    let mut agent = Agent::new(&w, "vps");
-    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
-    agent.enroll(&format!("https://{}", w.addr()), &w.token("vps")).ok();
-    let _a = agent.start(&w);
+    let (_coord, agent, _a) = w.start_push("vps", "vps", agent_port);
 
     // Nothing would carry a built image to the target: refused, naming service and fix.
     let r = w.coord(&["deploy", "vps"]).fails();
@@ -1623,16 +1604,8 @@ targets:
 "#,
     );
     w.write("project/app/.env", "APP_VERSION=v1\n");
-    w.init("127.0.0.1:0");
-    let _coord = w.serve(&[]);
-    let mut agent = Agent::new(&w, "swarm");
-    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
-    agent.enroll(&format!("https://{}", w.addr()), &w.token("swarm-cluster")).ok();
-    let _a = agent.start(&w);
-    let deploy = |args: &[&str]| {
-        let r = w.coord(args);
-        (r.code(), r.json())
-    };
+    let (_coord, agent, _a) = w.start_push("swarm", "swarm-cluster", agent_port);
+    let deploy = |args: &[&str]| w.coord_json(args);
 
     let (code, v) = deploy(&["deploy", "swarm-cluster", "--output", "json"]);
     assert_eq!(code, 0, "{v}");
@@ -1775,16 +1748,8 @@ targets:
     );
     w.write("project/app/compose.yaml", TWO_SERVICES);
     w.write("project/app/.env", "APP_VERSION=v1\n");
-    w.init("127.0.0.1:0");
-    let _coord = w.serve(&[]);
-    let mut agent = Agent::new(&w, "rhel");
-    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
-    agent.enroll(&format!("https://{}", w.addr()), &w.token("rhel")).ok();
-    let _a = agent.start(&w);
-    let deploy = |args: &[&str]| {
-        let r = w.coord(args);
-        (r.code(), r.json())
-    };
+    let (_coord, agent, _a) = w.start_push("rhel", "rhel", agent_port);
+    let deploy = |args: &[&str]| w.coord_json(args);
 
     let (code, v) = deploy(&["deploy", "rhel", "--output", "json"]);
     assert_eq!(code, 0, "{v}");
@@ -1950,10 +1915,7 @@ targets:
     agent.prefix = sbox.exec();
     agent.enroll(&format!("https://{}", w.addr()), &w.token("rhel")).ok();
     let _a = agent.start(&w);
-    let deploy = |args: &[&str]| {
-        let r = w.coord(args);
-        (r.code(), r.json())
-    };
+    let deploy = |args: &[&str]| w.coord_json(args);
     let wait = ["--wait", "--timeout", "180s", "--output", "json"];
 
     // The container's Podman has never seen the image: it comes in the bundle.

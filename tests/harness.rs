@@ -211,6 +211,24 @@ impl World {
         std::fs::read_to_string(self.coord_state.join("serve.addr")).unwrap().trim().to_string()
     }
 
+    /// `coord ARGS… --output json` style: (exit code, the JSON it printed).
+    pub fn coord_json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let r = self.coord(args);
+        (r.code(), r.json())
+    }
+
+    /// The usual start of a test: `init` on loopback, `serve`, and a push agent for `target`
+    /// listening on 127.0.0.1:`port`, enrolled and running. Keep the two processes alive.
+    pub fn start_push(&self, name: &str, target: &str, port: u16) -> (Proc, Agent, Proc) {
+        self.init("127.0.0.1:0");
+        let coord = self.serve(&[]);
+        let mut agent = Agent::new(self, name);
+        agent.listen = Some(format!("127.0.0.1:{port}"));
+        agent.enroll(&format!("https://{}", self.addr()), &self.token(target)).ok();
+        let run = agent.start(self);
+        (coord, agent, run)
+    }
+
     pub fn token(&self, target: &str) -> String {
         self.coord(&["token", "create", target]).ok().stdout().trim().to_string()
     }

@@ -588,7 +588,7 @@ fn images_only_in(manifests: &[(String, Manifest)], removed: &[String]) -> Vec<b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dockfra_common::bundle::{DockerComposeSpec, ImageRef, FORMAT};
+    use dockfra_common::bundle::{DockerComposeSpec, ImageRef};
     use dockfra_common::config::Platform;
 
     fn with_images(ids: &[&str]) -> Manifest {
@@ -597,26 +597,13 @@ mod tests {
             .map(|id| ImageRef { name: format!("img-{id}"), id: (*id).into(), sha256: "0".repeat(64), size: 1 })
             .collect();
         Manifest {
-            format: FORMAT,
-            target: "t".into(),
-            app: "a".into(),
-            version: "v".into(),
-            sequence: 1,
-            platform: Platform::DockerCompose,
-            created_unix: 0,
-            files: vec![],
-            ssh_raw: None,
             docker_compose: Some(DockerComposeSpec {
                 project: "p".into(),
                 file: "f".into(),
                 wait_timeout_secs: 1,
                 images,
             }),
-            swarm: None,
-            podman: None,
-            health: None,
-            keep_releases: 1,
-            os: None,
+            ..crate::drivers::test_manifest(Platform::DockerCompose)
         }
     }
 

@@ -139,32 +139,19 @@ impl Driver for DockerCompose {
 mod tests {
     use super::*;
     use crate::runner::FakeRunner;
-    use dockfra_common::bundle::{DockerComposeSpec, Manifest, FORMAT};
+    use dockfra_common::bundle::{DockerComposeSpec, Manifest};
     use dockfra_common::config::Platform;
 
     #[tokio::test]
     async fn argv_is_the_compose_cli() {
         let m = Manifest {
-            format: FORMAT,
-            target: "t".into(),
-            app: "web".into(),
-            version: "v".into(),
-            sequence: 1,
-            platform: Platform::DockerCompose,
-            created_unix: 0,
-            files: vec![],
-            ssh_raw: None,
             docker_compose: Some(DockerComposeSpec {
                 project: "shop".into(),
                 file: ".dockfra/compose.yaml".into(),
                 wait_timeout_secs: 30,
                 images: vec![],
             }),
-            swarm: None,
-            podman: None,
-            health: None,
-            keep_releases: 5,
-            os: None,
+            ..crate::drivers::test_manifest(Platform::DockerCompose)
         };
         let runner = FakeRunner::default();
         let ctx = StepCtx {

@@ -84,6 +84,28 @@ pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
     }
 }
 
+/// A manifest for unit tests: `platform`, app `web`, no platform section, nothing else set.
+#[cfg(test)]
+pub(crate) fn test_manifest(platform: dockfra_common::config::Platform) -> Manifest {
+    Manifest {
+        format: dockfra_common::bundle::FORMAT,
+        target: "t".into(),
+        app: "web".into(),
+        version: "v".into(),
+        sequence: 1,
+        platform,
+        created_unix: 0,
+        files: vec![],
+        ssh_raw: None,
+        docker_compose: None,
+        swarm: None,
+        podman: None,
+        health: None,
+        keep_releases: 5,
+        os: None,
+    }
+}
+
 /// A step context for driver unit tests: fixed paths, the given manifest and runner.
 #[cfg(test)]
 pub(crate) fn test_ctx<'a>(manifest: &'a Manifest, runner: &'a dyn Runner) -> StepCtx<'a> {

@@ -98,19 +98,12 @@ impl Driver for SshRaw {
 mod tests {
     use super::*;
     use crate::runner::FakeRunner;
-    use dockfra_common::bundle::{Manifest, SshRawSpec, FORMAT};
+    use dockfra_common::bundle::{Manifest, SshRawSpec};
     use dockfra_common::config::Platform;
 
     fn manifest(m: ServiceManager) -> Manifest {
         Manifest {
-            format: FORMAT,
-            target: "t".into(),
             app: "myapp".into(),
-            version: "v".into(),
-            sequence: 1,
-            platform: Platform::SshRaw,
-            created_unix: 0,
-            files: vec![],
             ssh_raw: Some(SshRawSpec {
                 deploy_path: None,
                 service_manager: m,
@@ -118,12 +111,7 @@ mod tests {
                 pre_script: Some("echo pre".into()),
                 post_script: None,
             }),
-            docker_compose: None,
-            swarm: None,
-            podman: None,
-            health: None,
-            keep_releases: 5,
-            os: None,
+            ..crate::drivers::test_manifest(Platform::SshRaw)
         }
     }
 
