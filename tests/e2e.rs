@@ -921,6 +921,9 @@ fn declared_os_is_checked_against_the_agent() {
     let (code, v) = deploy_json(&w, &["box"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(std::fs::read_to_string(w.path("deploy/web/current/VERSION")).unwrap(), "v1\n");
+    let st = w.coord(&["status", "box", "--output", "json"]).ok().json();
+    assert_eq!((st["os"].as_str(), st["os_check"].as_str()), (Some("linux"), Some("ok")), "{st}");
+    assert!(!st["os_release"].as_str().unwrap_or_default().is_empty() && st["arch"] == std::env::consts::ARCH, "{st}");
 }
 
 /// The .deb (packaging/deb, cargo-deb) installs, upgrades, is removed and purged in a
