@@ -1064,6 +1064,31 @@ fn agent_install_over_ssh_into_a_systemd_host() {
     let r = install(&fingerprint);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stdout().contains("already enrolled; kept"), "{}", r.stdout());
+
+    // A host without the package: the static binary, with the package's unit and user.
+    assert!(sbox.sh("dpkg -P dockfra-agent && ! id dockfra && test ! -e /var/lib/dockfra").0, "purged");
+    std::fs::copy(bin("dockfra-agent"), artifacts.join("dockfra-agent-x86_64-unknown-linux-gnu")).unwrap();
+    let (k, a) = (key.display().to_string(), artifacts.display().to_string());
+    let r = w.coord(&[
+        "agent",
+        "install",
+        "box",
+        "--binary",
+        "--identity",
+        &k,
+        "--host-key-fingerprint",
+        &fingerprint,
+        "--artifacts",
+        &a,
+    ]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("-> /usr/local/bin/dockfra-agent, user dockfra"), "{}", r.stdout());
+    let (_, pid, _) = sbox.sh("systemctl show -p MainPID --value dockfra-agent");
+    assert_eq!(sbox.sh(&format!("stat -c %U /proc/{pid}")).1, "dockfra");
+    w.write("project/app/VERSION", "v2\n");
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.sh("cat /var/lib/dockfra/apps/web/current/VERSION").1, "v2");
 }
 
 fn runner_missing(program: &str) -> bool {

@@ -199,9 +199,30 @@ pub fn arch_of(machine: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// Pick the package for this host from `artifacts`: `dockfra-agent_*_<debarch>.deb`, the
-/// newest by name when several.
-pub fn pick_package(artifacts: &Path, facts: &HostFacts) -> Result<PathBuf> {
+/// What goes onto the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Artifact {
+    /// `dockfra-agent_VERSION_ARCH.deb`: the package brings user, unit and config.
+    Deb(PathBuf),
+    /// `dockfra-agent-TRIPLE` from cross/build: installed to /usr/local/bin with the same
+    /// systemd unit as the package's, written by the bootstrap.
+    Binary(PathBuf),
+}
+
+/// Newest (by name) file in `dir` that `wanted` accepts.
+fn newest(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&wanted))
+        .collect();
+    found.sort();
+    Ok(found.pop())
+}
+
+/// Choose what to install from `artifacts`: the .deb for a Debian-family host with systemd
+/// (unless `binary`), else the static binary for its architecture on any host with systemd.
+pub fn pick_artifact(artifacts: &Path, facts: &HostFacts, binary: bool) -> Result<Artifact> {
     if facts.kernel == "Darwin" {
         bail!("the host runs macOS: install the agent with Homebrew (packaging/homebrew), not over SSH");
     }
@@ -211,33 +232,30 @@ pub fn pick_package(artifacts: &Path, facts: &HostFacts) -> Result<PathBuf> {
     let Some((debarch, triple)) = arch_of(&facts.machine) else {
         bail!("no agent is built for architecture {:?} (armv7l, aarch64, x86_64 are)", facts.machine);
     };
-    let pm = PackageManager::for_os_release(&facts.id, &facts.id_like);
-    if pm != Some(PackageManager::Apt) || !facts.systemd {
+    if !facts.systemd {
         bail!(
-            "the host ({} {}, {}) takes no .deb with a systemd service; copy {} from cross/build by hand (packaging/README.md)",
+            "the host ({} {}) does not run systemd: install {} by hand and run `dockfra-agent run` under its service manager (packaging/README.md, packaging/wsl.md)",
             facts.id,
             facts.machine,
-            if facts.systemd { "systemd" } else { "no systemd" },
             format_args!("dockfra-agent-{triple}")
         );
     }
-    let suffix = format!("_{debarch}.deb");
-    let mut debs: Vec<PathBuf> = std::fs::read_dir(artifacts)
-        .with_context(|| format!("cannot read {}", artifacts.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("dockfra-agent_") && n.ends_with(&suffix))
-        })
-        .collect();
-    debs.sort();
-    debs.pop().with_context(|| {
-        format!(
-            "no dockfra-agent_*{suffix} in {} (build it: cross/build, then cargo deb --no-build; packaging/README.md)",
+    let debian = PackageManager::for_os_release(&facts.id, &facts.id_like) == Some(PackageManager::Apt);
+    if debian && !binary {
+        let suffix = format!("_{debarch}.deb");
+        if let Some(deb) = newest(artifacts, |n| n.starts_with("dockfra-agent_") && n.ends_with(&suffix))? {
+            return Ok(Artifact::Deb(deb));
+        }
+        bail!(
+            "no dockfra-agent_*{suffix} in {} (build it: cross/build, then cargo deb --no-build; packaging/README.md; or --binary)",
             artifacts.display()
-        )
-    })
+        );
+    }
+    let name = format!("dockfra-agent-{triple}");
+    match newest(artifacts, |n| n == name)? {
+        Some(b) => Ok(Artifact::Binary(b)),
+        None => bail!("no {name} in {} (build it: cross/build)", artifacts.display()),
+    }
 }
 
 /// What `install` needs besides the remote.
@@ -246,8 +264,33 @@ pub struct Plan<'a> {
     /// The coordinator's address as the target reaches it.
     pub coordinator: &'a str,
     pub artifacts: &'a Path,
+    /// Install the static binary even where a .deb would fit.
+    pub binary: bool,
     /// Called for a fresh one-time token, only when the host is not enrolled yet.
     pub token: &'a mut dyn FnMut() -> Result<String>,
+}
+
+/// The packaged systemd unit: the binary install writes the same one.
+const UNIT: &str = include_str!("../../packaging/deb/dockfra-agent.service");
+
+/// For a binary install: the user, the dirs and the unit the .deb's maintainer scripts make.
+/// Runs as root (`sh -s`, the unit on stdin after the script is read from a file).
+fn binary_setup_script(file: &str) -> String {
+    format!(
+        "set -e\n\
+install -m 0755 {file} /usr/local/bin/dockfra-agent\n\
+rm -f {file}\n\
+if ! id dockfra >/dev/null 2>&1; then\n\
+  if command -v useradd >/dev/null; then useradd --system --user-group --home-dir /var/lib/dockfra --shell /usr/sbin/nologin dockfra;\n\
+  else adduser -S -D -H -h /var/lib/dockfra -s /sbin/nologin dockfra; fi\n\
+  if getent group docker >/dev/null; then usermod -aG docker dockfra 2>/dev/null || addgroup dockfra docker; fi\n\
+fi\n\
+mkdir -p /etc/dockfra /var/lib/dockfra\n\
+chown dockfra:dockfra /var/lib/dockfra\n\
+chmod 0750 /var/lib/dockfra\n\
+cat > /etc/systemd/system/dockfra-agent.service\n\
+systemctl daemon-reload\n"
+    )
 }
 
 /// Install, configure, enroll and start. Prints one line per step; returns the probe.
@@ -261,30 +304,54 @@ pub fn install(sh: &dyn Shell, remote: &Remote, plan: Plan<'_>) -> Result<HostFa
         if facts.systemd { ", systemd" } else { "" },
         if facts.root { "root" } else { "a user (sudo -n for the rest)" }
     );
-    let deb = pick_package(plan.artifacts, &facts)?;
+    let artifact = pick_artifact(plan.artifacts, &facts, plan.binary)?;
+    let local = match &artifact {
+        Artifact::Deb(p) | Artifact::Binary(p) => p.clone(),
+    };
     let sudo = if facts.root { "" } else { "sudo -n " };
-    let name = deb.file_name().and_then(|n| n.to_str()).unwrap_or("dockfra-agent.deb");
+    let name = local.file_name().and_then(|n| n.to_str()).unwrap_or("dockfra-agent").to_string();
     let remote_file = format!("/tmp/{}-{}", std::process::id(), name);
-    let up = sh.run(&remote.scp_argv(&deb, &remote_file), None)?;
+    let up = sh.run(&remote.scp_argv(&local, &remote_file), None)?;
     if up.code != 0 {
-        bail!("upload of {} failed: {}", deb.display(), up.stderr.trim());
+        bail!("upload of {} failed: {}", local.display(), up.stderr.trim());
     }
-    println!("upload:   {} -> {remote_file}", deb.display());
-    // apt-get resolves the package's dependencies; a minimal system without apt gets dpkg.
-    let install = PackageManager::Apt.install_file(&remote_file).unwrap_or_default();
-    let install: Vec<String> = install.iter().map(|a| sh_quote(a)).collect();
+    println!("upload:   {} -> {remote_file}", local.display());
     let file = sh_quote(&remote_file);
-    remote.exec(
-        sh,
-        "install",
-        &format!(
-            "if command -v apt-get >/dev/null; then {sudo}env DEBIAN_FRONTEND=noninteractive {}; \
+    let agent_bin = match &artifact {
+        Artifact::Deb(_) => {
+            // apt-get resolves the package's dependencies; a minimal system without apt gets dpkg.
+            let install = PackageManager::Apt.install_file(&remote_file).unwrap_or_default();
+            let install: Vec<String> = install.iter().map(|a| sh_quote(a)).collect();
+            remote.exec(
+                sh,
+                "install",
+                &format!(
+                    "if command -v apt-get >/dev/null; then {sudo}env DEBIAN_FRONTEND=noninteractive {}; \
 else {sudo}env DEBIAN_FRONTEND=noninteractive dpkg -i {file}; fi; rc=$?; rm -f {file}; exit $rc",
-            install.join(" "),
-        ),
-        None,
-    )?;
-    println!("install:  {name}");
+                    install.join(" "),
+                ),
+                None,
+            )?;
+            println!("install:  {name}");
+            "/usr/bin/dockfra-agent"
+        }
+        Artifact::Binary(_) => {
+            // The script goes to a file first: stdin then carries the unit.
+            let script = binary_setup_script(&file);
+            let script_file = format!("{remote_file}.setup");
+            remote.exec(sh, "install", &format!("cat > {}", sh_quote(&script_file)), Some(script.as_bytes()))?;
+            let unit = UNIT.replace("/usr/bin/dockfra-agent", "/usr/local/bin/dockfra-agent");
+            let sf = sh_quote(&script_file);
+            remote.exec(
+                sh,
+                "install",
+                &format!("{sudo}sh {sf}; rc=$?; rm -f {sf}; exit $rc"),
+                Some(unit.as_bytes()),
+            )?;
+            println!("install:  {name} -> /usr/local/bin/dockfra-agent, user dockfra, /etc/systemd/system/dockfra-agent.service");
+            "/usr/local/bin/dockfra-agent"
+        }
+    };
     let config = format!(
         "# written by `dockfra-coord agent install {}`\nstate_dir: /var/lib/dockfra\ncoordinator: {}\n",
         plan.target, plan.coordinator
@@ -302,7 +369,7 @@ else {sudo}env DEBIAN_FRONTEND=noninteractive dpkg -i {file}; fi; rc=$?; rm -f {
     } else {
         let token = (plan.token)()?;
         let script = format!(
-            "{sudo}sh -c 'read -r DOCKFRA_JOIN_TOKEN && export DOCKFRA_JOIN_TOKEN && exec /usr/bin/dockfra-agent --config /etc/dockfra/agent.yaml enroll --target {}'",
+            "{sudo}sh -c 'read -r DOCKFRA_JOIN_TOKEN && export DOCKFRA_JOIN_TOKEN && exec {agent_bin} --config /etc/dockfra/agent.yaml enroll --target {}'",
             sh_quote(plan.target).replace('\'', "'\\''")
         );
         remote.exec(sh, "enroll", &script, Some(format!("{token}\n").as_bytes()))?;
@@ -354,16 +421,23 @@ mod tests {
         {
             std::fs::write(dir.join(n), "x").unwrap();
         }
-        assert!(pick_package(&dir, &f).unwrap().ends_with("dockfra-agent_0.1.0-2_armhf.deb"));
-        let alpine = HostFacts { id: "alpine".into(), id_like: String::new(), ..f.clone() };
-        assert!(pick_package(&dir, &alpine)
+        let pick = |f: &HostFacts, binary: bool| pick_artifact(&dir, f, binary);
+        assert_eq!(pick(&f, false).unwrap(), Artifact::Deb(dir.join("dockfra-agent_0.1.0-2_armhf.deb")));
+        let fedora = HostFacts { id: "fedora".into(), id_like: String::new(), ..f.clone() };
+        assert!(pick(&fedora, false)
             .unwrap_err()
             .to_string()
-            .contains("dockfra-agent-armv7-unknown-linux-gnueabihf"));
+            .contains("no dockfra-agent-armv7-unknown-linux-gnueabihf"));
+        std::fs::write(dir.join("dockfra-agent-armv7-unknown-linux-gnueabihf"), "x").unwrap();
+        let bin = Artifact::Binary(dir.join("dockfra-agent-armv7-unknown-linux-gnueabihf"));
+        assert_eq!(pick(&fedora, false).unwrap(), bin);
+        assert_eq!(pick(&f, true).unwrap(), bin, "--binary wins over the .deb");
+        let alpine = HostFacts { id: "alpine".into(), id_like: String::new(), systemd: false, ..f.clone() };
+        assert!(pick_artifact(&dir, &alpine, false).unwrap_err().to_string().contains("does not run systemd"));
         let mac = HostFacts { kernel: "Darwin".into(), ..f.clone() };
-        assert!(pick_package(&dir, &mac).unwrap_err().to_string().contains("Homebrew"));
+        assert!(pick_artifact(&dir, &mac, false).unwrap_err().to_string().contains("Homebrew"));
         let mips = HostFacts { machine: "mips".into(), ..f };
-        assert!(pick_package(&dir, &mips).unwrap_err().to_string().contains("\"mips\""));
+        assert!(pick_artifact(&dir, &mips, false).unwrap_err().to_string().contains("\"mips\""));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -420,8 +494,12 @@ mod tests {
         };
         let r = Remote { host: "h".into(), port: 22, user: "root".into(), identity: None, known_hosts: "/kh".into() };
         let mut token = || Ok("dkf1.secret".to_string());
-        install(&sh, &r, Plan { target: "box", coordinator: "https://c:7443", artifacts: &dir, token: &mut token })
-            .unwrap();
+        install(
+            &sh,
+            &r,
+            Plan { target: "box", coordinator: "https://c:7443", artifacts: &dir, binary: false, token: &mut token },
+        )
+        .unwrap();
         let calls = sh.calls.lock().unwrap().clone();
         assert!(calls.iter().all(|(argv, _)| !argv.join(" ").contains("dkf1.secret")));
         let enroll = calls.iter().find(|(a, _)| a.join(" ").contains(" enroll ")).unwrap();

@@ -202,9 +202,14 @@ pub enum AgentCmd {
         /// known_hosts file to check the host key against (default: ~/.ssh/known_hosts).
         #[arg(long)]
         known_hosts: Option<PathBuf>,
-        /// Directory holding the packages (dockfra-agent_VERSION_ARCH.deb).
+        /// Directory holding the packages (dockfra-agent_VERSION_ARCH.deb) and the static
+        /// binaries (dockfra-agent-TRIPLE) from cross/build.
         #[arg(long, default_value = "target/cross/dist")]
         artifacts: PathBuf,
+        /// Install the static binary (to /usr/local/bin, with the package's systemd unit) even
+        /// where a .deb would fit. Hosts that are not Debian-family always get the binary.
+        #[arg(long)]
+        binary: bool,
         /// The coordinator's address as the target reaches it (default: this coordinator's
         /// own address).
         #[arg(long)]
@@ -489,6 +494,7 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
             host_key_fingerprint,
             known_hosts,
             artifacts,
+            binary,
             agent_coordinator,
         }) => {
             let targets = json(c.targets(proto::Empty {}).await)?;
@@ -538,6 +544,7 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
                 target: &target,
                 coordinator: &coordinator,
                 artifacts: &artifacts,
+                binary,
                 token: &mut token,
             };
             let result = tokio::task::block_in_place(|| crate::bootstrap::install(&sh, &remote, plan));
