@@ -847,29 +847,28 @@ fn agent_config_file_and_the_not_enrolled_refusal() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("cannot read /nonexistent/agent.yaml"));
 }
 
-/// The Raspberry Pi 3 agent: the static armv7 build from `cross/build armv7`, run under
-/// qemu-user as a Cortex-A7, enrolls with this (x86_64) coordinator, takes pull deploys and
-/// switches `current`.
-#[test]
-fn armv7_agent_under_qemu_enrolls_deploys_and_switches_current() {
-    let binary = std::env::var_os("DOCKFRA_ARMV7_AGENT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/cross/dist/dockfra-agent-armv7-unknown-linux-gnueabihf"));
-    if (!binary.is_file() || runner_missing("qemu-arm-static"))
-        && skip_or_fail("the armv7 agent (cross/build armv7) and qemu-user-static")
+/// One static agent from `cross/build`, run (under qemu-user where it is not x86_64): it
+/// enrolls with this x86_64 coordinator, takes two pull deploys and switches `current`, and
+/// the coordinator sees its architecture.
+fn static_agent_enrolls_deploys_and_switches_current(triple: &str, qemu: &[&str], arch: &str) {
+    let binary = workspace().join(format!("target/cross/dist/dockfra-agent-{triple}"));
+    let missing_qemu = qemu.first().is_some_and(|q| runner_missing(q));
+    if (!binary.is_file() || missing_qemu)
+        && skip_or_fail(&format!("the static agent for {triple} (cross/build) and qemu-user-static"))
     {
         return;
     }
-    let w = World::new("armv7");
+    let w = World::new(&format!("static-{arch}"));
     project(&w, free_port(), "", "");
     w.init("127.0.0.1:0");
     let _coord = w.serve(&[]);
-    let mut agent = Agent::new(&w, "rpi3");
-    agent.prefix = ["qemu-arm-static", "-cpu", "cortex-a7"].map(String::from).to_vec();
+    let mut agent = Agent::new(&w, arch);
+    agent.prefix = qemu.iter().map(|s| s.to_string()).collect();
     agent.program = Some(binary);
 
     let detect = agent.run_cmd(&["detect"]).ok().stdout();
-    assert!(detect.contains("arch:") && detect.contains("arm"), "{detect}");
+    let reported = detect.lines().find_map(|l| l.strip_prefix("arch:")).map(str::trim);
+    assert_eq!(reported, Some(arch), "{detect}");
     agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
     let _a = agent.start(&w);
     let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "120s"]);
@@ -884,7 +883,28 @@ fn armv7_agent_under_qemu_enrolls_deploys_and_switches_current() {
     assert_ne!(current(&w, "deploy-pull"), first, "current moved to the new release");
     let agents = w.coord(&["agents", "--output", "json"]).ok().json();
     let row = agents.as_array().unwrap().iter().find(|a| a["target"] == "edge-pull").cloned().unwrap();
-    assert_eq!(row["facts"]["arch"], "arm", "the coordinator sees an ARM agent: {row}");
+    assert_eq!(row["facts"]["arch"], arch, "the coordinator sees the agent's architecture: {row}");
+}
+
+/// The Raspberry Pi 3 agent, as a Cortex-A7 (the Pi 3's core).
+#[test]
+fn armv7_agent_under_qemu_enrolls_deploys_and_switches_current() {
+    static_agent_enrolls_deploys_and_switches_current(
+        "armv7-unknown-linux-gnueabihf",
+        &["qemu-arm-static", "-cpu", "cortex-a7"],
+        "arm",
+    );
+}
+
+#[test]
+fn aarch64_agent_under_qemu_enrolls_deploys_and_switches_current() {
+    static_agent_enrolls_deploys_and_switches_current("aarch64-unknown-linux-gnu", &["qemu-aarch64-static"], "aarch64");
+}
+
+/// The x86_64 agent: static musl, run natively.
+#[test]
+fn x86_64_static_agent_enrolls_deploys_and_switches_current() {
+    static_agent_enrolls_deploys_and_switches_current("x86_64-unknown-linux-musl", &[], "x86_64");
 }
 
 /// `os:` is checked against what the agent reports: `deploy-test` says so, and the agent
@@ -1067,7 +1087,7 @@ fn agent_install_over_ssh_into_a_systemd_host() {
 
     // A host without the package: the static binary, with the package's unit and user.
     assert!(sbox.sh("dpkg -P dockfra-agent && ! id dockfra && test ! -e /var/lib/dockfra").0, "purged");
-    std::fs::copy(bin("dockfra-agent"), artifacts.join("dockfra-agent-x86_64-unknown-linux-gnu")).unwrap();
+    std::fs::copy(bin("dockfra-agent"), artifacts.join("dockfra-agent-x86_64-unknown-linux-musl")).unwrap();
     let (k, a) = (key.display().to_string(), artifacts.display().to_string());
     let r = w.coord(&[
         "agent",

@@ -192,7 +192,7 @@ pub fn parse_probe(out: &str) -> HostFacts {
 /// Debian's architecture name and Rust's target for `uname -m`.
 pub fn arch_of(machine: &str) -> Option<(&'static str, &'static str)> {
     match machine {
-        "x86_64" | "amd64" => Some(("amd64", "x86_64-unknown-linux-gnu")),
+        "x86_64" | "amd64" => Some(("amd64", "x86_64-unknown-linux-musl")),
         "aarch64" | "arm64" => Some(("arm64", "aarch64-unknown-linux-gnu")),
         "armv7l" | "armv8l" => Some(("armhf", "armv7-unknown-linux-gnueabihf")),
         _ => None,
