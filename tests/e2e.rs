@@ -1206,6 +1206,28 @@ fn http_body(port: u16) -> String {
     out.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default()
 }
 
+/// The container platforms' common proof, once v1 is live: v2 deploys, `rollback` brings v1
+/// back, and a v3 whose healthcheck fails is rolled back by the agent itself. `extra` goes to
+/// every coordinator command (`--wait` for pull agents); `body` reads the app's answer.
+fn v2_rollback_and_failing_v3(w: &World, target: &str, extra: &[&str], body: impl Fn() -> String, v3_says: &str) {
+    let run = |verb: &str| w.coord_json(&[&[verb, target, "--output", "json"][..], extra].concat());
+    w.write("project/app/.env", "APP_VERSION=v2\n");
+    let (code, v) = run("deploy");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(body(), "hello v2");
+
+    let (code, v) = run("rollback");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(body(), "hello v1", "v1 answers again after rollback");
+
+    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
+    let (code, v) = run("deploy");
+    assert_eq!(code, 3, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains(v3_says) && msg.contains("rolled back to"), "{msg}");
+    assert_eq!(body(), "hello v1", "the healthy release is back");
+}
+
 #[test]
 fn docker_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
     if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
@@ -1295,21 +1317,8 @@ targets:
     let table = w.coord(&["deploy-test", "vps"]).ok().stdout();
     assert!(table.contains("runtime:    docker engine"), "{table}");
 
-    w.write("project/app/.env", "APP_VERSION=v2\n");
-    assert_eq!(deploy(&["deploy", "vps", "--output", "json"]).0, 0);
-    assert_eq!(http_body(web_port), "hello v2");
-
-    let (code, v) = deploy(&["rollback", "vps", "--output", "json"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(http_body(web_port), "hello v1", "v1 answers again after rollback");
-
     // v3's healthcheck fails: compose reports the container unhealthy, the agent rolls back.
-    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
-    let (code, v) = deploy(&["deploy", "vps", "--output", "json"]);
-    assert_eq!(code, 3, "{v}");
-    let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains("unhealthy") && msg.contains("rolled back to"), "{msg}");
-    assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
+    v2_rollback_and_failing_v3(&w, "vps", &[], || http_body(web_port), "unhealthy");
     let st = w.coord(&["status", "vps", "--output", "json"]).ok().json();
     assert_eq!(st["last_deploy"]["status"], "failed");
     assert_eq!(st["health"], "healthy");
@@ -1673,22 +1682,8 @@ targets:
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1 1 1s");
 
-    w.write("project/app/.env", "APP_VERSION=v2\n");
-    let (code, v) = deploy(&["deploy", "swarm-cluster", "--output", "json"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(http_body(web_port), "hello v2");
-
-    let (code, v) = deploy(&["rollback", "swarm-cluster", "--output", "json"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(http_body(web_port), "hello v1", "v1 answers again after rollback");
-
     // v3's healthcheck fails: its task fails, the agent redeploys the previous stack file.
-    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
-    let (code, v) = deploy(&["deploy", "swarm-cluster", "--output", "json"]);
-    assert_eq!(code, 3, "{v}");
-    let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains("rolled back to"), "{msg}");
-    assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
+    v2_rollback_and_failing_v3(&w, "swarm-cluster", &[], || http_body(web_port), "");
 
     // Between deploys, health is read live from the task states: a web task that cannot be
     // placed shows, naming the service and why.
@@ -1812,22 +1807,8 @@ targets:
     let line = engine["version"].as_str().unwrap();
     assert!(line.contains("(rootful, ") && line.contains("socket "), "{line}");
 
-    w.write("project/app/.env", "APP_VERSION=v2\n");
-    let (code, v) = deploy(&["deploy", "rhel", "--output", "json"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(http_body(web_port), "hello v2");
-
-    let (code, v) = deploy(&["rollback", "rhel", "--output", "json"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(http_body(web_port), "hello v1", "v1 answers again after rollback");
-
     // v3's healthcheck fails: Podman marks the container unhealthy, the agent rolls back.
-    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
-    let (code, v) = deploy(&["deploy", "rhel", "--output", "json"]);
-    assert_eq!(code, 3, "{v}");
-    let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains("unhealthy") && msg.contains("rolled back to"), "{msg}");
-    assert_eq!(http_body(web_port), "hello v1", "the healthy release is back");
+    v2_rollback_and_failing_v3(&w, "rhel", &[], || http_body(web_port), "unhealthy");
 
     // Health is read live: a container removed behind the agent's back shows.
     let o = std::process::Command::new("podman").args(["rm", "-f", "-t", "0", &format!("{project}_web_1")]).output();
@@ -1983,24 +1964,10 @@ targets:
     let (_, head, _) = sbox.sh("head -1 /etc/containers/systemd/shop-web.container");
     assert!(head.starts_with("# dockfra: project=shop"), "{head}");
 
-    w.write("project/app/.env", "APP_VERSION=v2\n");
-    let (code, v) = deploy(&[&["deploy", "rhel"][..], &wait].concat());
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(sbox.http_body(web_port), "hello v2");
-
-    let (code, v) = deploy(&[&["rollback", "rhel"][..], &wait].concat());
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(sbox.http_body(web_port), "hello v1", "v1 answers again after rollback");
+    // v3's healthcheck fails: the agent rolls back to v1's units.
+    v2_rollback_and_failing_v3(&w, "rhel", &["--wait", "--timeout", "180s"], || sbox.http_body(web_port), "unhealthy");
     let (_, unit, _) = sbox.sh("cat /etc/containers/systemd/shop-web.container");
     assert!(unit.contains("hello v1"), "the previous release's units are back:\n{unit}");
-
-    // v3's healthcheck fails: the agent rolls back to v1's units.
-    w.write("project/app/.env", "APP_VERSION=v3\nHEALTH_PATH=/missing\n");
-    let (code, v) = deploy(&[&["deploy", "rhel"][..], &wait].concat());
-    assert_eq!(code, 3, "{v}");
-    let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains("unhealthy") && msg.contains("rolled back to"), "{msg}");
-    assert_eq!(sbox.http_body(web_port), "hello v1", "the healthy release is back");
 
     // systemd keeps the service: a container killed behind the agent's back comes back.
     assert!(sbox.sh("podman kill shop-web").0);
