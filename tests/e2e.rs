@@ -1263,27 +1263,7 @@ targets:
     );
     // Two services: `web` serves HTTP and has a healthcheck; `worker` starts only once web is
     // healthy. Versions come from .env, interpolated by the coordinator.
-    w.write(
-        "project/app/compose.yaml",
-        r#"services:
-  web:
-    image: dockfra-busybox:test
-    init: true
-    command: ["sh", "-c", "mkdir -p /www && echo 'hello ${APP_VERSION}' > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    ports: ["127.0.0.1:${WEB_PORT}:8080"]
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080${HEALTH_PATH:-/}"]
-      interval: 1s
-      timeout: 2s
-      retries: 3
-  worker:
-    image: dockfra-busybox:test
-    init: true
-    command: ["sh", "-c", "while true; do wget -q -O- http://web:8080/ > /dev/null; sleep 1; done"]
-    depends_on:
-      web: { condition: service_healthy }
-"#,
-    );
+    w.write("project/app/compose.yaml", TWO_SERVICES);
     w.write("project/app/.env", "APP_VERSION=v1\n");
     let (_coord, agent, _a) = w.start_push("vps", "vps", agent_port);
 
@@ -1618,7 +1598,7 @@ targets:
     platform: swarm
     agent: {{ mode: push, port: {agent_port} }}
     config: {{ stack_name: {stack}, replicas: 1, update_parallelism: 1, update_delay: 1s, images: bundle }}
-    env: {{ WEB_PORT: "{web_port}", RESTART: unless-stopped }}
+    env: {{ WEB_PORT: "{web_port}" }}
     health:
       retries: 10
       interval: 500ms

@@ -531,13 +531,18 @@ impl Executor {
                     Err(e) => format!("unknown: {e}"),
                 };
             } else if let Some(p) = m.podman {
-                let runner = crate::runner::SystemRunner;
-                app.health =
-                    match crate::drivers::podman::project_health(&runner, &p.compose.project, &p.services, false).await
-                    {
-                        Ok(h) => h,
-                        Err(e) => format!("unknown: {e}"),
-                    };
+                let runner = self.runner.as_ref();
+                app.health = match crate::drivers::podman::project_health(
+                    runner,
+                    &p.compose.project,
+                    &p.services,
+                    false,
+                )
+                .await
+                {
+                    Ok(h) => h,
+                    Err(e) => format!("unknown: {e}"),
+                };
             }
         }
         st

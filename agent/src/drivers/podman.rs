@@ -120,9 +120,8 @@ pub fn install_units(dir: &Path, release: &Path, project: &str, units: &[String]
     for unit in units {
         let src = release.join(QUADLET_DIR).join(unit);
         let body = std::fs::read_to_string(&src).map_err(io(src.display().to_string()))?;
-        let tmp = dir.join(format!(".{unit}.dockfra-tmp"));
-        std::fs::write(&tmp, format!("{}\n{body}", marker(project))).map_err(io(tmp.display().to_string()))?;
-        std::fs::rename(&tmp, dir.join(unit)).map_err(io(unit.clone()))?;
+        let text = format!("{}\n{body}", marker(project));
+        dockfra_common::write_atomic(&dir.join(unit), text.as_bytes(), 0o644).map_err(io(unit.clone()))?;
     }
     let gone: Vec<String> = before.into_iter().filter(|u| !units.contains(u)).collect();
     for unit in &gone {
