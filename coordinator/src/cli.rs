@@ -184,7 +184,7 @@ pub enum AgentsCmd {
 #[derive(Subcommand, Debug)]
 pub enum AgentCmd {
     /// Install the agent on TARGET over SSH (its host/port/user in deploy-targets.yaml; key
-    /// auth, the host key checked): probe the host, upload and install the matching .deb,
+    /// auth, the host key checked): probe the host, upload and install the matching .deb (or the static binary),
     /// write /etc/dockfra/agent.yaml, enroll with a fresh one-time token, start the service,
     /// then verify with deploy-test.
     #[command(
