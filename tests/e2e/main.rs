@@ -1,0 +1,205 @@
+//! End-to-end: the real `dockfra-coord` and `dockfra-agent` binaries in temp dirs on
+//! 127.0.0.1 (and, for the NAT'd pull agent, in network namespaces the test creates).
+//! Each test builds its own world; nothing is shared between tests.
+//!
+//! One test binary, a module per area; a feature's proof is the test named after it:
+//! - [`spine`]: push and pull deploy, update, rollback, health, status and history; certificate
+//!   renewal; the agent's config file; config errors; the seed fleet; the README demo.
+//! - [`containers`]: `docker_compose`, images carried, built and pulled from a registry,
+//!   `swarm`, `podman`, Quadlet.
+//! - [`reach`]: the static agents under qemu, the .deb, Homebrew and launchd, `agent install`
+//!   over SSH, the declared `os:`, a pull agent behind NAT.
+//! - [`attacks`]: offline bundles, enrollment and authorization refused.
+//! - [`faults`]: `kill -9` mid-deploy, the coordinator down, the disk full.
+//!
+//! One area or one test: `cargo test -p dockfra-e2e --test e2e spine::` (or part of a name).
+//! This file holds what several areas share: the three-target `ssh_raw` project, reading a
+//! deploy dir, `deploy --output json`, tool and Docker readiness checks, and the systemd
+//! container.
+use std::time::Duration;
+
+use dockfra_e2e::*;
+
+mod attacks;
+mod containers;
+mod faults;
+mod reach;
+mod spine;
+
+/// A project with a push target, a pull target and an offline target, all `ssh_raw`.
+fn project(w: &World, push_port: u16, extra_pre: &str, extra_post: &str) {
+    let d = w.dir.display();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: web, path: ./app }}
+targets:
+  edge-push:
+    host: 127.0.0.1
+    platform: ssh_raw
+    os: linux
+    labels: {{ env: test }}
+    agent: {{ mode: push, port: {push_port} }}
+    config:
+      deploy_path: {d}/deploy-push
+      pre_script: "{extra_pre}"
+      post_script: "{extra_post}"
+    health:
+      retries: 1
+      interval: 100ms
+      timeout: 2s
+      checks:
+        - command: "grep -q ok health.txt"
+  edge-pull:
+    host: 127.0.0.1
+    platform: ssh_raw
+    agent: {{ mode: pull, poll_interval: 300ms }}
+    config:
+      deploy_path: {d}/deploy-pull
+      pre_script: "{extra_pre}"
+      post_script: "{extra_post}"
+    health:
+      retries: 1
+      interval: 100ms
+      checks:
+        - command: "grep -q ok health.txt"
+  edge-offline:
+    platform: ssh_raw
+    agent: {{ mode: pull }}
+    config:
+      deploy_path: {d}/deploy-offline
+"#
+        ),
+    );
+    // 200 KiB that never changes between versions: it must travel once per agent only.
+    let big: String = (0..200 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    w.write("project/app/big.txt", &big);
+    w.write("project/app/health.txt", "ok\n");
+    w.write("project/app/VERSION", "v1\n");
+    w.write("project/app/notes.log", "ignored\n");
+    w.write("project/app/.dockfraignore", "*.log\n");
+}
+
+fn current(w: &World, deploy: &str) -> String {
+    let link = w.path(deploy).join("web/current");
+    std::fs::read_link(&link).map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+fn live_version(w: &World, deploy: &str) -> String {
+    std::fs::read_to_string(w.path(deploy).join("web/current/VERSION")).unwrap_or_default().trim().to_string()
+}
+
+fn deploy_json(w: &World, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut a = vec!["deploy"];
+    a.extend_from_slice(args);
+    a.extend(["--output", "json"]);
+    let r = w.coord(&a);
+    let code = r.code();
+    (code, r.json())
+}
+
+fn runner_missing(program: &str) -> bool {
+    !std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// `docker info` works and the local test image exists (`scripts/engines` makes both).
+fn docker_ready() -> bool {
+    let ok = |args: &[&str]| {
+        std::process::Command::new("docker").args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    ok(&["info"]) && ok(&["compose", "version"]) && ok(&["image", "inspect", "dockfra-busybox:test"])
+}
+
+const SYSTEMD_PODMAN: &str = "dockfra-systemd-podman:test";
+
+/// A container booting systemd with Podman and Quadlet inside (scripts/systemd-podman-image),
+/// on a network namespace of its own with nothing in it but loopback. The World's directory
+/// and the built binaries are bind-mounted at the same paths, so an agent run inside sees
+/// the same state paths as the test. Removed on drop.
+struct SystemdBox {
+    name: String,
+    pid: String,
+}
+
+impl SystemdBox {
+    fn start(w: &World) -> Self {
+        let name = format!("dkf-systemd-{}", std::process::id());
+        let _ = docker(&["rm", "-f", &name]);
+        let world = format!("{}:{}", w.dir.display(), w.dir.display());
+        let bins = bin("dockfra-agent").parent().unwrap().display().to_string();
+        let bins = format!("{bins}:{bins}:ro");
+        let (ok, _, err) = docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--pull",
+            "never",
+            "--network",
+            "none",
+            "--cgroupns=private",
+            "--cap-add",
+            "ALL",
+            "--cap-drop",
+            "SYS_RESOURCE",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "systempaths=unconfined",
+            "--tmpfs",
+            "/var/lib/containers:rw,exec,dev,suid",
+            "-v",
+            &world,
+            "-v",
+            &bins,
+            SYSTEMD_PODMAN,
+        ]);
+        assert!(ok, "docker run {SYSTEMD_PODMAN}: {err}");
+        let b = SystemdBox { pid: docker(&["inspect", "-f", "{{.State.Pid}}", &name]).1, name };
+        // Right after start systemd may not answer on its bus yet.
+        let mut state = String::new();
+        wait_until("systemd to boot in the container", Duration::from_secs(90), || {
+            state = docker(&["exec", &b.name, "systemctl", "is-system-running", "--wait"]).1;
+            state == "running" || state == "degraded"
+        });
+        if state == "degraded" {
+            let failed = docker(&["exec", &b.name, "systemctl", "--failed", "--no-legend"]).1;
+            eprintln!("systemd in {} is degraded: {failed}", b.name);
+        }
+        b
+    }
+
+    /// Run a program from this host inside the container's network namespace only.
+    fn in_netns(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.pid, "-n"].map(String::from).to_vec()
+    }
+
+    /// `docker exec` prefix for programs that must run inside the container (the agent).
+    fn exec(&self) -> Vec<String> {
+        ["docker", "exec", "-i", "-e", "DOCKFRA_LOG=dockfra_agent=debug", &self.name].map(String::from).to_vec()
+    }
+
+    fn sh(&self, cmd: &str) -> (bool, String, String) {
+        docker(&["exec", &self.name, "sh", "-c", cmd])
+    }
+
+    /// GET http://127.0.0.1:PORT/ inside the container's network namespace.
+    fn http_body(&self, port: u16) -> String {
+        let get = format!(
+            "import urllib.request as u\ntry: print(u.urlopen('http://127.0.0.1:{port}/', timeout=3).read().decode())\nexcept Exception: pass"
+        );
+        let mut c = std::process::Command::new("nsenter");
+        c.args(["-t", &self.pid, "-n", "python3", "-c", &get]);
+        c.output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    }
+}
+
+impl Drop for SystemdBox {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+    }
+}

@@ -1,0 +1,341 @@
+//! Reaching the hosts: the static agents (armv7 for the Raspberry Pi 3 and aarch64 under
+//! qemu-user, x86_64 musl natively) enroll and deploy; the .deb installs, upgrades, is removed
+//! and purged under systemd; the Homebrew formula and launchd plists check; `agent install`
+//! over SSH into a systemd host; the declared `os:` is checked against the agent; and a pull
+//! agent behind NAT, in a network namespace the coordinator cannot reach into, deploys.
+use std::time::Duration;
+
+use dockfra_e2e::*;
+
+use crate::{current, deploy_json, docker_ready, live_version, project, runner_missing, SystemdBox, SYSTEMD_PODMAN};
+
+#[test]
+fn pull_agent_behind_nat_in_a_network_namespace() {
+    if !is_root() && skip_or_fail("root, for network namespaces") {
+        return;
+    }
+    if runner_missing("ip") || runner_missing("iptables") {
+        skip_or_fail("ip and iptables");
+        return;
+    }
+    let id = std::process::id() % 200 + 20;
+    let (nsc, nsa) = (format!("dkfc{id}"), format!("dkfa{id}"));
+    let (ipc, ipa) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
+    struct Netns(Vec<String>);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
+            }
+        }
+    }
+    let sh = |cmd: &str| {
+        let s = std::process::Command::new("sh").args(["-c", cmd]).status().unwrap();
+        assert!(s.success(), "{cmd}");
+    };
+    let _ns = Netns(vec![nsc.clone(), nsa.clone()]);
+    sh(&format!("ip netns add {nsc} && ip netns add {nsa}"));
+    sh(&format!("ip link add vc{id} netns {nsc} type veth peer name va{id} netns {nsa}"));
+    sh(&format!(
+        "ip -n {nsc} addr add {ipc}/30 dev vc{id} && ip -n {nsc} link set vc{id} up && ip -n {nsc} link set lo up"
+    ));
+    sh(&format!(
+        "ip -n {nsa} addr add {ipa}/30 dev va{id} && ip -n {nsa} link set va{id} up && ip -n {nsa} link set lo up"
+    ));
+    // The agent's side accepts no inbound connection: like a device behind NAT.
+    sh(&format!("ip netns exec {nsa} iptables -A INPUT -p tcp --syn -j DROP"));
+
+    let mut w = World::new("netns");
+    w.coord_prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsc.clone()];
+    project(&w, free_port(), "", "");
+    w.init(&format!("{ipc}:0"));
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "nat");
+    agent.prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsa.clone()];
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
+    let _a = agent.start(&w);
+
+    // The coordinator cannot reach into the agent's namespace, even where something listens …
+    let listener = "import socket,time\ns=socket.socket();s.bind(('0.0.0.0',9000));s.listen();time.sleep(120)";
+    let _listener = Proc {
+        child: std::process::Command::new("ip")
+            .args(["netns", "exec", &nsa, "python3", "-c", listener])
+            .spawn()
+            .unwrap(),
+        log: w.path("listener.log"),
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let probe = format!(
+        "import socket,sys\ns=socket.socket();s.settimeout(2)\ntry:\n s.connect(('{ipa}',9000))\n sys.exit(0)\nexcept Exception:\n sys.exit(7)"
+    );
+    let r = std::process::Command::new("ip").args(["netns", "exec", &nsc, "python3", "-c", &probe]).status().unwrap();
+    assert_eq!(r.code(), Some(7), "the coordinator could open a connection to the agent");
+    // … yet the pull agent deploys.
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v1");
+}
+
+/// One static agent from `cross/build`, run (under qemu-user where it is not x86_64): it
+/// enrolls with this x86_64 coordinator, takes two pull deploys and switches `current`, and
+/// the coordinator sees its architecture.
+fn static_agent_enrolls_deploys_and_switches_current(triple: &str, qemu: &[&str], arch: &str) {
+    let binary = workspace().join(format!("target/cross/dist/dockfra-agent-{triple}"));
+    let missing_qemu = qemu.first().is_some_and(|q| runner_missing(q));
+    if (!binary.is_file() || missing_qemu)
+        && skip_or_fail(&format!("the static agent for {triple} (cross/build) and qemu-user-static"))
+    {
+        return;
+    }
+    let w = World::new(&format!("static-{arch}"));
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, arch);
+    agent.prefix = qemu.iter().map(|s| s.to_string()).collect();
+    agent.program = Some(binary);
+
+    let detect = agent.run_cmd(&["detect"]).ok().stdout();
+    let reported = detect.lines().find_map(|l| l.strip_prefix("arch:")).map(str::trim);
+    assert_eq!(reported, Some(arch), "{detect}");
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
+    let _a = agent.start(&w);
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "120s"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v1");
+    let first = current(&w, "deploy-pull");
+
+    w.write("project/app/VERSION", "v2\n");
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "120s"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(live_version(&w, "deploy-pull"), "v2");
+    assert_ne!(current(&w, "deploy-pull"), first, "current moved to the new release");
+    let agents = w.coord(&["agents", "--output", "json"]).ok().json();
+    let row = agents.as_array().unwrap().iter().find(|a| a["target"] == "edge-pull").cloned().unwrap();
+    assert_eq!(row["facts"]["arch"], arch, "the coordinator sees the agent's architecture: {row}");
+}
+
+/// The Raspberry Pi 3 agent, as a Cortex-A7 (the Pi 3's core).
+#[test]
+fn armv7_agent_under_qemu_enrolls_deploys_and_switches_current() {
+    static_agent_enrolls_deploys_and_switches_current(
+        "armv7-unknown-linux-gnueabihf",
+        &["qemu-arm-static", "-cpu", "cortex-a7"],
+        "arm",
+    );
+}
+
+#[test]
+fn aarch64_agent_under_qemu_enrolls_deploys_and_switches_current() {
+    static_agent_enrolls_deploys_and_switches_current("aarch64-unknown-linux-gnu", &["qemu-aarch64-static"], "aarch64");
+}
+
+/// The x86_64 agent: static musl, run natively.
+#[test]
+fn x86_64_static_agent_enrolls_deploys_and_switches_current() {
+    static_agent_enrolls_deploys_and_switches_current("x86_64-unknown-linux-musl", &[], "x86_64");
+}
+
+/// `os:` is checked against what the agent reports: `deploy-test` says so, and the agent
+/// refuses a release for another OS before anything on disk changes.
+#[test]
+fn declared_os_is_checked_against_the_agent() {
+    let w = World::new("os");
+    let port = free_port();
+    let targets = |os: &str| {
+        format!(
+            "app: {{ name: web, path: ./app }}\ntargets:\n  box:\n    host: 127.0.0.1\n    platform: ssh_raw\n    os: {os}\n    agent: {{ mode: push, port: {port} }}\n    config: {{ deploy_path: {}/deploy }}\n",
+            w.dir.display()
+        )
+    };
+    w.write("project/deploy-targets.yaml", &targets("macos"));
+    w.write("project/app/VERSION", "v1\n");
+    let (_coord, _agent, _a) = w.start_push("box", "box", port);
+
+    let r = w.coord(&["deploy-test", "box"]);
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(
+        r.stdout().contains("os check:   mismatch: os: macos is declared, but the agent's host is linux"),
+        "{}",
+        r.stdout()
+    );
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 3, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("os: macos is declared, but the agent's host is linux"), "{v}");
+    assert!(!w.path("deploy").exists(), "nothing on disk for a refused release");
+
+    w.write("project/deploy-targets.yaml", &targets("linux"));
+    let r = w.coord(&["deploy-test", "box"]).ok();
+    assert!(r.stdout().contains("os check:   ok"), "{}", r.stdout());
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(std::fs::read_to_string(w.path("deploy/web/current/VERSION")).unwrap(), "v1\n");
+    let st = w.coord(&["status", "box", "--output", "json"]).ok().json();
+    assert_eq!((st["os"].as_str(), st["os_check"].as_str()), (Some("linux"), Some("ok")), "{st}");
+    assert!(!st["os_release"].as_str().unwrap_or_default().is_empty() && st["arch"] == std::env::consts::ARCH, "{st}");
+}
+
+/// The .deb (packaging/deb, cargo-deb) installs, upgrades, is removed and purged in a
+/// Debian 12 container that boots systemd: packaging/test-deb does each step and checks it.
+/// The package carries this build's agent binary; cross/build makes the static ones.
+#[test]
+fn deb_package_installs_upgrades_removes_and_purges_under_systemd() {
+    let have = docker_ready() && docker(&["image", "inspect", SYSTEMD_PODMAN]).0 && !runner_missing("cargo-deb");
+    if !have && skip_or_fail("cargo-deb, Docker and the systemd+podman image (run scripts/engines and .ci/run)") {
+        return;
+    }
+    let w = World::new("deb");
+    let out = w.path("out");
+    let debs = [build_deb(&w, &out, "0.1.0-1"), build_deb(&w, &out, "0.1.0-2")];
+    let mut c = std::process::Command::new(workspace().join("packaging/test-deb"));
+    c.args(&debs);
+    let r = run(c);
+    assert_eq!(r.code(), 0, "packaging/test-deb failed:\n{}\n{}", r.stdout(), r.stderr());
+    let log = r.stdout();
+    for step in ["--- install V1", "--- upgrade to V2", "--- remove", "--- purge", "test-deb: all checks passed"] {
+        assert!(log.contains(step), "missing step {step:?}:\n{log}");
+    }
+}
+
+/// The Homebrew formula and the launchd plists, as far as Linux can check them
+/// (packaging/check-brew: `ruby -c`, the formula against a stand-in of Homebrew's DSL, plist
+/// parsing); macOS, brew and launchd themselves are not here.
+#[test]
+fn homebrew_formula_and_launchd_plists_check() {
+    if (runner_missing("ruby") || runner_missing("plistutil"))
+        && skip_or_fail("ruby and plistutil (apt-get install ruby libplist-utils; .ci/run does)")
+    {
+        return;
+    }
+    let mut c = std::process::Command::new(workspace().join("packaging/check-brew"));
+    c.arg(bin("dockfra-agent"));
+    let r = run(c);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("check-brew: all checks passed"), "{}", r.stdout());
+}
+
+/// Package this build's agent as a .deb (cargo-deb, private target dir) into `out`.
+fn build_deb(w: &World, out: &std::path::Path, version: &str) -> String {
+    let target = w.path("deb-target");
+    std::fs::create_dir_all(target.join("release")).unwrap();
+    std::fs::copy(bin("dockfra-agent"), target.join("release/dockfra-agent")).unwrap();
+    let mut c = std::process::Command::new("cargo");
+    c.current_dir(workspace())
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["deb", "-p", "dockfra-agent", "--no-build", "--strip", "--deb-version", version, "-o"])
+        .arg(out);
+    let r = run(c).ok();
+    let deb = r.stdout().lines().last().unwrap_or_default().trim().to_string();
+    assert!(deb.ends_with(&format!("dockfra-agent_{version}_amd64.deb")), "{}{}", r.stdout(), r.stderr());
+    deb
+}
+
+/// `dockfra-coord agent install` against a real sshd: a Debian 12 container booting systemd,
+/// in a network namespace of its own (the coordinator joins it with nsenter). A wrong host
+/// key fingerprint is refused before anything is uploaded; the right one installs the .deb,
+/// enrolls, starts the hardened service, verifies with deploy-test, and a deploy lands.
+#[test]
+fn agent_install_over_ssh_into_a_systemd_host() {
+    let have = docker_ready()
+        && docker(&["image", "inspect", SYSTEMD_PODMAN]).0
+        && !runner_missing("cargo-deb")
+        && !runner_missing("ssh")
+        && !runner_missing("nsenter");
+    if !have && skip_or_fail("cargo-deb, ssh, nsenter, Docker and the systemd+podman image (run .ci/run)") {
+        return;
+    }
+    let mut w = World::new("sshinst");
+    let sbox = SystemdBox::start(&w);
+    wait_until("sshd in the container", Duration::from_secs(30), || sbox.sh("systemctl is-active ssh").1 == "active");
+    let key = w.path("id_ed25519");
+    let r = run({
+        let mut c = std::process::Command::new("ssh-keygen");
+        c.args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key);
+        c
+    });
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let public = std::fs::read_to_string(w.path("id_ed25519.pub")).unwrap();
+    let (ok, _, err) = sbox.sh(&format!(
+        "mkdir -p /root/.ssh && chmod 700 /root/.ssh && echo '{}' > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys",
+        public.trim()
+    ));
+    assert!(ok, "{err}");
+    let (_, fp_line, _) = sbox.sh("ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub");
+    let fingerprint = fp_line.split_whitespace().nth(1).unwrap().to_string();
+    let artifacts = w.path("artifacts");
+    build_deb(&w, &artifacts, "0.1.0-1");
+
+    let port = free_port();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            "app: {{ name: web, path: ./app }}\ntargets:\n  box:\n    host: 127.0.0.1\n    port: 22\n    user: root\n    os: linux\n    platform: ssh_raw\n    agent: {{ mode: push, port: {port} }}\n"
+        ),
+    );
+    w.write("project/app/VERSION", "v1\n");
+    w.coord_prefix = sbox.in_netns();
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let install = |fp: &str| {
+        let (k, a) = (key.display().to_string(), artifacts.display().to_string());
+        w.coord(&["agent", "install", "box", "--identity", &k, "--host-key-fingerprint", fp, "--artifacts", &a])
+    };
+
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let r = install(wrong);
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(r.stderr().contains("does not match") && r.stderr().contains(&fingerprint), "{}", r.stderr());
+    assert!(!sbox.sh("test -e /usr/bin/dockfra-agent").0, "nothing reached a host whose key did not match");
+
+    let r = install(&fingerprint);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    for step in [
+        "probe:    Linux x86_64 (debian, systemd)",
+        "install:  dockfra-agent_0.1.0-1_amd64.deb",
+        "enroll:   as target box",
+        "verify:   deploy-test: reachable",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+    assert!(out.contains("os check ok"), "{out}");
+    let (_, pid, _) = sbox.sh("systemctl show -p MainPID --value dockfra-agent");
+    let (_, owner, _) = sbox.sh(&format!("stat -c %U /proc/{pid}"));
+    assert_eq!(owner, "dockfra", "the service runs as its own user");
+    let (_, cfg, _) = sbox.sh("cat /etc/dockfra/agent.yaml");
+    assert!(cfg.contains("coordinator: https://127.0.0.1:"), "{cfg}");
+
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.sh("cat /var/lib/dockfra/apps/web/current/VERSION").1, "v1");
+
+    // Again: the package is reinstalled, the enrollment kept.
+    let r = install(&fingerprint);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("already enrolled; kept"), "{}", r.stdout());
+
+    // A host without the package: the static binary, with the package's unit and user.
+    assert!(sbox.sh("dpkg -P dockfra-agent && ! id dockfra && test ! -e /var/lib/dockfra").0, "purged");
+    std::fs::copy(bin("dockfra-agent"), artifacts.join("dockfra-agent-x86_64-unknown-linux-musl")).unwrap();
+    let (k, a) = (key.display().to_string(), artifacts.display().to_string());
+    let r = w.coord(&[
+        "agent",
+        "install",
+        "box",
+        "--binary",
+        "--identity",
+        &k,
+        "--host-key-fingerprint",
+        &fingerprint,
+        "--artifacts",
+        &a,
+    ]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("-> /usr/local/bin/dockfra-agent, user dockfra"), "{}", r.stdout());
+    let (_, pid, _) = sbox.sh("systemctl show -p MainPID --value dockfra-agent");
+    assert_eq!(sbox.sh(&format!("stat -c %U /proc/{pid}")).1, "dockfra");
+    w.write("project/app/VERSION", "v2\n");
+    let (code, v) = deploy_json(&w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.sh("cat /var/lib/dockfra/apps/web/current/VERSION").1, "v2");
+}
