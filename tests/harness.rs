@@ -2,8 +2,11 @@
 //! binaries, gives each test its own temp dir, runs commands, starts servers and agents as
 //! child processes (killed on drop), and waits for conditions with deadlines.
 //!
-//! `DOCKFRA_REQUIRE_ENGINES=1` (set by `.ci/run`) turns "skip: needs root / netns" into a
-//! failure, so CI never passes by skipping.
+//! A test that needs what this machine lacks (root, an engine, a tool) says so up front with
+//! [`Needs`] and skips, naming exactly what is missing. `DOCKFRA_REQUIRE_ENGINES=1` (set by
+//! `.ci/run`) turns that skip into a failure, so CI never passes by skipping; `DOCKFRA_SKIP_LOG`
+//! (set by `scripts/test`) collects the skips so the total line can count and list them.
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -22,13 +25,143 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace dir")
 }
 
-/// Skip a test that needs something this machine lacks — unless CI demands it.
+/// Skip a test that needs something this machine lacks — unless CI demands it. `why` names
+/// what is missing. With `DOCKFRA_SKIP_LOG` naming a file, appends `<test name>: <why>` to it
+/// (libtest names each test's thread after the test's path, e.g. `faults::disk_full_…`).
 pub fn skip_or_fail(why: &str) -> bool {
     if std::env::var_os("DOCKFRA_REQUIRE_ENGINES").is_some_and(|v| v == "1") {
         panic!("required for this test but missing: {why} (DOCKFRA_REQUIRE_ENGINES=1)");
     }
     eprintln!("SKIP: {why}");
+    if let Some(log) = std::env::var_os("DOCKFRA_SKIP_LOG") {
+        let log = PathBuf::from(log);
+        let test = std::thread::current().name().unwrap_or("(unnamed test)").to_string();
+        // One write per line, appended: tests skip from several threads at once.
+        let line = format!("{test}: {}\n", why.replace('\n', " "));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("DOCKFRA_SKIP_LOG {}: {e}", log.display()));
+    }
     true
+}
+
+/// What a test needs from this machine, checked before it starts. Each check that fails
+/// records exactly what is missing and where it comes from; [`Needs::unmet`] then skips
+/// (through [`skip_or_fail`]) naming all of it:
+///
+/// ```ignore
+/// if Needs::new().docker().tool("cargo-deb", "cargo install cargo-deb").unmet() {
+///     return;
+/// }
+/// ```
+#[must_use = "call .unmet() and return when it says so"]
+#[derive(Default)]
+pub struct Needs {
+    missing: Vec<String>,
+    /// Whether `docker info` answered, once asked: image and swarm checks need the engine.
+    engine: Option<bool>,
+}
+
+impl Needs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `what` as missing unless `ok`.
+    pub fn check(mut self, ok: bool, what: impl Into<String>) -> Self {
+        if !ok {
+            self.missing.push(what.into());
+        }
+        self
+    }
+
+    /// Root, for `purpose` (e.g. "to mount a small tmpfs").
+    pub fn root(self, purpose: &str) -> Self {
+        self.check(is_root(), format!("root ({purpose})"))
+    }
+
+    /// `program` on PATH; `from` says where it comes from (a Debian package, a script).
+    pub fn tool(self, program: &str, from: &str) -> Self {
+        self.check(on_path(program), format!("`{program}` on PATH ({from})"))
+    }
+
+    /// A file some script makes, e.g. a cross-built agent.
+    pub fn file(self, path: &Path, from: &str) -> Self {
+        self.check(path.is_file(), format!("{} ({from})", path.display()))
+    }
+
+    /// What the Docker tests drive: an engine, compose v2 and the local test image
+    /// (`scripts/engines` makes all three).
+    pub fn docker(self) -> Self {
+        self.engine()
+            .check(succeeds("docker", &["compose", "version"]), "docker compose v2 (scripts/engines)")
+            .image("dockfra-busybox:test")
+    }
+
+    /// The image `tag` in a Docker engine.
+    pub fn image(mut self, tag: &str) -> Self {
+        self = self.engine();
+        if self.engine != Some(true) {
+            return self;
+        }
+        let ok = succeeds("docker", &["image", "inspect", tag]);
+        self.check(ok, format!("the Docker image {tag} (scripts/engines makes it)"))
+    }
+
+    /// A Docker engine in swarm mode.
+    pub fn swarm(mut self) -> Self {
+        self = self.engine();
+        if self.engine != Some(true) {
+            return self;
+        }
+        let state = Command::new("docker")
+            .args(["info", "--format", "{{.Swarm.LocalNodeState}}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let what =
+            format!("a swarm: the Docker engine's swarm state is {state:?} (scripts/engines runs `docker swarm init`)");
+        self.check(state == "active", what)
+    }
+
+    /// Podman and podman-compose.
+    pub fn podman(self) -> Self {
+        self.check(succeeds("podman", &["info"]), "Podman (`podman info` fails; scripts/engines)").check(
+            succeeds("podman-compose", &["version"]),
+            "podman-compose (`podman-compose version` fails; scripts/engines)",
+        )
+    }
+
+    /// True when something is missing: the test has been skipped (or, under
+    /// `DOCKFRA_REQUIRE_ENGINES=1`, failed) and must return.
+    pub fn unmet(self) -> bool {
+        !self.missing.is_empty() && skip_or_fail(&self.missing.join("; "))
+    }
+
+    /// A Docker engine that answers `docker info`; asked once, recorded once if missing.
+    fn engine(mut self) -> Self {
+        if self.engine.is_none() {
+            let up = succeeds("docker", &["info"]);
+            self.engine = Some(up);
+            self = self.check(up, "a Docker engine (`docker info` fails; scripts/engines starts dockerd)");
+        }
+        self
+    }
+}
+
+/// `program ARGS…` runs and exits 0 (output discarded).
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// `program` is found on PATH.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let runnable = |p: PathBuf| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| runnable(d.join(program))))
 }
 
 pub fn is_root() -> bool {

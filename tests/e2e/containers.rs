@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dockfra_e2e::*;
 
-use crate::{docker_ready, runner_missing, SystemdBox, SYSTEMD_PODMAN};
+use crate::{SystemdBox, SYSTEMD_PODMAN};
 
 /// GET http://127.0.0.1:PORT/ with a plain socket; the body, or "" when nothing answers.
 fn http_body(port: u16) -> String {
@@ -45,8 +45,7 @@ fn v2_rollback_and_failing_v3(w: &World, target: &str, extra: &[&str], body: imp
 
 #[test]
 fn docker_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
-    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
-    {
+    if Needs::new().docker().unmet() {
         return;
     }
     let w = World::new("compose");
@@ -128,8 +127,7 @@ targets:
 
 #[test]
 fn images_carried_in_the_bundle_reach_an_engine_that_lacks_them() {
-    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
-    {
+    if Needs::new().docker().unmet() {
         return;
     }
     let w = World::new("images");
@@ -198,8 +196,7 @@ targets:
 
 #[test]
 fn build_services_are_built_on_the_coordinator_and_carried() {
-    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
-    {
+    if Needs::new().docker().unmet() {
         return;
     }
     let w = World::new("build");
@@ -299,11 +296,7 @@ targets:
 
 #[test]
 fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
-    if !docker_ready() && skip_or_fail("a Docker engine with compose v2 and dockfra-busybox:test (run scripts/engines)")
-    {
-        return;
-    }
-    if runner_missing("docker-registry") && skip_or_fail("Debian's docker-registry (run scripts/engines)") {
+    if Needs::new().docker().tool("docker-registry", "Debian's docker-registry; scripts/engines").unmet() {
         return;
     }
     let w = World::new("registry");
@@ -386,17 +379,9 @@ targets:
     assert!(docker(&["image", "inspect", &image_id]).0, "the engine pulled the same image back");
 }
 
-fn swarm_active() -> bool {
-    std::process::Command::new("docker")
-        .args(["info", "--format", "{{.Swarm.LocalNodeState}}"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "active")
-        .unwrap_or(false)
-}
-
 #[test]
 fn swarm_stack_deploy_update_rollback_and_failed_health_on_a_real_swarm() {
-    if !(docker_ready() && swarm_active()) && skip_or_fail("a Docker engine in swarm mode (run scripts/engines)") {
+    if Needs::new().docker().swarm().unmet() {
         return;
     }
     let w = World::new("swarm");
@@ -494,13 +479,6 @@ targets:
     });
 }
 
-fn podman_ready() -> bool {
-    let ok = |prog: &str, args: &[&str]| {
-        std::process::Command::new(prog).args(args).output().map(|o| o.status.success()).unwrap_or(false)
-    };
-    ok("podman", &["info"]) && ok("podman-compose", &["version"])
-}
-
 /// Removes what a Podman test made on this host's Podman.
 struct PodmanCleanup {
     project: String,
@@ -547,9 +525,8 @@ const TWO_SERVICES: &str = r#"services:
 
 #[test]
 fn podman_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
-    if !(docker_ready() && podman_ready())
-        && skip_or_fail("Podman with podman-compose, and Docker for the coordinator's images (run scripts/engines)")
-    {
+    // Docker too: the coordinator makes and saves the image the bundle carries.
+    if Needs::new().podman().docker().unmet() {
         return;
     }
     let w = World::new("podman");
@@ -614,8 +591,13 @@ targets:
 
 #[test]
 fn quadlet_deploy_update_rollback_and_failed_health_under_systemd() {
-    let have = docker_ready() && docker(&["image", "inspect", SYSTEMD_PODMAN]).0 && !runner_missing("nsenter");
-    if !have && skip_or_fail("Docker, nsenter and the systemd+podman image (run scripts/engines)") {
+    if Needs::new()
+        .docker()
+        .image(SYSTEMD_PODMAN)
+        .tool("nsenter", "Debian's util-linux")
+        .tool("python3", "Debian's python3")
+        .unmet()
+    {
         return;
     }
     let mut w = World::new("quadlet-run");
@@ -682,9 +664,7 @@ targets:
 #[test]
 fn quadlet_units_of_every_corpus_file_pass_the_real_generator() {
     let quadlet = std::path::Path::new("/usr/local/libexec/dockfra/quadlet");
-    if !quadlet.is_file()
-        && skip_or_fail("Quadlet's generator at /usr/local/libexec/dockfra/quadlet (run scripts/engines)")
-    {
+    if Needs::new().file(quadlet, "Quadlet's generator; scripts/engines installs it").unmet() {
         return;
     }
     use dockfra_common::compose;

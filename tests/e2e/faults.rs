@@ -109,7 +109,7 @@ fn pull_agent_keeps_running_while_the_coordinator_is_down() {
 
 #[test]
 fn disk_full_while_materializing_discards_the_release() {
-    if !is_root() && skip_or_fail("root, to mount a small tmpfs") {
+    if Needs::new().root("to mount a small tmpfs").unmet() {
         return;
     }
     let w = World::new("diskfull");

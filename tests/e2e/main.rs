@@ -14,8 +14,8 @@
 //!
 //! One area or one test: `cargo test -p dockfra-e2e --test e2e spine::` (or part of a name).
 //! This file holds what several areas share: the three-target `ssh_raw` project, reading a
-//! deploy dir, `deploy --output json`, tool and Docker readiness checks, and the systemd
-//! container.
+//! deploy dir, `deploy --output json`, and the systemd container. A test that needs root, an
+//! engine or a tool says so first with the harness's `Needs`, which skips naming what is missing.
 use std::time::Duration;
 
 use dockfra_e2e::*;
@@ -96,22 +96,6 @@ fn deploy_json(w: &World, args: &[&str]) -> (i32, serde_json::Value) {
     let r = w.coord(&a);
     let code = r.code();
     (code, r.json())
-}
-
-fn runner_missing(program: &str) -> bool {
-    !std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null")])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// `docker info` works and the local test image exists (`scripts/engines` makes both).
-fn docker_ready() -> bool {
-    let ok = |args: &[&str]| {
-        std::process::Command::new("docker").args(args).output().map(|o| o.status.success()).unwrap_or(false)
-    };
-    ok(&["info"]) && ok(&["compose", "version"]) && ok(&["image", "inspect", "dockfra-busybox:test"])
 }
 
 const SYSTEMD_PODMAN: &str = "dockfra-systemd-podman:test";

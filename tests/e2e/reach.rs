@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use dockfra_e2e::*;
 
-use crate::{current, deploy_json, docker_ready, live_version, project, runner_missing, SystemdBox, SYSTEMD_PODMAN};
+use crate::{current, deploy_json, live_version, project, SystemdBox, SYSTEMD_PODMAN};
 
 #[test]
 fn pull_agent_behind_nat_in_a_network_namespace() {
-    if !is_root() && skip_or_fail("root, for network namespaces") {
-        return;
-    }
-    if runner_missing("ip") || runner_missing("iptables") {
-        skip_or_fail("ip and iptables");
+    if Needs::new()
+        .root("for network namespaces")
+        .tool("ip", "Debian's iproute2")
+        .tool("iptables", "Debian's iptables")
+        .tool("python3", "Debian's python3")
+        .unmet()
+    {
         return;
     }
     let id = std::process::id() % 200 + 20;
@@ -81,10 +83,11 @@ fn pull_agent_behind_nat_in_a_network_namespace() {
 /// the coordinator sees its architecture.
 fn static_agent_enrolls_deploys_and_switches_current(triple: &str, qemu: &[&str], arch: &str) {
     let binary = workspace().join(format!("target/cross/dist/dockfra-agent-{triple}"));
-    let missing_qemu = qemu.first().is_some_and(|q| runner_missing(q));
-    if (!binary.is_file() || missing_qemu)
-        && skip_or_fail(&format!("the static agent for {triple} (cross/build) and qemu-user-static"))
-    {
+    let mut needs = Needs::new().file(&binary, "cross/build --install makes it");
+    if let Some(q) = qemu.first() {
+        needs = needs.tool(q, "Debian's qemu-user-static");
+    }
+    if needs.unmet() {
         return;
     }
     let w = World::new(&format!("static-{arch}"));
@@ -180,8 +183,7 @@ fn declared_os_is_checked_against_the_agent() {
 /// The package carries this build's agent binary; cross/build makes the static ones.
 #[test]
 fn deb_package_installs_upgrades_removes_and_purges_under_systemd() {
-    let have = docker_ready() && docker(&["image", "inspect", SYSTEMD_PODMAN]).0 && !runner_missing("cargo-deb");
-    if !have && skip_or_fail("cargo-deb, Docker and the systemd+podman image (run scripts/engines and .ci/run)") {
+    if Needs::new().docker().image(SYSTEMD_PODMAN).tool("cargo-deb", CARGO_DEB).unmet() {
         return;
     }
     let w = World::new("deb");
@@ -202,8 +204,11 @@ fn deb_package_installs_upgrades_removes_and_purges_under_systemd() {
 /// parsing); macOS, brew and launchd themselves are not here.
 #[test]
 fn homebrew_formula_and_launchd_plists_check() {
-    if (runner_missing("ruby") || runner_missing("plistutil"))
-        && skip_or_fail("ruby and plistutil (apt-get install ruby libplist-utils; .ci/run does)")
+    if Needs::new()
+        .tool("ruby", "Debian's ruby")
+        .tool("plistutil", "Debian's libplist-utils")
+        .tool("python3", "Debian's python3")
+        .unmet()
     {
         return;
     }
@@ -213,6 +218,9 @@ fn homebrew_formula_and_launchd_plists_check() {
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stdout().contains("check-brew: all checks passed"), "{}", r.stdout());
 }
+
+/// Where cargo-deb comes from (scripts/setup installs this version).
+const CARGO_DEB: &str = "cargo install cargo-deb --locked --version 3.8.0";
 
 /// Package this build's agent as a .deb (cargo-deb, private target dir) into `out`.
 fn build_deb(w: &World, out: &std::path::Path, version: &str) -> String {
@@ -236,12 +244,15 @@ fn build_deb(w: &World, out: &std::path::Path, version: &str) -> String {
 /// enrolls, starts the hardened service, verifies with deploy-test, and a deploy lands.
 #[test]
 fn agent_install_over_ssh_into_a_systemd_host() {
-    let have = docker_ready()
-        && docker(&["image", "inspect", SYSTEMD_PODMAN]).0
-        && !runner_missing("cargo-deb")
-        && !runner_missing("ssh")
-        && !runner_missing("nsenter");
-    if !have && skip_or_fail("cargo-deb, ssh, nsenter, Docker and the systemd+podman image (run .ci/run)") {
+    if Needs::new()
+        .docker()
+        .image(SYSTEMD_PODMAN)
+        .tool("cargo-deb", CARGO_DEB)
+        .tool("ssh", "Debian's openssh-client")
+        .tool("ssh-keygen", "Debian's openssh-client")
+        .tool("nsenter", "Debian's util-linux")
+        .unmet()
+    {
         return;
     }
     let mut w = World::new("sshinst");
