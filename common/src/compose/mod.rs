@@ -15,39 +15,13 @@ use serde_yaml_ng::{Mapping, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+mod env_file;
+mod interpolate;
+
+pub use env_file::{parse_env_file, parse_env_file_with};
+pub use interpolate::{interpolate, interpolate_collect, InterpolationError};
+
 // ───────────────────────────── errors ─────────────────────────────
-
-/// A `${...}` reference that cannot be expanded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InterpolationError {
-    /// `${VAR:?reason}` / `${VAR?reason}` with `VAR` missing.
-    #[error("required variable {variable} is missing a value{}", colon_reason(reason))]
-    Required { variable: String, reason: String },
-    /// `${` without its closing `}`.
-    #[error("unterminated variable reference {text:?}: missing closing brace")]
-    Unterminated { text: String },
-    /// `${}` with a bad variable name or unsupported syntax.
-    #[error("invalid variable reference {text:?}: {reason}")]
-    Invalid { text: String, reason: String },
-}
-
-impl InterpolationError {
-    /// The variable the error is about, when there is one.
-    pub fn variable(&self) -> Option<&str> {
-        match self {
-            InterpolationError::Required { variable, .. } => Some(variable),
-            _ => None,
-        }
-    }
-}
-
-fn colon_reason(reason: &str) -> String {
-    if reason.is_empty() {
-        String::new()
-    } else {
-        format!(": {reason}")
-    }
-}
 
 /// Everything that can go wrong loading a Compose file.
 #[derive(Debug, thiserror::Error)]
@@ -119,166 +93,6 @@ fn key_prefix(key: Option<&str>) -> String {
     }
 }
 
-// ───────────────────────────── interpolation ─────────────────────────────
-
-/// Expand `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
-/// `${VAR:?err}`, `${VAR?err}`, `${VAR:+alt}`, `${VAR+alt}` and `$$` in
-/// `input`, as the Compose spec describes. Defaults, alternatives and error
-/// texts are themselves interpolated (only when used), so
-/// `${A:-${B:-x}}` works. A variable that is unset and has no default
-/// expands to the empty string. A `$` not followed by `$`, `{` or a name
-/// character is kept literally.
-pub fn interpolate(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, InterpolationError> {
-    let mut unset = BTreeSet::new();
-    interpolate_collect(input, lookup, &mut unset)
-}
-
-/// [`interpolate`], also recording in `unset` the variables that were
-/// substituted by an empty string because they are not set (what
-/// `docker compose` warns about).
-pub fn interpolate_collect(
-    input: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    unset: &mut BTreeSet<String>,
-) -> Result<String, InterpolationError> {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let here = &rest[pos..];
-        let after = &here[1..];
-        if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-        } else if let Some(body_and_rest) = after.strip_prefix('{') {
-            let close =
-                closing_brace(body_and_rest).ok_or_else(|| InterpolationError::Unterminated { text: excerpt(here) })?;
-            let body = &body_and_rest[..close];
-            out.push_str(&substitute(body, lookup, unset)?);
-            rest = &body_and_rest[close + 1..];
-        } else {
-            let n = name_len(after);
-            if n == 0 {
-                out.push('$');
-                rest = after;
-            } else {
-                let name = &after[..n];
-                match lookup(name) {
-                    Some(v) => out.push_str(&v),
-                    None => {
-                        unset.insert(name.to_string());
-                    }
-                }
-                rest = &after[n..];
-            }
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Expand the inside of `${...}`.
-fn substitute(
-    body: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    unset: &mut BTreeSet<String>,
-) -> Result<String, InterpolationError> {
-    let text = || format!("${{{body}}}");
-    let n = name_len(body);
-    if n == 0 {
-        return Err(InterpolationError::Invalid {
-            text: text(),
-            reason: "expected a variable name ([A-Za-z_][A-Za-z0-9_]*)".into(),
-        });
-    }
-    let name = &body[..n];
-    let tail = &body[n..];
-    let value = lookup(name);
-    if tail.is_empty() {
-        return Ok(match value {
-            Some(v) => v,
-            None => {
-                unset.insert(name.to_string());
-                String::new()
-            }
-        });
-    }
-    let (colon, tail) = match tail.strip_prefix(':') {
-        Some(t) => (true, t),
-        None => (false, tail),
-    };
-    let mut chars = tail.chars();
-    let op = chars.next();
-    let arg = chars.as_str();
-    let missing = if colon { value.as_deref().is_none_or(str::is_empty) } else { value.is_none() };
-    match op {
-        Some('-') => {
-            if missing {
-                interpolate_collect(arg, lookup, unset)
-            } else {
-                Ok(value.unwrap_or_default())
-            }
-        }
-        Some('?') => {
-            if missing {
-                Err(InterpolationError::Required {
-                    variable: name.to_string(),
-                    reason: interpolate_collect(arg, lookup, unset)?,
-                })
-            } else {
-                Ok(value.unwrap_or_default())
-            }
-        }
-        Some('+') => {
-            if missing {
-                Ok(String::new())
-            } else {
-                interpolate_collect(arg, lookup, unset)
-            }
-        }
-        _ => Err(InterpolationError::Invalid {
-            text: text(),
-            reason: format!(
-                "unsupported syntax after {name:?} (supported: ${{VAR}}, ${{VAR:-default}}, ${{VAR-default}}, ${{VAR:?error}}, ${{VAR?error}}, ${{VAR:+alt}}, ${{VAR+alt}})"
-            ),
-        }),
-    }
-}
-
-/// Length of the variable name at the start of `s`: `[_A-Za-z][_A-Za-z0-9]*`.
-fn name_len(s: &str) -> usize {
-    let b = s.as_bytes();
-    match b.first() {
-        Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
-            1 + b[1..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count()
-        }
-        _ => 0,
-    }
-}
-
-/// Index of the `}` closing a `${` whose body starts `s`, counting nested
-/// `${`.
-fn closing_brace(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut depth = 1usize;
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' && b.get(i + 1) == Some(&b'{') {
-            depth += 1;
-            i += 2;
-            continue;
-        }
-        if b[i] == b'}' {
-            depth -= 1;
-            if depth == 0 {
-                return Some(i);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
 fn excerpt(s: &str) -> String {
     const MAX: usize = 60;
     if s.chars().count() <= MAX {
@@ -288,142 +102,6 @@ fn excerpt(s: &str) -> String {
         e.push('…');
         e
     }
-}
-
-// ───────────────────────────── .env files ─────────────────────────────
-
-/// Parse a `.env` file: `KEY=VAL` lines, `#` comments, blank lines,
-/// `export KEY=VAL`; single-quoted values are literal; double-quoted values
-/// understand `\n`, `\r`, `\t`, `\\`, `\"`, `\$`; quoted values may span
-/// lines; an unquoted value ends at ` #` (a comment). Unquoted and
-/// double-quoted values are interpolated with the variables defined earlier
-/// in the file (like Compose; unknown ones expand to ""). Errors name the
-/// line number.
-pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
-    parse_env_file_with(text, &|_| None)
-}
-
-/// [`parse_env_file`], resolving variables in values through `lookup` first
-/// and then through the variables defined earlier in the file (Compose's
-/// order).
-pub fn parse_env_file_with(
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<BTreeMap<String, String>, String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let lineno = i + 1;
-        let mut line = lines[i].trim_start();
-        i += 1;
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(r) = line.strip_prefix("export") {
-            if r.starts_with([' ', '\t']) {
-                line = r.trim_start();
-            }
-        }
-        let Some((key, raw)) = line.split_once('=') else {
-            return Err(format!("line {lineno}: expected KEY=VALUE, found {:?}", excerpt(line)));
-        };
-        let key = key.trim_end();
-        if !is_env_key(key) {
-            return Err(format!("line {lineno}: invalid variable name {key:?}"));
-        }
-        let raw = raw.trim_start();
-        let expand = |s: &str, out: &BTreeMap<String, String>| {
-            interpolate(s, &|k| lookup(k).or_else(|| out.get(k).cloned()))
-                .map_err(|e| format!("line {lineno}: {key}: {e}"))
-        };
-        let value = match raw.chars().next() {
-            Some(q @ ('\'' | '"')) => {
-                let mut buf = raw[1..].to_string();
-                let (content, trailing) = loop {
-                    if let Some(end) = closing_quote(&buf, q) {
-                        break (buf[..end].to_string(), buf[end + 1..].to_string());
-                    }
-                    if i < lines.len() {
-                        buf.push('\n');
-                        buf.push_str(lines[i]);
-                        i += 1;
-                    } else {
-                        return Err(format!("line {lineno}: unterminated {q}-quoted value for {key}"));
-                    }
-                };
-                let trailing = trailing.trim();
-                if !trailing.is_empty() && !trailing.starts_with('#') {
-                    return Err(format!(
-                        "line {lineno}: unexpected characters after closing quote: {:?}",
-                        excerpt(trailing)
-                    ));
-                }
-                if q == '\'' {
-                    content
-                } else {
-                    expand(&unescape_double(&content), &out)?
-                }
-            }
-            _ => {
-                let end = raw
-                    .char_indices()
-                    .find(|&(j, c)| c == '#' && j > 0 && raw[..j].ends_with([' ', '\t']))
-                    .map_or(raw.len(), |(j, _)| j);
-                expand(raw[..end].trim_end(), &out)?
-            }
-        };
-        out.insert(key.to_string(), value);
-    }
-    Ok(out)
-}
-
-/// `.env` keys: `[A-Za-z_][A-Za-z0-9_.-]*`.
-fn is_env_key(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-/// Byte index of the closing quote `q` in `s` (for `"`, one not escaped by
-/// a backslash).
-fn closing_quote(s: &str, q: char) -> Option<usize> {
-    if q == '\'' {
-        return s.find('\'');
-    }
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Resolve backslash escapes of a double-quoted `.env` value. `\$` becomes
-/// `$$` so that the following interpolation yields a literal `$`.
-fn unescape_double(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('t') => out.push('\t'),
-            Some('$') => out.push_str("$$"),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
 }
 
 // ───────────────────────────── projects ─────────────────────────────
@@ -821,33 +499,28 @@ fn dir_basename(dir: &Path) -> Option<String> {
         _ => None,
     }
 }
-
 // ───────────────────────────── tests ─────────────────────────────
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_util {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
-    fn i(s: &str) -> Result<String, InterpolationError> {
-        let l = env(&[("SET", "val"), ("EMPTY", ""), ("B", "bee"), ("NUM", "42")]);
-        interpolate(s, &l)
-    }
-
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(crate) struct TempDir(pub(crate) PathBuf);
     impl TempDir {
-        fn new(tag: &str) -> TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
             let p = std::env::temp_dir().join(format!("dockfra-compose-test-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             TempDir(p)
         }
-        fn write(&self, name: &str, text: &str) -> PathBuf {
+        pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
             let p = self.0.join(name);
             std::fs::write(&p, text).unwrap();
             p
@@ -858,173 +531,15 @@ mod tests {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::TempDir;
+    use super::*;
 
     fn opts(overrides: &BTreeMap<String, String>) -> LoadOptions<'_> {
         LoadOptions { project_name: None, overrides, use_process_env: false }
-    }
-
-    #[test]
-    fn plain_forms() {
-        assert_eq!(i("$SET").unwrap(), "val");
-        assert_eq!(i("${SET}").unwrap(), "val");
-        assert_eq!(i("a-${SET}-b $SET.x").unwrap(), "a-val-b val.x");
-        assert_eq!(i("${UNSET}").unwrap(), "");
-        assert_eq!(i("$UNSET/x").unwrap(), "/x");
-        assert_eq!(i("no vars").unwrap(), "no vars");
-        assert_eq!(i("").unwrap(), "");
-        assert_eq!(i("$NUM$NUM").unwrap(), "4242");
-        assert_eq!(i("${SET}${B}").unwrap(), "valbee");
-        assert_eq!(i("é$SET€").unwrap(), "éval€");
-    }
-
-    #[test]
-    fn default_forms() {
-        assert_eq!(i("${SET:-d}").unwrap(), "val");
-        assert_eq!(i("${EMPTY:-d}").unwrap(), "d");
-        assert_eq!(i("${UNSET:-d}").unwrap(), "d");
-        assert_eq!(i("${SET-d}").unwrap(), "val");
-        assert_eq!(i("${EMPTY-d}").unwrap(), "");
-        assert_eq!(i("${UNSET-d}").unwrap(), "d");
-        assert_eq!(i("${UNSET:-}").unwrap(), "");
-        assert_eq!(i("${UNSET:-a b:c-d}").unwrap(), "a b:c-d");
-    }
-
-    #[test]
-    fn required_forms() {
-        assert_eq!(i("${SET:?boom}").unwrap(), "val");
-        assert_eq!(i("${SET?boom}").unwrap(), "val");
-        assert_eq!(i("${EMPTY?boom}").unwrap(), "");
-        let e = i("${EMPTY:?boom}").unwrap_err();
-        assert_eq!(e.variable(), Some("EMPTY"));
-        let e = i("${DB_PASSWORD:?set it in .env}").unwrap_err();
-        assert_eq!(e.to_string(), "required variable DB_PASSWORD is missing a value: set it in .env");
-        let e = i("${DB_PASSWORD?}").unwrap_err();
-        assert_eq!(e.to_string(), "required variable DB_PASSWORD is missing a value");
-        // The message is interpolated too.
-        let e = i("${X?need $B}").unwrap_err();
-        assert_eq!(e, InterpolationError::Required { variable: "X".into(), reason: "need bee".into() });
-    }
-
-    #[test]
-    fn alternative_forms() {
-        assert_eq!(i("${SET:+alt}").unwrap(), "alt");
-        assert_eq!(i("${EMPTY:+alt}").unwrap(), "");
-        assert_eq!(i("${UNSET:+alt}").unwrap(), "");
-        assert_eq!(i("${SET+alt}").unwrap(), "alt");
-        assert_eq!(i("${EMPTY+alt}").unwrap(), "alt");
-        assert_eq!(i("${UNSET+alt}").unwrap(), "");
-        assert_eq!(i("${SET:+[$B]}").unwrap(), "[bee]");
-    }
-
-    #[test]
-    fn dollar_escapes_and_literals() {
-        assert_eq!(i("$$").unwrap(), "$");
-        assert_eq!(i("$$SET").unwrap(), "$SET");
-        assert_eq!(i("$${SET}").unwrap(), "${SET}");
-        assert_eq!(i("$$$SET").unwrap(), "$val");
-        assert_eq!(
-            i("--password=\"$$(cat /run/secrets/db-password)\"").unwrap(),
-            "--password=\"$(cat /run/secrets/db-password)\""
-        );
-        // `$` not followed by a name, `{` or `$` is kept.
-        assert_eq!(i("cost $5 $ x$").unwrap(), "cost $5 $ x$");
-        assert_eq!(i("$-x $.").unwrap(), "$-x $.");
-    }
-
-    #[test]
-    fn nested_defaults() {
-        assert_eq!(i("${UNSET:-${B}}").unwrap(), "bee");
-        assert_eq!(i("${UNSET:-${ALSO_UNSET:-deep}}").unwrap(), "deep");
-        assert_eq!(i("${UNSET:-x${B}y}z").unwrap(), "xbeeyz");
-        assert_eq!(i("${SET:-${B}}").unwrap(), "val");
-        assert_eq!(i("${UNSET-${SET:+${B}}}").unwrap(), "bee");
-        // An unused default is not evaluated.
-        assert_eq!(i("${SET:-${NOPE:?never}}").unwrap(), "val");
-        assert!(i("${UNSET:-${NOPE:?needed}}").is_err());
-        assert_eq!(i("${UNSET:-$$}").unwrap(), "$");
-    }
-
-    #[test]
-    fn syntax_errors() {
-        for bad in ["${", "${SET", "${SET:-${B}", "x ${UNSET:-abc"] {
-            let e = i(bad).unwrap_err();
-            assert!(matches!(e, InterpolationError::Unterminated { .. }), "{bad}: {e:?}");
-        }
-        for bad in ["${}", "${1A}", "${-x}", "${SET/a/b}", "${SET:x}", "${ SET}", "${SET }", "${é}"] {
-            let e = i(bad).unwrap_err();
-            assert!(matches!(e, InterpolationError::Invalid { .. }), "{bad}: {e:?}");
-            assert!(e.to_string().contains("invalid variable reference"), "{e}");
-        }
-    }
-
-    #[test]
-    fn unset_variables_are_collected() {
-        let mut unset = BTreeSet::new();
-        let l = env(&[("A", "1")]);
-        let out = interpolate_collect("$A ${B} ${C:-x} ${D-y} ${E:+z} $F", &l, &mut unset).unwrap();
-        assert_eq!(out, "1  x y  ");
-        assert_eq!(unset.into_iter().collect::<Vec<_>>(), ["B", "F"]);
-    }
-
-    #[test]
-    fn env_file_parsing() {
-        let text = "\
-# comment
-   # indented comment
-
-A=1
-export B = two words  
-C='single $A # kept'
-D=\"double\\n$A \\\"q\\\" \\$A\"
-E=unquoted # comment
-F=no#comment
-G=
-H=\"multi
-line\"
-I='x' # trailing comment
-J=${A}-${MISSING:-def}
-K=a=b=c
-L=${L:-self}
-A=override
-";
-        let m = parse_env_file(text).unwrap();
-        assert_eq!(m["A"], "override");
-        assert_eq!(m["B"], "two words");
-        assert_eq!(m["C"], "single $A # kept");
-        assert_eq!(m["D"], "double\n1 \"q\" $A");
-        assert_eq!(m["E"], "unquoted");
-        assert_eq!(m["F"], "no#comment");
-        assert_eq!(m["G"], "");
-        assert_eq!(m["H"], "multi\nline");
-        assert_eq!(m["I"], "x");
-        assert_eq!(m["J"], "1-def");
-        assert_eq!(m["K"], "a=b=c");
-        assert_eq!(m["L"], "self");
-        assert_eq!(m.len(), 12);
-        // CRLF and BOM.
-        let m = parse_env_file("\u{feff}X=1\r\nY='2'\r\n").unwrap();
-        assert_eq!((m["X"].as_str(), m["Y"].as_str()), ("1", "2"));
-        // Lookup first, then earlier keys.
-        let l = env(&[("A", "outer")]);
-        let m = parse_env_file_with("A=inner\nB=$A\n", &l).unwrap();
-        assert_eq!(m["B"], "outer");
-    }
-
-    #[test]
-    fn env_file_errors_name_the_line() {
-        let cases = [
-            ("A=1\nJUSTAKEY\n", "line 2"),
-            ("A=1\n\n1BAD=x\n", "line 3"),
-            ("A='unterminated\nB=2\n", "line 1"),
-            ("A=1\nB=\"x\" y\n", "line 2"),
-            ("A=1\nB=${C:?needed}\n", "line 2"),
-            ("A=${\n", "line 1"),
-            ("=x\n", "line 1"),
-        ];
-        for (text, line) in cases {
-            let e = parse_env_file(text).unwrap_err();
-            assert!(e.starts_with(line), "{text:?}: {e}");
-        }
     }
 
     #[test]
