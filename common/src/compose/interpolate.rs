@@ -12,9 +12,14 @@ pub enum InterpolationError {
     /// `${VAR:?reason}` / `${VAR?reason}` with `VAR` missing.
     #[error("required variable {variable} is missing a value{}", colon_reason(reason))]
     Required { variable: String, reason: String },
-    /// `${` without its closing `}`.
-    #[error("unterminated variable reference {text:?}: missing closing brace")]
-    Unterminated { text: String },
+    /// `${` without a closing `}` on its line.
+    #[error("unterminated variable reference {text:?}: no closing brace on its line")]
+    Unterminated {
+        /// The variable named after `${`, if there is one.
+        variable: Option<String>,
+        /// The reference, to the end of its line (shortened).
+        text: String,
+    },
     /// `${}` with a bad variable name or unsupported syntax.
     #[error("invalid variable reference {text:?}: {reason}")]
     Invalid { text: String, reason: String },
@@ -25,7 +30,8 @@ impl InterpolationError {
     pub fn variable(&self) -> Option<&str> {
         match self {
             InterpolationError::Required { variable, .. } => Some(variable),
-            _ => None,
+            InterpolationError::Unterminated { variable, .. } => variable.as_deref(),
+            InterpolationError::Invalid { .. } => None,
         }
     }
 }
@@ -46,7 +52,10 @@ fn colon_reason(reason: &str) -> String {
 /// texts are themselves interpolated (only when used), so
 /// `${A:-${B:-x}}` works. A variable that is unset and has no default
 /// expands to the empty string. A `$` not followed by `$`, `{` or a name
-/// character is kept literally.
+/// character is kept literally. A `${...}` reference stays on one line and
+/// ends at the `}` that balances it, so defaults may hold braces
+/// (`${X:-{"a":1}}`); unbalanced ones run to the last `}` on the line, as in
+/// compose-go.
 pub fn interpolate(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, InterpolationError> {
     let mut unset = BTreeSet::new();
     interpolate_collect(input, lookup, &mut unset)
@@ -70,8 +79,14 @@ pub fn interpolate_collect(
             out.push('$');
             rest = r;
         } else if let Some(body_and_rest) = after.strip_prefix('{') {
-            let close =
-                closing_brace(body_and_rest).ok_or_else(|| InterpolationError::Unterminated { text: excerpt(here) })?;
+            let close = closing_brace(body_and_rest).ok_or_else(|| {
+                let n = name_len(body_and_rest);
+                let line = here.split('\n').next().unwrap_or(here);
+                InterpolationError::Unterminated {
+                    variable: (n > 0).then(|| body_and_rest[..n].to_string()),
+                    text: excerpt(line),
+                }
+            })?;
             let body = &body_and_rest[..close];
             out.push_str(&substitute(body, lookup, unset)?);
             rest = &body_and_rest[close + 1..];
@@ -175,28 +190,32 @@ fn name_len(s: &str) -> usize {
     }
 }
 
-/// Index of the `}` closing a `${` whose body starts `s`, counting nested
-/// `${`.
+/// Index of the `}` closing a `${` whose body starts `s`, as compose-go
+/// finds it (template/template.go): a reference never spans lines; it ends
+/// at the `}` that balances its `${`, counting every `{` and `}` on the
+/// way (so `${X:-{"a":1}}` has the default `{"a":1}`); when the braces do
+/// not balance before the line ends, it ends at the line's last `}`
+/// (compose-go's greedy pattern `${NAME:-(.*)}`), so `${X:-{}` has the
+/// default `{`. compose-go's counter also skips the character after each
+/// `{`, which miscounts `{{` and `{}`; that slip is not copied.
 fn closing_brace(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
+    let line = &s[..s.find('\n').unwrap_or(s.len())];
     let mut depth = 1usize;
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' && b.get(i + 1) == Some(&b'{') {
-            depth += 1;
-            i += 2;
-            continue;
-        }
-        if b[i] == b'}' {
-            depth -= 1;
-            if depth == 0 {
-                return Some(i);
+    for (i, b) in line.bytes().enumerate() {
+        match b {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
             }
+            _ => {}
         }
-        i += 1;
     }
-    None
+    line.rfind('}')
 }
+
 // ───────────────────────────── tests ─────────────────────────────
 
 #[cfg(test)]
@@ -292,7 +311,7 @@ mod tests {
 
     #[test]
     fn syntax_errors() {
-        for bad in ["${", "${SET", "${SET:-${B}", "x ${UNSET:-abc"] {
+        for bad in ["${", "${SET", "${UNSET:-${B}", "x ${UNSET:-abc"] {
             let e = i(bad).unwrap_err();
             assert!(matches!(e, InterpolationError::Unterminated { .. }), "{bad}: {e:?}");
         }
@@ -301,6 +320,83 @@ mod tests {
             assert!(matches!(e, InterpolationError::Invalid { .. }), "{bad}: {e:?}");
             assert!(e.to_string().contains("invalid variable reference"), "{e}");
         }
+    }
+
+    /// Defaults, alternatives and error texts that contain braces. Every
+    /// expected value was checked against compose-go's `template.Substitute`
+    /// (template/template.go, v2.13) with SET=val, EMPTY="", B=bee.
+    #[test]
+    fn braces_in_defaults_follow_compose_go() {
+        let ok = [
+            // The reference ends at the `}` that balances its `${`.
+            (r#"${X:-{"a":1}}"#, r#"{"a":1}"#),
+            (r#"${X-{"a":1}}"#, r#"{"a":1}"#),
+            (r#"${SET:-{"a":1}}"#, "val"),
+            (r#"ok ${X:-{"a":1}} tail"#, r#"ok {"a":1} tail"#),
+            (r#"${X:-{"a":{"b":1}}}"#, r#"{"a":{"b":1}}"#),
+            (r#"${SET:-{"a":{"b":1}}}"#, "val"),
+            ("${X:-{}}", "{}"),
+            ("${EMPTY:-{}}", "{}"),
+            ("${X:-{a}b}", "{a}b"),
+            ("${X:-{x}} and ${Y:-{y}}", "{x} and {y}"),
+            ("${X:-{a}} ${SET:-{b}", "{a} val"),
+            (r#"${SET:+{"a":$B}}"#, r#"{"a":bee}"#),
+            ("${SET:+{x}}", "{x}"),
+            ("${X:-{${B}}}", "{bee}"),
+            (r#"${X:-${Y:-{"k":"v"}}}"#, r#"{"k":"v"}"#),
+            // A `}` after the balancing one is plain text.
+            ("${X:-}}", "}"),
+            ("${X:-a}b}", "ab}"),
+            ("${SET:-a}b}", "valb}"),
+            ("${X:-${B}}}", "bee}"),
+            ("${X:-x}${SET}}", "xval}"),
+            ("{${SET}}", "{val}"),
+            ("{$SET}", "{val}"),
+            ("a}b{c", "a}b{c"),
+            // `$$` in a default is a literal `$`; its braces still count.
+            ("${X:-$${Y}}", "${Y}"),
+            ("$${X:-{}}", "${X:-{}}"),
+            // Braces that never balance on the line: the reference runs to
+            // the line's last `}` (compose-go's greedy pattern).
+            ("${X:-{}", "{"),
+            ("${SET:-{}", "val"),
+            ("${SET:+{}", "{"),
+            ("${X:-a{b}", "a{b"),
+            ("${SET:-a{b}", "val"),
+            ("${X:-{$B}", "{bee"),
+            ("${X:-$${}", "${"),
+            ("${SET:-{a} ${B}", "val"),
+            ("${SET:-${B}", "val"),
+            ("${X:-{a}\n}} end", "{a\n}} end"),
+            ("${X:-{a}\n${SET}}", "{a\nval}"),
+            ("${SET}\n${X:-{\"a\":1}}\n", "val\n{\"a\":1}\n"),
+            // Where compose-go's brace counter skips the character after
+            // every `{` (so `{{` and `{}` miscount) we balance braces as
+            // written: compose-go gives "val}" and "val" for these two.
+            ("${SET:-{{a}}}", "val"),
+            ("${SET:-{}}}", "val}"),
+            ("${X:-{{a}}}", "{{a}}"),
+            ("${X:-{{}}}", "{{}}"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(i(input).as_deref(), Ok(want), "{input:?}");
+        }
+        let e = i(r#"${X:?{"need":1}}"#).unwrap_err();
+        assert_eq!(e, InterpolationError::Required { variable: "X".into(), reason: r#"{"need":1}"#.into() });
+        let e = i("${X:?{}").unwrap_err();
+        assert_eq!(e, InterpolationError::Required { variable: "X".into(), reason: "{".into() });
+        // Where compose-go says "Invalid template".
+        for bad in ["${X:-{", "${X:-{a} ${SET}", "l1 ${X:-a\nb} end", "l1 ${X:-{a\n}} end", "${X:-${B}"] {
+            let e = i(bad).unwrap_err();
+            assert!(matches!(e, InterpolationError::Unterminated { .. }), "{bad:?}: {e:?}");
+        }
+        // The error names the variable whose reference is unterminated.
+        let e = i("a ${X:-{").unwrap_err();
+        assert_eq!(e.variable(), Some("X"));
+        assert_eq!(e.to_string(), r#"unterminated variable reference "${X:-{": no closing brace on its line"#);
+        // compose-go reports the whole string where we report the reference:
+        // here it says `Invalid template: "{}} ${SET"`.
+        assert_eq!(i("${X:-{}} ${SET}").as_deref(), Ok("{} val"));
     }
 
     #[test]
