@@ -15,6 +15,7 @@ use serde_yaml_ng::{Mapping, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+mod depends;
 mod env_file;
 mod interpolate;
 
@@ -54,6 +55,28 @@ pub enum ComposeError {
         key: String,
         source: InterpolationError,
     },
+    /// A service depends on one that is not defined: through `depends_on`,
+    /// `links`, `volumes_from` or `network_mode: service:…` (compose-go
+    /// turns the last three into dependencies too).
+    #[error("{}: key {key:?}: service {service:?} depends on undefined service {dependency:?}", file.display())]
+    UndefinedService {
+        file: PathBuf,
+        /// e.g. `services.web.depends_on[0]`.
+        key: String,
+        service: String,
+        dependency: String,
+    },
+    /// Services that depend on each other in a loop.
+    #[error("{}: key {key:?}: dependency cycle detected: {}", file.display(), cycle.join(" -> "))]
+    DependencyCycle {
+        /// The file that defines the cycle's first service.
+        file: PathBuf,
+        /// The key of the cycle's first edge.
+        key: String,
+        /// The services in order, the first one repeated at the end:
+        /// `[a, b, c, a]`, or `[a, a]` for a service on itself.
+        cycle: Vec<String>,
+    },
     /// The `.env` file next to the compose file is invalid.
     #[error("{}: {message}", file.display())]
     EnvFile {
@@ -72,6 +95,8 @@ impl ComposeError {
             | ComposeError::Yaml { file, .. }
             | ComposeError::Invalid { file, .. }
             | ComposeError::Interpolation { file, .. }
+            | ComposeError::UndefinedService { file, .. }
+            | ComposeError::DependencyCycle { file, .. }
             | ComposeError::EnvFile { file, .. } => file,
         }
     }
@@ -80,8 +105,10 @@ impl ComposeError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ComposeError::Invalid { key, .. } => key.as_deref(),
-            ComposeError::Interpolation { key, .. } => Some(key),
-            _ => None,
+            ComposeError::Interpolation { key, .. }
+            | ComposeError::UndefinedService { key, .. }
+            | ComposeError::DependencyCycle { key, .. } => Some(key),
+            ComposeError::Io { .. } | ComposeError::Yaml { .. } | ComposeError::EnvFile { .. } => None,
         }
     }
 }
@@ -315,10 +342,12 @@ pub fn parse_with(
         sorted.push((sname, Value::Mapping(svc)));
     }
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let services: Mapping = sorted.into_iter().map(|(k, v)| (Value::String(k), v)).collect();
+    depends::check(&services, &|_| file.to_path_buf())?;
 
     let mut model = Mapping::new();
     model.insert("name".into(), Value::String(name.clone()));
-    model.insert("services".into(), Value::Mapping(sorted.into_iter().map(|(k, v)| (Value::String(k), v)).collect()));
+    model.insert("services".into(), Value::Mapping(services));
     for section in ["networks", "volumes", "secrets", "configs"] {
         if let Some(v) = top.remove(section) {
             if !matches!(v, Value::Mapping(_) | Value::Null) {
@@ -722,6 +751,35 @@ networks:
         assert!(yaml.find("alpha:").unwrap() < yaml.find("zeta:").unwrap());
         let back: Value = serde_yaml_ng::from_str(&yaml).unwrap();
         assert_eq!(back, p.model);
+    }
+
+    #[test]
+    fn dependency_errors_name_file_and_key() {
+        let d = TempDir::new("deps");
+        let none = BTreeMap::new();
+        let f = d.write(
+            "compose.yaml",
+            "services:\n  c: {image: x, depends_on: [a]}\n  b: {image: x, depends_on: {c: {condition: service_started}}}\n  a: {image: x, links: [b]}\n",
+        );
+        let e = load(&f, &opts(&none)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: key \"services.a.links[0]\": dependency cycle detected: a -> b -> c -> a", f.display())
+        );
+        let f = d.write("compose.yaml", "services:\n  web:\n    image: x\n    depends_on:\n      - ${DB:-db}\n");
+        let e = load(&f, &opts(&none)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: key \"services.web.depends_on[0]\": service \"web\" depends on undefined service \"db\"",
+                f.display()
+            )
+        );
+        assert_eq!(e.file(), f);
+        // Interpolation happens first: the dependency is the value.
+        let over: BTreeMap<String, String> = [("DB".to_string(), "web2".to_string())].into();
+        let e = load(&f, &opts(&over)).unwrap_err();
+        assert!(e.to_string().contains("undefined service \"web2\""), "{e}");
     }
 
     #[test]
