@@ -24,6 +24,17 @@ pub fn parse_env_file_with(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, String>, String> {
+    parse_env_file_layered(text, lookup, &|_| None)
+}
+
+/// [`parse_env_file_with`], with `then` consulted last: after `first` and
+/// the keys defined earlier in this file. For a list of env files, `then`
+/// holds the earlier files' keys (compose-go's `dotenv.GetEnvFromFile`).
+pub(crate) fn parse_env_file_layered(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    then: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
     let mut out: BTreeMap<String, String> = BTreeMap::new();
@@ -49,7 +60,7 @@ pub fn parse_env_file_with(
         }
         let raw = raw.trim_start();
         let expand = |s: &str, out: &BTreeMap<String, String>| {
-            interpolate(s, &|k| lookup(k).or_else(|| out.get(k).cloned()))
+            interpolate(s, &|k| lookup(k).or_else(|| out.get(k).cloned()).or_else(|| then(k)))
                 .map_err(|e| format!("line {lineno}: {key}: {e}"))
         };
         let value = match raw.chars().next() {

@@ -4,12 +4,18 @@
 //! ([`ComposeProject`]): finding the file in a directory
 //! ([`find_compose_file`]), reading `.env` files ([`parse_env_file`]),
 //! interpolating `${VAR}` references as the Compose spec describes
-//! ([`interpolate`]), choosing the project name, and producing normalized
-//! YAML in the spirit of `docker compose config` ([`ComposeProject::to_yaml`]).
+//! ([`interpolate`]), bringing in the files of a top-level `include:`
+//! (`include`), choosing the project name, refusing dependencies on
+//! undefined services and dependency cycles (`depends`), and producing
+//! normalized YAML in the spirit of `docker compose config`
+//! ([`ComposeProject::to_yaml`]). Where Compose's rules are unclear, it
+//! follows compose-go, the library behind `docker compose`.
 //!
 //! It deliberately does not validate the Compose schema: unknown keys are
 //! kept as they are. Only what dockfra relies on is checked (the top level
-//! and `services` are mappings, each service is a mapping).
+//! and `services` are mappings, each service is a mapping, `include:` and
+//! the dependency lists are well formed). It never reads a file outside
+//! the top-level compose file's directory on behalf of `include:`.
 
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,8 +23,10 @@ use std::path::{Path, PathBuf};
 
 mod depends;
 mod env_file;
+mod include;
 mod interpolate;
 
+use env_file::parse_env_file_layered;
 pub use env_file::{parse_env_file, parse_env_file_with};
 pub use interpolate::{interpolate, interpolate_collect, InterpolationError};
 
@@ -77,6 +85,27 @@ pub enum ComposeError {
         /// `[a, b, c, a]`, or `[a, a]` for a service on itself.
         cycle: Vec<String>,
     },
+    /// A file includes itself, directly or through others.
+    #[error("{}: key {key:?}: include cycle detected: {}", file.display(), chain_text(chain))]
+    IncludeCycle {
+        /// The file whose `include:` closes the cycle.
+        file: PathBuf,
+        /// e.g. `include[0]` or `include[0].path`.
+        key: String,
+        /// From the top-level file down, relative to its directory, the
+        /// repeated file last: `[compose.yaml, b.yaml, compose.yaml]`.
+        chain: Vec<PathBuf>,
+    },
+    /// A resource defined, differently, in two files of an `include:` tree.
+    #[error("{}: key {key:?}: also defined, differently, in {}", file.display(), other.display())]
+    Conflict {
+        /// The included file that brings the second definition.
+        file: PathBuf,
+        /// e.g. `services.web`, `volumes.data`.
+        key: String,
+        /// The file of the first definition.
+        other: PathBuf,
+    },
     /// The `.env` file next to the compose file is invalid.
     #[error("{}: {message}", file.display())]
     EnvFile {
@@ -97,6 +126,8 @@ impl ComposeError {
             | ComposeError::Interpolation { file, .. }
             | ComposeError::UndefinedService { file, .. }
             | ComposeError::DependencyCycle { file, .. }
+            | ComposeError::IncludeCycle { file, .. }
+            | ComposeError::Conflict { file, .. }
             | ComposeError::EnvFile { file, .. } => file,
         }
     }
@@ -107,10 +138,16 @@ impl ComposeError {
             ComposeError::Invalid { key, .. } => key.as_deref(),
             ComposeError::Interpolation { key, .. }
             | ComposeError::UndefinedService { key, .. }
-            | ComposeError::DependencyCycle { key, .. } => Some(key),
+            | ComposeError::DependencyCycle { key, .. }
+            | ComposeError::IncludeCycle { key, .. }
+            | ComposeError::Conflict { key, .. } => Some(key),
             ComposeError::Io { .. } | ComposeError::Yaml { .. } | ComposeError::EnvFile { .. } => None,
         }
     }
+}
+
+fn chain_text(chain: &[PathBuf]) -> String {
+    chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> ")
 }
 
 fn key_prefix(key: Option<&str>) -> String {
@@ -141,9 +178,11 @@ pub struct ComposeProject {
     /// The compose file, as given to [`load`].
     pub file: PathBuf,
     /// The normalized model: `name` first, then `services` (sorted by
-    /// name), `networks`, `volumes`, `secrets`, `configs`, then any other
-    /// top-level keys in file order; all string values interpolated;
-    /// `version` dropped; `environment` lists turned into mappings.
+    /// name), `networks`, `volumes`, `secrets`, `configs`, `models`, then
+    /// any other top-level keys in file order; all string values
+    /// interpolated; `version` dropped; `include` replaced by the resources
+    /// of the included files (their relative paths rewritten to start from
+    /// this file's directory); `environment` lists turned into mappings.
     pub model: Value,
 }
 
@@ -197,6 +236,12 @@ pub fn find_compose_file(dir: &Path) -> Option<PathBuf> {
 /// top-level `name:` (after interpolation), else the directory name
 /// lowercased with characters outside `[a-z0-9_-]` removed and leading
 /// `_`/`-` trimmed.
+///
+/// Files named by a top-level `include:` are loaded as the include module
+/// describes, their resources added to the project; `include` itself does
+/// not appear in the model. Then every dependency (`depends_on`, `links`,
+/// `volumes_from`, `network_mode: service:…`) must name a defined
+/// service, without cycles.
 pub fn load(file: &Path, opts: &LoadOptions) -> Result<ComposeProject, ComposeError> {
     load_with_warnings(file, opts).map(|(p, _)| p)
 }
@@ -234,8 +279,9 @@ pub fn load_with_warnings(file: &Path, opts: &LoadOptions) -> Result<(ComposePro
     parse_with(&text, file, &dir, opts.project_name, &lookup)
 }
 
-/// Parse compose `text` as if read from `file` (used for messages and, via
-/// `dir`, the default project name), with variables from `lookup`.
+/// Parse compose `text` as if read from `file`, in project directory `dir`
+/// (which names the project by default and is where `include:` paths
+/// start), with variables from `lookup`.
 pub fn parse_with(
     text: &str,
     file: &Path,
@@ -248,15 +294,11 @@ pub fn parse_with(
         key: key.map(str::to_string),
         message,
     };
-    let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
-    root.apply_merge().map_err(|e| yaml_error(file, &e))?;
-    let top = match root {
-        Value::Mapping(m) => m,
-        Value::Null => return Err(invalid(None, "file is empty".into())),
-        other => return Err(invalid(None, format!("top level must be a mapping, found {}", kind(&other)))),
+    let top = match parse_top(text, file)? {
+        Some(top) => top,
+        None => return Err(invalid(None, "file is empty".into())),
     };
     let mut unset = BTreeSet::new();
-    let mut warnings = Vec::new();
 
     // Project name.
     let name = if let Some(n) = project_name {
@@ -298,7 +340,6 @@ pub fn parse_with(
         }
     };
 
-    // Interpolate every string value (not keys).
     let lookup_with_name = |k: &str| {
         if k == "COMPOSE_PROJECT_NAME" {
             Some(name.clone())
@@ -306,61 +347,220 @@ pub fn parse_with(
             lookup(k)
         }
     };
-    let mut top = Value::Mapping(top);
-    let mut path = Vec::new();
-    interpolate_value(&mut top, &lookup_with_name, &mut unset, &mut path)
-        .map_err(|(key, source)| ComposeError::Interpolation { file: file.to_path_buf(), key, source })?;
-    let Value::Mapping(mut top) = top else {
-        return Err(invalid(None, "top level must be a mapping".into()));
+    let canonical_dir = dir.canonicalize().ok();
+    let main = include::Located {
+        shown: file.to_path_buf(),
+        canonical: file
+            .canonicalize()
+            .unwrap_or_else(|_| include::lexical_join(dir, Path::new(file.file_name().unwrap_or_default()))),
     };
-    for v in &unset {
-        warnings.push(format!("the {v:?} variable is not set; defaulting to a blank string"));
-    }
-
-    // Shape checks and normalization.
-    if top.remove("version").is_some() {
-        warnings.push("the top-level `version` is obsolete; it was ignored".into());
-    }
-    top.remove("name");
-    let services = match top.remove("services") {
-        None | Some(Value::Null) => Mapping::new(),
-        Some(Value::Mapping(m)) => m,
-        Some(other) => return Err(invalid(Some("services"), format!("expected a mapping, found {}", kind(&other)))),
+    let project_dir =
+        include::Located { shown: dir.to_path_buf(), canonical: canonical_dir.clone().unwrap_or_default() };
+    let mut load = Load { root: canonical_dir, unset, notes: Vec::new() };
+    let chain = [main.clone()];
+    let Loaded { top, origins } = load_file(&mut load, top, &main, &project_dir, &lookup_with_name, &chain)?;
+    let origin = |section: &str, name: &str| -> PathBuf {
+        origins.get(&(section.to_string(), name.to_string())).cloned().unwrap_or_else(|| file.to_path_buf())
     };
-    let mut sorted: Vec<(String, Value)> = Vec::with_capacity(services.len());
-    for (k, v) in services {
-        let Value::String(sname) = k else {
-            return Err(invalid(Some("services"), format!("service names must be strings, found {}", kind(&k))));
-        };
-        let key = format!("services.{sname}");
-        let Value::Mapping(mut svc) = v else {
-            return Err(invalid(Some(&key), format!("a service must be a mapping, found {}", kind(&v))));
-        };
-        if let Some(env) = svc.get_mut("environment") {
-            normalize_environment(env).map_err(|(sub, msg)| invalid(Some(&format!("{key}.environment{sub}")), msg))?;
-        }
-        sorted.push((sname, Value::Mapping(svc)));
+    if let Some(Value::Mapping(services)) = top.get("services") {
+        depends::check(services, &|svc| origin("services", svc))?;
     }
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let services: Mapping = sorted.into_iter().map(|(k, v)| (Value::String(k), v)).collect();
-    depends::check(&services, &|_| file.to_path_buf())?;
 
     let mut model = Mapping::new();
     model.insert("name".into(), Value::String(name.clone()));
-    model.insert("services".into(), Value::Mapping(services));
-    for section in ["networks", "volumes", "secrets", "configs"] {
+    model.extend(top);
+    let mut warnings: Vec<String> =
+        load.unset.iter().map(|v| format!("the {v:?} variable is not set; defaulting to a blank string")).collect();
+    warnings.extend(load.notes);
+    Ok((ComposeProject { name, file: file.to_path_buf(), model: Value::Mapping(model) }, warnings))
+}
+
+/// The top-level sections that hold named resources, in output order after
+/// `services`; `include:` brings these in (compose-go's `importResources`).
+const RESOURCE_SECTIONS: [&str; 5] = ["networks", "volumes", "secrets", "configs", "models"];
+
+/// What the files of one load share.
+struct Load {
+    /// The top-level file's directory, canonical; `None` if it cannot be
+    /// resolved (then nothing can be included).
+    root: Option<PathBuf>,
+    /// Variables substituted by "" because they are not set.
+    unset: BTreeSet<String>,
+    /// Other warnings, in the order they arose.
+    notes: Vec<String>,
+}
+
+/// One file's model after interpolation, normalization and its includes:
+/// `services` (sorted by name), the resource sections, then its other
+/// top-level keys; and the file that defines each resource, keyed by
+/// (section, name).
+struct Loaded {
+    top: Mapping,
+    origins: BTreeMap<(String, String), PathBuf>,
+}
+
+/// Parse `text` to a top-level mapping (YAML merge keys applied); `None`
+/// for an empty file.
+fn parse_top(text: &str, file: &Path) -> Result<Option<Mapping>, ComposeError> {
+    let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    root.apply_merge().map_err(|e| yaml_error(file, &e))?;
+    match root {
+        Value::Mapping(m) => Ok(Some(m)),
+        Value::Null => Ok(None),
+        other => Err(ComposeError::Invalid {
+            file: file.to_path_buf(),
+            key: None,
+            message: format!("top level must be a mapping, found {}", kind(&other)),
+        }),
+    }
+}
+
+/// Interpolate and normalize `top`, the content of `file` (project
+/// directory `dir`), and merge in what its `include:` names. `chain` runs
+/// from the top-level file to `file`.
+fn load_file(
+    load: &mut Load,
+    top: Mapping,
+    file: &include::Located,
+    dir: &include::Located,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    chain: &[include::Located],
+) -> Result<Loaded, ComposeError> {
+    let shown = &file.shown;
+    let invalid =
+        |key: &str, message: String| ComposeError::Invalid { file: shown.clone(), key: Some(key.to_string()), message };
+    let included = chain.len() > 1;
+
+    // Interpolate every string value (not keys).
+    let mut top = Value::Mapping(top);
+    interpolate_value(&mut top, lookup, &mut load.unset, &mut Vec::new())
+        .map_err(|(key, source)| ComposeError::Interpolation { file: shown.clone(), key, source })?;
+    let Value::Mapping(mut top) = top else { unreachable!("interpolation keeps the top-level mapping") };
+
+    // Shape checks and normalization.
+    if top.remove("version").is_some() {
+        load.notes.push(if included {
+            format!("{}: the top-level `version` is obsolete; it was ignored", shown.display())
+        } else {
+            "the top-level `version` is obsolete; it was ignored".into()
+        });
+    }
+    top.remove("name");
+    let entries = match top.remove("include") {
+        Some(v) => include::entries(v, shown)?,
+        None => Vec::new(),
+    };
+    let services = match top.remove("services") {
+        None | Some(Value::Null) => Mapping::new(),
+        Some(Value::Mapping(m)) => m,
+        Some(other) => return Err(invalid("services", format!("expected a mapping, found {}", kind(&other)))),
+    };
+    let mut normalized = Mapping::new();
+    for (k, v) in services {
+        let Value::String(sname) = k else {
+            return Err(invalid("services", format!("service names must be strings, found {}", kind(&k))));
+        };
+        let key = format!("services.{sname}");
+        let Value::Mapping(mut svc) = v else {
+            return Err(invalid(&key, format!("a service must be a mapping, found {}", kind(&v))));
+        };
+        if let Some(env) = svc.get_mut("environment") {
+            normalize_environment(env).map_err(|(sub, msg)| invalid(&format!("{key}.environment{sub}"), msg))?;
+        }
+        normalized.insert(Value::String(sname), Value::Mapping(svc));
+    }
+    let mut out = Mapping::new();
+    out.insert("services".into(), Value::Mapping(normalized));
+    for section in RESOURCE_SECTIONS {
         if let Some(v) = top.remove(section) {
             if !matches!(v, Value::Mapping(_) | Value::Null) {
-                return Err(invalid(Some(section), format!("expected a mapping, found {}", kind(&v))));
+                return Err(invalid(section, format!("expected a mapping, found {}", kind(&v))));
             }
-            model.insert(section.into(), v);
+            out.insert(section.into(), v);
         }
     }
-    for (k, v) in top {
-        model.insert(k, v);
+    // compose-go imports only the resources of an included file.
+    if !included {
+        out.extend(top);
+    }
+    let mut origins = BTreeMap::new();
+    for section in std::iter::once("services").chain(RESOURCE_SECTIONS) {
+        if let Some(Value::Mapping(m)) = out.get(section) {
+            for name in m.keys() {
+                origins.insert((section.to_string(), key_text(name)), shown.clone());
+            }
+        }
     }
 
-    Ok((ComposeProject { name, file: file.to_path_buf(), model: Value::Mapping(model) }, warnings))
+    // This file's relative paths, from the top-level directory.
+    if included {
+        if let Some(root) = &load.root {
+            include::rebase(&mut out, dir.canonical.strip_prefix(root).unwrap_or(Path::new("")));
+        }
+    }
+
+    for entry in &entries {
+        let Some(root) = load.root.clone() else {
+            return Err(invalid(
+                "include",
+                format!("cannot include anything: the project directory {} cannot be resolved", dir.shown.display()),
+            ));
+        };
+        let target = include::resolve(entry, file, dir, &root, chain)?;
+        let env = target.env(lookup)?;
+        let sub_lookup = |k: &str| lookup(k).or_else(|| env.get(k).cloned());
+        let text = std::fs::read_to_string(&target.file.canonical)
+            .map_err(|source| ComposeError::Io { file: target.file.shown.clone(), source })?;
+        let sub_top = parse_top(&text, &target.file.shown)?.unwrap_or_default();
+        let mut sub_chain = chain.to_vec();
+        sub_chain.push(target.file.clone());
+        let sub = load_file(load, sub_top, &target.file, &target.project_dir, &sub_lookup, &sub_chain)?;
+        merge(&mut out, &mut origins, sub)?;
+    }
+    if let Some(Value::Mapping(services)) = out.get_mut("services") {
+        let mut sorted: Vec<(Value, Value)> = std::mem::take(services).into_iter().collect();
+        sorted.sort_by_key(|(k, _)| key_text(k));
+        services.extend(sorted);
+    }
+    Ok(Loaded { top: out, origins })
+}
+
+/// Add an included file's resources to `out`. A resource defined twice
+/// must be defined identically: compose-go before v2.10 refused a
+/// different one ("conflicts with imported resource"); later versions
+/// merge the two, which dockfra does not do.
+fn merge(
+    out: &mut Mapping,
+    origins: &mut BTreeMap<(String, String), PathBuf>,
+    sub: Loaded,
+) -> Result<(), ComposeError> {
+    for section in std::iter::once("services").chain(RESOURCE_SECTIONS) {
+        let Some(Value::Mapping(from)) = sub.top.get(section) else { continue };
+        let to = out.entry(section.into()).or_insert(Value::Null);
+        if to.is_null() {
+            *to = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(to) = to else { continue };
+        for (name, def) in from {
+            let id = (section.to_string(), key_text(name));
+            let file_of = |o: &BTreeMap<(String, String), PathBuf>| o.get(&id).cloned().unwrap_or_default();
+            match to.get(name) {
+                Some(existing) if existing == def => {}
+                Some(_) => {
+                    return Err(ComposeError::Conflict {
+                        file: file_of(&sub.origins),
+                        key: format!("{section}.{}", id.1),
+                        other: file_of(origins),
+                    })
+                }
+                None => {
+                    to.insert(name.clone(), def.clone());
+                    origins.insert(id.clone(), file_of(&sub.origins));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn yaml_error(file: &Path, e: &serde_yaml_ng::Error) -> ComposeError {
