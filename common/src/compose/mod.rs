@@ -350,9 +350,11 @@ pub fn parse_with(
     let canonical_dir = dir.canonicalize().ok();
     let main = include::Located {
         shown: file.to_path_buf(),
-        canonical: file
-            .canonicalize()
-            .unwrap_or_else(|_| include::lexical_join(dir, Path::new(file.file_name().unwrap_or_default()))),
+        // Text not read from disk (`parse_with`): the path it would have.
+        canonical: file.canonicalize().unwrap_or_else(|_| match (&canonical_dir, file.file_name()) {
+            (Some(d), Some(n)) => d.join(n),
+            _ => file.to_path_buf(),
+        }),
     };
     let project_dir =
         include::Located { shown: dir.to_path_buf(), canonical: canonical_dir.clone().unwrap_or_default() };
