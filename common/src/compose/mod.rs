@@ -4,50 +4,33 @@
 //! ([`ComposeProject`]): finding the file in a directory
 //! ([`find_compose_file`]), reading `.env` files ([`parse_env_file`]),
 //! interpolating `${VAR}` references as the Compose spec describes
-//! ([`interpolate`]), choosing the project name, and producing normalized
-//! YAML in the spirit of `docker compose config` ([`ComposeProject::to_yaml`]).
+//! ([`interpolate`]), bringing in the files of a top-level `include:`
+//! (`include`), choosing the project name, refusing dependencies on
+//! undefined services and dependency cycles (`depends`), and producing
+//! normalized YAML in the spirit of `docker compose config`
+//! ([`ComposeProject::to_yaml`]). Where Compose's rules are unclear, it
+//! follows compose-go, the library behind `docker compose`.
 //!
 //! It deliberately does not validate the Compose schema: unknown keys are
 //! kept as they are. Only what dockfra relies on is checked (the top level
-//! and `services` are mappings, each service is a mapping).
+//! and `services` are mappings, each service is a mapping, `include:` and
+//! the dependency lists are well formed). It never reads a file outside
+//! the top-level compose file's directory on behalf of `include:`.
 
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+mod depends;
+mod env_file;
+mod include;
+mod interpolate;
+
+use env_file::parse_env_file_layered;
+pub use env_file::{parse_env_file, parse_env_file_with};
+pub use interpolate::{interpolate, interpolate_collect, InterpolationError};
+
 // ───────────────────────────── errors ─────────────────────────────
-
-/// A `${...}` reference that cannot be expanded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InterpolationError {
-    /// `${VAR:?reason}` / `${VAR?reason}` with `VAR` missing.
-    #[error("required variable {variable} is missing a value{}", colon_reason(reason))]
-    Required { variable: String, reason: String },
-    /// `${` without its closing `}`.
-    #[error("unterminated variable reference {text:?}: missing closing brace")]
-    Unterminated { text: String },
-    /// `${}` with a bad variable name or unsupported syntax.
-    #[error("invalid variable reference {text:?}: {reason}")]
-    Invalid { text: String, reason: String },
-}
-
-impl InterpolationError {
-    /// The variable the error is about, when there is one.
-    pub fn variable(&self) -> Option<&str> {
-        match self {
-            InterpolationError::Required { variable, .. } => Some(variable),
-            _ => None,
-        }
-    }
-}
-
-fn colon_reason(reason: &str) -> String {
-    if reason.is_empty() {
-        String::new()
-    } else {
-        format!(": {reason}")
-    }
-}
 
 /// Everything that can go wrong loading a Compose file.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +63,49 @@ pub enum ComposeError {
         key: String,
         source: InterpolationError,
     },
+    /// A service depends on one that is not defined: through `depends_on`,
+    /// `links`, `volumes_from` or `network_mode: service:…` (compose-go
+    /// turns the last three into dependencies too).
+    #[error("{}: key {key:?}: service {service:?} depends on undefined service {dependency:?}", file.display())]
+    UndefinedService {
+        file: PathBuf,
+        /// e.g. `services.web.depends_on[0]`.
+        key: String,
+        service: String,
+        dependency: String,
+    },
+    /// Services that depend on each other in a loop.
+    #[error("{}: key {key:?}: dependency cycle detected: {}", file.display(), cycle.join(" -> "))]
+    DependencyCycle {
+        /// The file that defines the cycle's first service.
+        file: PathBuf,
+        /// The key of the cycle's first edge.
+        key: String,
+        /// The services in order, the first one repeated at the end:
+        /// `[a, b, c, a]`, or `[a, a]` for a service on itself.
+        cycle: Vec<String>,
+    },
+    /// A file includes itself, directly or through others.
+    #[error("{}: key {key:?}: include cycle detected: {}", file.display(), chain_text(chain))]
+    IncludeCycle {
+        /// The file whose `include:` closes the cycle.
+        file: PathBuf,
+        /// e.g. `include[0]` or `include[0].path`.
+        key: String,
+        /// From the top-level file down, relative to its directory, the
+        /// repeated file last: `[compose.yaml, b.yaml, compose.yaml]`.
+        chain: Vec<PathBuf>,
+    },
+    /// A resource defined, differently, in two files of an `include:` tree.
+    #[error("{}: key {key:?}: also defined, differently, in {}", file.display(), other.display())]
+    Conflict {
+        /// The included file that brings the second definition.
+        file: PathBuf,
+        /// e.g. `services.web`, `volumes.data`.
+        key: String,
+        /// The file of the first definition.
+        other: PathBuf,
+    },
     /// The `.env` file next to the compose file is invalid.
     #[error("{}: {message}", file.display())]
     EnvFile {
@@ -98,6 +124,10 @@ impl ComposeError {
             | ComposeError::Yaml { file, .. }
             | ComposeError::Invalid { file, .. }
             | ComposeError::Interpolation { file, .. }
+            | ComposeError::UndefinedService { file, .. }
+            | ComposeError::DependencyCycle { file, .. }
+            | ComposeError::IncludeCycle { file, .. }
+            | ComposeError::Conflict { file, .. }
             | ComposeError::EnvFile { file, .. } => file,
         }
     }
@@ -106,10 +136,18 @@ impl ComposeError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ComposeError::Invalid { key, .. } => key.as_deref(),
-            ComposeError::Interpolation { key, .. } => Some(key),
-            _ => None,
+            ComposeError::Interpolation { key, .. }
+            | ComposeError::UndefinedService { key, .. }
+            | ComposeError::DependencyCycle { key, .. }
+            | ComposeError::IncludeCycle { key, .. }
+            | ComposeError::Conflict { key, .. } => Some(key),
+            ComposeError::Io { .. } | ComposeError::Yaml { .. } | ComposeError::EnvFile { .. } => None,
         }
     }
+}
+
+fn chain_text(chain: &[PathBuf]) -> String {
+    chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> ")
 }
 
 fn key_prefix(key: Option<&str>) -> String {
@@ -117,166 +155,6 @@ fn key_prefix(key: Option<&str>) -> String {
         Some(k) => format!("key {k:?}: "),
         None => String::new(),
     }
-}
-
-// ───────────────────────────── interpolation ─────────────────────────────
-
-/// Expand `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
-/// `${VAR:?err}`, `${VAR?err}`, `${VAR:+alt}`, `${VAR+alt}` and `$$` in
-/// `input`, as the Compose spec describes. Defaults, alternatives and error
-/// texts are themselves interpolated (only when used), so
-/// `${A:-${B:-x}}` works. A variable that is unset and has no default
-/// expands to the empty string. A `$` not followed by `$`, `{` or a name
-/// character is kept literally.
-pub fn interpolate(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, InterpolationError> {
-    let mut unset = BTreeSet::new();
-    interpolate_collect(input, lookup, &mut unset)
-}
-
-/// [`interpolate`], also recording in `unset` the variables that were
-/// substituted by an empty string because they are not set (what
-/// `docker compose` warns about).
-pub fn interpolate_collect(
-    input: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    unset: &mut BTreeSet<String>,
-) -> Result<String, InterpolationError> {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let here = &rest[pos..];
-        let after = &here[1..];
-        if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-        } else if let Some(body_and_rest) = after.strip_prefix('{') {
-            let close =
-                closing_brace(body_and_rest).ok_or_else(|| InterpolationError::Unterminated { text: excerpt(here) })?;
-            let body = &body_and_rest[..close];
-            out.push_str(&substitute(body, lookup, unset)?);
-            rest = &body_and_rest[close + 1..];
-        } else {
-            let n = name_len(after);
-            if n == 0 {
-                out.push('$');
-                rest = after;
-            } else {
-                let name = &after[..n];
-                match lookup(name) {
-                    Some(v) => out.push_str(&v),
-                    None => {
-                        unset.insert(name.to_string());
-                    }
-                }
-                rest = &after[n..];
-            }
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Expand the inside of `${...}`.
-fn substitute(
-    body: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    unset: &mut BTreeSet<String>,
-) -> Result<String, InterpolationError> {
-    let text = || format!("${{{body}}}");
-    let n = name_len(body);
-    if n == 0 {
-        return Err(InterpolationError::Invalid {
-            text: text(),
-            reason: "expected a variable name ([A-Za-z_][A-Za-z0-9_]*)".into(),
-        });
-    }
-    let name = &body[..n];
-    let tail = &body[n..];
-    let value = lookup(name);
-    if tail.is_empty() {
-        return Ok(match value {
-            Some(v) => v,
-            None => {
-                unset.insert(name.to_string());
-                String::new()
-            }
-        });
-    }
-    let (colon, tail) = match tail.strip_prefix(':') {
-        Some(t) => (true, t),
-        None => (false, tail),
-    };
-    let mut chars = tail.chars();
-    let op = chars.next();
-    let arg = chars.as_str();
-    let missing = if colon { value.as_deref().is_none_or(str::is_empty) } else { value.is_none() };
-    match op {
-        Some('-') => {
-            if missing {
-                interpolate_collect(arg, lookup, unset)
-            } else {
-                Ok(value.unwrap_or_default())
-            }
-        }
-        Some('?') => {
-            if missing {
-                Err(InterpolationError::Required {
-                    variable: name.to_string(),
-                    reason: interpolate_collect(arg, lookup, unset)?,
-                })
-            } else {
-                Ok(value.unwrap_or_default())
-            }
-        }
-        Some('+') => {
-            if missing {
-                Ok(String::new())
-            } else {
-                interpolate_collect(arg, lookup, unset)
-            }
-        }
-        _ => Err(InterpolationError::Invalid {
-            text: text(),
-            reason: format!(
-                "unsupported syntax after {name:?} (supported: ${{VAR}}, ${{VAR:-default}}, ${{VAR-default}}, ${{VAR:?error}}, ${{VAR?error}}, ${{VAR:+alt}}, ${{VAR+alt}})"
-            ),
-        }),
-    }
-}
-
-/// Length of the variable name at the start of `s`: `[_A-Za-z][_A-Za-z0-9]*`.
-fn name_len(s: &str) -> usize {
-    let b = s.as_bytes();
-    match b.first() {
-        Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
-            1 + b[1..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count()
-        }
-        _ => 0,
-    }
-}
-
-/// Index of the `}` closing a `${` whose body starts `s`, counting nested
-/// `${`.
-fn closing_brace(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut depth = 1usize;
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' && b.get(i + 1) == Some(&b'{') {
-            depth += 1;
-            i += 2;
-            continue;
-        }
-        if b[i] == b'}' {
-            depth -= 1;
-            if depth == 0 {
-                return Some(i);
-            }
-        }
-        i += 1;
-    }
-    None
 }
 
 fn excerpt(s: &str) -> String {
@@ -290,142 +168,6 @@ fn excerpt(s: &str) -> String {
     }
 }
 
-// ───────────────────────────── .env files ─────────────────────────────
-
-/// Parse a `.env` file: `KEY=VAL` lines, `#` comments, blank lines,
-/// `export KEY=VAL`; single-quoted values are literal; double-quoted values
-/// understand `\n`, `\r`, `\t`, `\\`, `\"`, `\$`; quoted values may span
-/// lines; an unquoted value ends at ` #` (a comment). Unquoted and
-/// double-quoted values are interpolated with the variables defined earlier
-/// in the file (like Compose; unknown ones expand to ""). Errors name the
-/// line number.
-pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
-    parse_env_file_with(text, &|_| None)
-}
-
-/// [`parse_env_file`], resolving variables in values through `lookup` first
-/// and then through the variables defined earlier in the file (Compose's
-/// order).
-pub fn parse_env_file_with(
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<BTreeMap<String, String>, String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let lineno = i + 1;
-        let mut line = lines[i].trim_start();
-        i += 1;
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(r) = line.strip_prefix("export") {
-            if r.starts_with([' ', '\t']) {
-                line = r.trim_start();
-            }
-        }
-        let Some((key, raw)) = line.split_once('=') else {
-            return Err(format!("line {lineno}: expected KEY=VALUE, found {:?}", excerpt(line)));
-        };
-        let key = key.trim_end();
-        if !is_env_key(key) {
-            return Err(format!("line {lineno}: invalid variable name {key:?}"));
-        }
-        let raw = raw.trim_start();
-        let expand = |s: &str, out: &BTreeMap<String, String>| {
-            interpolate(s, &|k| lookup(k).or_else(|| out.get(k).cloned()))
-                .map_err(|e| format!("line {lineno}: {key}: {e}"))
-        };
-        let value = match raw.chars().next() {
-            Some(q @ ('\'' | '"')) => {
-                let mut buf = raw[1..].to_string();
-                let (content, trailing) = loop {
-                    if let Some(end) = closing_quote(&buf, q) {
-                        break (buf[..end].to_string(), buf[end + 1..].to_string());
-                    }
-                    if i < lines.len() {
-                        buf.push('\n');
-                        buf.push_str(lines[i]);
-                        i += 1;
-                    } else {
-                        return Err(format!("line {lineno}: unterminated {q}-quoted value for {key}"));
-                    }
-                };
-                let trailing = trailing.trim();
-                if !trailing.is_empty() && !trailing.starts_with('#') {
-                    return Err(format!(
-                        "line {lineno}: unexpected characters after closing quote: {:?}",
-                        excerpt(trailing)
-                    ));
-                }
-                if q == '\'' {
-                    content
-                } else {
-                    expand(&unescape_double(&content), &out)?
-                }
-            }
-            _ => {
-                let end = raw
-                    .char_indices()
-                    .find(|&(j, c)| c == '#' && j > 0 && raw[..j].ends_with([' ', '\t']))
-                    .map_or(raw.len(), |(j, _)| j);
-                expand(raw[..end].trim_end(), &out)?
-            }
-        };
-        out.insert(key.to_string(), value);
-    }
-    Ok(out)
-}
-
-/// `.env` keys: `[A-Za-z_][A-Za-z0-9_.-]*`.
-fn is_env_key(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-/// Byte index of the closing quote `q` in `s` (for `"`, one not escaped by
-/// a backslash).
-fn closing_quote(s: &str, q: char) -> Option<usize> {
-    if q == '\'' {
-        return s.find('\'');
-    }
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Resolve backslash escapes of a double-quoted `.env` value. `\$` becomes
-/// `$$` so that the following interpolation yields a literal `$`.
-fn unescape_double(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('t') => out.push('\t'),
-            Some('$') => out.push_str("$$"),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
 // ───────────────────────────── projects ─────────────────────────────
 
 /// A loaded, interpolated and normalized Compose file.
@@ -436,9 +178,11 @@ pub struct ComposeProject {
     /// The compose file, as given to [`load`].
     pub file: PathBuf,
     /// The normalized model: `name` first, then `services` (sorted by
-    /// name), `networks`, `volumes`, `secrets`, `configs`, then any other
-    /// top-level keys in file order; all string values interpolated;
-    /// `version` dropped; `environment` lists turned into mappings.
+    /// name), `networks`, `volumes`, `secrets`, `configs`, `models`, then
+    /// any other top-level keys in file order; all string values
+    /// interpolated; `version` dropped; `include` replaced by the resources
+    /// of the included files (their relative paths rewritten to start from
+    /// this file's directory); `environment` lists turned into mappings.
     pub model: Value,
 }
 
@@ -492,6 +236,12 @@ pub fn find_compose_file(dir: &Path) -> Option<PathBuf> {
 /// top-level `name:` (after interpolation), else the directory name
 /// lowercased with characters outside `[a-z0-9_-]` removed and leading
 /// `_`/`-` trimmed.
+///
+/// Files named by a top-level `include:` are loaded as the include module
+/// describes, their resources added to the project; `include` itself does
+/// not appear in the model. Then every dependency (`depends_on`, `links`,
+/// `volumes_from`, `network_mode: service:…`) must name a defined
+/// service, without cycles.
 pub fn load(file: &Path, opts: &LoadOptions) -> Result<ComposeProject, ComposeError> {
     load_with_warnings(file, opts).map(|(p, _)| p)
 }
@@ -529,8 +279,9 @@ pub fn load_with_warnings(file: &Path, opts: &LoadOptions) -> Result<(ComposePro
     parse_with(&text, file, &dir, opts.project_name, &lookup)
 }
 
-/// Parse compose `text` as if read from `file` (used for messages and, via
-/// `dir`, the default project name), with variables from `lookup`.
+/// Parse compose `text` as if read from `file`, in project directory `dir`
+/// (which names the project by default and is where `include:` paths
+/// start), with variables from `lookup`.
 pub fn parse_with(
     text: &str,
     file: &Path,
@@ -543,15 +294,11 @@ pub fn parse_with(
         key: key.map(str::to_string),
         message,
     };
-    let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
-    root.apply_merge().map_err(|e| yaml_error(file, &e))?;
-    let top = match root {
-        Value::Mapping(m) => m,
-        Value::Null => return Err(invalid(None, "file is empty".into())),
-        other => return Err(invalid(None, format!("top level must be a mapping, found {}", kind(&other)))),
+    let top = match parse_top(text, file)? {
+        Some(top) => top,
+        None => return Err(invalid(None, "file is empty".into())),
     };
     let mut unset = BTreeSet::new();
-    let mut warnings = Vec::new();
 
     // Project name.
     let name = if let Some(n) = project_name {
@@ -593,7 +340,6 @@ pub fn parse_with(
         }
     };
 
-    // Interpolate every string value (not keys).
     let lookup_with_name = |k: &str| {
         if k == "COMPOSE_PROJECT_NAME" {
             Some(name.clone())
@@ -601,59 +347,222 @@ pub fn parse_with(
             lookup(k)
         }
     };
-    let mut top = Value::Mapping(top);
-    let mut path = Vec::new();
-    interpolate_value(&mut top, &lookup_with_name, &mut unset, &mut path)
-        .map_err(|(key, source)| ComposeError::Interpolation { file: file.to_path_buf(), key, source })?;
-    let Value::Mapping(mut top) = top else {
-        return Err(invalid(None, "top level must be a mapping".into()));
+    let canonical_dir = dir.canonicalize().ok();
+    let main = include::Located {
+        shown: file.to_path_buf(),
+        // Text not read from disk (`parse_with`): the path it would have.
+        canonical: file.canonicalize().unwrap_or_else(|_| match (&canonical_dir, file.file_name()) {
+            (Some(d), Some(n)) => d.join(n),
+            _ => file.to_path_buf(),
+        }),
     };
-    for v in &unset {
-        warnings.push(format!("the {v:?} variable is not set; defaulting to a blank string"));
-    }
-
-    // Shape checks and normalization.
-    if top.remove("version").is_some() {
-        warnings.push("the top-level `version` is obsolete; it was ignored".into());
-    }
-    top.remove("name");
-    let services = match top.remove("services") {
-        None | Some(Value::Null) => Mapping::new(),
-        Some(Value::Mapping(m)) => m,
-        Some(other) => return Err(invalid(Some("services"), format!("expected a mapping, found {}", kind(&other)))),
+    let project_dir =
+        include::Located { shown: dir.to_path_buf(), canonical: canonical_dir.clone().unwrap_or_default() };
+    let mut load = Load { root: canonical_dir, unset, notes: Vec::new() };
+    let chain = [main.clone()];
+    let Loaded { top, origins } = load_file(&mut load, top, &main, &project_dir, &lookup_with_name, &chain)?;
+    let origin = |section: &str, name: &str| -> PathBuf {
+        origins.get(&(section.to_string(), name.to_string())).cloned().unwrap_or_else(|| file.to_path_buf())
     };
-    let mut sorted: Vec<(String, Value)> = Vec::with_capacity(services.len());
-    for (k, v) in services {
-        let Value::String(sname) = k else {
-            return Err(invalid(Some("services"), format!("service names must be strings, found {}", kind(&k))));
-        };
-        let key = format!("services.{sname}");
-        let Value::Mapping(mut svc) = v else {
-            return Err(invalid(Some(&key), format!("a service must be a mapping, found {}", kind(&v))));
-        };
-        if let Some(env) = svc.get_mut("environment") {
-            normalize_environment(env).map_err(|(sub, msg)| invalid(Some(&format!("{key}.environment{sub}")), msg))?;
-        }
-        sorted.push((sname, Value::Mapping(svc)));
+    if let Some(Value::Mapping(services)) = top.get("services") {
+        depends::check(services, &|svc| origin("services", svc))?;
     }
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
 
     let mut model = Mapping::new();
     model.insert("name".into(), Value::String(name.clone()));
-    model.insert("services".into(), Value::Mapping(sorted.into_iter().map(|(k, v)| (Value::String(k), v)).collect()));
-    for section in ["networks", "volumes", "secrets", "configs"] {
+    model.extend(top);
+    let mut warnings: Vec<String> =
+        load.unset.iter().map(|v| format!("the {v:?} variable is not set; defaulting to a blank string")).collect();
+    warnings.extend(load.notes);
+    Ok((ComposeProject { name, file: file.to_path_buf(), model: Value::Mapping(model) }, warnings))
+}
+
+/// The top-level sections that hold named resources, in output order after
+/// `services`; `include:` brings these in (compose-go's `importResources`).
+const RESOURCE_SECTIONS: [&str; 5] = ["networks", "volumes", "secrets", "configs", "models"];
+
+/// What the files of one load share.
+struct Load {
+    /// The top-level file's directory, canonical; `None` if it cannot be
+    /// resolved (then nothing can be included).
+    root: Option<PathBuf>,
+    /// Variables substituted by "" because they are not set.
+    unset: BTreeSet<String>,
+    /// Other warnings, in the order they arose.
+    notes: Vec<String>,
+}
+
+/// One file's model after interpolation, normalization and its includes:
+/// `services` (sorted by name), the resource sections, then its other
+/// top-level keys; and the file that defines each resource, keyed by
+/// (section, name).
+struct Loaded {
+    top: Mapping,
+    origins: BTreeMap<(String, String), PathBuf>,
+}
+
+/// Parse `text` to a top-level mapping (YAML merge keys applied); `None`
+/// for an empty file.
+fn parse_top(text: &str, file: &Path) -> Result<Option<Mapping>, ComposeError> {
+    let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    root.apply_merge().map_err(|e| yaml_error(file, &e))?;
+    match root {
+        Value::Mapping(m) => Ok(Some(m)),
+        Value::Null => Ok(None),
+        other => Err(ComposeError::Invalid {
+            file: file.to_path_buf(),
+            key: None,
+            message: format!("top level must be a mapping, found {}", kind(&other)),
+        }),
+    }
+}
+
+/// Interpolate and normalize `top`, the content of `file` (project
+/// directory `dir`), and merge in what its `include:` names. `chain` runs
+/// from the top-level file to `file`.
+fn load_file(
+    load: &mut Load,
+    top: Mapping,
+    file: &include::Located,
+    dir: &include::Located,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    chain: &[include::Located],
+) -> Result<Loaded, ComposeError> {
+    let shown = &file.shown;
+    let invalid =
+        |key: &str, message: String| ComposeError::Invalid { file: shown.clone(), key: Some(key.to_string()), message };
+    let included = chain.len() > 1;
+
+    // Interpolate every string value (not keys).
+    let mut top = Value::Mapping(top);
+    interpolate_value(&mut top, lookup, &mut load.unset, &mut Vec::new())
+        .map_err(|(key, source)| ComposeError::Interpolation { file: shown.clone(), key, source })?;
+    let Value::Mapping(mut top) = top else { unreachable!("interpolation keeps the top-level mapping") };
+
+    // Shape checks and normalization.
+    if top.remove("version").is_some() {
+        load.notes.push(if included {
+            format!("{}: the top-level `version` is obsolete; it was ignored", shown.display())
+        } else {
+            "the top-level `version` is obsolete; it was ignored".into()
+        });
+    }
+    top.remove("name");
+    let entries = match top.remove("include") {
+        Some(v) => include::entries(v, shown)?,
+        None => Vec::new(),
+    };
+    let services = match top.remove("services") {
+        None | Some(Value::Null) => Mapping::new(),
+        Some(Value::Mapping(m)) => m,
+        Some(other) => return Err(invalid("services", format!("expected a mapping, found {}", kind(&other)))),
+    };
+    let mut normalized = Mapping::new();
+    for (k, v) in services {
+        let Value::String(sname) = k else {
+            return Err(invalid("services", format!("service names must be strings, found {}", kind(&k))));
+        };
+        let key = format!("services.{sname}");
+        let Value::Mapping(mut svc) = v else {
+            return Err(invalid(&key, format!("a service must be a mapping, found {}", kind(&v))));
+        };
+        if let Some(env) = svc.get_mut("environment") {
+            normalize_environment(env).map_err(|(sub, msg)| invalid(&format!("{key}.environment{sub}"), msg))?;
+        }
+        normalized.insert(Value::String(sname), Value::Mapping(svc));
+    }
+    let mut out = Mapping::new();
+    out.insert("services".into(), Value::Mapping(normalized));
+    for section in RESOURCE_SECTIONS {
         if let Some(v) = top.remove(section) {
             if !matches!(v, Value::Mapping(_) | Value::Null) {
-                return Err(invalid(Some(section), format!("expected a mapping, found {}", kind(&v))));
+                return Err(invalid(section, format!("expected a mapping, found {}", kind(&v))));
             }
-            model.insert(section.into(), v);
+            out.insert(section.into(), v);
         }
     }
-    for (k, v) in top {
-        model.insert(k, v);
+    // compose-go imports only the resources of an included file.
+    if !included {
+        out.extend(top);
+    }
+    let mut origins = BTreeMap::new();
+    for section in std::iter::once("services").chain(RESOURCE_SECTIONS) {
+        if let Some(Value::Mapping(m)) = out.get(section) {
+            for name in m.keys() {
+                origins.insert((section.to_string(), key_text(name)), shown.clone());
+            }
+        }
     }
 
-    Ok((ComposeProject { name, file: file.to_path_buf(), model: Value::Mapping(model) }, warnings))
+    // This file's relative paths, from the top-level directory.
+    if included {
+        if let Some(root) = &load.root {
+            include::rebase(&mut out, dir.canonical.strip_prefix(root).unwrap_or(Path::new("")));
+        }
+    }
+
+    for entry in &entries {
+        let Some(root) = load.root.clone() else {
+            return Err(invalid(
+                "include",
+                format!("cannot include anything: the project directory {} cannot be resolved", dir.shown.display()),
+            ));
+        };
+        let target = include::resolve(entry, file, dir, &root, chain)?;
+        let env = target.env(lookup)?;
+        let sub_lookup = |k: &str| lookup(k).or_else(|| env.get(k).cloned());
+        let text = std::fs::read_to_string(&target.file.canonical)
+            .map_err(|source| ComposeError::Io { file: target.file.shown.clone(), source })?;
+        let sub_top = parse_top(&text, &target.file.shown)?.unwrap_or_default();
+        let mut sub_chain = chain.to_vec();
+        sub_chain.push(target.file.clone());
+        let sub = load_file(load, sub_top, &target.file, &target.project_dir, &sub_lookup, &sub_chain)?;
+        merge(&mut out, &mut origins, sub)?;
+    }
+    if let Some(Value::Mapping(services)) = out.get_mut("services") {
+        let mut sorted: Vec<(Value, Value)> = std::mem::take(services).into_iter().collect();
+        sorted.sort_by_key(|(k, _)| key_text(k));
+        services.extend(sorted);
+    }
+    Ok(Loaded { top: out, origins })
+}
+
+/// Add an included file's resources to `out`. A resource defined twice
+/// must be defined identically: compose-go before v2.10 refused a
+/// different one ("conflicts with imported resource"); later versions
+/// merge the two, which dockfra does not do.
+fn merge(
+    out: &mut Mapping,
+    origins: &mut BTreeMap<(String, String), PathBuf>,
+    sub: Loaded,
+) -> Result<(), ComposeError> {
+    for section in std::iter::once("services").chain(RESOURCE_SECTIONS) {
+        let Some(Value::Mapping(from)) = sub.top.get(section) else { continue };
+        let to = out.entry(section.into()).or_insert(Value::Null);
+        if to.is_null() {
+            *to = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(to) = to else { continue };
+        for (name, def) in from {
+            let id = (section.to_string(), key_text(name));
+            let file_of = |o: &BTreeMap<(String, String), PathBuf>| o.get(&id).cloned().unwrap_or_default();
+            match to.get(name) {
+                Some(existing) if existing == def => {}
+                Some(_) => {
+                    return Err(ComposeError::Conflict {
+                        file: file_of(&sub.origins),
+                        key: format!("{section}.{}", id.1),
+                        other: file_of(origins),
+                    })
+                }
+                None => {
+                    to.insert(name.clone(), def.clone());
+                    origins.insert(id.clone(), file_of(&sub.origins));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn yaml_error(file: &Path, e: &serde_yaml_ng::Error) -> ComposeError {
@@ -821,33 +730,28 @@ fn dir_basename(dir: &Path) -> Option<String> {
         _ => None,
     }
 }
-
 // ───────────────────────────── tests ─────────────────────────────
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_util {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
-    fn i(s: &str) -> Result<String, InterpolationError> {
-        let l = env(&[("SET", "val"), ("EMPTY", ""), ("B", "bee"), ("NUM", "42")]);
-        interpolate(s, &l)
-    }
-
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(crate) struct TempDir(pub(crate) PathBuf);
     impl TempDir {
-        fn new(tag: &str) -> TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
             let p = std::env::temp_dir().join(format!("dockfra-compose-test-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             TempDir(p)
         }
-        fn write(&self, name: &str, text: &str) -> PathBuf {
+        pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
             let p = self.0.join(name);
             std::fs::write(&p, text).unwrap();
             p
@@ -858,173 +762,15 @@ mod tests {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::TempDir;
+    use super::*;
 
     fn opts(overrides: &BTreeMap<String, String>) -> LoadOptions<'_> {
         LoadOptions { project_name: None, overrides, use_process_env: false }
-    }
-
-    #[test]
-    fn plain_forms() {
-        assert_eq!(i("$SET").unwrap(), "val");
-        assert_eq!(i("${SET}").unwrap(), "val");
-        assert_eq!(i("a-${SET}-b $SET.x").unwrap(), "a-val-b val.x");
-        assert_eq!(i("${UNSET}").unwrap(), "");
-        assert_eq!(i("$UNSET/x").unwrap(), "/x");
-        assert_eq!(i("no vars").unwrap(), "no vars");
-        assert_eq!(i("").unwrap(), "");
-        assert_eq!(i("$NUM$NUM").unwrap(), "4242");
-        assert_eq!(i("${SET}${B}").unwrap(), "valbee");
-        assert_eq!(i("é$SET€").unwrap(), "éval€");
-    }
-
-    #[test]
-    fn default_forms() {
-        assert_eq!(i("${SET:-d}").unwrap(), "val");
-        assert_eq!(i("${EMPTY:-d}").unwrap(), "d");
-        assert_eq!(i("${UNSET:-d}").unwrap(), "d");
-        assert_eq!(i("${SET-d}").unwrap(), "val");
-        assert_eq!(i("${EMPTY-d}").unwrap(), "");
-        assert_eq!(i("${UNSET-d}").unwrap(), "d");
-        assert_eq!(i("${UNSET:-}").unwrap(), "");
-        assert_eq!(i("${UNSET:-a b:c-d}").unwrap(), "a b:c-d");
-    }
-
-    #[test]
-    fn required_forms() {
-        assert_eq!(i("${SET:?boom}").unwrap(), "val");
-        assert_eq!(i("${SET?boom}").unwrap(), "val");
-        assert_eq!(i("${EMPTY?boom}").unwrap(), "");
-        let e = i("${EMPTY:?boom}").unwrap_err();
-        assert_eq!(e.variable(), Some("EMPTY"));
-        let e = i("${DB_PASSWORD:?set it in .env}").unwrap_err();
-        assert_eq!(e.to_string(), "required variable DB_PASSWORD is missing a value: set it in .env");
-        let e = i("${DB_PASSWORD?}").unwrap_err();
-        assert_eq!(e.to_string(), "required variable DB_PASSWORD is missing a value");
-        // The message is interpolated too.
-        let e = i("${X?need $B}").unwrap_err();
-        assert_eq!(e, InterpolationError::Required { variable: "X".into(), reason: "need bee".into() });
-    }
-
-    #[test]
-    fn alternative_forms() {
-        assert_eq!(i("${SET:+alt}").unwrap(), "alt");
-        assert_eq!(i("${EMPTY:+alt}").unwrap(), "");
-        assert_eq!(i("${UNSET:+alt}").unwrap(), "");
-        assert_eq!(i("${SET+alt}").unwrap(), "alt");
-        assert_eq!(i("${EMPTY+alt}").unwrap(), "alt");
-        assert_eq!(i("${UNSET+alt}").unwrap(), "");
-        assert_eq!(i("${SET:+[$B]}").unwrap(), "[bee]");
-    }
-
-    #[test]
-    fn dollar_escapes_and_literals() {
-        assert_eq!(i("$$").unwrap(), "$");
-        assert_eq!(i("$$SET").unwrap(), "$SET");
-        assert_eq!(i("$${SET}").unwrap(), "${SET}");
-        assert_eq!(i("$$$SET").unwrap(), "$val");
-        assert_eq!(
-            i("--password=\"$$(cat /run/secrets/db-password)\"").unwrap(),
-            "--password=\"$(cat /run/secrets/db-password)\""
-        );
-        // `$` not followed by a name, `{` or `$` is kept.
-        assert_eq!(i("cost $5 $ x$").unwrap(), "cost $5 $ x$");
-        assert_eq!(i("$-x $.").unwrap(), "$-x $.");
-    }
-
-    #[test]
-    fn nested_defaults() {
-        assert_eq!(i("${UNSET:-${B}}").unwrap(), "bee");
-        assert_eq!(i("${UNSET:-${ALSO_UNSET:-deep}}").unwrap(), "deep");
-        assert_eq!(i("${UNSET:-x${B}y}z").unwrap(), "xbeeyz");
-        assert_eq!(i("${SET:-${B}}").unwrap(), "val");
-        assert_eq!(i("${UNSET-${SET:+${B}}}").unwrap(), "bee");
-        // An unused default is not evaluated.
-        assert_eq!(i("${SET:-${NOPE:?never}}").unwrap(), "val");
-        assert!(i("${UNSET:-${NOPE:?needed}}").is_err());
-        assert_eq!(i("${UNSET:-$$}").unwrap(), "$");
-    }
-
-    #[test]
-    fn syntax_errors() {
-        for bad in ["${", "${SET", "${SET:-${B}", "x ${UNSET:-abc"] {
-            let e = i(bad).unwrap_err();
-            assert!(matches!(e, InterpolationError::Unterminated { .. }), "{bad}: {e:?}");
-        }
-        for bad in ["${}", "${1A}", "${-x}", "${SET/a/b}", "${SET:x}", "${ SET}", "${SET }", "${é}"] {
-            let e = i(bad).unwrap_err();
-            assert!(matches!(e, InterpolationError::Invalid { .. }), "{bad}: {e:?}");
-            assert!(e.to_string().contains("invalid variable reference"), "{e}");
-        }
-    }
-
-    #[test]
-    fn unset_variables_are_collected() {
-        let mut unset = BTreeSet::new();
-        let l = env(&[("A", "1")]);
-        let out = interpolate_collect("$A ${B} ${C:-x} ${D-y} ${E:+z} $F", &l, &mut unset).unwrap();
-        assert_eq!(out, "1  x y  ");
-        assert_eq!(unset.into_iter().collect::<Vec<_>>(), ["B", "F"]);
-    }
-
-    #[test]
-    fn env_file_parsing() {
-        let text = "\
-# comment
-   # indented comment
-
-A=1
-export B = two words  
-C='single $A # kept'
-D=\"double\\n$A \\\"q\\\" \\$A\"
-E=unquoted # comment
-F=no#comment
-G=
-H=\"multi
-line\"
-I='x' # trailing comment
-J=${A}-${MISSING:-def}
-K=a=b=c
-L=${L:-self}
-A=override
-";
-        let m = parse_env_file(text).unwrap();
-        assert_eq!(m["A"], "override");
-        assert_eq!(m["B"], "two words");
-        assert_eq!(m["C"], "single $A # kept");
-        assert_eq!(m["D"], "double\n1 \"q\" $A");
-        assert_eq!(m["E"], "unquoted");
-        assert_eq!(m["F"], "no#comment");
-        assert_eq!(m["G"], "");
-        assert_eq!(m["H"], "multi\nline");
-        assert_eq!(m["I"], "x");
-        assert_eq!(m["J"], "1-def");
-        assert_eq!(m["K"], "a=b=c");
-        assert_eq!(m["L"], "self");
-        assert_eq!(m.len(), 12);
-        // CRLF and BOM.
-        let m = parse_env_file("\u{feff}X=1\r\nY='2'\r\n").unwrap();
-        assert_eq!((m["X"].as_str(), m["Y"].as_str()), ("1", "2"));
-        // Lookup first, then earlier keys.
-        let l = env(&[("A", "outer")]);
-        let m = parse_env_file_with("A=inner\nB=$A\n", &l).unwrap();
-        assert_eq!(m["B"], "outer");
-    }
-
-    #[test]
-    fn env_file_errors_name_the_line() {
-        let cases = [
-            ("A=1\nJUSTAKEY\n", "line 2"),
-            ("A=1\n\n1BAD=x\n", "line 3"),
-            ("A='unterminated\nB=2\n", "line 1"),
-            ("A=1\nB=\"x\" y\n", "line 2"),
-            ("A=1\nB=${C:?needed}\n", "line 2"),
-            ("A=${\n", "line 1"),
-            ("=x\n", "line 1"),
-        ];
-        for (text, line) in cases {
-            let e = parse_env_file(text).unwrap_err();
-            assert!(e.starts_with(line), "{text:?}: {e}");
-        }
     }
 
     #[test]
@@ -1207,6 +953,35 @@ networks:
         assert!(yaml.find("alpha:").unwrap() < yaml.find("zeta:").unwrap());
         let back: Value = serde_yaml_ng::from_str(&yaml).unwrap();
         assert_eq!(back, p.model);
+    }
+
+    #[test]
+    fn dependency_errors_name_file_and_key() {
+        let d = TempDir::new("deps");
+        let none = BTreeMap::new();
+        let f = d.write(
+            "compose.yaml",
+            "services:\n  c: {image: x, depends_on: [a]}\n  b: {image: x, depends_on: {c: {condition: service_started}}}\n  a: {image: x, links: [b]}\n",
+        );
+        let e = load(&f, &opts(&none)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: key \"services.a.links[0]\": dependency cycle detected: a -> b -> c -> a", f.display())
+        );
+        let f = d.write("compose.yaml", "services:\n  web:\n    image: x\n    depends_on:\n      - ${DB:-db}\n");
+        let e = load(&f, &opts(&none)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: key \"services.web.depends_on[0]\": service \"web\" depends on undefined service \"db\"",
+                f.display()
+            )
+        );
+        assert_eq!(e.file(), f);
+        // Interpolation happens first: the dependency is the value.
+        let over: BTreeMap<String, String> = [("DB".to_string(), "web2".to_string())].into();
+        let e = load(&f, &opts(&over)).unwrap_err();
+        assert!(e.to_string().contains("undefined service \"web2\""), "{e}");
     }
 
     #[test]
