@@ -11,9 +11,10 @@ use tokio::sync::mpsc;
 use dockfra_common::bundle;
 use dockfra_common::proto;
 
-use crate::executor::{Executor, NoSource};
+use crate::blobs::BlobWriter;
+use crate::executor::{Executor, Limits, NoSource, Refusal};
 use crate::runner::{Runner, SystemRunner};
-use crate::state::{BlobWriter, StateDir};
+use crate::state::StateDir;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,6 +84,23 @@ pub enum Command {
     PollNow,
     /// Print what this host runs: OS, architecture, runtimes.
     Detect,
+    /// Re-verify the kept releases: the signed manifest that installed each (by the pinned
+    /// signing key or one it replaced) and every file on disk against it. Exit 1 on any
+    /// mismatch.
+    Verify {
+        /// Only this app (default: every app).
+        app: Option<String>,
+    },
+    /// The agent's own state files.
+    #[command(subcommand)]
+    State(StateCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCmd {
+    /// Rebuild state.json after it was lost or corrupted, from floor.json and the release
+    /// dirs; the replay floor never goes down. Stop the agent first.
+    Repair,
 }
 
 pub fn main() -> ExitCode {
@@ -122,9 +140,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn executor(state: &StateDir, runner: Arc<dyn Runner>) -> Result<Executor> {
+fn executor(state: &StateDir, runner: Arc<dyn Runner>, limits: Limits) -> Result<Executor> {
     let cfg = state.config()?;
-    Ok(Executor::new(state.clone(), cfg.target, state.signing_key()?, runner))
+    state.signing_key()?;
+    Ok(Executor::new(state.clone(), cfg.target, runner, limits))
 }
 
 /// `enroll` run as root (`sudo dockfra-agent --config … enroll`) into a state dir that a
@@ -158,6 +177,30 @@ pub struct AgentFile {
     pub state_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub coordinator: Option<String>,
+    /// Refuse orders signed longer ago than this (e.g. `1d`; default: no limit but expiry).
+    pub max_order_age: Option<String>,
+    /// Refuse orders signed to stay valid longer than this (default `30d`, the longest an
+    /// offline bundle can be exported for; `none` lifts it).
+    pub max_order_lifetime: Option<String>,
+}
+
+fn parse_limit(key: &str, v: &Option<String>, default: Option<std::time::Duration>) -> Result<Option<std::time::Duration>> {
+    match v.as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("none") => Ok(None),
+        Some(s) => dockfra_common::config::parse_duration(s).map(Some).map_err(|e| anyhow::anyhow!("{key}: {e}")),
+    }
+}
+
+impl AgentFile {
+    /// The order limits this file sets (defaults where it is silent).
+    pub fn limits(&self) -> Result<Limits> {
+        let d = Limits::default();
+        Ok(Limits {
+            max_order_age: parse_limit("max_order_age", &self.max_order_age, d.max_order_age)?,
+            max_order_lifetime: parse_limit("max_order_lifetime", &self.max_order_lifetime, d.max_order_lifetime)?,
+        })
+    }
 }
 
 impl AgentFile {
@@ -166,9 +209,14 @@ impl AgentFile {
         if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(&text).with_context(|| {
-            format!("{}: not a valid agent config (keys: state_dir, listen, coordinator)", path.display())
-        })
+        let f: Self = serde_yaml_ng::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a valid agent config (keys: state_dir, listen, coordinator, max_order_age, max_order_lifetime)",
+                path.display()
+            )
+        })?;
+        f.limits().with_context(|| format!("{}", path.display()))?;
+        Ok(f)
     }
 }
 
@@ -197,7 +245,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let state =
         StateDir::new(&std::path::absolute(&dir).with_context(|| format!("bad --state-dir {}", dir.display()))?);
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
-    let needs_identity = matches!(cli.command, Command::Run { .. } | Command::Status { .. } | Command::PollNow);
+    let limits = file.limits()?;
+    let needs_identity = matches!(
+        cli.command,
+        Command::Run { .. } | Command::Status { .. } | Command::PollNow | Command::Verify { .. }
+    );
     if needs_identity && !state.is_enrolled() {
         eprintln!(
             "error: not enrolled: {} holds no identity yet; enroll first: dockfra-agent{} enroll --coordinator https://COORD:7443 --token TOKEN",
@@ -216,9 +268,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             println!("enrolled as target {} ({} mode); start with `dockfra-agent run`", cfg.target, cfg.mode);
             Ok(0)
         }
-        Command::Run { listen } => run_agent(&state, runner, listen.or(file.listen.clone())).await,
+        Command::Run { listen } => run_agent(&state, runner, limits, listen.or(file.listen.clone())).await,
         Command::Status { output } => {
-            let exec = executor(&state, runner)?;
+            let exec = executor(&state, runner, limits)?;
             let st = exec.status(None).await;
             let cfg = state.config()?;
             if output == Output::Json {
@@ -231,11 +283,20 @@ pub async fn run(cli: Cli) -> Result<u8> {
                             "releases": a.releases, "last_result": a.last_result})
                     })
                     .collect();
+                let disk = st.disk.unwrap_or_default();
                 let v = serde_json::json!({"target": st.target, "mode": cfg.mode, "coordinator": cfg.coordinator,
-                    "last_desired_sequence": st.last_desired_sequence, "apps": apps});
+                    "last_desired_sequence": st.last_desired_sequence, "apps": apps, "state_error": st.state_error,
+                    "in_flight": st.in_flight,
+                    "recent": st.recent.iter().map(|r| serde_json::json!({"deployment_id": r.deployment_id,
+                        "result": r.result, "release": r.release, "message": r.message})).collect::<Vec<_>>(),
+                    "disk": {"blobs": disk.blobs, "blobs_bytes": disk.blobs_bytes, "releases_bytes": disk.releases_bytes,
+                        "free_bytes": disk.free_bytes, "total_bytes": disk.total_bytes}});
                 println!("{v}");
             } else {
                 println!("target: {} ({} mode, coordinator {})", st.target, cfg.mode, cfg.coordinator);
+                if !st.state_error.is_empty() {
+                    println!("STATE ERROR: {}", st.state_error);
+                }
                 for a in &st.apps {
                     println!(
                         "app {}: current {} (version {}), previous {}, health {}, last result {}",
@@ -248,12 +309,29 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     );
                     println!("  releases: {}", a.releases.join(" "));
                 }
+                let d = st.disk.unwrap_or_default();
+                println!(
+                    "disk: {} blob(s) {}, releases {}, {} free of {}",
+                    d.blobs,
+                    human_bytes(d.blobs_bytes),
+                    human_bytes(d.releases_bytes),
+                    human_bytes(d.free_bytes),
+                    human_bytes(d.total_bytes)
+                );
             }
+            Ok(if st.state_error.is_empty() { 0 } else { 1 })
+        }
+        Command::Apply { file } => apply(&state, runner, limits, &file).await,
+        Command::Verify { app } => verify_releases(&state, app.as_deref()),
+        Command::State(StateCmd::Repair) => {
+            for note in crate::state::repair(&state)? {
+                println!("{note}");
+            }
+            println!("state repaired; start the agent again");
             Ok(0)
         }
-        Command::Apply { file } => apply(&state, runner, &file).await,
         Command::Rollback { app, to } => {
-            let exec = executor(&state, runner)?;
+            let exec = executor(&state, runner, limits)?;
             let r = exec.local_rollback(&app, to.as_deref()).await?;
             println!("{app}: current -> {r}");
             Ok(0)
@@ -281,6 +359,70 @@ pub async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// `1.5 MiB` style.
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+/// `dockfra-agent verify`: every kept release against the signed manifest that installed it.
+fn verify_releases(state: &StateDir, only: Option<&str>) -> Result<u8> {
+    use crate::releases::AppReleases;
+    let keys = state.signing_keys();
+    let mut bad = 0;
+    let mut checked = 0;
+    for base in state.app_bases() {
+        let app = base.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if only.is_some_and(|o| o != app) {
+            continue;
+        }
+        let rel = AppReleases::new(base);
+        for r in rel.list() {
+            checked += 1;
+            let verdict = (|| -> Result<()> {
+                let docs = rel.signed_docs(&r.name).context("no signed documents kept with it")?;
+                let m = bundle::verify_manifest(&keys, &docs.manifest, &docs.manifest_signature)?;
+                let marker = std::fs::read(rel.releases_dir().join(format!("{}.json", r.name)))?;
+                anyhow::ensure!(marker == docs.manifest, "its manifest file differs from the signed one");
+                let dir = rel.dir(&r.name);
+                for f in &m.files {
+                    let p = dockfra_common::paths::SafeRelPath::new(&f.path)?.under(&dir);
+                    match f.kind {
+                        bundle::EntryKind::File => {
+                            let bytes = std::fs::read(&p).with_context(|| format!("{}", f.path))?;
+                            anyhow::ensure!(dockfra_common::sha256_hex(&bytes) == f.sha256, "{} was changed", f.path);
+                        }
+                        bundle::EntryKind::Symlink => {
+                            let to = std::fs::read_link(&p).with_context(|| format!("{}", f.path))?;
+                            anyhow::ensure!(Some(to.to_string_lossy().as_ref()) == f.link.as_deref(), "{} points elsewhere", f.path);
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            match verdict {
+                Ok(()) => println!("ok       {app}/{}", r.name),
+                Err(e) => {
+                    bad += 1;
+                    println!("MISMATCH {app}/{}: {e:#}", r.name);
+                }
+            }
+        }
+    }
+    println!("{checked} release(s) checked, {bad} mismatch(es)");
+    Ok(if bad == 0 { 0 } else { 1 })
+}
+
 fn or_dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
@@ -289,11 +431,20 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
-async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, listen: Option<String>) -> Result<u8> {
+async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, limits: Limits, listen: Option<String>) -> Result<u8> {
     crate::net::finish_renewal(state)?;
     let cfg = state.config()?;
-    let exec = Arc::new(executor(state, runner.clone())?);
-    let recovered = exec.recover().await?;
+    let exec = Arc::new(executor(state, runner.clone(), limits)?);
+    let _ = std::fs::remove_dir_all(state.tmp());
+    // A journal or state file the agent cannot read does not stop it: it keeps serving its
+    // status (which says why) and refuses every order until repaired.
+    let recovered = match exec.recover().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            None
+        }
+    };
     crate::state::write(&state.pid_file(), std::process::id().to_string().as_bytes(), 0o644)?;
     let facts = crate::facts::detect(runner.as_ref()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -304,12 +455,19 @@ async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, listen: Option<Str
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    if let Some(ev) = recovered {
-        // Tell the coordinator; if it is unreachable the next poll's status says enough.
+    if let Some(o) = recovered {
+        // A kept release is a final result: it goes through the outbox. A progress note is
+        // best effort; the next poll's status says enough.
+        if !o.result.is_empty() {
+            state.push_outbox(o.clone())?;
+        }
         if let Ok(ch) = crate::net::coordinator_channel(state, &cfg).await {
-            let _ = proto::fleet_client::FleetClient::new(ch)
-                .report(proto::ReportRequest { events: vec![ev], status: None })
-                .await;
+            let mut client = proto::fleet_client::FleetClient::new(ch);
+            if o.result.is_empty() {
+                let _ = client.report(proto::ReportRequest { events: vec![o.event()], status: None }).await;
+            } else if let Err(e) = crate::net::flush_outbox(&mut client, state, None).await {
+                tracing::warn!("{e:#}");
+            }
         }
     }
     tracing::info!(target = %cfg.target, mode = %cfg.mode, "dockfra-agent running");
@@ -334,8 +492,8 @@ async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, listen: Option<Str
 /// Apply an offline bundle: verify the signed documents before reading any blob, stage the
 /// blobs (hash-checked) in a temp dir, and only then move them into the store and deploy.
 /// A bad archive leaves nothing behind.
-async fn apply(state: &StateDir, runner: Arc<dyn Runner>, file: &std::path::Path) -> Result<u8> {
-    let exec = executor(state, runner)?;
+async fn apply(state: &StateDir, runner: Arc<dyn Runner>, limits: Limits, file: &std::path::Path) -> Result<u8> {
+    let exec = executor(state, runner, limits)?;
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let staging = state.tmp().join(format!("import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
@@ -344,12 +502,17 @@ async fn apply(state: &StateDir, runner: Arc<dyn Runner>, file: &std::path::Path
     let read = bundle::read_archive(
         std::io::BufReader::new(f),
         |a| {
-            let v = exec.verify(&a)?;
+            let v = exec.verify(&a).map_err(|e| match e {
+                Refusal::Bundle(b) => b,
+                other => bundle::BundleError::Archive(other.to_string()),
+            })?;
             let sizes = v.manifest.blob_sizes();
-            *writer.borrow_mut() =
-                Some(BlobWriter::new(staging.clone(), sizes).map_err(|e| bundle::BundleError::Archive(e.to_string()))?);
+            *writer.borrow_mut() = Some(
+                BlobWriter::new(staging.clone(), sizes.clone())
+                    .map_err(|e| bundle::BundleError::Archive(e.to_string()))?,
+            );
             assignment = Some(a);
-            Ok(v.manifest.digests().into_iter().collect())
+            Ok(sizes)
         },
         |d, r| {
             let mut guard = writer.borrow_mut();

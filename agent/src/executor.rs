@@ -1,11 +1,18 @@
 //! The deploy state machine on the agent (DESIGN §3.3, §3.6):
 //! `Verified → Fetched → Materialized → PreDeployed → Activated → Applied → Healthy →
 //! Reported → Pruned`, with rollback and failure as ends. The phase is journaled (fsynced)
-//! before each step; on restart [`Executor::recover`] reads the journal and converges —
-//! never leaving `current` on an incomplete release or a half-applied step.
-use std::collections::BTreeMap;
+//! before each step; on restart [`Executor::recover`] reads the journal and converges: a
+//! release that passed its health check is kept and recorded, anything earlier is undone
+//! (`current` swapped back, the half-made release removed) and the order runs whole when the
+//! coordinator hands it out again.
+//!
+//! Every order ends in exactly one of: a final event (`succeeded`, `failed`, `refused`), or —
+//! when the transfer was cut off — a non-final event with `retry` set, after which nothing
+//! has changed but the blobs that did arrive, and the same order may come again.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -13,17 +20,32 @@ use tokio::sync::mpsc;
 use dockfra_common::bundle::{self, Action, Manifest, Verified, Watermark};
 use dockfra_common::proto;
 
+use crate::blobs::{BlobError, BlobWriter};
 use crate::drivers::{self, StepCtx};
 use crate::health;
 use crate::releases::AppReleases;
 use crate::runner::Runner;
-use crate::state::{AppState, BlobWriter, Journal, Phase, StateDir};
+use crate::state::{AppState, DiskSnapshot, Journal, Outcome, Phase, StateDir, StateError};
+
+/// Why fetching blobs stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The connection failed: the order may be tried again, only the missing blobs travel.
+    #[error("transfer interrupted: {0}")]
+    Transport(String),
+    /// A blob broke a rule (hash, size, order, not requested) or could not be stored.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("{0}")]
+    Other(String),
+}
 
 /// Where missing blobs come from: the coordinator (pull), the push stream, or nowhere (an
 /// offline bundle whose blobs were staged beforehand).
 #[tonic::async_trait]
 pub trait BlobSource: Send {
-    async fn fetch(&mut self, bundle_id: &str, writer: &mut BlobWriter, digests: Vec<String>) -> anyhow::Result<()>;
+    async fn fetch(&mut self, bundle_id: &str, writer: &mut BlobWriter, digests: Vec<String>)
+        -> Result<(), FetchError>;
 }
 
 /// For offline bundles: every blob must already be in the store.
@@ -31,18 +53,53 @@ pub struct NoSource;
 
 #[tonic::async_trait]
 impl BlobSource for NoSource {
-    async fn fetch(&mut self, _: &str, _: &mut BlobWriter, digests: Vec<String>) -> anyhow::Result<()> {
-        anyhow::bail!("{} blob(s) missing and no source to fetch them from: {}", digests.len(), digests.join(", "))
+    async fn fetch(&mut self, _: &str, _: &mut BlobWriter, digests: Vec<String>) -> Result<(), FetchError> {
+        Err(FetchError::Other(format!(
+            "{} blob(s) missing and no source to fetch them from: {}",
+            digests.len(),
+            digests.join(", ")
+        )))
     }
 }
 
 pub type Events = mpsc::UnboundedSender<proto::DeployEvent>;
 
+/// What an operator allows orders to be (`max_order_age`, `max_order_lifetime` in the
+/// agent's config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Refuse an order signed longer ago than this.
+    pub max_order_age: Option<Duration>,
+    /// Refuse an order signed to stay valid longer than this (an offline bundle's lifetime).
+    pub max_order_lifetime: Option<Duration>,
+}
+
+/// An offline bundle (`bundle export`) lives 7 days by default and 30 at most; an agent takes
+/// none valid for longer unless its operator says so.
+pub const DEFAULT_MAX_ORDER_LIFETIME: Duration = Duration::from_secs(30 * 86400);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_order_age: None, max_order_lifetime: Some(DEFAULT_MAX_ORDER_LIFETIME) }
+    }
+}
+
+/// Why an order was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Key(String),
+}
+
 pub struct Executor {
     pub state: StateDir,
     pub target: String,
-    pub signing_key: Vec<u8>,
     pub runner: Arc<dyn Runner>,
+    pub limits: Limits,
     /// One deploy at a time within this process (the file lock covers other processes).
     gate: tokio::sync::Mutex<()>,
 }
@@ -54,63 +111,93 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    fn send(&self, phase: &str, message: impl Into<String>) {
-        let message = message.into();
-        tracing::info!(phase, "{message}");
-        let _ = self.tx.send(proto::DeployEvent {
+    fn event(&self, phase: &str, message: String) -> proto::DeployEvent {
+        proto::DeployEvent {
             deployment_id: self.deployment_id.clone(),
             phase: phase.into(),
             message,
             bytes_received: self.bytes,
             unix_ms: dockfra_common::now_unix_ms(),
             ..Default::default()
-        });
+        }
+    }
+
+    fn send(&self, phase: &str, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(phase, "{message}");
+        let _ = self.tx.send(self.event(phase, message));
     }
 
     fn finish(&self, result: &str, release: &str, message: impl Into<String>) -> proto::DeployEvent {
         let message = message.into();
         tracing::info!(result, release, "{message}");
+        let phase = match result {
+            "succeeded" => "Done",
+            "refused" => "Refused",
+            _ => "Failed",
+        };
         let ev = proto::DeployEvent {
-            deployment_id: self.deployment_id.clone(),
-            phase: if result == "succeeded" { "Done".into() } else { "Failed".into() },
-            message,
             r#final: true,
             result: result.into(),
             release: release.into(),
-            bytes_received: self.bytes,
-            unix_ms: dockfra_common::now_unix_ms(),
+            ..self.event(phase, message)
         };
+        let _ = self.tx.send(ev.clone());
+        ev
+    }
+
+    /// Not final: the transfer broke; the same order may come again.
+    fn retry(&self, message: impl Into<String>) -> proto::DeployEvent {
+        let message = message.into();
+        tracing::warn!("{message}");
+        let ev = proto::DeployEvent { retry: true, ..self.event("Interrupted", message) };
         let _ = self.tx.send(ev.clone());
         ev
     }
 }
 
 impl Executor {
-    pub fn new(state: StateDir, target: String, signing_key: Vec<u8>, runner: Arc<dyn Runner>) -> Self {
-        Self { state, target, signing_key, runner, gate: tokio::sync::Mutex::new(()) }
+    pub fn new(state: StateDir, target: String, runner: Arc<dyn Runner>, limits: Limits) -> Self {
+        Self { state, target, runner, limits, gate: tokio::sync::Mutex::new(()) }
     }
 
-    pub fn watermark(&self) -> Watermark {
-        let p = self.state.persisted();
-        Watermark {
-            last_desired_sequence: p.last_desired_sequence,
-            current_release_sequence: p.apps.values().map(|a| a.current_sequence).max().unwrap_or(0),
-        }
+    /// The trust floor: the max of `state.json`, `floor.json` and the release dirs (see
+    /// crate::state). Unreadable state is an error, never a floor of 0.
+    pub fn watermark(&self) -> Result<Watermark, StateError> {
+        let p = self.state.persisted()?;
+        self.state.journal()?;
+        let floor = self.state.floor().unwrap_or_default();
+        let dirs = self.state.release_dir_floor();
+        let current = p.apps.values().map(|a| a.current_sequence).max().unwrap_or(0);
+        Ok(Watermark {
+            last_desired_sequence: p.last_desired_sequence.max(floor.last_desired_sequence).max(dirs),
+            current_release_sequence: current.max(floor.release_sequence).max(dirs),
+        })
     }
 
-    /// Verify an assignment against this agent's key, target and watermark.
-    pub fn verify(&self, a: &proto::Assignment) -> Result<Verified, bundle::BundleError> {
-        bundle::verify_assignment(a, &self.signing_key, &self.target, self.watermark(), dockfra_common::now_unix())
+    /// Verify an assignment against this agent's pinned key, target, floor and limits.
+    pub fn verify(&self, a: &proto::Assignment) -> Result<Verified, Refusal> {
+        let mark = self.watermark()?;
+        let key = self.state.signing_key().map_err(|e| Refusal::Key(format!("{e:#}")))?;
+        let policy = bundle::Policy {
+            me: &self.target,
+            signing_key: &key,
+            mark,
+            now: dockfra_common::now_unix(),
+            max_order_lifetime: self.limits.max_order_lifetime.map(|d| d.as_secs()),
+            max_order_age: self.limits.max_order_age.map(|d| d.as_secs()),
+        };
+        Ok(bundle::verify_assignment(a, &policy)?)
     }
 
     /// Where an app's releases live: `<deploy_path>/<app>` or `<state>/apps/<app>`.
     pub fn app_base(&self, m: &Manifest) -> anyhow::Result<PathBuf> {
-        match m.ssh_raw.as_ref().and_then(|s| s.deploy_path.as_deref()) {
+        match m.platform.deploy_path() {
             Some(p) if !p.starts_with('/') => {
                 anyhow::bail!("config.deploy_path {p:?} must be an absolute path")
             }
             Some(p) => Ok(PathBuf::from(p).join(&m.app)),
-            None => Ok(self.state.root.join("apps").join(&m.app)),
+            None => Ok(self.state.default_app_base(&m.app)),
         }
     }
 
@@ -126,8 +213,19 @@ impl Executor {
         env
     }
 
-    /// Carry out one assignment end to end. Always ends with exactly one final event, which
-    /// is also returned.
+    fn ctx<'a>(&'a self, m: &'a Manifest, rel: &AppReleases, name: &str, previous: Option<&str>) -> StepCtx<'a> {
+        StepCtx {
+            manifest: m,
+            release_dir: rel.dir(name),
+            current_link: rel.current_link(),
+            env: self.env(m, rel, name, previous),
+            runner: self.runner.as_ref(),
+            blobs: self.state.blobs(),
+        }
+    }
+
+    /// Carry out one assignment end to end. Ends with exactly one final event, or one
+    /// non-final event with `retry` set (see the module doc); that event is also returned.
     pub async fn execute(
         &self,
         a: &proto::Assignment,
@@ -135,10 +233,11 @@ impl Executor {
         events: &Events,
     ) -> proto::DeployEvent {
         let _gate = self.gate.lock().await;
-        let deployment_id = serde_json::from_slice::<bundle::DesiredState>(
+        let deployment_id = serde_json::from_slice::<serde_json::Value>(
             a.desired.as_ref().map(|d| d.payload.as_slice()).unwrap_or_default(),
         )
-        .map(|d| d.deployment_id)
+        .ok()
+        .and_then(|v| v["deployment_id"].as_str().map(|s| s.chars().take(128).collect()))
         .unwrap_or_default();
         let mut em = Emitter { tx: events, deployment_id, bytes: 0 };
         let lock = match self.state.lock() {
@@ -149,7 +248,12 @@ impl Executor {
             Ok(v) => v,
             Err(e) => return em.finish("refused", "", format!("refused: {e}")),
         };
-        em.deployment_id = v.desired.deployment_id.clone();
+        if let Some(k) = &v.rotated_to {
+            if let Err(e) = self.state.pin_signing_key(k) {
+                return em.finish("failed", "", format!("cannot pin the rotated signing key: {e:#}"));
+            }
+            em.send("Verified", format!("signing key rotated to {}", dockfra_common::sign::fingerprint(k)));
+        }
         if let Some(declared) = &v.manifest.os {
             let (os, wsl) = crate::facts::host_os();
             if let Some(why) = dockfra_common::config::os_mismatch(declared, &os, wsl) {
@@ -168,7 +272,7 @@ impl Executor {
         em: &mut Emitter<'_>,
     ) -> proto::DeployEvent {
         let m = &v.manifest;
-        let name = m.release_name();
+        let name = v.release_name();
         let base = match self.app_base(m) {
             Ok(b) => b,
             Err(e) => return self.failed_early(v, em, format!("{e:#}")),
@@ -178,7 +282,7 @@ impl Executor {
         let mut journal = Journal {
             deployment_id: v.desired.deployment_id.clone(),
             desired_sequence: v.desired.sequence,
-            action: format!("{:?}", v.desired.action).to_lowercase(),
+            action: v.desired.action.as_str().into(),
             app: m.app.clone(),
             base: base.clone(),
             release: name.clone(),
@@ -187,7 +291,9 @@ impl Executor {
         };
         let step = |j: &mut Journal, p: Phase| -> anyhow::Result<()> {
             j.phase = p;
-            self.state.write_journal(j)
+            self.state.write_journal(j)?;
+            dockfra_common::fault::hit(&format!("agent:{p:?}"));
+            Ok(())
         };
         if let Err(e) = step(&mut journal, Phase::Verified) {
             return self.failed_early(v, em, format!("cannot write the journal: {e:#}"));
@@ -205,18 +311,27 @@ impl Executor {
             let sizes: BTreeMap<String, u64> =
                 m.blob_sizes().into_iter().filter(|(d, _)| missing.contains(d)).collect();
             if !missing.is_empty() {
-                let r = async {
-                    let mut w = BlobWriter::new(self.state.blobs(), sizes)?;
-                    source.fetch(&v.bundle_id, &mut w, missing.clone()).await?;
-                    if w.remaining() > 0 {
-                        anyhow::bail!("{} blob(s) never arrived", w.remaining());
+                let mut w = match BlobWriter::new(self.state.blobs(), sizes) {
+                    Ok(w) => w,
+                    Err(e) => return self.abandon(v, em, format!("{e}")),
+                };
+                let fetched = source.fetch(&v.bundle_id, &mut w, missing.clone()).await;
+                em.bytes = w.bytes;
+                let left = w.remaining();
+                drop(w);
+                match fetched {
+                    Ok(()) if left == 0 => {}
+                    Ok(()) => return self.abandon(v, em, format!("fetching blobs: {left} blob(s) never arrived")),
+                    Err(FetchError::Transport(why)) => {
+                        let _ = self.state.clear_journal();
+                        return em.retry(format!(
+                            "transfer interrupted ({why}): {} of {} missing blob(s) arrived; nothing else changed, \
+                             the order is taken again when it comes back",
+                            missing.len() - left,
+                            missing.len()
+                        ));
                     }
-                    Ok::<u64, anyhow::Error>(w.bytes)
-                }
-                .await;
-                match r {
-                    Ok(bytes) => em.bytes = bytes,
-                    Err(e) => return self.abandon(v, em, &journal, format!("fetching blobs: {e:#}")),
+                    Err(e) => return self.abandon(v, em, format!("fetching blobs: {e}")),
                 }
             }
             em.send(
@@ -230,46 +345,36 @@ impl Executor {
             );
         }
         if let Err(e) = step(&mut journal, Phase::Fetched) {
-            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+            return self.abandon(v, em, format!("cannot write the journal: {e:#}"));
         }
 
-        if let Err(e) = rel.materialize(m, &self.state.blobs()) {
-            return self.abandon(v, em, &journal, format!("{e}"));
+        if let Err(e) = rel.materialize(v, &self.state.blobs()) {
+            return self.abandon(v, em, format!("{e}"));
         }
         if let Err(e) = step(&mut journal, Phase::Materialized) {
-            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+            return self.abandon(v, em, format!("cannot write the journal: {e:#}"));
         }
         em.send("Materialized", format!("release dir {}", rel.dir(&name).display()));
 
-        let driver = match drivers::for_platform(m.platform) {
-            Ok(d) => d,
-            Err(e) => return self.abandon(v, em, &journal, e.to_string()),
-        };
-        let ctx = StepCtx {
-            manifest: m,
-            release_dir: rel.dir(&name),
-            current_link: rel.current_link(),
-            env: self.env(m, &rel, &name, previous.as_deref()),
-            runner: self.runner.as_ref(),
-            blobs: self.state.blobs(),
-        };
+        let driver = drivers::for_spec(&m.platform);
+        let ctx = self.ctx(m, &rel, &name, previous.as_deref());
         if let Err(e) = driver.validate(&ctx).await {
-            return self.abandon(v, em, &journal, e.to_string());
+            return self.abandon(v, em, e.to_string());
         }
         if let Err(e) = step(&mut journal, Phase::PreDeployed) {
-            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+            return self.abandon(v, em, format!("cannot write the journal: {e:#}"));
         }
         if let Err(e) = driver.pre_deploy(&ctx).await {
-            return self.abandon(v, em, &journal, e.to_string());
+            return self.abandon(v, em, e.to_string());
         }
         em.send("PreDeployed", "pre-deploy step done");
 
         // From here on `current` may move: a failure must swap back.
         if let Err(e) = step(&mut journal, Phase::Activated) {
-            return self.abandon(v, em, &journal, format!("cannot write the journal: {e:#}"));
+            return self.abandon(v, em, format!("cannot write the journal: {e:#}"));
         }
         if let Err(e) = rel.activate(&name) {
-            return self.abandon(v, em, &journal, e.to_string());
+            return self.abandon(v, em, e.to_string());
         }
         em.send("Activated", format!("current -> releases/{name}"));
         if let Err(e) = step(&mut journal, Phase::Applied) {
@@ -291,9 +396,9 @@ impl Executor {
         }
         let _ = step(&mut journal, Phase::Healthy);
         em.send("Healthy", "release is live and healthy");
-        self.record_success(v, &rel, previous.as_deref());
+        let message = format!("release {name} (version {}) is live and healthy", m.version);
+        self.record_success(v, &rel, previous.as_deref(), &message, em.bytes);
         let _ = step(&mut journal, Phase::Reported);
-        let _ = step(&mut journal, Phase::Pruned);
         let keep = m.keep_releases as usize;
         let protect: Vec<&str> = previous.iter().map(String::as_str).collect();
         let manifests: Vec<(String, Manifest)> =
@@ -312,44 +417,87 @@ impl Executor {
                 }
             }
         }
+        let gc = self.collect_garbage();
+        if gc.blobs > 0 {
+            em.send("Pruned", format!("removed {} blob(s) no kept release names ({} bytes)", gc.blobs, gc.bytes));
+        }
+        let _ = step(&mut journal, Phase::Pruned);
         let _ = self.state.clear_journal();
-        em.finish("succeeded", &name, format!("release {name} (version {}) is live and healthy", m.version))
+        em.finish("succeeded", &name, message)
     }
 
-    fn record_success(&self, v: &Verified, rel: &AppReleases, previous: Option<&str>) {
-        let m = &v.manifest;
-        let name = m.release_name();
-        let mut p = self.state.persisted();
-        p.last_desired_sequence = p.last_desired_sequence.max(v.desired.sequence);
-        let app = p.apps.entry(m.app.clone()).or_default();
-        *app = AppState {
-            previous: previous.filter(|prev| *prev != name).map(String::from).or(app.previous.clone()),
-            current: Some(name),
-            current_sequence: m.sequence,
-            current_version: m.version.clone(),
-            health: "healthy".into(),
-            last_result: "succeeded".into(),
-            base: Some(rel.base.clone()),
+    /// Update the state for a final result (under the lock), remembering the outcome.
+    fn settle(&self, v: &Verified, outcome: Outcome, update: impl FnOnce(&mut AppState)) {
+        let mut p = match self.state.persisted() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot record the result: {e}");
+                return;
+            }
         };
+        p.last_desired_sequence = p.last_desired_sequence.max(v.desired.sequence);
+        update(p.apps.entry(v.manifest.app.clone()).or_default());
+        p.remember(outcome);
         if let Err(e) = self.state.save_persisted(&p) {
             tracing::error!("cannot save state: {e:#}");
         }
     }
 
+    fn record_success(&self, v: &Verified, rel: &AppReleases, previous: Option<&str>, message: &str, bytes: u64) {
+        let m = &v.manifest;
+        let name = v.release_name();
+        let outcome = Outcome {
+            deployment_id: v.desired.deployment_id.clone(),
+            result: "succeeded".into(),
+            release: name.clone(),
+            message: message.into(),
+            phase: "Done".into(),
+            bytes,
+            unix_ms: dockfra_common::now_unix_ms(),
+        };
+        self.settle(v, outcome, |app| {
+            *app = AppState {
+                previous: previous.filter(|prev| *prev != name).map(String::from).or(app.previous.clone()),
+                current: Some(name.clone()),
+                current_sequence: m.sequence,
+                current_version: m.version.clone(),
+                health: "healthy".into(),
+                last_result: "succeeded".into(),
+                base: Some(rel.base.clone()),
+            }
+        });
+    }
+
     /// The order was processed and failed before `current` moved: nothing to undo. The
-    /// watermark advances so a pull agent does not retry a failing order forever.
-    fn abandon(&self, v: &Verified, em: &Emitter<'_>, _journal: &Journal, reason: String) -> proto::DeployEvent {
+    /// floor advances so the order is not taken again.
+    fn abandon(&self, v: &Verified, em: &Emitter<'_>, reason: String) -> proto::DeployEvent {
         let _ = self.state.clear_journal();
         self.failed_early(v, em, reason)
     }
 
     fn failed_early(&self, v: &Verified, em: &Emitter<'_>, reason: String) -> proto::DeployEvent {
-        let mut p = self.state.persisted();
-        p.last_desired_sequence = p.last_desired_sequence.max(v.desired.sequence);
-        p.apps.entry(v.manifest.app.clone()).or_default().last_result = "failed".into();
-        let _ = self.state.save_persisted(&p);
-        let current = p.apps.get(&v.manifest.app).and_then(|a| a.current.clone()).unwrap_or_default();
-        em.finish("failed", &current, format!("{reason}; current release unchanged"))
+        let current = self
+            .state
+            .persisted()
+            .ok()
+            .and_then(|p| p.apps.get(&v.manifest.app).and_then(|a| a.current.clone()))
+            .unwrap_or_default();
+        let message = format!("{reason}; current release unchanged");
+        let outcome = self.outcome(v, "failed", &current, &message, em.bytes);
+        self.settle(v, outcome, |app| app.last_result = "failed".into());
+        em.finish("failed", &current, message)
+    }
+
+    fn outcome(&self, v: &Verified, result: &str, release: &str, message: &str, bytes: u64) -> Outcome {
+        Outcome {
+            deployment_id: v.desired.deployment_id.clone(),
+            result: result.into(),
+            release: release.into(),
+            message: message.into(),
+            phase: "Failed".into(),
+            bytes,
+            unix_ms: dockfra_common::now_unix_ms(),
+        }
     }
 
     /// `current` moved and the release failed: swap back, re-run the service step for the
@@ -367,91 +515,136 @@ impl Executor {
         em.send("RollingBack", format!("{reason}; rolling back"));
         if journal.previous.is_none() {
             // Nothing to go back to: stop what this release started.
-            let ctx = StepCtx {
-                manifest: &v.manifest,
-                release_dir: rel.dir(name),
-                current_link: rel.current_link(),
-                env: self.env(&v.manifest, rel, name, None),
-                runner: self.runner.as_ref(),
-                blobs: self.state.blobs(),
-            };
+            let ctx = self.ctx(&v.manifest, rel, name, None);
             if let Err(e) = driver.teardown(&ctx).await {
                 em.send("RollingBack", format!("teardown of {name} failed: {e}"));
             }
         }
-        let back = self.restore(rel, journal.previous.as_deref(), driver).await;
+        let back = self.restore(rel, journal.previous.as_deref()).await;
         let _ = rel.quarantine(name);
-        let mut p = self.state.persisted();
-        p.last_desired_sequence = p.last_desired_sequence.max(v.desired.sequence);
-        let app = p.apps.entry(v.manifest.app.clone()).or_default();
-        app.last_result = "failed".into();
-        if journal.previous.is_none() {
-            app.current = None;
-            app.health = "unhealthy".into();
-        }
-        let _ = self.state.save_persisted(&p);
-        let _ = self.state.clear_journal();
         let prev = journal.previous.clone().unwrap_or_default();
         let msg = match (&journal.previous, back) {
             (Some(p), Ok(())) => format!("{reason}; rolled back to {p}; release {name} quarantined"),
             (Some(p), Err(e)) => format!("{reason}; going back to {p} failed too: {e}"),
             (None, _) => format!("{reason}; no previous release to go back to; release {name} quarantined"),
         };
+        let outcome = self.outcome(v, "failed", &prev, &msg, em.bytes);
+        let first = journal.previous.is_none();
+        self.settle(v, outcome, |app| {
+            app.last_result = "failed".into();
+            if first {
+                app.current = None;
+                app.health = "unhealthy".into();
+            }
+        });
+        let _ = self.state.clear_journal();
         em.finish("failed", &prev, msg)
     }
 
-    /// Point `current` back at `previous` (or remove it) and re-run the service step.
-    async fn restore(
-        &self,
-        rel: &AppReleases,
-        previous: Option<&str>,
-        driver: &dyn drivers::Driver,
-    ) -> Result<(), String> {
+    /// Point `current` back at `previous` (or remove it) and re-run its service step.
+    async fn restore(&self, rel: &AppReleases, previous: Option<&str>) -> Result<(), String> {
         let Some(prev) = previous else {
             return rel.deactivate().map_err(|e| e.to_string());
         };
         rel.activate(prev).map_err(|e| e.to_string())?;
         let Some(pm) = rel.manifest(prev) else { return Ok(()) };
-        let ctx = StepCtx {
-            manifest: &pm,
-            release_dir: rel.dir(prev),
-            current_link: rel.current_link(),
-            env: self.env(&pm, rel, prev, None),
-            runner: self.runner.as_ref(),
-            blobs: self.state.blobs(),
-        };
-        driver.apply(&ctx).await.map_err(|e| e.to_string())
+        let ctx = self.ctx(&pm, rel, prev, None);
+        drivers::for_spec(&pm.platform).apply(&ctx).await.map_err(|e| e.to_string())
     }
 
-    /// After a crash: read the journal and converge. Before activation nothing ran that
-    /// needs undoing; after it, the half-applied release is swapped back. The watermark is
-    /// not advanced, so the coordinator hands the order out again and it runs whole.
-    pub async fn recover(&self) -> anyhow::Result<Option<proto::DeployEvent>> {
-        let Some(j) = self.state.journal() else { return Ok(None) };
+    /// Remove blobs no complete release of any app names, and record disk use.
+    pub fn collect_garbage(&self) -> crate::blobs::Collected {
+        let bases = self.state.app_bases();
+        let mut keep = BTreeSet::new();
+        let mut releases_bytes = 0;
+        for base in &bases {
+            let rel = AppReleases::new(base.clone());
+            for r in rel.list() {
+                match rel.manifest(&r.name) {
+                    Some(m) => keep.extend(m.digests()),
+                    // A release whose manifest this build cannot read: keep everything.
+                    None => return Default::default(),
+                }
+            }
+            releases_bytes += rel.bytes();
+        }
+        if let Ok(Some(j)) = self.state.journal() {
+            if let Some(m) = AppReleases::new(j.base).manifest(&j.release) {
+                keep.extend(m.digests());
+            }
+        }
+        let got = crate::blobs::collect(&self.state.blobs(), &keep, Duration::from_secs(3600));
+        let (blobs, blobs_bytes) = crate::blobs::usage(&self.state.blobs());
+        if let Ok(mut p) = self.state.persisted() {
+            p.disk = DiskSnapshot { blobs_bytes, blobs, releases_bytes };
+            let _ = self.state.save_persisted(&p);
+        }
+        got
+    }
+
+    /// After a crash: read the journal and converge (see the module doc). Returns the outcome
+    /// to tell the coordinator: final when the release was kept, else a progress note.
+    pub async fn recover(&self) -> anyhow::Result<Option<Outcome>> {
+        let Some(j) = self.state.journal()? else { return Ok(None) };
         let _lock = self.state.lock()?;
         let rel = AppReleases::new(j.base.clone());
         let mut note = format!("recovered interrupted deploy of {} (phase {:?})", j.release, j.phase);
-        if j.phase >= Phase::Healthy {
+        let mut result = String::new();
+        if j.phase >= Phase::Healthy && rel.is_complete(&j.release) {
             note.push_str(": it had passed its health check; kept");
-        } else if j.phase >= Phase::Activated && rel.current().as_deref() == Some(j.release.as_str()) {
-            let pm = rel.manifest(&j.release).context("journaled release has no manifest")?;
-            let driver = drivers::for_platform(pm.platform)?;
-            match self.restore(&rel, j.previous.as_deref(), driver.as_ref()).await {
-                Ok(()) => note.push_str(&format!(": swapped back to {}", j.previous.as_deref().unwrap_or("nothing"))),
-                Err(e) => note.push_str(&format!(": swap back failed: {e}")),
-            }
+            let pm = rel.manifest(&j.release);
+            let mut p = self.state.persisted()?;
+            p.last_desired_sequence = p.last_desired_sequence.max(j.desired_sequence);
+            let app = p.apps.entry(j.app.clone()).or_default();
+            let prev = j.previous.clone().filter(|x| *x != j.release);
+            *app = AppState {
+                previous: prev.or(app.previous.clone()),
+                current: Some(j.release.clone()),
+                current_sequence: crate::releases::sequence_of(&j.release).unwrap_or(0),
+                current_version: pm.map(|m| m.version).unwrap_or_default(),
+                health: "healthy".into(),
+                last_result: "succeeded".into(),
+                base: Some(j.base.clone()),
+            };
+            result = "succeeded".into();
+            p.remember(Outcome {
+                deployment_id: j.deployment_id.clone(),
+                result: result.clone(),
+                release: j.release.clone(),
+                message: note.clone(),
+                phase: "Done".into(),
+                bytes: 0,
+                unix_ms: dockfra_common::now_unix_ms(),
+            });
+            self.state.save_persisted(&p)?;
         } else {
-            note.push_str(&format!(": current untouched ({})", rel.current().unwrap_or_else(|| "none".into())));
+            if j.phase >= Phase::Activated && rel.current().as_deref() == Some(j.release.as_str()) {
+                match self.restore(&rel, j.previous.as_deref()).await {
+                    Ok(()) => note.push_str(&format!(": swapped back to {}", j.previous.as_deref().unwrap_or("nothing"))),
+                    Err(e) => note.push_str(&format!(": swap back failed: {e}")),
+                }
+            } else {
+                note.push_str(&format!(": current untouched ({})", rel.current().unwrap_or_else(|| "none".into())));
+            }
+            // The half-made release goes: the order runs whole when it comes again (its
+            // sequence must not stay on disk as a floor above the order).
+            if j.action == "deploy" && j.previous.as_deref() != Some(j.release.as_str()) {
+                if let Err(e) = rel.remove(&j.release) {
+                    note.push_str(&format!("; could not remove {}: {e}", j.release));
+                }
+            }
         }
         rel.clean_temp();
         self.state.clear_journal()?;
         tracing::warn!("{note}");
-        Ok(Some(proto::DeployEvent {
+        Ok(Some(Outcome {
             deployment_id: j.deployment_id,
-            phase: "Recovered".into(),
+            result,
+            release: j.release,
             message: note,
+            phase: "Recovered".into(),
+            bytes: 0,
             unix_ms: dockfra_common::now_unix_ms(),
-            ..Default::default()
         }))
     }
 
@@ -461,9 +654,9 @@ impl Executor {
     pub async fn local_rollback(&self, app: &str, to: Option<&str>) -> anyhow::Result<String> {
         let _gate = self.gate.lock().await;
         let _lock = self.state.lock()?;
-        let mut p = self.state.persisted();
+        let mut p = self.state.persisted()?;
         let st = p.apps.get(app).cloned().with_context(|| format!("no app {app:?} has been deployed here"))?;
-        let base = st.base.clone().unwrap_or_else(|| self.state.root.join("apps").join(app));
+        let base = st.base.clone().unwrap_or_else(|| self.state.default_app_base(app));
         let rel = AppReleases::new(base);
         let target = match to {
             Some(t) => t.to_string(),
@@ -479,10 +672,9 @@ impl Executor {
             );
         }
         let pm = rel.manifest(&target).context("release has no manifest")?;
-        let driver = drivers::for_platform(pm.platform)?;
         let current = rel.current();
         let switched = async {
-            self.restore(&rel, Some(&target), driver.as_ref()).await?;
+            self.restore(&rel, Some(&target)).await?;
             match &pm.health {
                 Some(h) => health::run(h, self.runner.as_ref(), &rel.dir(&target)).await,
                 None => Ok(()),
@@ -491,7 +683,7 @@ impl Executor {
         .await;
         if let Err(e) = switched {
             // Undo: go back to what ran before this command.
-            let back = self.restore(&rel, current.as_deref(), driver.as_ref()).await;
+            let back = self.restore(&rel, current.as_deref()).await;
             let how = match (&current, back) {
                 (Some(c), Ok(())) => format!("back on {c}"),
                 (Some(c), Err(b)) => format!("going back to {c} failed too: {b}"),
@@ -510,50 +702,45 @@ impl Executor {
         Ok(target)
     }
 
-    /// This agent's view of its apps. For `docker_compose`, `swarm` and `podman` apps the health is read
-    /// live from the engine (the project's containers and their health), not remembered from
-    /// the deploy.
+    /// This agent's view of its apps, its recent results, disk use, and — when it cannot read
+    /// its own state — why (it refuses orders then). Where the platform can tell, health is
+    /// read live from the engine (the driver's `health`), not remembered from the deploy.
     pub async fn status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
         let mut st = self.remembered_status(facts);
-        let p = self.state.persisted();
+        let Ok(p) = self.state.persisted() else { return st };
         for app in &mut st.apps {
             let Some(base) = p.apps.get(&app.app).and_then(|a| a.base.clone()) else { continue };
             let rel = AppReleases::new(base);
-            let Some(m) = rel.current().and_then(|c| rel.manifest(&c)) else { continue };
-            if let Some(d) = m.docker_compose {
-                app.health = match crate::engine::compose_containers(&d.project).await {
-                    Ok(cs) => crate::engine::compose_health(&cs),
-                    Err(e) => format!("unknown: {e}"),
-                };
-            } else if let Some(s) = m.swarm {
-                app.health = match crate::engine::stack_state(&s.project).await {
-                    Ok((services, tasks)) => crate::engine::stack_health(&services, &tasks),
-                    Err(e) => format!("unknown: {e}"),
-                };
-            } else if let Some(p) = m.podman {
-                let runner = self.runner.as_ref();
-                app.health = match crate::drivers::podman::project_health(
-                    runner,
-                    &p.compose.project,
-                    &p.services,
-                    false,
-                )
-                .await
-                {
-                    Ok(h) => h,
-                    Err(e) => format!("unknown: {e}"),
-                };
+            let Some(cur) = rel.current() else { continue };
+            let Some(m) = rel.manifest(&cur) else { continue };
+            let ctx = self.ctx(&m, &rel, &cur, None);
+            if let Some(h) = drivers::for_spec(&m.platform).health(&ctx).await {
+                app.health = h;
             }
         }
         st
     }
 
     fn remembered_status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
-        let p = self.state.persisted();
+        let (free, total) = self.state.free_space().unwrap_or((0, 0));
+        let p = match self.state.persisted() {
+            Ok(p) => p,
+            Err(e) => {
+                return proto::AgentStatus {
+                    target: self.target.clone(),
+                    facts,
+                    state_error: e.to_string(),
+                    disk: Some(proto::DiskUsage { free_bytes: free, total_bytes: total, ..Default::default() }),
+                    ..Default::default()
+                }
+            }
+        };
+        let state_error = self.state.journal().err().map(|e| e.to_string()).unwrap_or_default();
+        let in_flight = self.state.journal().ok().flatten().map(|j| j.deployment_id).unwrap_or_default();
         proto::AgentStatus {
             target: self.target.clone(),
             facts,
-            last_desired_sequence: p.last_desired_sequence,
+            last_desired_sequence: self.watermark().map(|w| w.last_desired_sequence).unwrap_or(p.last_desired_sequence),
             apps: p
                 .apps
                 .iter()
@@ -571,6 +758,16 @@ impl Executor {
                     }
                 })
                 .collect(),
+            recent: p.recent.iter().map(Outcome::proto).collect(),
+            in_flight,
+            disk: Some(proto::DiskUsage {
+                blobs_bytes: p.disk.blobs_bytes,
+                blobs: p.disk.blobs,
+                releases_bytes: p.disk.releases_bytes,
+                free_bytes: free,
+                total_bytes: total,
+            }),
+            state_error,
         }
     }
 }
@@ -578,8 +775,8 @@ impl Executor {
 /// Images carried by the `removed` releases and by none of the others (compared by image id):
 /// what pruning may take from the engine without touching what a kept release needs.
 fn images_only_in(manifests: &[(String, Manifest)], removed: &[String]) -> Vec<bundle::ImageRef> {
-    let carried = |m: &Manifest| m.compose_specs().flat_map(|c| c.images.clone()).collect::<Vec<_>>();
-    let kept: std::collections::BTreeSet<String> =
+    let carried = |m: &Manifest| m.platform.compose().map(|c| c.images.clone()).unwrap_or_default();
+    let kept: BTreeSet<String> =
         manifests.iter().filter(|(n, _)| !removed.contains(n)).flat_map(|(_, m)| carried(m)).map(|i| i.id).collect();
     let mut out: Vec<bundle::ImageRef> = Vec::new();
     for img in manifests.iter().filter(|(n, _)| removed.contains(n)).flat_map(|(_, m)| carried(m)) {
@@ -593,7 +790,7 @@ fn images_only_in(manifests: &[(String, Manifest)], removed: &[String]) -> Vec<b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dockfra_common::bundle::{DockerComposeSpec, ImageRef};
+    use dockfra_common::bundle::{DockerComposeSpec, ImageRef, PlatformSpec};
     use dockfra_common::config::Platform;
 
     fn with_images(ids: &[&str]) -> Manifest {
@@ -602,7 +799,7 @@ mod tests {
             .map(|id| ImageRef { name: format!("img-{id}"), id: (*id).into(), sha256: "0".repeat(64), size: 1 })
             .collect();
         Manifest {
-            docker_compose: Some(DockerComposeSpec {
+            platform: PlatformSpec::DockerCompose(DockerComposeSpec {
                 project: "p".into(),
                 file: "f".into(),
                 wait_timeout_secs: 1,

@@ -122,6 +122,9 @@ pub async fn detect(runner: &dyn Runner) -> proto::Facts {
         arch: std::env::consts::ARCH.to_string(),
         hostname,
         runtimes,
+        manifest_formats: dockfra_common::bundle::FORMATS.to_vec(),
+        platforms: crate::drivers::platforms(),
+        features: dockfra_common::bundle::FEATURES.iter().map(|f| f.to_string()).collect(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! web framework, no converters, no OpenSSL.
 #![forbid(unsafe_code)]
 
+pub mod blobs;
 pub mod cli;
 pub mod drivers;
 pub mod engine;

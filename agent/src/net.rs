@@ -15,9 +15,10 @@ use tonic::{Request, Response, Status, Streaming};
 use dockfra_common::identity;
 use dockfra_common::proto::{self, agent_server, enrollment_client, fleet_client};
 
-use crate::executor::{BlobSource, Executor};
+use crate::blobs::BlobWriter;
+use crate::executor::{BlobSource, Executor, FetchError};
 use crate::runner::Runner;
-use crate::state::{AgentConfig, BlobWriter, StateDir};
+use crate::state::{AgentConfig, Outcome, StateDir};
 
 /// A fresh ECDSA P-256 key and a CSR for it (the CSR asks for nothing: the coordinator
 /// decides every field).
@@ -153,28 +154,59 @@ pub struct PullSource {
     pub client: fleet_client::FleetClient<Channel>,
 }
 
+/// A failed call: transport trouble (the order may be tried again) or a refusal.
+fn fetch_error(s: Status) -> FetchError {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Aborted
+        | Code::ResourceExhausted | Code::Internal => FetchError::Transport(s.message().to_string()),
+        _ => FetchError::Other(s.message().to_string()),
+    }
+}
+
 #[tonic::async_trait]
 impl BlobSource for PullSource {
-    async fn fetch(&mut self, bundle_id: &str, w: &mut BlobWriter, digests: Vec<String>) -> Result<()> {
+    async fn fetch(&mut self, bundle_id: &str, w: &mut BlobWriter, digests: Vec<String>) -> Result<(), FetchError> {
         let mut s = self
             .client
             .fetch_blobs(proto::FetchBlobsRequest { bundle_id: bundle_id.to_string(), digests })
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .map_err(fetch_error)?
             .into_inner();
         while let Some(c) = s.next().await {
-            let c = c.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let c = c.map_err(fetch_error)?;
             w.chunk(&c.digest, c.offset, &c.data, c.last)?;
         }
         Ok(())
     }
 }
 
-/// One poll: report status, get an assignment, carry it out, report events.
+/// Send the results the coordinator has not acknowledged (the outbox), with our status. A
+/// result is dropped from the outbox only once the coordinator took it; it treats a result
+/// it already has as a no-op, so sending one twice is harmless.
+pub async fn flush_outbox(
+    client: &mut fleet_client::FleetClient<Channel>,
+    state: &StateDir,
+    status: Option<proto::AgentStatus>,
+) -> Result<()> {
+    let pending = state.outbox();
+    if pending.is_empty() && status.is_none() {
+        return Ok(());
+    }
+    let events = pending.iter().map(Outcome::event).collect();
+    client
+        .report(proto::ReportRequest { events, status })
+        .await
+        .map_err(|s| anyhow::anyhow!("report refused: {}", s.message()))?;
+    state.ack_outbox(&pending.into_iter().map(|o| o.deployment_id).collect::<Vec<_>>())
+}
+
+/// One poll: report what is unacknowledged, get an assignment, carry it out, report events.
 pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) -> Result<Option<u64>> {
     let cfg = state.config()?;
     let ch = coordinator_channel(state, &cfg).await?;
     let mut client = fleet_client::FleetClient::new(ch).max_decoding_message_size(64 << 20);
+    flush_outbox(&mut client, state, None).await?;
     let r = client
         .poll(proto::PollRequest { status: Some(exec.status(Some(facts.clone())).await) })
         .await
@@ -197,11 +229,18 @@ pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) 
     let mut source = PullSource { client: client.clone() };
     let last = exec.execute(&a, &mut source, &tx).await;
     drop(tx);
-    let fin = forward.await.ok().flatten().unwrap_or(last);
-    client
-        .report(proto::ReportRequest { events: vec![fin], status: Some(exec.status(Some(facts.clone())).await) })
-        .await
-        .map_err(|s| anyhow::anyhow!("report refused: {}", s.message()))?;
+    let _ = forward.await;
+    let status = Some(exec.status(Some(facts.clone())).await);
+    if last.r#final {
+        // Into the outbox first (fsynced): a report lost on the way is sent again at the next poll.
+        state.push_outbox(Outcome::from_event(&last))?;
+        flush_outbox(&mut client, state, status).await?;
+    } else {
+        client
+            .report(proto::ReportRequest { events: vec![last], status })
+            .await
+            .map_err(|s| anyhow::anyhow!("report refused: {}", s.message()))?;
+    }
     Ok(next)
 }
 
@@ -280,19 +319,24 @@ struct PushSource {
 
 #[tonic::async_trait]
 impl BlobSource for PushSource {
-    async fn fetch(&mut self, _bundle: &str, w: &mut BlobWriter, digests: Vec<String>) -> Result<()> {
+    async fn fetch(&mut self, _bundle: &str, w: &mut BlobWriter, digests: Vec<String>) -> Result<(), FetchError> {
         self.out
             .send(Ok(proto::AgentMsg { msg: Some(proto::agent_msg::Msg::Need(proto::NeedBlobs { digests })) }))
             .await
-            .map_err(|_| anyhow::anyhow!("the coordinator went away"))?;
+            .map_err(|_| FetchError::Transport("the coordinator went away".into()))?;
         while w.remaining() > 0 {
             match self.inbound.next().await {
                 Some(Ok(proto::CoordinatorMsg { msg: Some(proto::coordinator_msg::Msg::Chunk(c)) })) => {
                     w.chunk(&c.digest, c.offset, &c.data, c.last)?
                 }
-                Some(Ok(_)) => bail!("unexpected message while receiving blobs"),
-                Some(Err(s)) => bail!("stream error: {}", s.message()),
-                None => bail!("the coordinator closed the stream with {} blob(s) outstanding", w.remaining()),
+                Some(Ok(_)) => return Err(FetchError::Other("unexpected message while receiving blobs".into())),
+                Some(Err(s)) => return Err(FetchError::Transport(format!("stream error: {}", s.message()))),
+                None => {
+                    return Err(FetchError::Transport(format!(
+                        "the coordinator closed the stream with {} blob(s) outstanding",
+                        w.remaining()
+                    )))
+                }
             }
         }
         Ok(())

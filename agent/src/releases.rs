@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use dockfra_common::bundle::{EntryKind, Manifest};
+use dockfra_common::bundle::{EntryKind, Manifest, SignedDocs, Verified, SIGNED_DIR};
 use dockfra_common::paths::{check_component, Digest, SafeRelPath};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +45,15 @@ pub struct ReleaseInfo {
     pub sequence: u64,
 }
 
-fn parse_name(name: &str) -> Option<u64> {
+/// The sequence a release dir's name carries (`<sequence>-<12 hex>`), if it is one.
+pub fn sequence_of(name: &str) -> Option<u64> {
     let (seq, id) = name.split_once('-')?;
     (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
     seq.parse().ok()
 }
+
+/// File names of the signed documents inside `SIGNED_DIR`.
+const SIGNED_FILES: [&str; 4] = ["desired.json", "desired.sig", "manifest.json", "manifest.sig"];
 
 impl AppReleases {
     pub fn new(base: PathBuf) -> Self {
@@ -73,9 +77,44 @@ impl AppReleases {
         self.meta(name).is_file() && self.dir(name).is_dir()
     }
 
+    /// The manifest a complete release was made from (its signed bytes, read under the
+    /// compatibility rule).
     pub fn manifest(&self, name: &str) -> Option<Manifest> {
         let bytes = std::fs::read(self.meta(name)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        Manifest::parse(&bytes).ok()
+    }
+
+    /// The signed documents that installed a release, as received.
+    pub fn signed_docs(&self, name: &str) -> Option<SignedDocs> {
+        let dir = SafeRelPath::new(SIGNED_DIR).ok()?.under(&self.dir(name));
+        let [d, ds, m, ms] = SIGNED_FILES.map(|f| std::fs::read(dir.join(f)).ok());
+        Some(SignedDocs { desired: d?, desired_signature: ds?, manifest: m?, manifest_signature: ms? })
+    }
+
+    /// Bytes the complete releases take on disk (files and links, each counted once per path).
+    pub fn bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+            if m.is_dir() {
+                std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| walk(&e.path())).sum::<u64>() + m.len()
+            } else {
+                m.len()
+            }
+        }
+        walk(&self.releases_dir())
+    }
+
+    /// Remove a release that was interrupted before it went live (never `current`).
+    pub fn remove(&self, name: &str) -> Result<(), ReleaseError> {
+        if self.current().as_deref() == Some(name) {
+            return Err(ReleaseError::BadName(format!("{name} is current")));
+        }
+        let _ = std::fs::remove_file(self.meta(name));
+        match std::fs::remove_dir_all(self.dir(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ReleaseError::Io { path: self.dir(name), source: e }),
+        }
     }
 
     /// The release `current` points at, if any.
@@ -93,7 +132,7 @@ impl AppReleases {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_str()?.to_string();
-                let sequence = parse_name(&name)?;
+                let sequence = sequence_of(&name)?;
                 (e.path().is_dir() && self.is_complete(&name)).then_some(ReleaseInfo { name, sequence })
             })
             .collect();
@@ -101,11 +140,14 @@ impl AppReleases {
         out
     }
 
-    /// Build the release from the blob store. Everything is written into a temp dir, fsynced,
-    /// and renamed in; on any error (a full disk included) the temp dir is removed and nothing
-    /// else has changed.
-    pub fn materialize(&self, m: &Manifest, blobs: &Path) -> Result<String, ReleaseError> {
-        let name = m.release_name();
+    /// Build the release from the blob store, with the signed documents that ordered it kept
+    /// under `.dockfra/signed/`. Everything is written into a temp dir, fsynced, and renamed
+    /// in; the manifest's signed bytes are written last, next to the dir, as its completion
+    /// marker. On any error (a full disk included) the temp dir is removed and nothing else has
+    /// changed.
+    pub fn materialize(&self, v: &Verified, blobs: &Path) -> Result<String, ReleaseError> {
+        let m = &v.manifest;
+        let name = v.release_name();
         check_component(&name).map_err(|_| ReleaseError::BadName(name.clone()))?;
         if self.is_complete(&name) {
             return Ok(name);
@@ -116,11 +158,17 @@ impl AppReleases {
         let tmp = rel_dir.join(format!(".tmp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let result = self.fill(&tmp, m, blobs).and_then(|()| {
+            let signed = SafeRelPath::new(SIGNED_DIR).map_err(std::io::Error::other)?.under(&tmp);
+            std::fs::create_dir_all(&signed)?;
+            let s = &v.signed;
+            for (f, bytes) in SIGNED_FILES.iter().zip([&s.desired, &s.desired_signature, &s.manifest, &s.manifest_signature]) {
+                dockfra_common::write_atomic(&signed.join(f), bytes, 0o444)?;
+            }
             let fin = self.dir(&name);
             let _ = std::fs::remove_dir_all(&fin); // an incomplete leftover of a crash
             std::fs::rename(&tmp, &fin)?;
-            let meta = serde_json::to_vec(m).map_err(std::io::Error::other)?;
-            dockfra_common::write_atomic(&self.meta(&name), &meta, 0o644)
+            dockfra_common::fsync_dir(&rel_dir)?;
+            dockfra_common::write_atomic(&self.meta(&name), &v.signed.manifest, 0o644)
         });
         match result {
             Ok(()) => Ok(name),
@@ -230,7 +278,7 @@ impl AppReleases {
             .flatten()
             .flatten()
             .filter(|e| e.path().is_dir())
-            .filter_map(|e| Some((parse_name(e.file_name().to_str()?)?, e.path())))
+            .filter_map(|e| Some((sequence_of(e.file_name().to_str()?)?, e.path())))
             .collect();
         qs.sort();
         for (_, p) in qs.iter().rev().skip(3) {
@@ -279,7 +327,7 @@ impl AppReleases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dockfra_common::bundle::{FileEntry, FORMAT};
+    use dockfra_common::bundle::FileEntry;
     use dockfra_common::config::Platform;
 
     fn tmpdir(tag: &str) -> PathBuf {
@@ -293,13 +341,9 @@ mod tests {
         let digest = dockfra_common::sha256_hex(content);
         std::fs::write(blobs.join(&digest), content).unwrap();
         Manifest {
-            format: FORMAT,
-            target: "t".into(),
             app: "app".into(),
             version: format!("v{seq}"),
             sequence: seq,
-            platform: Platform::SshRaw,
-            created_unix: 0,
             files: vec![
                 FileEntry {
                     path: "bin/run.sh".into(),
@@ -318,13 +362,8 @@ mod tests {
                     link: Some("bin/run.sh".into()),
                 },
             ],
-            ssh_raw: None,
-            docker_compose: None,
-            swarm: None,
-            podman: None,
-            health: None,
             keep_releases: 2,
-            os: None,
+            ..crate::drivers::test_manifest(Platform::SshRaw)
         }
     }
 
@@ -339,7 +378,7 @@ mod tests {
         let mut names = Vec::new();
         for seq in 1..=4u64 {
             let m = manifest(seq, format!("echo {seq}").as_bytes(), &blobs);
-            let n = app.materialize(&m, &blobs).unwrap();
+            let n = app.materialize(&crate::drivers::verified(m), &blobs).unwrap();
             app.activate(&n).unwrap();
             names.push(n);
         }
@@ -349,6 +388,9 @@ mod tests {
         assert_eq!(std::fs::read_to_string(cur.join(".env")).unwrap(), "A=1");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(cur.join("bin/run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
+        // The signed documents that installed it are kept with it, and its manifest reads back.
+        let docs = app.signed_docs(&names[3]).unwrap();
+        assert_eq!(app.manifest(&names[3]).unwrap(), dockfra_common::bundle::Manifest::parse(&docs.manifest).unwrap());
         let removed = app.prune(2, &[]);
         assert_eq!(removed, vec![names[0].clone(), names[1].clone()]);
         assert_eq!(app.list().len(), 2);
@@ -366,7 +408,7 @@ mod tests {
         let app = AppReleases::new(root.join("app"));
         let mut m = manifest(1, b"x", &blobs);
         m.files[0].sha256 = "b".repeat(64);
-        assert!(app.materialize(&m, &blobs).is_err());
+        assert!(app.materialize(&crate::drivers::verified(m), &blobs).is_err());
         assert!(app.list().is_empty());
         let leftovers: Vec<_> = std::fs::read_dir(app.releases_dir()).unwrap().collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");

@@ -1,26 +1,34 @@
 //! The agent's state dir: identity (key, certificate, CA, pinned signing key), the persisted
-//! watermark and per-app results, the fsynced journal of the deploy in flight, the
-//! content-addressed blob store, and the lock that serializes deploys. Every state file is
-//! written atomically (temp file, fsync, rename).
+//! trust floor and per-app results, the fsynced journal of the deploy in flight, the outbox of
+//! results the coordinator has not acknowledged, and the lock that serializes deploys. Every
+//! state file is written atomically (temp file, fsync, rename).
 //!
 //! ```text
-//! <state>/identity/{key.pem,cert.pem,ca.pem,signing.pub,agent.json}
-//! <state>/state.json      watermark + per-app current/previous/last result
+//! <state>/identity/{key.pem,cert.pem,ca.pem,signing.pub,signing.history,agent.json}
+//! <state>/state.json      the floor + per-app current/previous/last result + recent results
+//! <state>/floor.json      the second, independent copy of the floor (written first)
 //! <state>/journal.json    the deploy in flight (absent when idle)
-//! <state>/blobs/sha256/   verified blobs
+//! <state>/outbox.json     final results not yet acknowledged by the coordinator
+//! <state>/blobs/sha256/   verified blobs (see crate::blobs)
 //! <state>/apps/<app>/     releases of apps without a deploy_path
 //! <state>/tmp/            staging of offline bundles (removed after use)
 //! <state>/agent.lock      held while a deploy, apply or local rollback runs
 //! <state>/agent.pid       the running agent (for `poll-now`)
 //! ```
-use std::collections::BTreeMap;
-use std::io::Write;
+//!
+//! The trust floor (the last order sequence applied, the newest release sequence installed)
+//! never goes down: it is the max of `state.json`, `floor.json` and the sequences the release
+//! dirs carry in their names. A `state.json` that exists but cannot be read, or is gone while
+//! `floor.json` remains, is an error that stops every order until an operator runs
+//! `dockfra-agent state repair` — never a silent reset to 0, which would let an older, still
+//! valid signed bundle install over a newer release.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use dockfra_common::paths::Digest;
+use dockfra_common::proto;
 
 /// Written at enrollment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,10 +55,96 @@ pub struct AppState {
     pub base: Option<PathBuf>,
 }
 
+/// The final result of one deployment (the agent remembers its last [`RECENT`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub deployment_id: String,
+    pub result: String,
+    pub release: String,
+    pub message: String,
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub bytes: u64,
+    pub unix_ms: u64,
+}
+
+impl Outcome {
+    pub fn from_event(ev: &proto::DeployEvent) -> Self {
+        Self {
+            deployment_id: ev.deployment_id.clone(),
+            result: ev.result.clone(),
+            release: ev.release.clone(),
+            message: ev.message.clone(),
+            phase: ev.phase.clone(),
+            bytes: ev.bytes_received,
+            unix_ms: ev.unix_ms,
+        }
+    }
+    pub fn event(&self) -> proto::DeployEvent {
+        proto::DeployEvent {
+            deployment_id: self.deployment_id.clone(),
+            phase: self.phase.clone(),
+            message: self.message.clone(),
+            r#final: !self.result.is_empty(),
+            result: self.result.clone(),
+            release: self.release.clone(),
+            bytes_received: self.bytes,
+            unix_ms: self.unix_ms,
+            retry: false,
+        }
+    }
+    pub fn proto(&self) -> proto::DeployResult {
+        proto::DeployResult {
+            deployment_id: self.deployment_id.clone(),
+            result: self.result.clone(),
+            release: self.release.clone(),
+            message: self.message.clone(),
+            unix_ms: self.unix_ms,
+        }
+    }
+}
+
+/// How many final results `state.json` keeps.
+pub const RECENT: usize = 20;
+
+/// Disk use as of the last deploy or GC (walking release dirs on every status would wear a
+/// Pi's SD card; free space is read live).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskSnapshot {
+    pub blobs_bytes: u64,
+    pub blobs: u32,
+    pub releases_bytes: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Persisted {
     pub last_desired_sequence: u64,
     pub apps: BTreeMap<String, AppState>,
+    #[serde(default)]
+    pub recent: Vec<Outcome>,
+    #[serde(default)]
+    pub disk: DiskSnapshot,
+}
+
+impl Persisted {
+    /// Remember a final result (newest last, bounded).
+    pub fn remember(&mut self, o: Outcome) {
+        self.recent.retain(|r| r.deployment_id != o.deployment_id);
+        self.recent.push(o);
+        let excess = self.recent.len().saturating_sub(RECENT);
+        self.recent.drain(..excess);
+    }
+}
+
+/// `floor.json`: the second copy of the trust floor, and where the apps' releases live (so
+/// the release dirs can be found when `state.json` is lost).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Floor {
+    pub last_desired_sequence: u64,
+    pub release_sequence: u64,
+    #[serde(default)]
+    pub bases: BTreeSet<PathBuf>,
 }
 
 /// The deploy in flight. `phase` is written (fsynced) before each step is taken.
@@ -80,9 +174,43 @@ pub enum Phase {
     Pruned,
 }
 
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Verified,
+        Phase::Fetched,
+        Phase::Materialized,
+        Phase::PreDeployed,
+        Phase::Activated,
+        Phase::Applied,
+        Phase::Healthy,
+        Phase::Reported,
+        Phase::Pruned,
+    ];
+}
+
+/// Why the agent cannot trust its own state: it refuses every order until repaired.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "{path} cannot be read ({reason}). This agent refuses every order until it is repaired: a lost state \
+         file would lower its replay floor. Recover with `dockfra-agent state repair` (with the agent stopped): it \
+         rebuilds the file from floor.json and the release dirs and never lowers the floor"
+    )]
+    Unreadable { path: PathBuf, reason: String },
+    #[error(
+        "{path} is missing, but {floor} says this agent has applied order {seq}. It refuses every order until it \
+         is repaired: run `dockfra-agent state repair` (with the agent stopped)"
+    )]
+    Missing { path: PathBuf, floor: PathBuf, seq: u64 },
+}
+
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub root: PathBuf,
+}
+
+fn unreadable(path: &Path, reason: impl std::fmt::Display) -> StateError {
+    StateError::Unreadable { path: path.to_path_buf(), reason: reason.to_string() }
 }
 
 impl StateDir {
@@ -100,6 +228,22 @@ impl StateDir {
     }
     pub fn pid_file(&self) -> PathBuf {
         self.root.join("agent.pid")
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+    pub fn floor_file(&self) -> PathBuf {
+        self.root.join("floor.json")
+    }
+    pub fn journal_file(&self) -> PathBuf {
+        self.root.join("journal.json")
+    }
+    pub fn outbox_file(&self) -> PathBuf {
+        self.root.join("outbox.json")
+    }
+    /// Where the releases of `app` live when its manifest names no deploy_path.
+    pub fn default_app_base(&self, app: &str) -> PathBuf {
+        self.root.join("apps").join(app)
     }
 
     pub fn is_enrolled(&self) -> bool {
@@ -122,35 +266,162 @@ impl StateDir {
         std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
     }
 
+    /// The pinned bundle-signing key (raw Ed25519).
     pub fn signing_key(&self) -> Result<Vec<u8>> {
         let p = self.identity("signing.pub");
-        std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))
+        let k = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        anyhow::ensure!(k.len() == 32, "{} is not a raw Ed25519 public key ({} bytes)", p.display(), k.len());
+        Ok(k)
     }
 
-    pub fn persisted(&self) -> Persisted {
-        std::fs::read(self.root.join("state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+    /// Every signing key this agent has trusted, oldest first (the pinned one last): what
+    /// re-verifying an older release takes.
+    pub fn signing_keys(&self) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = std::fs::read_to_string(self.identity("signing.history"))
             .unwrap_or_default()
+            .lines()
+            .filter_map(|l| hex::decode(l.trim()).ok().filter(|k| k.len() == 32))
+            .collect();
+        keys.extend(self.signing_key().ok());
+        keys
     }
 
+    /// Pin a new signing key (a verified rotation): the old one goes to the history first.
+    pub fn pin_signing_key(&self, new: &[u8]) -> Result<()> {
+        let old = self.signing_key()?;
+        let mut history = std::fs::read_to_string(self.identity("signing.history")).unwrap_or_default();
+        history.push_str(&hex::encode(&old));
+        history.push('\n');
+        write(&self.identity("signing.history"), history.as_bytes(), 0o644)?;
+        write(&self.identity("signing.pub"), new, 0o644)
+    }
+
+    /// The persisted state, or why it cannot be trusted (see the module doc).
+    pub fn persisted(&self) -> Result<Persisted, StateError> {
+        let path = self.state_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut p: Persisted = serde_json::from_slice(&bytes).map_err(|e| {
+                    let why = if bytes.is_empty() { "it is empty".to_string() } else { format!("not valid JSON: {e}") };
+                    unreadable(&path, why)
+                })?;
+                let floor = self.floor().unwrap_or_default();
+                p.last_desired_sequence = p.last_desired_sequence.max(floor.last_desired_sequence);
+                Ok(p)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.floor_file().exists() {
+                    let seq = self.floor().map(|f| f.last_desired_sequence).unwrap_or(0);
+                    return Err(StateError::Missing { path, floor: self.floor_file(), seq });
+                }
+                Ok(Persisted::default())
+            }
+            Err(e) => Err(unreadable(&path, e)),
+        }
+    }
+
+    /// `floor.json`, if it can be read.
+    pub fn floor(&self) -> Result<Floor, StateError> {
+        let path = self.floor_file();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| unreadable(&path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Floor::default()),
+            Err(e) => Err(unreadable(&path, e)),
+        }
+    }
+
+    /// Save the state. The floor only rises: `floor.json` is written first (fsynced) with the
+    /// max of what it held and what `p` says, then `state.json`.
     pub fn save_persisted(&self, p: &Persisted) -> Result<()> {
-        write(&self.root.join("state.json"), &serde_json::to_vec_pretty(p)?, 0o644)
+        let old = self.floor().unwrap_or_default();
+        let mut floor = Floor {
+            last_desired_sequence: old.last_desired_sequence.max(p.last_desired_sequence),
+            release_sequence: old
+                .release_sequence
+                .max(p.apps.values().map(|a| a.current_sequence).max().unwrap_or(0)),
+            bases: old.bases.clone(),
+        };
+        floor.bases.extend(p.apps.values().filter_map(|a| a.base.clone()));
+        if floor != old {
+            write(&self.floor_file(), &serde_json::to_vec_pretty(&floor)?, 0o644)?;
+        }
+        let mut p = p.clone();
+        p.last_desired_sequence = floor.last_desired_sequence;
+        write(&self.state_file(), &serde_json::to_vec_pretty(&p)?, 0o644)
     }
 
-    pub fn journal(&self) -> Option<Journal> {
-        std::fs::read(self.root.join("journal.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    /// Where every app's releases live, as far as any copy of the state knows.
+    pub fn app_bases(&self) -> BTreeSet<PathBuf> {
+        let mut bases = self.floor().map(|f| f.bases).unwrap_or_default();
+        if let Ok(p) = self.persisted() {
+            bases.extend(p.apps.values().filter_map(|a| a.base.clone()));
+        }
+        for e in std::fs::read_dir(self.root.join("apps")).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                bases.insert(e.path());
+            }
+        }
+        bases
+    }
+
+    /// The highest sequence any release dir of any app carries (kept or quarantined): the
+    /// floor's independent source on disk.
+    pub fn release_dir_floor(&self) -> u64 {
+        let mut max = 0;
+        for base in self.app_bases() {
+            for sub in ["releases", "quarantine"] {
+                for e in std::fs::read_dir(base.join(sub)).into_iter().flatten().flatten() {
+                    if let Some(seq) = e.file_name().to_str().and_then(crate::releases::sequence_of) {
+                        max = max.max(seq);
+                    }
+                }
+            }
+        }
+        max
+    }
+
+    /// The deploy in flight, if any. An unreadable journal is an error like an unreadable
+    /// state file: what was half done is unknown.
+    pub fn journal(&self) -> Result<Option<Journal>, StateError> {
+        let path = self.journal_file();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| unreadable(&path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unreadable(&path, e)),
+        }
     }
 
     pub fn write_journal(&self, j: &Journal) -> Result<()> {
-        write(&self.root.join("journal.json"), &serde_json::to_vec(j)?, 0o644)
+        write(&self.journal_file(), &serde_json::to_vec(j)?, 0o644)
     }
 
     pub fn clear_journal(&self) -> Result<()> {
-        match std::fs::remove_file(self.root.join("journal.json")) {
-            Ok(()) => Ok(dockfra_common::fsync_dir(&self.root)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
+        remove_durably(&self.journal_file())
+    }
+
+    /// Final results the coordinator has not acknowledged yet, oldest first.
+    pub fn outbox(&self) -> Vec<Outcome> {
+        std::fs::read(self.outbox_file()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Add a final result to the outbox (fsynced before anyone is told).
+    pub fn push_outbox(&self, o: Outcome) -> Result<()> {
+        let mut all = self.outbox();
+        all.retain(|x| x.deployment_id != o.deployment_id);
+        all.push(o);
+        let excess = all.len().saturating_sub(RECENT);
+        all.drain(..excess);
+        write(&self.outbox_file(), &serde_json::to_vec(&all)?, 0o644)
+    }
+
+    /// The coordinator acknowledged these deployments' results.
+    pub fn ack_outbox(&self, ids: &[String]) -> Result<()> {
+        let mut all = self.outbox();
+        all.retain(|x| !ids.contains(&x.deployment_id));
+        if all.is_empty() {
+            remove_durably(&self.outbox_file())
+        } else {
+            write(&self.outbox_file(), &serde_json::to_vec(&all)?, 0o644)
         }
     }
 
@@ -167,6 +438,19 @@ impl StateDir {
     pub fn missing_blobs(&self, wanted: &[String]) -> Vec<String> {
         wanted.iter().filter(|d| !self.blobs().join(d.as_str()).is_file()).cloned().collect()
     }
+
+    /// Free and total bytes of the filesystem holding the state dir.
+    pub fn free_space(&self) -> Option<(u64, u64)> {
+        dockfra_common::free_space(&self.root)
+    }
+}
+
+fn remove_durably(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(dockfra_common::fsync_dir(path.parent().unwrap_or(Path::new(".")))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Atomic write, creating the parent dir.
@@ -177,124 +461,132 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     dockfra_common::write_atomic(path, bytes, mode).with_context(|| format!("cannot write {}", path.display()))
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    #[error("blob {digest} does not match its content hash (got {actual}): tampered or corrupt, refused")]
-    Hash { digest: String, actual: String },
-    #[error("blob {digest} is larger than the manifest says ({limit} bytes)")]
-    TooBig { digest: String, limit: u64 },
-    #[error("blob {digest}: chunk at offset {got}, expected {expected}")]
-    Order { digest: String, got: u64, expected: u64 },
-    #[error("blob {digest} was not requested")]
-    Unrequested { digest: String },
-    #[error("blob store {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-}
-
-/// Receives blob chunks, writes each to a temp file, and moves it into the store only when
-/// its sha256 matches its name. Sizes are capped at what the manifest says.
-pub struct BlobWriter {
-    dir: PathBuf,
-    expected: BTreeMap<String, u64>,
-    open: Option<(String, std::fs::File, sha2::Sha256, u64, PathBuf)>,
-    pub bytes: u64,
-}
-
-impl BlobWriter {
-    pub fn new(dir: PathBuf, expected: BTreeMap<String, u64>) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir.clone(), source })?;
-        Ok(Self { dir, expected, open: None, bytes: 0 })
-    }
-
-    pub fn remaining(&self) -> usize {
-        self.expected.len()
-    }
-
-    pub fn chunk(&mut self, digest: &str, offset: u64, data: &[u8], last: bool) -> Result<(), BlobError> {
-        use sha2::Digest as _;
-        let d = Digest::new(digest).map_err(|_| BlobError::Unrequested { digest: digest.to_string() })?;
-        let limit =
-            *self.expected.get(d.as_str()).ok_or_else(|| BlobError::Unrequested { digest: digest.to_string() })?;
-        let ioe = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BlobError::Io { path, source }
-        };
-        if self.open.as_ref().map(|o| o.0.as_str()) != Some(d.as_str()) {
-            let tmp = self.dir.join(format!(".part-{}-{}", d.as_str(), std::process::id()));
-            let f = std::fs::File::create(&tmp).map_err(ioe(&tmp))?;
-            self.open = Some((d.as_str().to_string(), f, sha2::Sha256::new(), 0, tmp));
+/// `dockfra-agent state repair`: rebuild `state.json` from `floor.json` and the release dirs
+/// after it was lost or corrupted. The floor never goes down: it is the max of every source
+/// still readable. Unreadable files are moved aside (`*.corrupt-<unix>`), not deleted.
+pub fn repair(state: &StateDir) -> Result<Vec<String>> {
+    let _lock = state.lock()?;
+    let mut notes = Vec::new();
+    let stamp = dockfra_common::now_unix();
+    let old = state.persisted();
+    let floor = match state.floor() {
+        Ok(f) => f,
+        Err(e) => {
+            let aside = state.floor_file().with_extension(format!("json.corrupt-{stamp}"));
+            std::fs::rename(state.floor_file(), &aside)?;
+            notes.push(format!("{e}; moved aside to {}", aside.display()));
+            Floor::default()
         }
-        let (name, file, hasher, written, tmp) = self.open.as_mut().expect("just opened");
-        if offset != *written {
-            let e = BlobError::Order { digest: name.clone(), got: offset, expected: *written };
-            self.abort();
-            return Err(e);
+    };
+    let mut p = match old {
+        Ok(p) => {
+            notes.push(format!("{} was readable; merged with the other sources", state.state_file().display()));
+            p
         }
-        if *written + data.len() as u64 > limit {
-            let e = BlobError::TooBig { digest: name.clone(), limit };
-            self.abort();
-            return Err(e);
-        }
-        file.write_all(data).map_err(ioe(tmp))?;
-        hasher.update(data);
-        *written += data.len() as u64;
-        self.bytes += data.len() as u64;
-        if last {
-            let (name, file, hasher, _, tmp) = self.open.take().expect("open");
-            let actual = hex::encode(hasher.finalize());
-            if actual != name {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(BlobError::Hash { digest: name, actual });
+        Err(StateError::Unreadable { path, reason }) => {
+            let aside = path.with_extension(format!("json.corrupt-{stamp}"));
+            if path.exists() {
+                std::fs::rename(&path, &aside)?;
             }
-            file.sync_all().map_err(ioe(&tmp))?;
-            std::fs::rename(&tmp, self.dir.join(&name)).map_err(ioe(&tmp))?;
-            self.expected.remove(&name);
+            notes.push(format!("{} was unreadable ({reason}); moved aside to {}", path.display(), aside.display()));
+            Persisted::default()
         }
-        Ok(())
-    }
-
-    /// Drop a half-written blob.
-    pub fn abort(&mut self) {
-        if let Some((_, _, _, _, tmp)) = self.open.take() {
-            let _ = std::fs::remove_file(tmp);
+        Err(StateError::Missing { path, .. }) => {
+            notes.push(format!("{} was missing", path.display()));
+            Persisted::default()
         }
+    };
+    if let Err(e) = state.journal() {
+        let aside = state.journal_file().with_extension(format!("json.corrupt-{stamp}"));
+        std::fs::rename(state.journal_file(), &aside)?;
+        notes.push(format!("{e}; moved aside to {} (the deploy it described is not resumed)", aside.display()));
     }
-}
-
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        self.abort();
+    let dirs = state.release_dir_floor();
+    let floor_seq = floor.last_desired_sequence.max(floor.release_sequence).max(dirs);
+    p.last_desired_sequence = p.last_desired_sequence.max(floor_seq);
+    for base in state.app_bases() {
+        let Some(app) = base.file_name().and_then(|n| n.to_str()).map(String::from) else { continue };
+        let rel = crate::releases::AppReleases::new(base.clone());
+        let Some(cur) = rel.current() else { continue };
+        let m = rel.manifest(&cur);
+        let entry = p.apps.entry(app.clone()).or_default();
+        entry.base = Some(base.clone());
+        entry.current = Some(cur.clone());
+        entry.current_sequence = crate::releases::sequence_of(&cur).unwrap_or(0);
+        entry.current_version = m.map(|m| m.version).unwrap_or_default();
+        if entry.previous.is_none() {
+            entry.previous = rel.list().into_iter().rev().map(|r| r.name).find(|n| *n != cur);
+        }
+        if entry.health.is_empty() {
+            entry.health = "unknown".into();
+        }
+        notes.push(format!("app {app}: current {cur}"));
     }
+    state.save_persisted(&p)?;
+    notes.push(format!("floor: order sequence {} (release dirs reach {dirs})", p.last_desired_sequence));
+    Ok(notes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn blob_writer_checks_hash_size_and_order() {
-        let dir = std::env::temp_dir().join(format!("dkf-blobs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let good = dockfra_common::sha256_hex(b"hello world");
-        let mut w = BlobWriter::new(dir.clone(), [(good.clone(), 11)].into()).unwrap();
-        w.chunk(&good, 0, b"hello ", false).unwrap();
-        w.chunk(&good, 6, b"world", true).unwrap();
-        assert_eq!(std::fs::read(dir.join(&good)).unwrap(), b"hello world");
-        assert_eq!(w.remaining(), 0);
+    fn tmp(tag: &str) -> StateDir {
+        let d = std::env::temp_dir().join(format!("dkf-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        StateDir::new(&d)
+    }
 
-        let other = dockfra_common::sha256_hex(b"abc");
-        let mut w = BlobWriter::new(dir.clone(), [(other.clone(), 3)].into()).unwrap();
-        assert!(matches!(w.chunk(&other, 0, b"abd", true), Err(BlobError::Hash { .. })));
-        assert!(!dir.join(&other).exists());
-        assert!(matches!(w.chunk(&other, 0, b"abcd", true), Err(BlobError::TooBig { .. })));
-        assert!(matches!(w.chunk(&other, 5, b"a", true), Err(BlobError::Order { .. })));
-        assert!(matches!(w.chunk(&"f".repeat(64), 0, b"a", true), Err(BlobError::Unrequested { .. })));
-        let parts: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".part"))
-            .collect();
-        assert!(parts.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
+    /// Regression for issue #8 hole 1: an emptied or corrupt state.json silently reset the
+    /// floor to 0.
+    #[test]
+    fn an_unreadable_or_lost_state_file_is_an_error_and_the_floor_survives() {
+        let s = tmp("floor");
+        assert_eq!(s.persisted().unwrap().last_desired_sequence, 0, "a fresh agent starts at 0");
+        let p = Persisted { last_desired_sequence: 7, ..Default::default() };
+        s.save_persisted(&p).unwrap();
+        assert_eq!(s.floor().unwrap().last_desired_sequence, 7);
+        std::fs::write(s.state_file(), b"").unwrap();
+        let e = s.persisted().unwrap_err();
+        assert!(e.to_string().contains("empty") && e.to_string().contains("state repair"), "{e}");
+        std::fs::write(s.state_file(), b"{\"last_desired_seq").unwrap();
+        assert!(matches!(s.persisted(), Err(StateError::Unreadable { .. })));
+        std::fs::remove_file(s.state_file()).unwrap();
+        assert!(matches!(s.persisted(), Err(StateError::Missing { seq: 7, .. })));
+        // A state.json written back with a lower floor (an old backup) does not lower it.
+        std::fs::write(s.state_file(), br#"{"last_desired_sequence": 2, "apps": {}}"#).unwrap();
+        assert_eq!(s.persisted().unwrap().last_desired_sequence, 7);
+        // Nor does saving it.
+        s.save_persisted(&Persisted { last_desired_sequence: 3, ..Default::default() }).unwrap();
+        assert_eq!(s.persisted().unwrap().last_desired_sequence, 7);
+        // Repair rebuilds from the floor and the release dirs.
+        std::fs::write(s.state_file(), b"garbage").unwrap();
+        let rel = s.root.join("apps/web/releases/12-abcdefabcdef");
+        std::fs::create_dir_all(&rel).unwrap();
+        let notes = repair(&s).unwrap();
+        assert!(notes.iter().any(|n| n.contains("moved aside")), "{notes:?}");
+        assert_eq!(s.persisted().unwrap().last_desired_sequence, 12, "the release dirs raise the floor");
+        std::fs::remove_dir_all(&s.root).unwrap();
+    }
+
+    #[test]
+    fn outbox_and_recent_results_are_bounded() {
+        let s = tmp("outbox");
+        for i in 0..(RECENT + 5) {
+            s.push_outbox(Outcome { deployment_id: format!("d{i}"), result: "succeeded".into(), ..Default::default() })
+                .unwrap();
+        }
+        let all = s.outbox();
+        assert_eq!(all.len(), RECENT);
+        assert_eq!(all.last().unwrap().deployment_id, format!("d{}", RECENT + 4));
+        s.ack_outbox(&all.iter().map(|o| o.deployment_id.clone()).collect::<Vec<_>>()).unwrap();
+        assert!(s.outbox().is_empty() && !s.outbox_file().exists());
+        let mut p = Persisted::default();
+        for i in 0..30 {
+            p.remember(Outcome { deployment_id: format!("d{}", i % 25), ..Default::default() });
+        }
+        assert_eq!(p.recent.len(), RECENT);
+        std::fs::remove_dir_all(&s.root).unwrap();
     }
 }

@@ -1,7 +1,21 @@
 //! The bundle format: a signed manifest naming content-addressed blobs, and a signed desired
-//! state naming the manifest. This module owns the types, their canonical bytes, verification
-//! and the checks every manifest must pass before anything touches the disk. It never writes
-//! a release; the agent's release store does, from a manifest this module accepted.
+//! state naming the manifest. This module owns the types, their canonical bytes, the
+//! compatibility rule between writers and readers of different versions, verification
+//! (signatures, key rotations, target, app, sequence, age), and the checks every manifest
+//! must pass before anything touches the disk. It never writes a release; the agent's release
+//! store does, from a manifest this module accepted.
+//!
+//! # Compatibility rule (format 2)
+//! - `format` is the major version. A reader refuses a format it does not list in [`FORMATS`]
+//!   (the agent reports that list in its facts, so the coordinator never sends one).
+//! - Within a format, a writer may add fields. A reader ignores fields it does not know,
+//!   unless the document names them in `requires`: every entry there is a feature the reader
+//!   must understand ([`FEATURES`]), or it refuses the document. Fields that change what runs
+//!   or how it is verified always go into `requires`.
+//! - The platform section is one tagged variant (`"platform": {"kind": "docker_compose", …}`);
+//!   a reader refuses a kind it has no driver for.
+//! - The bundle id is the sha256 of the manifest bytes exactly as signed, never of a
+//!   re-serialization (a reader that dropped unknown fields would compute another id).
 use std::collections::BTreeSet;
 use std::io::Read;
 
@@ -10,15 +24,23 @@ use serde::{Deserialize, Serialize};
 use crate::config::{HealthSpec, Platform, ServiceManager};
 use crate::paths::{check_component, symlink_stays_inside, Digest, SafeRelPath, UnsafePath};
 use crate::proto;
-use crate::sign::{self, SignError};
+use crate::sign::{self, Context, SignError};
 
-pub const FORMAT: u32 = 1;
+/// The manifest and desired-state format this build writes.
+pub const FORMAT: u32 = 2;
+/// The formats this build reads.
+pub const FORMATS: &[u32] = &[2];
+/// Optional features this build understands when a document `requires` them. None exist yet
+/// in format 2; the next behaviour-changing field will add the first.
+pub const FEATURES: &[&str] = &[];
 /// Limits a manifest must respect (a bundle is refused whole when over).
 pub const MAX_FILES: usize = 20_000;
 pub const MAX_FILE_SIZE: u64 = 4 << 30;
 pub const MAX_TOTAL_SIZE: u64 = 16 << 30;
 /// Largest manifest / desired state document accepted.
 pub const MAX_DOC_SIZE: u64 = 16 << 20;
+/// Longest key-rotation chain followed.
+pub const MAX_ROTATIONS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +121,50 @@ pub struct PodmanSpec {
     pub start_machine: bool,
 }
 
+/// The platform a release runs on, with what its driver needs: one variant per platform.
+/// Adding a platform is one variant here, one renderer in the coordinator's builder and one
+/// driver module in the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlatformSpec {
+    SshRaw(SshRawSpec),
+    DockerCompose(DockerComposeSpec),
+    /// `project` is the stack name.
+    Swarm(DockerComposeSpec),
+    Podman(PodmanSpec),
+}
+
+impl PlatformSpec {
+    /// The `kind`s this build has a variant for.
+    pub const KINDS: &'static [&'static str] = &["ssh_raw", "docker_compose", "swarm", "podman"];
+
+    pub fn platform(&self) -> Platform {
+        match self {
+            PlatformSpec::SshRaw(_) => Platform::SshRaw,
+            PlatformSpec::DockerCompose(_) => Platform::DockerCompose,
+            PlatformSpec::Swarm(_) => Platform::Swarm,
+            PlatformSpec::Podman(_) => Platform::Podman,
+        }
+    }
+
+    /// The compose-shaped section (docker_compose, swarm, podman), if any.
+    pub fn compose(&self) -> Option<&DockerComposeSpec> {
+        match self {
+            PlatformSpec::DockerCompose(c) | PlatformSpec::Swarm(c) => Some(c),
+            PlatformSpec::Podman(p) => Some(&p.compose),
+            PlatformSpec::SshRaw(_) => None,
+        }
+    }
+
+    /// Where the app's releases live when the target says (`ssh_raw`'s `deploy_path`).
+    pub fn deploy_path(&self) -> Option<&str> {
+        match self {
+            PlatformSpec::SshRaw(s) => s.deploy_path.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// Where a release carries its Quadlet units.
 pub const QUADLET_DIR: &str = ".dockfra/quadlet";
 
@@ -114,28 +180,24 @@ pub fn is_quadlet_unit_name(name: &str) -> bool {
 
 /// Directory inside a release that holds what dockfra renders (never an app file).
 pub const RENDERED_DIR: &str = ".dockfra";
+/// Where the agent keeps, inside each release, the signed documents that installed it, so the
+/// release can be re-verified later (`dockfra-agent verify`).
+pub const SIGNED_DIR: &str = ".dockfra/signed";
 
 /// The signed description of one release for one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
+    /// Features a reader must understand to use this manifest (see the module doc).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
     pub target: String,
     pub app: String,
     pub version: String,
     pub sequence: u64,
-    pub platform: Platform,
     pub created_unix: u64,
+    pub platform: PlatformSpec,
     pub files: Vec<FileEntry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssh_raw: Option<SshRawSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub docker_compose: Option<DockerComposeSpec>,
-    /// `swarm`: the same shape; `project` is the stack name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swarm: Option<DockerComposeSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub podman: Option<PodmanSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
     pub keep_releases: u32,
@@ -151,10 +213,21 @@ pub enum Action {
     Rollback,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deploy => "deploy",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
 /// What a target should run now. Signed with an expiry; its sequence only grows per target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DesiredState {
+    pub format: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
     pub target: String,
     pub app: String,
     pub action: Action,
@@ -165,22 +238,53 @@ pub struct DesiredState {
     pub expires_unix: u64,
 }
 
+/// A signing-key rotation: `new_key` replaces `old_key`. Signed by both keys in the
+/// key-rotation context: the old one grants the move (an agent pinned to it follows), the new
+/// one proves its holder took it. Like TUF's root rotation, an agent only ever moves along a
+/// chain that starts at the key it pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotation {
+    pub format: u32,
+    /// 1 for the first rotation of a coordinator, then 2, 3, …
+    pub number: u32,
+    /// Hex of the raw Ed25519 public keys.
+    pub old_key: String,
+    pub new_key: String,
+    pub issued_unix: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error(transparent)]
     Signature(#[from] SignError),
     #[error("{what} is not valid: {reason}")]
     Malformed { what: &'static str, reason: String },
+    #[error("{what} format {found} is not one this agent ({}) reads (it reads {FORMATS:?}): upgrade the agent", crate::VERSION)]
+    Format { what: &'static str, found: u32 },
+    #[error("{what} requires feature {feature:?}, which this agent ({}) does not have: upgrade the agent", crate::VERSION)]
+    Feature { what: &'static str, feature: String },
+    #[error("platform {kind:?} has no driver in this agent ({}): upgrade the agent", crate::VERSION)]
+    Platform { kind: String },
     #[error("bundle is for target {found:?}, this agent is {expected:?}")]
     WrongTarget { expected: String, found: String },
+    #[error("desired state names app {desired:?}, the manifest is for app {manifest:?}: mixed documents refused")]
+    WrongApp { desired: String, manifest: String },
     #[error("desired state expired at {expires_unix} (now {now}): refusing a stale order")]
     Expired { expires_unix: u64, now: u64 },
+    #[error("the order was issued {age}s ago, more than this agent's max_order_age ({max}s) allows: refusing a stale order")]
+    TooOld { age: u64, max: u64 },
+    #[error("the order is valid for {lifetime}s, more than this agent's max_order_lifetime ({max}s) allows")]
+    TooLong { lifetime: u64, max: u64 },
     #[error("desired state sequence {got} is not above the last one applied ({last}): replay refused")]
     Replay { got: u64, last: u64 },
     #[error("release sequence {got} is not above the current one ({last}) and the order is not a signed rollback")]
     OldRelease { got: u64, last: u64 },
+    #[error("manifest sequence {manifest} is above its order's sequence {desired}: fast-forward refused")]
+    FastForward { manifest: u64, desired: u64 },
     #[error("desired state names bundle {named}, manifest is {actual}")]
     BundleMismatch { named: String, actual: String },
+    #[error("key rotation: {0}")]
+    Rotation(String),
     #[error("manifest entry {path:?}: {source}")]
     Path { path: String, source: UnsafePath },
     #[error("manifest entry {path:?}: {reason}")]
@@ -195,7 +299,42 @@ pub enum BundleError {
     Io { path: String, source: std::io::Error },
 }
 
+/// Check a document's `format` and `requires` before it is decoded into a struct, so that a
+/// newer document is refused with a message that says so (not a serde error).
+fn check_version(what: &'static str, v: &serde_json::Value) -> Result<(), BundleError> {
+    let obj = v.as_object().ok_or_else(|| BundleError::Malformed { what, reason: "not a JSON object".into() })?;
+    let format = obj.get("format").and_then(serde_json::Value::as_u64).ok_or_else(|| BundleError::Malformed {
+        what,
+        reason: "no `format` (a document from a dockfra before format 2?)".into(),
+    })?;
+    if !FORMATS.iter().any(|f| u64::from(*f) == format) {
+        return Err(BundleError::Format { what, found: format.min(u64::from(u32::MAX)) as u32 });
+    }
+    if let Some(req) = obj.get("requires") {
+        let list = req.as_array().ok_or_else(|| BundleError::Malformed { what, reason: "`requires` is not a list".into() })?;
+        for f in list {
+            let f = f.as_str().ok_or_else(|| BundleError::Malformed { what, reason: "`requires` holds a non-string".into() })?;
+            if !FEATURES.contains(&f) {
+                return Err(BundleError::Feature { what, feature: f.chars().take(64).collect() });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Manifest {
+    /// Decode signed manifest bytes under the compatibility rule (see the module doc).
+    pub fn parse(bytes: &[u8]) -> Result<Self, BundleError> {
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| BundleError::Malformed { what: "manifest", reason: e.to_string() })?;
+        check_version("manifest", &v)?;
+        let kind = v.get("platform").and_then(|p| p.get("kind")).and_then(serde_json::Value::as_str).unwrap_or("");
+        if !PlatformSpec::KINDS.contains(&kind) {
+            return Err(BundleError::Platform { kind: kind.chars().take(64).collect() });
+        }
+        serde_json::from_value(v).map_err(|e| BundleError::Malformed { what: "manifest", reason: e.to_string() })
+    }
+
     /// Canonical bytes: compact JSON of the struct (fixed field order, files sorted by path).
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut m = self.clone();
@@ -203,23 +342,24 @@ impl Manifest {
         serde_json::to_vec(&m).expect("manifest serializes")
     }
 
-    /// Bundle id: sha256 of the canonical manifest bytes.
+    /// Bundle id of a manifest this side built: sha256 of its canonical bytes (which are the
+    /// bytes it signs). A reader uses the id of the bytes it received ([`Verified::bundle_id`]).
     pub fn id(&self) -> String {
         crate::sha256_hex(&self.canonical_bytes())
     }
 
-    /// Name of the release directory this manifest materializes into.
+    /// Name of the release directory a manifest this side built materializes into.
     pub fn release_name(&self) -> String {
         release_name(self.sequence, &self.id())
     }
 
     /// Every check that needs no key and no disk: paths, kinds, modes, digests, limits, names.
     pub fn validate(&self) -> Result<(), BundleError> {
-        if self.format != FORMAT {
-            return Err(BundleError::Malformed {
-                what: "manifest",
-                reason: format!("unsupported format {}", self.format),
-            });
+        if !FORMATS.contains(&self.format) {
+            return Err(BundleError::Format { what: "manifest", found: self.format });
+        }
+        if let Some(f) = self.requires.iter().find(|f| !FEATURES.contains(&f.as_str())) {
+            return Err(BundleError::Feature { what: "manifest", feature: f.clone() });
         }
         check_component(&self.app).map_err(|e| BundleError::Path { path: self.app.clone(), source: e })?;
         if self.keep_releases == 0 {
@@ -232,6 +372,13 @@ impl Manifest {
         let mut total = 0u64;
         for f in &self.files {
             let p = SafeRelPath::new(&f.path).map_err(|e| BundleError::Path { path: f.path.clone(), source: e })?;
+            let lower = f.path.to_lowercase();
+            if lower == RENDERED_DIR || lower == SIGNED_DIR || lower.starts_with(&format!("{SIGNED_DIR}/")) {
+                return Err(BundleError::Entry {
+                    path: f.path.clone(),
+                    reason: format!("{RENDERED_DIR} must be a directory and {SIGNED_DIR}/ is the agent's own"),
+                });
+            }
             if !seen.insert(p.as_str().to_string()) {
                 return Err(BundleError::Entry { path: f.path.clone(), reason: "listed twice".into() });
             }
@@ -309,7 +456,7 @@ impl Manifest {
                 }
             }
         }
-        if let Some(p) = &self.podman {
+        if let PlatformSpec::Podman(p) = &self.platform {
             for unit in &p.quadlet_units {
                 if !is_quadlet_unit_name(unit) {
                     return Err(BundleError::Entry {
@@ -323,7 +470,7 @@ impl Manifest {
                 }
             }
         }
-        for img in self.compose_specs().flat_map(|d| &d.images) {
+        for img in self.platform.compose().into_iter().flat_map(|d| &d.images) {
             Digest::new(&img.sha256).map_err(|e| BundleError::Path { path: img.name.clone(), source: e })?;
             if img.name.is_empty()
                 || img.name.len() > 512
@@ -350,13 +497,8 @@ impl Manifest {
     /// Every blob this manifest needs, with the size it must have.
     pub fn blob_sizes(&self) -> std::collections::BTreeMap<String, u64> {
         let files = self.files.iter().filter(|f| f.kind == EntryKind::File).map(|f| (f.sha256.clone(), f.size));
-        let images = self.compose_specs().flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
+        let images = self.platform.compose().into_iter().flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
         files.chain(images).collect()
-    }
-
-    /// The compose-shaped sections (docker_compose, swarm, podman) this manifest has.
-    pub fn compose_specs(&self) -> impl Iterator<Item = &DockerComposeSpec> {
-        self.docker_compose.iter().chain(&self.swarm).chain(self.podman.iter().map(|p| &p.compose))
     }
 }
 
@@ -365,52 +507,158 @@ pub fn release_name(sequence: u64, bundle_id: &str) -> String {
     format!("{sequence}-{}", &bundle_id[..bundle_id.len().min(12)])
 }
 
+/// The documents exactly as signed: what a release dir keeps to be re-verified later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDocs {
+    pub desired: Vec<u8>,
+    pub desired_signature: Vec<u8>,
+    pub manifest: Vec<u8>,
+    pub manifest_signature: Vec<u8>,
+}
+
 /// A verified pair: the desired state and the manifest it names.
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub desired: DesiredState,
     pub manifest: Manifest,
+    /// sha256 of the manifest bytes as signed.
     pub bundle_id: String,
+    pub signed: SignedDocs,
+    /// The signing key the documents verified with, when a rotation chain moved it away from
+    /// the pinned one: the caller pins it.
+    pub rotated_to: Option<Vec<u8>>,
+}
+
+impl Verified {
+    /// The release directory name: sequence and the signed bytes' id.
+    pub fn release_name(&self) -> String {
+        release_name(self.manifest.sequence, &self.bundle_id)
+    }
 }
 
 /// What the agent remembers between orders, for replay checks.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Watermark {
     pub last_desired_sequence: u64,
     pub current_release_sequence: u64,
 }
 
-/// Sign a manifest and a desired state (coordinator side).
-pub fn sign_assignment(key: &sign::SigningKey, desired: &DesiredState, manifest_bytes: Vec<u8>) -> proto::Assignment {
+/// What an agent holds an order against.
+#[derive(Debug, Clone)]
+pub struct Policy<'a> {
+    /// The target this agent is.
+    pub me: &'a str,
+    /// The pinned signing key (raw Ed25519).
+    pub signing_key: &'a [u8],
+    pub mark: Watermark,
+    pub now: u64,
+    /// Refuse an order signed to stay valid longer than this (seconds).
+    pub max_order_lifetime: Option<u64>,
+    /// Refuse an order issued longer ago than this (seconds).
+    pub max_order_age: Option<u64>,
+}
+
+/// Sign a manifest and a desired state (coordinator side), with the rotation chain that leads
+/// from older keys to `key`.
+pub fn sign_assignment(
+    key: &sign::SigningKey,
+    desired: &DesiredState,
+    manifest_bytes: Vec<u8>,
+    rotations: &[proto::SignedKeyRotation],
+) -> proto::Assignment {
     let payload = serde_json::to_vec(desired).expect("desired state serializes");
     proto::Assignment {
-        desired: Some(proto::SignedDesiredState { signature: key.sign(&payload), payload }),
-        manifest: Some(proto::SignedManifest { signature: key.sign(&manifest_bytes), manifest: manifest_bytes }),
+        desired: Some(proto::SignedDesiredState { signature: key.sign(Context::DesiredState, &payload), payload }),
+        manifest: Some(proto::SignedManifest {
+            signature: key.sign(Context::Manifest, &manifest_bytes),
+            manifest: manifest_bytes,
+        }),
+        rotations: rotations.to_vec(),
     }
 }
 
-/// Verify an assignment for `me`: both signatures, expiry, target, replay and the manifest's own
-/// checks. Nothing is written; callers act only on the returned [`Verified`].
-pub fn verify_assignment(
-    a: &proto::Assignment,
-    signing_key: &[u8],
-    me: &str,
-    mark: Watermark,
-    now: u64,
-) -> Result<Verified, BundleError> {
+/// Make the statement that moves trust from `old` to `new` (coordinator side).
+pub fn sign_rotation(old: &sign::SigningKey, new: &sign::SigningKey, number: u32, now: u64) -> proto::SignedKeyRotation {
+    let statement = serde_json::to_vec(&KeyRotation {
+        format: 1,
+        number,
+        old_key: hex::encode(old.public_key()),
+        new_key: hex::encode(new.public_key()),
+        issued_unix: now,
+    })
+    .expect("rotation serializes");
+    proto::SignedKeyRotation {
+        old_signature: old.sign(Context::KeyRotation, &statement),
+        new_signature: new.sign(Context::KeyRotation, &statement),
+        statement,
+    }
+}
+
+/// Follow a rotation chain from the `pinned` key: each step must name the current key as its
+/// old key and carry valid signatures by both keys. Statements that do not start at the
+/// current key are ignored (another branch, or steps this agent took already). Returns the key
+/// at the end of the chain, or `None` when no statement moves the pinned key.
+pub fn follow_rotations(pinned: &[u8], chain: &[proto::SignedKeyRotation]) -> Result<Option<Vec<u8>>, BundleError> {
+    if chain.len() > MAX_ROTATIONS {
+        return Err(BundleError::Rotation(format!("{} statements (at most {MAX_ROTATIONS})", chain.len())));
+    }
+    let mut current = pinned.to_vec();
+    let mut seen = BTreeSet::from([hex::encode(pinned)]);
+    loop {
+        let here = hex::encode(&current);
+        let mut next = None;
+        for s in chain {
+            if s.statement.len() as u64 > 4096 {
+                return Err(BundleError::Rotation("statement over 4 KiB".into()));
+            }
+            let r: KeyRotation = serde_json::from_slice(&s.statement)
+                .map_err(|e| BundleError::Rotation(format!("statement is not valid: {e}")))?;
+            if r.old_key != here {
+                continue;
+            }
+            let new = hex::decode(&r.new_key)
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| BundleError::Rotation(format!("rotation {} names no valid new key", r.number)))?;
+            sign::verify(&current, Context::KeyRotation, &s.statement, &s.old_signature)
+                .map_err(|_| BundleError::Rotation(format!("rotation {} is not signed by the key it replaces", r.number)))?;
+            sign::verify(&new, Context::KeyRotation, &s.statement, &s.new_signature)
+                .map_err(|_| BundleError::Rotation(format!("rotation {} is not signed by its new key", r.number)))?;
+            next = Some(new);
+            break;
+        }
+        match next {
+            Some(k) if seen.insert(hex::encode(&k)) => current = k,
+            Some(_) => return Err(BundleError::Rotation("the chain loops back to a key it left".into())),
+            None => break,
+        }
+    }
+    Ok((current != pinned).then_some(current))
+}
+
+/// Verify an assignment under `policy`: the key (following a rotation chain from the pinned
+/// one), both signatures in their own contexts, formats, target, app, bundle id, expiry and
+/// age, replay, fast-forward and downgrade, and the manifest's own checks. Nothing is written;
+/// callers act only on the returned [`Verified`].
+pub fn verify_assignment(a: &proto::Assignment, policy: &Policy<'_>) -> Result<Verified, BundleError> {
     let sd =
         a.desired.as_ref().ok_or(BundleError::Malformed { what: "assignment", reason: "no desired state".into() })?;
     let sm = a.manifest.as_ref().ok_or(BundleError::Malformed { what: "assignment", reason: "no manifest".into() })?;
     if sd.payload.len() as u64 > MAX_DOC_SIZE || sm.manifest.len() as u64 > MAX_DOC_SIZE {
         return Err(BundleError::Limit("manifest or desired state over 16 MiB".into()));
     }
-    sign::verify(signing_key, &sd.payload, &sd.signature, "desired state")?;
-    sign::verify(signing_key, &sm.manifest, &sm.signature, "manifest")?;
-    let desired: DesiredState = serde_json::from_slice(&sd.payload)
+    let rotated_to = follow_rotations(policy.signing_key, &a.rotations)?;
+    let key = rotated_to.as_deref().unwrap_or(policy.signing_key);
+    sign::verify(key, Context::DesiredState, &sd.payload, &sd.signature)?;
+    sign::verify(key, Context::Manifest, &sm.manifest, &sm.signature)?;
+    let dv: serde_json::Value = serde_json::from_slice(&sd.payload)
         .map_err(|e| BundleError::Malformed { what: "desired state", reason: e.to_string() })?;
-    let manifest: Manifest = serde_json::from_slice(&sm.manifest)
-        .map_err(|e| BundleError::Malformed { what: "manifest", reason: e.to_string() })?;
+    check_version("desired state", &dv)?;
+    let desired: DesiredState = serde_json::from_value(dv)
+        .map_err(|e| BundleError::Malformed { what: "desired state", reason: e.to_string() })?;
+    let manifest = Manifest::parse(&sm.manifest)?;
     let bundle_id = crate::sha256_hex(&sm.manifest);
+    let me = policy.me;
     if desired.target != me {
         return Err(BundleError::WrongTarget { expected: me.into(), found: desired.target });
     }
@@ -418,38 +666,77 @@ pub fn verify_assignment(
         return Err(BundleError::WrongTarget { expected: me.into(), found: manifest.target });
     }
     if manifest.app != desired.app {
-        return Err(BundleError::Malformed {
-            what: "desired state",
-            reason: format!("names app {:?}, the manifest is for {:?}", desired.app, manifest.app),
-        });
+        return Err(BundleError::WrongApp { desired: desired.app, manifest: manifest.app });
     }
     if desired.bundle_id != bundle_id {
         return Err(BundleError::BundleMismatch { named: desired.bundle_id, actual: bundle_id });
     }
+    let now = policy.now;
     if desired.expires_unix <= now {
         return Err(BundleError::Expired { expires_unix: desired.expires_unix, now });
     }
+    if let Some(max) = policy.max_order_lifetime {
+        let lifetime = desired.expires_unix.saturating_sub(desired.issued_unix);
+        if lifetime > max {
+            return Err(BundleError::TooLong { lifetime, max });
+        }
+    }
+    if let Some(max) = policy.max_order_age {
+        let age = now.saturating_sub(desired.issued_unix);
+        if age > max {
+            return Err(BundleError::TooOld { age, max });
+        }
+    }
+    let mark = policy.mark;
     if desired.sequence <= mark.last_desired_sequence {
         return Err(BundleError::Replay { got: desired.sequence, last: mark.last_desired_sequence });
+    }
+    if manifest.sequence > desired.sequence {
+        return Err(BundleError::FastForward { manifest: manifest.sequence, desired: desired.sequence });
     }
     if desired.action == Action::Deploy && manifest.sequence <= mark.current_release_sequence {
         return Err(BundleError::OldRelease { got: manifest.sequence, last: mark.current_release_sequence });
     }
     manifest.validate()?;
-    Ok(Verified { desired, manifest, bundle_id })
+    let signed = SignedDocs {
+        desired: sd.payload.clone(),
+        desired_signature: sd.signature.clone(),
+        manifest: sm.manifest.clone(),
+        manifest_signature: sm.signature.clone(),
+    };
+    Ok(Verified { desired, manifest, bundle_id, signed, rotated_to })
+}
+
+/// Re-verify a kept release's manifest (`dockfra-agent verify`): its signature by one of
+/// `keys` (the pinned key and those it replaced), and that its bytes name `bundle_id`.
+pub fn verify_manifest(keys: &[Vec<u8>], bytes: &[u8], signature: &[u8]) -> Result<Manifest, BundleError> {
+    if !keys.iter().any(|k| sign::verify(k, Context::Manifest, bytes, signature).is_ok()) {
+        return Err(BundleError::Signature(SignError::BadSignature { what: "manifest" }));
+    }
+    Manifest::parse(bytes)
 }
 
 // ------------------------------------------------------------------ offline archive
 
 /// Names inside an exported bundle archive. The documents come first so they can be
-/// verified before any blob is read.
+/// verified before any blob is read; the rotation chain (optional) comes before them.
+pub const ARCHIVE_ROTATIONS: &str = "keys.json";
 pub const ARCHIVE_DESIRED: &str = "desired.json";
 pub const ARCHIVE_DESIRED_SIG: &str = "desired.sig";
 pub const ARCHIVE_MANIFEST: &str = "manifest.json";
 pub const ARCHIVE_MANIFEST_SIG: &str = "manifest.sig";
 pub const ARCHIVE_BLOBS: &str = "blobs/";
 
-/// Write an offline bundle archive: the four documents, then each blob, read by `open_blob`.
+/// The rotation chain as the archive carries it.
+#[derive(Serialize, Deserialize)]
+struct ArchivedRotation {
+    statement: String,
+    old_signature: String,
+    new_signature: String,
+}
+
+/// Write an offline bundle archive: the rotation chain (if any), the four documents, then
+/// each blob, read by `open_blob`. Streams: nothing but one blob's buffer is held in memory.
 pub fn write_archive<W: std::io::Write>(
     out: W,
     a: &proto::Assignment,
@@ -463,12 +750,24 @@ pub fn write_archive<W: std::io::Write>(
     let mut tar = tar::Builder::new(out);
     let sd = a.desired.as_ref().ok_or(BundleError::Archive("no desired state".into()))?;
     let sm = a.manifest.as_ref().ok_or(BundleError::Archive("no manifest".into()))?;
-    for (name, data) in [
-        (ARCHIVE_DESIRED, &sd.payload),
-        (ARCHIVE_DESIRED_SIG, &sd.signature),
-        (ARCHIVE_MANIFEST, &sm.manifest),
-        (ARCHIVE_MANIFEST_SIG, &sm.signature),
-    ] {
+    let mut docs: Vec<(&str, Vec<u8>)> = Vec::new();
+    if !a.rotations.is_empty() {
+        let chain: Vec<ArchivedRotation> = a
+            .rotations
+            .iter()
+            .map(|r| ArchivedRotation {
+                statement: hex::encode(&r.statement),
+                old_signature: hex::encode(&r.old_signature),
+                new_signature: hex::encode(&r.new_signature),
+            })
+            .collect();
+        docs.push((ARCHIVE_ROTATIONS, serde_json::to_vec(&chain).expect("chain serializes")));
+    }
+    docs.push((ARCHIVE_DESIRED, sd.payload.clone()));
+    docs.push((ARCHIVE_DESIRED_SIG, sd.signature.clone()));
+    docs.push((ARCHIVE_MANIFEST, sm.manifest.clone()));
+    docs.push((ARCHIVE_MANIFEST_SIG, sm.signature.clone()));
+    for (name, data) in docs {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -487,22 +786,26 @@ pub fn write_archive<W: std::io::Write>(
     tar.into_inner().map_err(io("archive"))
 }
 
-/// Read an offline archive. The four documents are collected (size-limited) and handed to
-/// `on_docs`, which must verify them and return the digests it will accept; then each blob is
-/// streamed to `on_blob` (which must hash-check it). Any entry that is not a regular file with
-/// an expected name — links, devices, directories, unknown names — refuses the archive.
+/// Read an offline archive. The documents are collected (size-limited) and handed to
+/// `on_docs`, which must verify them and return the blobs it will accept with their sizes;
+/// then each blob is streamed to `on_blob` (which must hash-check it). Any entry that is not
+/// a regular file with an expected name — links, devices, directories, unknown names, a blob
+/// not named by the manifest, one larger than the manifest says, one given twice — refuses
+/// the archive.
 pub fn read_archive<R: Read>(
     input: R,
-    mut on_docs: impl FnMut(proto::Assignment) -> Result<BTreeSet<String>, BundleError>,
+    mut on_docs: impl FnMut(proto::Assignment) -> Result<std::collections::BTreeMap<String, u64>, BundleError>,
     mut on_blob: impl FnMut(&Digest, &mut dyn Read) -> Result<(), BundleError>,
 ) -> Result<(), BundleError> {
     let mut ar = tar::Archive::new(input);
     let mut docs: [Option<Vec<u8>>; 4] = Default::default();
-    let mut accepted: Option<BTreeSet<String>> = None;
+    let mut rotations: Vec<proto::SignedKeyRotation> = Vec::new();
+    let mut accepted: Option<std::collections::BTreeMap<String, u64>> = None;
+    let mut seen = BTreeSet::new();
     let entries = ar.entries().map_err(|e| BundleError::Archive(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| BundleError::Archive(e.to_string()))?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).to_string();
+        let name: String = String::from_utf8_lossy(&entry.path_bytes()).chars().take(300).collect();
         let kind = entry.header().entry_type();
         if kind != tar::EntryType::Regular {
             return Err(BundleError::Archive(format!("entry {name:?} is a {kind:?}, only regular files are allowed")));
@@ -514,21 +817,44 @@ pub fn read_archive<R: Read>(
             ARCHIVE_MANIFEST_SIG => Some(3),
             _ => None,
         };
-        if let Some(i) = slot {
-            if accepted.is_some() || docs[i].is_some() {
-                return Err(BundleError::Archive(format!("entry {name:?} is out of place or repeated")));
-            }
+        let read_doc = |entry: &mut tar::Entry<'_, R>| -> Result<Vec<u8>, BundleError> {
             if entry.size() > MAX_DOC_SIZE {
                 return Err(BundleError::Limit(format!("{name} is over 16 MiB")));
             }
             let mut buf = Vec::new();
-            entry.read_to_end(&mut buf).map_err(|e| BundleError::Archive(e.to_string()))?;
-            docs[i] = Some(buf);
+            entry.take(MAX_DOC_SIZE + 1).read_to_end(&mut buf).map_err(|e| BundleError::Archive(e.to_string()))?;
+            if buf.len() as u64 > MAX_DOC_SIZE {
+                return Err(BundleError::Limit(format!("{name} is over 16 MiB")));
+            }
+            Ok(buf)
+        };
+        if name == ARCHIVE_ROTATIONS {
+            if accepted.is_some() || docs.iter().any(Option::is_some) || !rotations.is_empty() {
+                return Err(BundleError::Archive(format!("entry {name:?} is out of place or repeated")));
+            }
+            let chain: Vec<ArchivedRotation> = serde_json::from_slice(&read_doc(&mut entry)?)
+                .map_err(|e| BundleError::Archive(format!("{name}: {e}")))?;
+            let unhex = |s: &str| hex::decode(s).map_err(|e| BundleError::Archive(format!("{name}: {e}")));
+            for r in chain {
+                rotations.push(proto::SignedKeyRotation {
+                    statement: unhex(&r.statement)?,
+                    old_signature: unhex(&r.old_signature)?,
+                    new_signature: unhex(&r.new_signature)?,
+                });
+            }
+            continue;
+        }
+        if let Some(i) = slot {
+            if accepted.is_some() || docs[i].is_some() {
+                return Err(BundleError::Archive(format!("entry {name:?} is out of place or repeated")));
+            }
+            docs[i] = Some(read_doc(&mut entry)?);
             if docs.iter().all(Option::is_some) {
                 let [d, ds, m, ms] = std::mem::take(&mut docs).map(Option::unwrap_or_default);
                 let a = proto::Assignment {
                     desired: Some(proto::SignedDesiredState { payload: d, signature: ds }),
                     manifest: Some(proto::SignedManifest { manifest: m, signature: ms }),
+                    rotations: std::mem::take(&mut rotations),
                 };
                 accepted = Some(on_docs(a)?);
             }
@@ -541,8 +867,17 @@ pub fn read_archive<R: Read>(
             return Err(BundleError::Archive(format!("blob {name:?} comes before the signed documents")));
         };
         let digest = Digest::new(hexd).map_err(|e| BundleError::Path { path: name.clone(), source: e })?;
-        if !ok.contains(digest.as_str()) {
+        let Some(&size) = ok.get(digest.as_str()) else {
             return Err(BundleError::Archive(format!("blob {digest} is not named by the manifest")));
+        };
+        if entry.size() > size {
+            return Err(BundleError::Archive(format!(
+                "blob {digest} is {} bytes, the manifest says {size}: endless data refused",
+                entry.size()
+            )));
+        }
+        if !seen.insert(digest.as_str().to_string()) {
+            return Err(BundleError::Archive(format!("blob {digest} is given twice")));
         }
         on_blob(&digest, &mut entry)?;
     }
@@ -559,17 +894,20 @@ mod tests {
     fn manifest(files: Vec<FileEntry>) -> Manifest {
         Manifest {
             format: FORMAT,
+            requires: vec![],
             target: "t1".into(),
             app: "app".into(),
             version: "v1".into(),
             sequence: 1,
-            platform: Platform::SshRaw,
             created_unix: 0,
+            platform: PlatformSpec::SshRaw(SshRawSpec {
+                deploy_path: None,
+                service_manager: ServiceManager::None,
+                service_name: None,
+                pre_script: None,
+                post_script: None,
+            }),
             files,
-            ssh_raw: None,
-            docker_compose: None,
-            swarm: None,
-            podman: None,
             health: None,
             keep_releases: 5,
             os: None,
@@ -608,64 +946,170 @@ mod tests {
             ("device type bits", vec![FileEntry { mode: 0o20644, ..file("a") }]),
             ("bad digest", vec![FileEntry { sha256: "../x".into(), ..file("a") }]),
             ("oversize", vec![FileEntry { size: MAX_FILE_SIZE + 1, ..file("a") }]),
+            ("the agent's signed dir", vec![file(".dockfra/signed/manifest.json")]),
+            ("the agent's signed dir, other case", vec![file(".DOCKFRA/Signed/x")]),
+            ("rendered dir as a symlink", vec![link(".dockfra", "x")]),
         ];
         for (what, files) in cases {
             assert!(manifest(files).validate().is_err(), "{what} accepted");
         }
         let many: Vec<FileEntry> = (0..=MAX_FILES).map(|i| file(&format!("f{i}"))).collect();
         assert!(matches!(manifest(many).validate(), Err(BundleError::Limit(_))));
-        assert!(manifest(vec![file("a/b"), link("l", "a/b")]).validate().is_ok());
+        assert!(manifest(vec![file("a/b"), link("l", "a/b"), file(".dockfra/compose.yaml")]).validate().is_ok());
+    }
+
+    /// The compatibility rule: unknown fields are ignored, an unknown `requires` entry, a
+    /// newer format or an unknown platform kind is refused with a message that says so.
+    #[test]
+    fn compatibility_rule() {
+        let m = manifest(vec![file("a")]);
+        let mut v: serde_json::Value = serde_json::from_slice(&m.canonical_bytes()).unwrap();
+        v["some_future_field"] = serde_json::json!({"x": 1});
+        v["platform"]["future_knob"] = serde_json::json!(true);
+        assert_eq!(Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap(), m);
+        let mut req = v.clone();
+        req["requires"] = serde_json::json!(["blue-green"]);
+        let e = Manifest::parse(&serde_json::to_vec(&req).unwrap()).unwrap_err();
+        assert!(matches!(&e, BundleError::Feature { feature, .. } if feature == "blue-green"), "{e}");
+        assert!(e.to_string().contains("upgrade the agent"), "{e}");
+        let mut newer = v.clone();
+        newer["format"] = serde_json::json!(3);
+        assert!(matches!(Manifest::parse(&serde_json::to_vec(&newer).unwrap()), Err(BundleError::Format { found: 3, .. })));
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("format");
+        assert!(matches!(Manifest::parse(&serde_json::to_vec(&old).unwrap()), Err(BundleError::Malformed { .. })));
+        let mut k8s = v;
+        k8s["platform"] = serde_json::json!({"kind": "kubernetes", "namespace": "x"});
+        let e = Manifest::parse(&serde_json::to_vec(&k8s).unwrap()).unwrap_err();
+        assert!(matches!(&e, BundleError::Platform { kind } if kind == "kubernetes"), "{e}");
+    }
+
+    fn key() -> sign::SigningKey {
+        sign::SigningKey::from_pkcs8(&sign::SigningKey::generate_pkcs8().unwrap()).unwrap()
+    }
+
+    fn desired_for(m: &Manifest, seq: u64, action: Action, issued: u64, expires: u64) -> DesiredState {
+        DesiredState {
+            format: FORMAT,
+            requires: vec![],
+            target: "t1".into(),
+            app: m.app.clone(),
+            action,
+            sequence: seq,
+            bundle_id: m.id(),
+            deployment_id: "d".into(),
+            issued_unix: issued,
+            expires_unix: expires,
+        }
     }
 
     fn signed(key: &sign::SigningKey, seq: u64, action: Action, expires: u64) -> proto::Assignment {
         let m = manifest(vec![file("a")]);
-        let bytes = m.canonical_bytes();
-        let d = DesiredState {
-            target: "t1".into(),
-            app: "app".into(),
-            action,
-            sequence: seq,
-            bundle_id: crate::sha256_hex(&bytes),
-            deployment_id: "d".into(),
-            issued_unix: 0,
-            expires_unix: expires,
-        };
-        sign_assignment(key, &d, bytes)
+        sign_assignment(key, &desired_for(&m, seq, action, 0, expires), m.canonical_bytes(), &[])
+    }
+
+    fn policy(pk: &[u8], mark: Watermark, now: u64) -> Policy<'_> {
+        Policy { me: "t1", signing_key: pk, mark, now, max_order_lifetime: None, max_order_age: None }
     }
 
     #[test]
     fn verification_refuses_what_it_must() {
-        let key = sign::SigningKey::from_pkcs8(&sign::SigningKey::generate_pkcs8().unwrap()).unwrap();
+        let key = key();
         let pk = key.public_key();
         let mark = Watermark::default();
         let a = signed(&key, 5, Action::Deploy, 100);
-        verify_assignment(&a, &pk, "t1", mark, 50).unwrap();
-        assert!(matches!(verify_assignment(&a, &pk, "t2", mark, 50), Err(BundleError::WrongTarget { .. })));
-        assert!(matches!(verify_assignment(&a, &pk, "t1", mark, 100), Err(BundleError::Expired { .. })));
+        let v = verify_assignment(&a, &policy(&pk, mark, 50)).unwrap();
+        assert_eq!(v.bundle_id, crate::sha256_hex(&a.manifest.as_ref().unwrap().manifest));
+        assert!(v.rotated_to.is_none());
+        let other = Policy { me: "t2", ..policy(&pk, mark, 50) };
+        assert!(matches!(verify_assignment(&a, &other), Err(BundleError::WrongTarget { .. })));
+        assert!(matches!(verify_assignment(&a, &policy(&pk, mark, 100)), Err(BundleError::Expired { .. })));
         let seen = Watermark { last_desired_sequence: 5, current_release_sequence: 0 };
-        assert!(matches!(verify_assignment(&a, &pk, "t1", seen, 50), Err(BundleError::Replay { .. })));
+        assert!(matches!(verify_assignment(&a, &policy(&pk, seen, 50)), Err(BundleError::Replay { .. })));
         let newer = Watermark { last_desired_sequence: 1, current_release_sequence: 1 };
-        assert!(matches!(verify_assignment(&a, &pk, "t1", newer, 50), Err(BundleError::OldRelease { .. })));
+        assert!(matches!(verify_assignment(&a, &policy(&pk, newer, 50)), Err(BundleError::OldRelease { .. })));
         let rb = signed(&key, 6, Action::Rollback, 100);
-        verify_assignment(&rb, &pk, "t1", newer, 50).unwrap();
+        verify_assignment(&rb, &policy(&pk, newer, 50)).unwrap();
         let mut tampered = a.clone();
         tampered.manifest.as_mut().unwrap().manifest[10] ^= 1;
-        assert!(matches!(verify_assignment(&tampered, &pk, "t1", mark, 50), Err(BundleError::Signature(_))));
+        assert!(matches!(verify_assignment(&tampered, &policy(&pk, mark, 50)), Err(BundleError::Signature(_))));
+        // The two signatures cannot be swapped: each is bound to its own kind of document.
+        let mut swapped = a.clone();
+        let (d, m) = (swapped.desired.as_mut().unwrap(), swapped.manifest.as_mut().unwrap());
+        std::mem::swap(&mut d.signature, &mut m.signature);
+        assert!(matches!(verify_assignment(&swapped, &policy(&pk, mark, 50)), Err(BundleError::Signature(_))));
+        // Age and lifetime limits.
+        let limited = Policy { max_order_age: Some(30), ..policy(&pk, mark, 50) };
+        assert!(matches!(verify_assignment(&a, &limited), Err(BundleError::TooOld { age: 50, max: 30 })));
+        let short = Policy { max_order_lifetime: Some(60), ..policy(&pk, mark, 50) };
+        assert!(matches!(verify_assignment(&a, &short), Err(BundleError::TooLong { lifetime: 100, max: 60 })));
+        // Fast-forward: a manifest whose sequence is above its order's.
+        let m = Manifest { sequence: 9, ..manifest(vec![file("a")]) };
+        let ff = sign_assignment(&key, &desired_for(&m, 5, Action::Rollback, 0, 100), m.canonical_bytes(), &[]);
+        assert!(matches!(verify_assignment(&ff, &policy(&pk, mark, 50)), Err(BundleError::FastForward { .. })));
+        // Mix and match: the desired state of one app with the manifest of another.
+        let other_app = Manifest { app: "other".into(), ..manifest(vec![file("a")]) };
+        let mut d = desired_for(&other_app, 5, Action::Deploy, 0, 100);
+        d.app = "app".into();
+        let mixed = sign_assignment(&key, &d, other_app.canonical_bytes(), &[]);
+        assert!(matches!(verify_assignment(&mixed, &policy(&pk, mark, 50)), Err(BundleError::WrongApp { .. })));
+    }
+
+    #[test]
+    fn key_rotation_chains() {
+        let (k1, k2, k3) = (key(), key(), key());
+        let r1 = sign_rotation(&k1, &k2, 1, 10);
+        let r2 = sign_rotation(&k2, &k3, 2, 20);
+        let m = manifest(vec![file("a")]);
+        let d = desired_for(&m, 5, Action::Deploy, 0, 100);
+        let chain = vec![r1.clone(), r2.clone()];
+        let a = sign_assignment(&k3, &d, m.canonical_bytes(), &chain);
+        let pk1 = k1.public_key();
+        // An agent pinned to k1 follows k1 -> k2 -> k3.
+        let v = verify_assignment(&a, &policy(&pk1, Watermark::default(), 50)).unwrap();
+        assert_eq!(v.rotated_to, Some(k3.public_key()));
+        // One pinned to k3 already needs no move.
+        let pk3 = k3.public_key();
+        assert!(verify_assignment(&a, &policy(&pk3, Watermark::default(), 50)).unwrap().rotated_to.is_none());
+        // After moving to k3, a document signed by the rotated-out k1 is refused.
+        let old = sign_assignment(&k1, &d, m.canonical_bytes(), &chain);
+        assert!(matches!(verify_assignment(&old, &policy(&pk3, Watermark::default(), 50)), Err(BundleError::Signature(_))));
+        // A statement the old key did not sign moves nothing: refused.
+        let mallory = key();
+        let mut forged = sign_rotation(&mallory, &mallory, 1, 10);
+        let stmt = KeyRotation { format: 1, number: 1, old_key: hex::encode(&pk1), new_key: hex::encode(mallory.public_key()), issued_unix: 1 };
+        forged.statement = serde_json::to_vec(&stmt).unwrap();
+        forged.new_signature = mallory.sign(Context::KeyRotation, &forged.statement);
+        forged.old_signature = mallory.sign(Context::KeyRotation, &forged.statement);
+        let evil = sign_assignment(&mallory, &d, m.canonical_bytes(), &[forged]);
+        assert!(matches!(verify_assignment(&evil, &policy(&pk1, Watermark::default(), 50)), Err(BundleError::Rotation(_))));
+        // A rotation signature is no document signature and the other way round.
+        let mut crossed = r1.clone();
+        crossed.old_signature = k1.sign(Context::Manifest, &r1.statement);
+        assert!(follow_rotations(&pk1, &[crossed]).is_err());
+        // A loop back is refused.
+        let back = sign_rotation(&k2, &k1, 2, 20);
+        assert!(follow_rotations(&pk1, &[r1, back]).is_err());
     }
 
     #[test]
     fn archive_roundtrip_and_refusals() {
-        let key = sign::SigningKey::from_pkcs8(&sign::SigningKey::generate_pkcs8().unwrap()).unwrap();
-        let a = signed(&key, 5, Action::Deploy, 100);
+        let key = key();
+        let mut a = signed(&key, 5, Action::Deploy, 100);
+        a.rotations = vec![sign_rotation(&key, &key, 1, 1)];
         let digest = "a".repeat(64);
         let buf = write_archive(Vec::new(), &a, std::slice::from_ref(&digest), |_| {
             Ok((3, Box::new(&b"abc"[..]) as Box<dyn Read>))
         })
         .unwrap();
         let mut got = Vec::new();
+        let mut docs = None;
         read_archive(
             &buf[..],
-            |_a| Ok([digest.clone()].into_iter().collect()),
+            |a| {
+                docs = Some(a);
+                Ok([(digest.clone(), 3)].into_iter().collect())
+            },
             |d, r| {
                 let mut v = Vec::new();
                 r.read_to_end(&mut v).unwrap();
@@ -675,6 +1119,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, vec![(digest.clone(), b"abc".to_vec())]);
+        assert_eq!(docs.unwrap(), a, "the documents and the rotation chain come back as written");
+
+        // A blob longer than the manifest says is refused before it is read.
+        let r = read_archive(&buf[..], |_| Ok([(digest.clone(), 2)].into_iter().collect()), |_, _| Ok(()));
+        assert!(matches!(r, Err(BundleError::Archive(m)) if m.contains("endless data")));
 
         // A symlink entry refuses the whole archive.
         let mut tar = tar::Builder::new(Vec::new());
@@ -683,7 +1132,7 @@ mod tests {
         h.set_size(0);
         tar.append_link(&mut h, "blobs/x", "/etc/passwd").unwrap();
         let evil = tar.into_inner().unwrap();
-        let r = read_archive(&evil[..], |_| Ok(BTreeSet::new()), |_, _| Ok(()));
+        let r = read_archive(&evil[..], |_| Ok(Default::default()), |_, _| Ok(()));
         assert!(matches!(r, Err(BundleError::Archive(m)) if m.contains("Symlink")));
     }
 }

@@ -578,7 +578,7 @@ pub mod duration_str {
 /// `1.5s`. Rejects the empty string, bare numbers, negative values and
 /// unknown units.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const HINT: &str = "expected e.g. \"500ms\", \"30s\", \"5m\", \"1h\"";
+    const HINT: &str = "expected e.g. \"500ms\", \"30s\", \"5m\", \"1h\", \"7d\"";
     let t = s.trim();
     if t.is_empty() {
         return Err(format!("empty duration ({HINT})"));
@@ -612,7 +612,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err(bad("missing unit (ms, s, m or h)")),
+            "d" => 86_400_000_000_000,
+            "" => return Err(bad("missing unit (ms, s, m, h or d)")),
             other => return Err(bad(&format!("unknown unit {other:?}"))),
         };
         let too_big = || bad("too large");

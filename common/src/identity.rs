@@ -9,8 +9,11 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// URI SAN of the coordinator's certificate.
 pub const COORDINATOR_URI: &str = "spiffe://dockfra/coordinator";
-/// URI SAN of the operator's admin certificate (the CLI).
+/// URI SAN of the single admin certificate of coordinators initialized before operators had
+/// names; it is honoured as operator `admin` while the store holds its serial.
 pub const ADMIN_URI: &str = "spiffe://dockfra/admin";
+/// The prefix of an operator's URI SAN: `spiffe://dockfra/operator/<name>`.
+pub const OPERATOR_URI_PREFIX: &str = "spiffe://dockfra/operator/";
 /// DNS SAN of the coordinator's certificate; clients verify the server against this name,
 /// whatever address they dialled.
 pub const COORDINATOR_DNS: &str = "coordinator.dockfra";
@@ -20,6 +23,19 @@ pub const TARGET_URI_PREFIX: &str = "spiffe://dockfra/target/";
 /// URI SAN naming a target.
 pub fn target_uri(target: &str) -> String {
     format!("{TARGET_URI_PREFIX}{target}")
+}
+
+/// URI SAN naming an operator.
+pub fn operator_uri(name: &str) -> String {
+    format!("{OPERATOR_URI_PREFIX}{name}")
+}
+
+/// Is `name` a valid operator name: 1–64 of `[a-z0-9._-]`, starting with a letter or digit?
+pub fn is_operator_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
 }
 
 /// DNS SAN of an agent's certificate; the coordinator verifies a push agent against it, so a
@@ -57,6 +73,13 @@ impl CertInfo {
     }
     pub fn has_uri(&self, uri: &str) -> bool {
         self.uris.iter().any(|u| u == uri)
+    }
+    /// The operator this certificate names (the legacy admin certificate names `admin`).
+    pub fn operator(&self) -> Option<&str> {
+        self.uris
+            .iter()
+            .find_map(|u| u.strip_prefix(OPERATOR_URI_PREFIX))
+            .or_else(|| self.has_uri(ADMIN_URI).then_some("admin"))
     }
 }
 
@@ -229,6 +252,169 @@ pub async fn connect(
         .timeout(std::time::Duration::from_secs(3600))
         .connect()
         .await
+}
+
+/// Accepts a server only if its chain verifies under the CA for the expected name AND its
+/// leaf carries the expected serial: the certificate the store holds for that agent, not
+/// any other the CA once issued for it (a superseded one whose key may have leaked).
+#[derive(Debug)]
+struct SerialPinVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    serial: String,
+    seen: Mutex<Option<String>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for SerialPinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let info = cert_info(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.serial_hex.clone());
+        if info.serial_hex != self.serial {
+            return Err(rustls::Error::General(format!(
+                "serial mismatch: presented {}, expected {}",
+                info.serial_hex, self.serial
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Why a pinned dial failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("the agent at {addr} presented certificate serial {presented}, but the store holds {expected} for it (a superseded or foreign certificate)")]
+    Serial { addr: String, presented: String, expected: String },
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// Dials one address with our own TLS (tonic's transport then speaks plain HTTP/2 over it).
+#[derive(Clone)]
+struct PinnedConnector {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    timeout: std::time::Duration,
+}
+
+impl tower_service::Service<http::Uri> for PinnedConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (config, name, timeout) = (self.config.clone(), self.name.clone(), self.timeout);
+        Box::pin(async move {
+            let addr = uri.authority().map(|a| a.to_string()).ok_or_else(|| std::io::Error::other("no authority"))?;
+            let dial = async {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                Ok(hyper_util::rt::TokioIo::new(tls))
+            };
+            tokio::time::timeout(timeout, dial).await.map_err(|_| std::io::Error::other("connect timed out"))?
+        })
+    }
+}
+
+/// Connect over mTLS to `https://host:port`, trusting only `ca_pem`, presenting
+/// `cert_pem`/`key_pem`, and accepting the server only under `server_name` with the leaf
+/// serial `serial` (hex). The handshake happens here, so a wrong serial is an error now, not
+/// on the first call.
+pub async fn connect_pinned(
+    url: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    server_name: &str,
+    serial: &str,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, PinnedError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let bad = |e: &dyn std::fmt::Display| PinnedError::Connect(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| bad(&e))?;
+    let verifier = Arc::new(SerialPinVerifier {
+        inner,
+        serial: serial.to_string(),
+        seen: Mutex::new(None),
+        provider: provider.clone(),
+    });
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| bad(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| bad(&e))?;
+    let addr = authority(url).to_string();
+    let connector = PinnedConnector { config: Arc::new(config), name, timeout };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| bad(&e))?
+        .timeout(std::time::Duration::from_secs(3600));
+    match endpoint.connect_with_connector(connector).await {
+        Ok(ch) => Ok(ch),
+        Err(e) => {
+            let presented = verifier.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match presented {
+                Some(p) if p != serial => Err(PinnedError::Serial { addr, presented: p, expected: serial.to_string() }),
+                _ => {
+                    let mut msg = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        msg.push_str(&format!(": {s}"));
+                        src = s.source();
+                    }
+                    Err(PinnedError::Connect(msg))
+                }
+            }
+        }
+    }
 }
 
 /// host:port of an `https://host:port` URL.

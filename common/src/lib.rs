@@ -6,9 +6,11 @@
 pub mod bundle;
 pub mod compose;
 pub mod config;
+pub mod fault;
 pub mod identity;
 pub mod paths;
 pub mod pkg;
+pub mod runner;
 pub mod sign;
 
 /// Generated from `proto/dockfra/v1/dockfra.proto` — the wire contract.
@@ -50,6 +52,12 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io:
     }
     std::fs::rename(&tmp, path)?;
     fsync_dir(dir)
+}
+
+/// Free (for unprivileged users) and total bytes of the filesystem holding `path`.
+pub fn free_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some((s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize)))
 }
 
 /// fsync a directory so a rename inside it is durable.

@@ -23,29 +23,21 @@ pub trait Shell {
     fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Result<Output>;
 }
 
-/// The real one: std::process, stdin piped when given.
+/// How long one ssh/scp step may take (an upload over a slow link included).
+const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The real one: the shared runner (timeout, the whole process group killed on it, stdin
+/// piped when given).
 pub struct SystemShell;
 
 impl Shell for SystemShell {
     fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Result<Output> {
-        use std::io::Write as _;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run {}", argv[0]))?;
-        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(bytes)?;
+        let mut spec = dockfra_common::runner::CommandSpec::argv(argv).timeout(STEP_TIMEOUT);
+        if let Some(bytes) = stdin {
+            spec = spec.stdin(bytes);
         }
-        let o = child.wait_with_output()?;
-        Ok(Output {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        })
+        let o = dockfra_common::runner::run_blocking(&spec).with_context(|| format!("cannot run {}", argv[0]))?;
+        Ok(Output { code: o.code.unwrap_or(-1), stdout: o.stdout, stderr: o.stderr })
     }
 }
 

@@ -1,7 +1,9 @@
 //! Builds a release manifest for one target from the project's app directory, storing every
 //! file's content in the content-addressed blob store. Pure with respect to the network: it
-//! reads the app dir and writes blobs, nothing else. Signing and sequencing happen in the
-//! server, which owns the store.
+//! reads the app dir and writes blobs, nothing else (the coordinator's engine builds, saves
+//! and pushes images through the one runner, each with a timeout). Signing and sequencing
+//! happen in the server, which owns the store. Synchronous: the server runs it on a blocking
+//! thread.
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,9 +11,30 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use dockfra_common::bundle::{
-    DockerComposeSpec, EntryKind, FileEntry, ImageRef, Manifest, PodmanSpec, SshRawSpec, FORMAT, QUADLET_DIR,
-    RENDERED_DIR,
+    DockerComposeSpec, EntryKind, FileEntry, ImageRef, Manifest, PlatformSpec, PodmanSpec, SshRawSpec, FORMAT,
+    QUADLET_DIR, RENDERED_DIR,
 };
+use dockfra_common::runner::{run_blocking, CommandSpec};
+
+/// How long one `docker build`, `docker save` or `docker push` may take.
+const DOCKER_LONG: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// How long `docker tag` or `docker image inspect` may take.
+const DOCKER_SHORT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Run `docker ARGS…` on the coordinator's engine; `why` says what it is for when docker is
+/// missing. Returns stdout, or an error with the tail of stderr.
+fn docker(args: &[&str], timeout: std::time::Duration, env: &[(&str, &str)], why: &str) -> Result<String> {
+    let mut spec = CommandSpec::new("docker", args).timeout(timeout);
+    for (k, v) in env {
+        spec = spec.var(k, v);
+    }
+    let o = run_blocking(&spec).with_context(|| format!("cannot run docker ({why})"))?;
+    if !o.success() {
+        let err = o.stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        bail!("`{}` failed:\n{}", spec.display(), err.trim());
+    }
+    Ok(o.stdout)
+}
 use dockfra_common::config::{Platform, PlatformConfig, Project, Target};
 use dockfra_common::paths::{Digest, SafeRelPath};
 
@@ -396,25 +419,25 @@ fn build_image(
     if !dir.is_dir() {
         bail!("build.context {} is not a directory", dir.display());
     }
-    let mut cmd = std::process::Command::new("docker");
-    cmd.env("DOCKER_BUILDKIT", "0").args(["build", "-q"]);
+    let mut argv: Vec<String> = vec!["build".into(), "-q".into()];
     if let Some(f) = &dockerfile {
-        cmd.arg("-f").arg(dir.join(f));
+        argv.extend(["-f".into(), dir.join(f).display().to_string()]);
     }
     if let Some(t) = &target {
-        cmd.args(["--target", t]);
+        argv.extend(["--target".into(), t.clone()]);
     }
     for a in &args {
-        cmd.args(["--build-arg", a]);
+        argv.extend(["--build-arg".into(), a.clone()]);
     }
-    cmd.arg(&dir);
-    let o = cmd.output().context("cannot run docker (build: services are built with the coordinator's engine)")?;
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(8).collect();
-        bail!("docker build {} failed:\n{}", dir.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-    }
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    argv.push(dir.display().to_string());
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = docker(
+        &refs,
+        DOCKER_LONG,
+        &[("DOCKER_BUILDKIT", "0")],
+        "build: services are built with the coordinator's engine",
+    )?;
+    let id = out.trim().to_string();
     let hex = id.trim_start_matches("sha256:");
     if hex.len() < 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("docker build printed no image id (got {id:?})");
@@ -431,10 +454,7 @@ fn build_image(
         None => format!("{project}-{}", service.to_ascii_lowercase()),
     };
     let name = format!("{repo}:b-{}", &hex[..12]);
-    let o = std::process::Command::new("docker").args(["tag", &id, &name]).output()?;
-    if !o.status.success() {
-        bail!("docker tag {id} {name} failed: {}", String::from_utf8_lossy(&o.stderr).trim());
-    }
+    docker(&["tag", &id, &name], DOCKER_SHORT, &[], "tagging a built image")?;
     tracing::info!(service, image = %name, "built");
     Ok(name)
 }
@@ -452,19 +472,9 @@ fn push_images(registry: &str, images: &[String], target: &str) -> Result<Vec<(S
             _ => name.as_str(),
         };
         let dest = format!("{}/{bare}", registry.trim_end_matches('/'));
-        for args in [vec!["tag", name.as_str(), dest.as_str()], vec!["push", dest.as_str()]] {
-            let o = std::process::Command::new("docker")
-                .args(&args)
-                .output()
-                .context("cannot run docker (registry: pushes images from the coordinator's engine)")?;
-            if !o.status.success() {
-                bail!(
-                    "target {target:?}: docker {} failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-            }
-        }
+        let why = "registry: pushes images from the coordinator's engine";
+        docker(&["tag", name, &dest], DOCKER_SHORT, &[], why).with_context(|| format!("target {target:?}"))?;
+        docker(&["push", &dest], DOCKER_LONG, &[], why).with_context(|| format!("target {target:?}"))?;
         out.push((name.clone(), dest));
     }
     Ok(out)
@@ -488,21 +498,19 @@ fn rename_images(model: &mut serde_yaml_ng::Value, moved: &[(String, String)]) {
 fn save_images(blobs: &Path, images: &[String], target: &str) -> Result<Vec<ImageRef>> {
     let mut out = Vec::new();
     for (i, name) in images.iter().enumerate() {
-        let inspect = std::process::Command::new("docker")
-            .args(["image", "inspect", "--format", "{{.Id}}", name])
-            .output()
-            .context("cannot run docker (images: bundle saves images from the coordinator's engine)")?;
-        if !inspect.status.success() {
-            bail!(
+        let why = "images: bundle saves images from the coordinator's engine";
+        let id = match docker(&["image", "inspect", "--format", "{{.Id}}", name], DOCKER_SHORT, &[], why) {
+            Ok(out) => out.trim().to_string(),
+            Err(e) if e.to_string().contains("cannot run docker") => return Err(e),
+            Err(_) => bail!(
                 "target {target:?}: image {name} is not in the coordinator's Docker engine (images: bundle ships it from there: build or pull it first)"
-            );
-        }
-        let id = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+            ),
+        };
         let tmp = blobs.join(format!(".save-{}-{i}.tar", std::process::id()));
-        let save = std::process::Command::new("docker").args(["save", "-o"]).arg(&tmp).arg(name).output()?;
-        if !save.status.success() {
+        let tmp_s = tmp.display().to_string();
+        if let Err(e) = docker(&["save", "-o", &tmp_s, name], DOCKER_LONG, &[], why) {
             let _ = std::fs::remove_file(&tmp);
-            bail!("target {target:?}: docker save {name} failed: {}", String::from_utf8_lossy(&save.stderr).trim());
+            return Err(e.context(format!("target {target:?}: docker save {name}")));
         }
         let stored = store_blob(blobs, &tmp);
         let _ = std::fs::remove_file(&tmp);
@@ -524,22 +532,19 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         bail!("{}: app.path {} is not a directory", project.file.display(), app_dir.display());
     }
     let mut rendered: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut podman = None;
-    let (ssh_raw, docker_compose, swarm) = match (&target.platform, &target.config) {
+    // One renderer per platform: each arm makes the manifest's platform section and the files
+    // it renders into the release.
+    let platform = match (&target.platform, &target.config) {
         (
             Platform::SshRaw,
             PlatformConfig::SshRaw { deploy_path, service_manager, service_name, pre_script, post_script },
-        ) => (
-            Some(SshRawSpec {
-                deploy_path: deploy_path.as_ref().map(|p| p.display().to_string()),
-                service_manager: *service_manager,
-                service_name: service_name.clone(),
-                pre_script: pre_script.clone(),
-                post_script: post_script.clone(),
-            }),
-            None,
-            None,
-        ),
+        ) => PlatformSpec::SshRaw(SshRawSpec {
+            deploy_path: deploy_path.as_ref().map(|p| p.display().to_string()),
+            service_manager: *service_manager,
+            service_name: service_name.clone(),
+            pre_script: pre_script.clone(),
+            post_script: post_script.clone(),
+        }),
         (
             Platform::DockerCompose,
             PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy, ship_images, registry },
@@ -556,7 +561,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             }
             escape_dollars(&mut model);
             rendered.push((spec.file.clone(), render_json(&model)));
-            (None, Some(spec), None)
+            PlatformSpec::DockerCompose(spec)
         }
         (
             Platform::Swarm,
@@ -575,7 +580,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             for_swarm(&mut model, *replicas, *update_parallelism, *update_delay);
             escape_dollars(&mut model);
             rendered.push((spec.file.clone(), render_json(&model)));
-            (None, None, Some(spec))
+            PlatformSpec::Swarm(spec)
         }
         (
             Platform::Podman,
@@ -605,15 +610,14 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
                 Some(serde_yaml_ng::Value::Mapping(m)) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
                 _ => Vec::new(),
             };
-            podman = Some(PodmanSpec {
+            PlatformSpec::Podman(PodmanSpec {
                 compose,
                 quadlet_units,
                 services,
                 use_quadlet: *use_quadlet,
                 rootless: *rootless,
                 start_machine: *start_machine,
-            });
-            (None, None, None)
+            })
         }
         (p, _) => bail!(
             "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm, podman)",
@@ -657,17 +661,14 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
     let content_id = dockfra_common::sha256_hex(serde_json::to_string(&content)?.as_bytes());
     let manifest = Manifest {
         format: FORMAT,
+        requires: Vec::new(),
         target: target.id.clone(),
         app: project.app.name.clone(),
         version: version.map(String::from).unwrap_or_else(|| content_id[..12].to_string()),
         sequence,
-        platform: target.platform,
         created_unix: dockfra_common::now_unix(),
+        platform,
         files,
-        ssh_raw,
-        docker_compose,
-        swarm,
-        podman,
         health: target.health.clone(),
         keep_releases: target.keep_releases,
         os: target.os.clone(),

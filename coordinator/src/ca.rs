@@ -30,7 +30,7 @@ pub struct Issued {
 /// Who a leaf certificate is for.
 pub enum Subject<'a> {
     Coordinator,
-    Admin,
+    Operator { name: &'a str },
     Agent { target: &'a str },
 }
 
@@ -80,7 +80,7 @@ impl Ca {
                 identity::COORDINATOR_URI.to_string(),
                 Some(identity::COORDINATOR_DNS.to_string()),
             ),
-            Subject::Admin => ("dockfra admin".to_string(), identity::ADMIN_URI.to_string(), None),
+            Subject::Operator { name } => (format!("dockfra operator {name}"), identity::operator_uri(name), None),
             Subject::Agent { target } => {
                 (format!("dockfra agent {target}"), identity::target_uri(target), Some(identity::agent_dns(target)))
             }
@@ -93,7 +93,11 @@ impl Ca {
         }
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = match subject {
+            // An operator's certificate only ever authenticates a client.
+            Subject::Operator { .. } => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            _ => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        };
         let now = OffsetDateTime::now_utc();
         p.not_before = now - Duration::from_secs(300);
         p.not_after = now + ttl;

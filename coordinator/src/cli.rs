@@ -45,6 +45,10 @@ pub struct Cli {
     /// Address of the running coordinator for CLI commands (default: the one `serve` bound).
     #[arg(long, global = true, env = "DOCKFRA_COORDINATOR")]
     pub coordinator: Option<String>,
+    /// Act as this operator: its credential is <state-dir>/operators/NAME.{crt,key} (default:
+    /// the only one there, or `admin`). Every action is recorded under this name.
+    #[arg(long, global = true, env = "DOCKFRA_OPERATOR")]
+    pub operator: Option<String>,
     /// Log more (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -60,7 +64,8 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a state dir: CA, coordinator certificate, bundle-signing key, SQLite store, admin credential.
+    /// Create a state dir: CA, coordinator certificate, bundle-signing key, SQLite store, and
+    /// the first operator's credential (operators/admin.{crt,key}).
     Init {
         /// gRPC address agents and the CLI use (ADDR:PORT).
         #[arg(long, default_value = "0.0.0.0:7443")]
@@ -68,6 +73,9 @@ pub enum Command {
         /// Lifetime of agent certificates (agents renew at two thirds of it; at least 10s).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         agent_cert_ttl: Duration,
+        /// Name of the first operator.
+        #[arg(long = "first-operator", default_value = "admin")]
+        first_operator: String,
     },
     /// Serve agents and the CLI in the foreground until SIGTERM/SIGINT.
     Serve {
@@ -145,6 +153,29 @@ pub enum Command {
     /// Offline bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Operators: each has a named, revocable credential; every action records who did it.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// The bundle-signing key agents trust.
+    #[command(subcommand, name = "signing-key")]
+    SigningKey(SigningKeyCmd),
+    /// The audit trail, newest first: who did what to which target.
+    Events {
+        target: Option<String>,
+        #[arg(long, default_value = "50")]
+        limit: u32,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Drop releases no agent keeps (beyond each target's keep_releases) and blobs no kept
+    /// release names. Runs by itself after every successful deploy.
+    Gc {
+        /// Say what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print the compose project fully resolved (interpolated, normalized), like `docker compose config`.
     Config {
         /// Compose file (default: compose.yaml / docker-compose.yml in the app dir).
@@ -163,6 +194,43 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCmd {
+    /// Make a credential for operator NAME: a key made here, a certificate from the
+    /// coordinator. Written to --out (default <state-dir>/operators) as NAME.key and NAME.crt.
+    #[command(
+        after_help = "Give the two files (and ca.crt) to the operator; they run the CLI with\n  --state-dir DIR --operator NAME --coordinator HOST:PORT\nwhere DIR holds ca.crt and operators/NAME.{crt,key}."
+    )]
+    Add {
+        name: String,
+        /// How long the credential is valid.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        ttl: Duration,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Re-issue for an existing operator; its old credential stops working at once.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Every operator, with who made it and whether it is revoked.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Revoke NAME's credential (effective at its next call). The last active operator
+    /// cannot be revoked.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SigningKeyCmd {
+    /// The current key's fingerprint and the rotation history.
+    Show,
+    /// Replace the key. The old key signs the new one over; agents accept the new key only
+    /// through that statement, at their next order. The old private key is destroyed.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -224,21 +292,15 @@ pub enum BundleCmd {
         target: String,
         #[arg(short = 'o', long)]
         output: PathBuf,
-        /// How long the bundle's signed order stays valid.
-        #[arg(long, default_value = "7d", value_parser = parse_duration_days)]
+        /// How long the bundle's signed order stays valid (at most 30d; agents refuse
+        /// longer-lived orders unless their max_order_lifetime says otherwise).
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
         expires_in: Duration,
     },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s)
-}
-
-fn parse_duration_days(s: &str) -> Result<Duration, String> {
-    match s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
-        Some(d) => Ok(Duration::from_secs(d * 86400)),
-        None => config::parse_duration(s),
-    }
 }
 
 pub fn main() -> ExitCode {
@@ -280,9 +342,13 @@ fn init_tracing(verbose: u8) {
 pub async fn run(cli: Cli) -> Result<u8> {
     let state = StateDir::new(&cli.state_dir.clone().unwrap_or_else(state::default_state_dir));
     match cli.command {
-        Command::Init { listen, agent_cert_ttl } => {
-            state.init(&listen, agent_cert_ttl)?;
-            println!("initialized {} (gRPC for agents on {listen})", state.root.display());
+        Command::Init { listen, agent_cert_ttl, first_operator } => {
+            state.init(&listen, agent_cert_ttl, &first_operator)?;
+            println!(
+                "initialized {} (gRPC for agents on {listen}); operator {first_operator}'s credential is in {}",
+                state.root.display(),
+                state.operators_dir().display()
+            );
             Ok(exit::OK)
         }
         Command::Serve { root, listen } => {
@@ -313,8 +379,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Demo { keep } => crate::demo::run(keep).await,
         cmd => {
             let url = coordinator_url(&state, cli.coordinator.as_deref())?;
-            let mut c = admin_client(&state, cli.coordinator.as_deref()).await?;
-            admin_command(&mut c, cmd, &url).await
+            let operator = pick_operator(&state, cli.operator.as_deref())?;
+            let mut c = admin_client(&state, cli.coordinator.as_deref(), &operator).await?;
+            admin_command(&mut c, cmd, &url, &state).await
         }
     }
 }
@@ -377,9 +444,31 @@ fn coordinator_url(state: &StateDir, flag: Option<&str>) -> Result<String> {
     Ok(format!("https://{addr}"))
 }
 
-pub async fn admin_client(state: &StateDir, flag: Option<&str>) -> Result<AdminClient<tonic::transport::Channel>> {
+/// Which operator the CLI acts as: --operator, else the only credential in the state dir,
+/// else `admin`.
+pub fn pick_operator(state: &StateDir, flag: Option<&str>) -> Result<String> {
+    if let Some(n) = flag {
+        return Ok(n.to_string());
+    }
+    let names = state.operator_names();
+    match names.as_slice() {
+        [] => bail!(
+            "no operator credential in {} (run `dockfra-coord init`, or put NAME.crt and NAME.key there and pass --operator NAME)",
+            state.operators_dir().display()
+        ),
+        [one] => Ok(one.clone()),
+        many if many.iter().any(|n| n == "admin") => Ok("admin".into()),
+        many => bail!("several operator credentials ({}): pick one with --operator NAME", many.join(", ")),
+    }
+}
+
+pub async fn admin_client(
+    state: &StateDir,
+    flag: Option<&str>,
+    operator: &str,
+) -> Result<AdminClient<tonic::transport::Channel>> {
     let url = coordinator_url(state, flag)?;
-    let (cert, key) = state.admin_identity()?;
+    let (cert, key) = state.operator_identity(operator)?;
     let tls = identity::client_tls(&state.ca_pem()?, &cert, &key, identity::COORDINATOR_DNS);
     let ch = identity::connect(&url, tls, Duration::from_secs(5))
         .await
@@ -400,7 +489,12 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(d)
 }
 
-async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Command, own_url: &str) -> Result<u8> {
+async fn admin_command(
+    c: &mut AdminClient<tonic::transport::Channel>,
+    cmd: Command,
+    own_url: &str,
+    state: &StateDir,
+) -> Result<u8> {
     match cmd {
         Command::Token(TokenCmd::Create { target, ttl }) => {
             let r = c
@@ -464,6 +558,7 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
                     ("RELEASE", "release"),
                     ("VERSION", "version"),
                     ("STATUS", "status"),
+                    ("OPERATOR", "operator"),
                     ("BYTES", "bytes"),
                     ("REASON", "reason"),
                 ],
@@ -637,24 +732,140 @@ async fn admin_command(c: &mut AdminClient<tonic::transport::Channel>, cmd: Comm
             Ok(exit::OK)
         }
         Command::Bundle(BundleCmd::Export { target, output, expires_in }) => {
-            let mut s = c
+            let s = c
                 .export_bundle(proto::ExportRequest { target, expires_in_ms: expires_in.as_millis() as u64 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let mut buf = Vec::new();
-            while let Some(chunk) = s.next().await {
-                buf.extend_from_slice(&chunk.map_err(status_err)?.data);
+            let bytes = receive_to_file(s, &output).await?;
+            eprintln!("wrote {} ({bytes} bytes)", output.display());
+            Ok(exit::OK)
+        }
+        Command::Operator(OperatorCmd::Add { name, ttl, out, replace }) => {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let csr = rcgen::CertificateParams::default().serialize_request(&key)?.pem()?;
+            let r = c
+                .add_operator(proto::AddOperatorRequest { name: name.clone(), csr_pem: csr, ttl_secs: ttl.as_secs(), replace })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let dir = out.unwrap_or_else(|| state.operators_dir());
+            let crt = StateDir::write_credential(&dir, &name, &r.cert_pem, &key.serialize_pem())?;
+            let info = r.operator.unwrap_or_default();
+            println!("operator {name}: credential written to {} (and {name}.key, mode 0600), serial {}", crt.display(), info.serial);
+            Ok(exit::OK)
+        }
+        Command::Operator(OperatorCmd::List { output }) => {
+            let r = c.operators(proto::Empty {}).await.map_err(status_err)?.into_inner();
+            let rows: Vec<serde_json::Value> = r
+                .operators
+                .iter()
+                .map(|o| {
+                    serde_json::json!({"name": o.name, "serial": o.serial, "created_unix": o.created_unix,
+                        "created_by": o.created_by, "expires_unix": o.expires_unix,
+                        "revoked": o.revoked_unix != 0, "you": o.name == r.you})
+                })
+                .collect();
+            print_out(
+                output,
+                &serde_json::json!(rows),
+                &rows,
+                &[("NAME", "name"), ("CREATED BY", "created_by"), ("EXPIRES", "expires_unix"), ("REVOKED", "revoked"), ("YOU", "you")],
+            );
+            Ok(exit::OK)
+        }
+        Command::Operator(OperatorCmd::Revoke { name }) => {
+            c.revoke_operator(proto::OperatorRequest { name: name.clone() }).await.map_err(status_err)?;
+            println!("revoked operator {name}; its next call is refused");
+            Ok(exit::OK)
+        }
+        Command::SigningKey(cmd) => {
+            let r = match cmd {
+                SigningKeyCmd::Show => c.signing_key(proto::Empty {}).await,
+                SigningKeyCmd::Rotate => c.rotate_signing_key(proto::Empty {}).await,
             }
-            dockfra_common::write_atomic(&output, &buf, 0o644)
-                .with_context(|| format!("cannot write {}", output.display()))?;
-            eprintln!("wrote {} ({} bytes)", output.display(), buf.len());
+            .map_err(status_err)?
+            .into_inner();
+            println!("signing key {} ({} rotation(s))", r.fingerprint, r.rotations);
+            println!("history: {}", r.history.join(" -> "));
+            Ok(exit::OK)
+        }
+        Command::Events { target, limit, output } => {
+            let r = c
+                .events(proto::EventsRequest { target: target.unwrap_or_default(), limit })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let rows: Vec<serde_json::Value> = r
+                .events
+                .iter()
+                .map(|e| {
+                    serde_json::json!({"unix_ms": e.unix_ms, "target": e.target, "kind": e.kind,
+                        "operator": e.operator, "message": e.message})
+                })
+                .collect();
+            print_out(
+                output,
+                &serde_json::json!(rows),
+                &rows,
+                &[("TIME", "unix_ms"), ("TARGET", "target"), ("KIND", "kind"), ("OPERATOR", "operator"), ("MESSAGE", "message")],
+            );
+            Ok(exit::OK)
+        }
+        Command::Gc { dry_run, output } => {
+            let r = c.gc(proto::GcRequest { dry_run }).await.map_err(status_err)?.into_inner();
+            let v = serde_json::json!({"dry_run": dry_run, "releases_pruned": r.releases_pruned, "pruned": r.pruned,
+                "blobs_removed": r.blobs_removed, "bytes_freed": r.bytes_freed, "blobs_kept": r.blobs_kept,
+                "bytes_kept": r.bytes_kept});
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                let verb = if dry_run { "would prune" } else { "pruned" };
+                println!("{verb} {} release(s): {}", r.releases_pruned, if r.pruned.is_empty() { "-".into() } else { r.pruned.join(", ") });
+                println!(
+                    "blobs: {} removed ({} bytes), {} kept ({} bytes)",
+                    r.blobs_removed, r.bytes_freed, r.blobs_kept, r.bytes_kept
+                );
+            }
             Ok(exit::OK)
         }
         Command::Init { .. } | Command::Serve { .. } | Command::Config { .. } | Command::Demo { .. } => {
             unreachable!("handled before connecting")
         }
     }
+}
+
+/// Write a stream of chunks to `output` as they arrive (never all in memory): a temp file
+/// beside it, fsynced and renamed in only when the stream ended well; removed otherwise.
+async fn receive_to_file(mut s: tonic::Streaming<proto::BlobChunk>, output: &Path) -> Result<u64> {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut n = 0u64;
+        let mut done = false;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(status_err)?;
+            f.write_all(&chunk.data).await?;
+            n += chunk.data.len() as u64;
+            if chunk.last {
+                done = true;
+                break;
+            }
+        }
+        anyhow::ensure!(done, "the coordinator ended the stream before the bundle was complete");
+        f.sync_all().await?;
+        std::fs::rename(&tmp, output).with_context(|| format!("cannot write {}", output.display()))?;
+        dockfra_common::fsync_dir(dir)?;
+        Ok(n)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn json(r: Result<tonic::Response<proto::JsonReply>, tonic::Status>) -> Result<serde_json::Value> {

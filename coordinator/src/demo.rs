@@ -76,7 +76,7 @@ async fn demo(base: &Path) -> Result<u8> {
 
     step("init: CA, coordinator certificate, signing key, SQLite store").await;
     let state = StateDir::new(&base.join("coordinator"));
-    state.init("127.0.0.1:0", Duration::from_secs(86400))?;
+    state.init("127.0.0.1:0", Duration::from_secs(86400), "admin")?;
     println!("state dir {}", state.root.display());
 
     let coord = crate::server::Coordinator::open(StateDir::new(&state.root), cli::project_file(&project)?)?;
@@ -98,7 +98,7 @@ async fn demo(base: &Path) -> Result<u8> {
     }
     let addr = std::fs::read_to_string(state.serve_addr_file())?;
     println!("coordinator serving gRPC (mTLS) on {addr}");
-    let mut admin = cli::admin_client(&state, None).await?;
+    let mut admin = cli::admin_client(&state, None, "admin").await?;
 
     step("enroll: one-time join token, agent key made locally, certificate for target `local`").await;
     let token = admin

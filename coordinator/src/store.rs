@@ -1,6 +1,11 @@
-//! The coordinator's state in SQLite (WAL): agents, certificates, join tokens, releases,
-//! deployments, desired states and the event log (the audit trail). Schema migrations run at
-//! open, keyed by `PRAGMA user_version`. Nothing else opens the database.
+//! The coordinator's state in SQLite (WAL): agents, certificates, join tokens, operators,
+//! releases, deployments, desired states and the event log (the audit trail, with the
+//! operator who acted). Schema migrations run at open, keyed by `PRAGMA user_version`.
+//! Nothing else opens the database.
+//!
+//! Writes that outsiders can cause are bounded here, in one place: event text is sanitized
+//! (no control characters) and truncated, and the event log keeps its newest
+//! [`MAX_EVENTS`] rows.
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -16,8 +21,23 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-const DEPLOYMENT_COLUMNS: &str =
-    "SELECT id, target, action, bundle_id, release, version, status, reason, bytes, started_unix, finished_unix FROM deployments";
+const DEPLOYMENT_COLUMNS: &str = "SELECT id, target, action, bundle_id, release, version, status, reason, bytes, \
+     started_unix, finished_unix, operator, attempts, sequence FROM deployments";
+
+/// The event log keeps this many rows (the oldest go first).
+pub const MAX_EVENTS: i64 = 200_000;
+/// Longest event message kept (characters).
+pub const MAX_EVENT_TEXT: usize = 2000;
+
+/// Text from outside, made safe to store and print: control characters become spaces and
+/// it is cut at `max` characters.
+pub fn sanitize(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).map(|c| if c.is_control() && c != '\n' { ' ' } else { c }).collect();
+    if s.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -46,6 +66,18 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE events (
         id INTEGER PRIMARY KEY AUTOINCREMENT, unix_ms INTEGER NOT NULL, target TEXT NOT NULL,
         kind TEXT NOT NULL, message TEXT NOT NULL);",
+    // 2: named operators, the operator in the audit trail, delivery attempts, pruned releases.
+    "CREATE TABLE operators (
+        name TEXT PRIMARY KEY, serial TEXT NOT NULL, created_unix INTEGER NOT NULL, created_by TEXT NOT NULL,
+        not_after INTEGER NOT NULL, revoked_unix INTEGER);
+     ALTER TABLE events ADD COLUMN operator TEXT NOT NULL DEFAULT '';
+     ALTER TABLE deployments ADD COLUMN operator TEXT NOT NULL DEFAULT '';
+     ALTER TABLE deployments ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE deployments ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE releases ADD COLUMN pruned_unix INTEGER;
+     CREATE INDEX events_target ON events(target, id);
+     CREATE INDEX deployments_open ON deployments(target) WHERE finished_unix IS NULL;
+     CREATE INDEX releases_target ON releases(target, sequence);",
 ];
 
 pub struct Store {
@@ -77,6 +109,33 @@ pub struct DeploymentRow {
     pub bytes: u64,
     pub started_unix: i64,
     pub finished_unix: Option<i64>,
+    /// Who asked for it (empty for deployments from before operators were named).
+    pub operator: String,
+    /// How often the order was handed to the agent.
+    pub attempts: u32,
+    /// The sequence of its signed order (the agent's floor passes it once it took the order).
+    pub sequence: u64,
+}
+
+/// An operator's credential.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorRow {
+    pub name: String,
+    pub serial: String,
+    pub created_unix: i64,
+    pub created_by: String,
+    pub not_after: i64,
+    pub revoked_unix: Option<i64>,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub unix_ms: i64,
+    pub target: String,
+    pub kind: String,
+    pub message: String,
+    pub operator: String,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +147,8 @@ pub struct ReleaseRow {
     pub version: String,
     pub release: String,
     pub manifest: Vec<u8>,
+    /// Set when garbage collection dropped its blobs: it can no longer be sent.
+    pub pruned_unix: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,24 +200,111 @@ impl Store {
         Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
+    /// An event the coordinator or an agent caused (no operator).
     pub fn event(&self, target: &str, kind: &str, message: &str) -> Result<()> {
+        self.event_by(target, kind, message, "")
+    }
+
+    /// An audit event; `operator` names who acted. Text is sanitized and bounded here.
+    pub fn event_by(&self, target: &str, kind: &str, message: &str, operator: &str) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO events (unix_ms, target, kind, message) VALUES (?1, ?2, ?3, ?4)",
-            params![dockfra_common::now_unix_ms() as i64, target, kind, message],
+            "INSERT INTO events (unix_ms, target, kind, message, operator) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                dockfra_common::now_unix_ms() as i64,
+                sanitize(target, 128),
+                sanitize(kind, 64),
+                sanitize(message, MAX_EVENT_TEXT),
+                sanitize(operator, 128)
+            ],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        if id % 1000 == 0 {
+            self.conn.execute("DELETE FROM events WHERE id <= ?1", [id - MAX_EVENTS])?;
+        }
+        Ok(())
+    }
+
+    pub fn events(&self, target: Option<&str>, limit: u32) -> Result<Vec<EventRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT unix_ms, target, kind, message, operator FROM events WHERE (?1 IS NULL OR target = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![target, limit], |r| {
+            Ok(EventRow {
+                unix_ms: r.get(0)?,
+                target: r.get(1)?,
+                kind: r.get(2)?,
+                message: r.get(3)?,
+                operator: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub fn event_count(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?)
+    }
+
+    // ---------------------------------------------------------------- operators
+
+    /// Record an operator's (new) certificate; a name that exists gets the new serial, so its
+    /// old certificate stops working at once.
+    pub fn put_operator(&self, name: &str, serial: &str, created_by: &str, not_after: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO operators (name, serial, created_unix, created_by, not_after) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET serial = ?2, created_unix = ?3, created_by = ?4, not_after = ?5, revoked_unix = NULL",
+            params![name, serial, dockfra_common::now_unix() as i64, created_by, not_after],
         )?;
         Ok(())
     }
 
-    pub fn events(&self, target: Option<&str>, limit: u32) -> Result<Vec<serde_json::Value>> {
+    fn operator_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRow> {
+        Ok(OperatorRow {
+            name: r.get(0)?,
+            serial: r.get(1)?,
+            created_unix: r.get(2)?,
+            created_by: r.get(3)?,
+            not_after: r.get(4)?,
+            revoked_unix: r.get(5)?,
+        })
+    }
+
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, serial, created_unix, created_by, not_after, revoked_unix FROM operators WHERE name = ?1",
+                [name],
+                Self::operator_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn operators(&self) -> Result<Vec<OperatorRow>> {
         let mut st = self.conn.prepare(
-            "SELECT unix_ms, target, kind, message FROM events WHERE (?1 IS NULL OR target = ?1)
-             ORDER BY id DESC LIMIT ?2",
+            "SELECT name, serial, created_unix, created_by, not_after, revoked_unix FROM operators ORDER BY name",
         )?;
-        let rows = st.query_map(params![target, limit], |r| {
-            Ok(serde_json::json!({"unix_ms": r.get::<_, i64>(0)?, "target": r.get::<_, String>(1)?,
-                "kind": r.get::<_, String>(2)?, "message": r.get::<_, String>(3)?}))
-        })?;
+        let rows = st.query_map([], Self::operator_from_row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Is `serial` the live certificate of operator `name`?
+    pub fn operator_active(&self, name: &str, serial: &str) -> Result<bool> {
+        Ok(self.operator(name)?.is_some_and(|o| {
+            o.revoked_unix.is_none() && o.serial == serial && o.not_after > dockfra_common::now_unix() as i64
+        }))
+    }
+
+    pub fn revoke_operator(&self, name: &str) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE operators SET revoked_unix = ?2 WHERE name = ?1 AND revoked_unix IS NULL",
+            params![name, dockfra_common::now_unix() as i64],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn active_operators(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM operators WHERE revoked_unix IS NULL", [], |r| r.get(0))?)
     }
 
     // ---------------------------------------------------------------- tokens
@@ -292,23 +440,30 @@ impl Store {
             "SELECT target, serial, cert_not_after, enrolled_unix, revoked, last_seen_unix, facts_json, status_json
              FROM agents ORDER BY target",
         )?;
-        let rows = st.query_map([], |r| {
-            Ok(AgentRow {
-                target: r.get(0)?,
-                serial: r.get(1)?,
-                cert_not_after: r.get(2)?,
-                enrolled_unix: r.get(3)?,
-                revoked: r.get::<_, i64>(4)? != 0,
-                last_seen_unix: r.get(5)?,
-                facts: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
-                status: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
-            })
-        })?;
+        let rows = st.query_map([], Self::agent_from_row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
+    /// One target's agent (an indexed lookup, not a scan).
     pub fn agent(&self, target: &str) -> Result<Option<AgentRow>> {
-        Ok(self.agents()?.into_iter().find(|a| a.target == target))
+        let mut st = self.conn.prepare(
+            "SELECT target, serial, cert_not_after, enrolled_unix, revoked, last_seen_unix, facts_json, status_json
+             FROM agents WHERE target = ?1",
+        )?;
+        Ok(st.query_row([target], Self::agent_from_row).optional()?)
+    }
+
+    fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+        Ok(AgentRow {
+            target: r.get(0)?,
+            serial: r.get(1)?,
+            cert_not_after: r.get(2)?,
+            enrolled_unix: r.get(3)?,
+            revoked: r.get::<_, i64>(4)? != 0,
+            last_seen_unix: r.get(5)?,
+            facts: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
+            status: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+        })
     }
 
     // ---------------------------------------------------------------- releases and desired state
@@ -341,6 +496,7 @@ impl Store {
             version: r.get(4)?,
             release: r.get(5)?,
             manifest: r.get(6)?,
+            pruned_unix: r.get(7)?,
         })
     }
 
@@ -348,7 +504,8 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT bundle_id, target, app, sequence, version, release, manifest FROM releases WHERE bundle_id = ?1",
+                "SELECT bundle_id, target, app, sequence, version, release, manifest, pruned_unix FROM releases
+                 WHERE bundle_id = ?1",
                 [bundle_id],
                 Self::release_from_row,
             )
@@ -359,12 +516,30 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT bundle_id, target, app, sequence, version, release, manifest FROM releases
+                "SELECT bundle_id, target, app, sequence, version, release, manifest, pruned_unix FROM releases
                  WHERE target = ?1 AND (release = ?2 OR bundle_id = ?2)",
                 params![target, release],
                 Self::release_from_row,
             )
             .optional()?)
+    }
+
+    /// Releases whose blobs are still stored, newest first per target.
+    pub fn live_releases(&self) -> Result<Vec<ReleaseRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT bundle_id, target, app, sequence, version, release, manifest, pruned_unix FROM releases
+             WHERE pruned_unix IS NULL ORDER BY target, sequence DESC",
+        )?;
+        let rows = st.query_map([], Self::release_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub fn mark_pruned(&self, bundle_id: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE releases SET pruned_unix = ?2 WHERE bundle_id = ?1",
+            params![bundle_id, dockfra_common::now_unix() as i64],
+        )?;
+        Ok(())
     }
 
     pub fn set_desired(&self, target: &str, d: &DesiredRow) -> Result<()> {
@@ -398,23 +573,51 @@ impl Store {
 
     pub fn add_deployment(&self, d: &DeploymentRow) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO deployments (id, target, action, bundle_id, release, version, status, reason, started_unix)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![d.id, d.target, d.action, d.bundle_id, d.release, d.version, d.status, d.reason, d.started_unix],
+            "INSERT INTO deployments (id, target, action, bundle_id, release, version, status, reason, started_unix,
+                operator, sequence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                d.id,
+                d.target,
+                d.action,
+                d.bundle_id,
+                d.release,
+                d.version,
+                d.status,
+                d.reason,
+                d.started_unix,
+                d.operator,
+                d.sequence as i64
+            ],
         )?;
         Ok(())
     }
 
     /// Move a deployment to a new status. Final statuses set `finished_unix`; a final status is
-    /// never overwritten.
-    pub fn update_deployment(&self, id: &str, status: &str, reason: &str, done: bool, bytes: u64) -> Result<()> {
-        self.conn.execute(
+    /// never overwritten. Returns whether the row changed (false: unknown, or already final).
+    pub fn update_deployment(&self, id: &str, status: &str, reason: &str, done: bool, bytes: u64) -> Result<bool> {
+        let n = self.conn.execute(
             "UPDATE deployments SET status = ?2, reason = ?3, bytes = MAX(bytes, ?6),
                 finished_unix = CASE WHEN ?4 THEN ?5 ELSE finished_unix END
              WHERE id = ?1 AND finished_unix IS NULL",
-            params![id, status, reason, done, dockfra_common::now_unix() as i64, bytes as i64],
+            params![id, status, sanitize(reason, MAX_EVENT_TEXT), done, dockfra_common::now_unix() as i64, bytes as i64],
         )?;
-        Ok(())
+        Ok(n > 0)
+    }
+
+    /// Count one more hand-out of a deployment's order; returns the new count.
+    pub fn bump_attempts(&self, id: &str) -> Result<u32> {
+        self.conn.execute("UPDATE deployments SET attempts = attempts + 1 WHERE id = ?1", [id])?;
+        Ok(self.conn.query_row("SELECT attempts FROM deployments WHERE id = ?1", [id], |r| r.get(0)).optional()?.unwrap_or(0))
+    }
+
+    /// Deployments not in a final state (all targets, or one).
+    pub fn open_deployments(&self, target: Option<&str>) -> Result<Vec<DeploymentRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "{DEPLOYMENT_COLUMNS} WHERE finished_unix IS NULL AND (?1 IS NULL OR target = ?1) ORDER BY started_unix"
+        ))?;
+        let rows = st.query_map(params![target], Self::deployment_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     pub fn deployment(&self, id: &str) -> Result<Option<DeploymentRow>> {
@@ -435,6 +638,9 @@ impl Store {
             bytes: r.get::<_, i64>(8)? as u64,
             started_unix: r.get(9)?,
             finished_unix: r.get(10)?,
+            operator: r.get(11)?,
+            attempts: r.get(12)?,
+            sequence: r.get::<_, i64>(13)? as u64,
         })
     }
 
@@ -484,6 +690,9 @@ mod tests {
             bytes: 0,
             started_unix: 1,
             finished_unix: None,
+            operator: "alice".into(),
+            attempts: 0,
+            sequence: 1,
         };
         s.add_deployment(&d).unwrap();
         s.update_deployment("d1", "succeeded", "ok", true, 42).unwrap();
@@ -491,7 +700,13 @@ mod tests {
         let got = s.deployment("d1").unwrap().unwrap();
         assert_eq!((got.status.as_str(), got.bytes), ("succeeded", 42));
         assert!(got.finished_unix.is_some());
+        assert_eq!(got.operator, "alice");
         assert!(s.deployment("nope").unwrap().is_none());
+        // Outsiders' text is bounded and sanitized.
+        s.event("t\u{1b}[31m", "enroll-refused", &"x\u{7}".repeat(5000)).unwrap();
+        let e = &s.events(None, 1).unwrap()[0];
+        assert_eq!(e.target, "t [31m");
+        assert!(e.message.chars().count() <= MAX_EVENT_TEXT + 1 && !e.message.contains('\u{7}'));
         // Reopening runs no migration twice.
         drop(s);
         let s = Store::open(&dir.join("db")).unwrap();

@@ -22,10 +22,9 @@ fn rewrite_bundle(
     dockfra_common::bundle::read_archive(
         std::fs::File::open(src).unwrap(),
         |a| {
-            let m: dockfra_common::bundle::Manifest =
-                serde_json::from_slice(&a.manifest.as_ref().unwrap().manifest).unwrap();
+            let m = dockfra_common::bundle::Manifest::parse(&a.manifest.as_ref().unwrap().manifest).unwrap();
             docs = Some(a);
-            Ok(m.digests().into_iter().collect())
+            Ok(m.blob_sizes())
         },
         |d, r| {
             let mut v = Vec::new();
@@ -142,23 +141,28 @@ fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
     for (i, (name, files, expect)) in cases.into_iter().enumerate() {
         let m = Manifest {
             format: bundle::FORMAT,
+            requires: vec![],
             target: "edge-offline".into(),
             app: "web".into(),
             version: name.into(),
             sequence: 1000 + i as u64,
-            platform: dockfra_common::config::Platform::SshRaw,
             created_unix: 0,
+            platform: bundle::PlatformSpec::SshRaw(bundle::SshRawSpec {
+                deploy_path: None,
+                service_manager: dockfra_common::config::ServiceManager::None,
+                service_name: None,
+                pre_script: None,
+                post_script: None,
+            }),
             files,
-            ssh_raw: None,
-            docker_compose: None,
-            swarm: None,
-            podman: None,
             health: None,
             keep_releases: 5,
             os: None,
         };
         let bytes = m.canonical_bytes();
         let d = DesiredState {
+            format: bundle::FORMAT,
+            requires: vec![],
             target: "edge-offline".into(),
             app: "web".into(),
             action: Action::Deploy,
@@ -168,7 +172,7 @@ fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
             issued_unix: dockfra_common::now_unix(),
             expires_unix: dockfra_common::now_unix() + 600,
         };
-        let a = bundle::sign_assignment(&key, &d, bytes);
+        let a = bundle::sign_assignment(&key, &d, bytes, &[]);
         let out = bundle::write_archive(Vec::new(), &a, std::slice::from_ref(&digest), |_| {
             Ok((1, Box::new(std::io::Cursor::new(blob.clone())) as Box<dyn std::io::Read>))
         })

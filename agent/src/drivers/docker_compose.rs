@@ -11,10 +11,10 @@ use crate::runner::{CommandSpec, RunError};
 pub struct DockerCompose;
 
 fn spec<'a>(ctx: &'a StepCtx<'_>) -> Result<&'a dockfra_common::bundle::DockerComposeSpec, DriverError> {
-    ctx.manifest
-        .docker_compose
-        .as_ref()
-        .ok_or_else(|| DriverError::Invalid("docker_compose manifest without its docker_compose section".into()))
+    match &ctx.manifest.platform {
+        dockfra_common::bundle::PlatformSpec::DockerCompose(s) => Ok(s),
+        other => Err(DriverError::Invalid(format!("the docker_compose driver got a {} manifest", other.platform()))),
+    }
 }
 
 /// `docker compose -p P -f FILE --project-directory DIR ARGS…`
@@ -115,6 +115,14 @@ impl Driver for DockerCompose {
         Ok(())
     }
 
+    async fn health(&self, ctx: &StepCtx<'_>) -> Option<String> {
+        let s = spec(ctx).ok()?;
+        Some(match crate::engine::compose_containers(&s.project).await {
+            Ok(cs) => crate::engine::compose_health(&cs),
+            Err(e) => format!("unknown: {e}"),
+        })
+    }
+
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
         run(ctx, "compose down", &["down", "--remove-orphans", "--timeout", "10"]).await
     }
@@ -145,7 +153,7 @@ mod tests {
     #[tokio::test]
     async fn argv_is_the_compose_cli() {
         let m = Manifest {
-            docker_compose: Some(DockerComposeSpec {
+            platform: dockfra_common::bundle::PlatformSpec::DockerCompose(DockerComposeSpec {
                 project: "shop".into(),
                 file: ".dockfra/compose.yaml".into(),
                 wait_timeout_secs: 30,

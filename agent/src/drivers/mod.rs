@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use dockfra_common::bundle::{ImageRef, Manifest};
-use dockfra_common::config::Platform;
+use dockfra_common::bundle::{ImageRef, Manifest, PlatformSpec};
 
 use crate::runner::{RunError, Runner};
 
@@ -33,8 +32,6 @@ pub enum DriverError {
     Run { step: &'static str, source: RunError },
     #[error("{step}: `{command}` exited with {code:?}: {tail}")]
     Failed { step: &'static str, command: String, code: Option<i32>, tail: String },
-    #[error("platform {0} is not supported by this agent yet")]
-    Unsupported(&'static str),
     #[error("{0}")]
     Invalid(String),
 }
@@ -58,6 +55,12 @@ pub trait Driver: Send + Sync {
     async fn remove_images(&self, _ctx: &StepCtx<'_>, _images: &[ImageRef]) -> (Vec<String>, Vec<String>) {
         (Vec::new(), Vec::new())
     }
+    /// Live health of the release between deploys (`status`), when the platform can tell:
+    /// `healthy`, `starting`, `unhealthy: …`, or `unknown: …`. `None`: only what the last
+    /// deploy saw is known.
+    async fn health(&self, _ctx: &StepCtx<'_>) -> Option<String> {
+        None
+    }
 }
 
 /// Run one step's command through the runner; a non-zero exit is a [`DriverError::Failed`]
@@ -74,36 +77,87 @@ pub(crate) async fn run_step(
     Ok(())
 }
 
-pub fn for_platform(p: Platform) -> Result<Box<dyn Driver>, DriverError> {
+/// The driver for a manifest's platform section: one arm per [`PlatformSpec`] variant.
+pub fn for_spec(p: &PlatformSpec) -> Box<dyn Driver> {
     match p {
-        Platform::SshRaw => Ok(Box::new(ssh_raw::SshRaw)),
-        Platform::DockerCompose => Ok(Box::new(docker_compose::DockerCompose)),
-        Platform::Swarm => Ok(Box::new(swarm::Swarm)),
-        Platform::Podman => Ok(Box::new(podman::Podman)),
-        other => Err(DriverError::Unsupported(other.as_str())),
+        PlatformSpec::SshRaw(_) => Box::new(ssh_raw::SshRaw),
+        PlatformSpec::DockerCompose(_) => Box::new(docker_compose::DockerCompose),
+        PlatformSpec::Swarm(_) => Box::new(swarm::Swarm),
+        PlatformSpec::Podman(_) => Box::new(podman::Podman),
     }
 }
 
-/// A manifest for unit tests: `platform`, app `web`, no platform section, nothing else set.
+/// The platform kinds this agent has a driver for (reported in its facts).
+pub fn platforms() -> Vec<String> {
+    PlatformSpec::KINDS.iter().map(|k| k.to_string()).collect()
+}
+
+/// A manifest for unit tests: `platform` with an empty section, app `web`, nothing else set.
 #[cfg(test)]
 pub(crate) fn test_manifest(platform: dockfra_common::config::Platform) -> Manifest {
+    use dockfra_common::bundle::{DockerComposeSpec, PlatformSpec, PodmanSpec, SshRawSpec};
+    use dockfra_common::config::Platform as P;
+    let compose = DockerComposeSpec { project: "web".into(), file: "f".into(), wait_timeout_secs: 1, images: vec![] };
+    let spec = match platform {
+        P::DockerCompose => PlatformSpec::DockerCompose(compose),
+        P::Swarm => PlatformSpec::Swarm(compose),
+        P::Podman => PlatformSpec::Podman(PodmanSpec {
+            compose,
+            quadlet_units: vec![],
+            services: vec![],
+            use_quadlet: false,
+            rootless: false,
+            start_machine: false,
+        }),
+        _ => PlatformSpec::SshRaw(SshRawSpec {
+            deploy_path: None,
+            service_manager: dockfra_common::config::ServiceManager::None,
+            service_name: None,
+            pre_script: None,
+            post_script: None,
+        }),
+    };
     Manifest {
         format: dockfra_common::bundle::FORMAT,
+        requires: vec![],
         target: "t".into(),
         app: "web".into(),
         version: "v".into(),
         sequence: 1,
-        platform,
         created_unix: 0,
+        platform: spec,
         files: vec![],
-        ssh_raw: None,
-        docker_compose: None,
-        swarm: None,
-        podman: None,
         health: None,
         keep_releases: 5,
         os: None,
     }
+}
+
+/// A verified pair around `m` for unit tests (signatures not made: nothing here checks them).
+#[cfg(test)]
+pub(crate) fn verified(m: Manifest) -> dockfra_common::bundle::Verified {
+    use dockfra_common::bundle::{Action, DesiredState, SignedDocs, Verified};
+    let bytes = m.canonical_bytes();
+    let bundle_id = dockfra_common::sha256_hex(&bytes);
+    let desired = DesiredState {
+        format: dockfra_common::bundle::FORMAT,
+        requires: vec![],
+        target: m.target.clone(),
+        app: m.app.clone(),
+        action: Action::Deploy,
+        sequence: m.sequence,
+        bundle_id: bundle_id.clone(),
+        deployment_id: "d-test".into(),
+        issued_unix: 0,
+        expires_unix: u64::MAX,
+    };
+    let signed = SignedDocs {
+        desired: serde_json::to_vec(&desired).unwrap(),
+        desired_signature: vec![],
+        manifest: bytes,
+        manifest_signature: vec![],
+    };
+    Verified { desired, manifest: m, bundle_id, signed, rotated_to: None }
 }
 
 /// A step context for driver unit tests: fixed paths, the given manifest and runner.

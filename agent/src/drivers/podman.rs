@@ -29,10 +29,10 @@ fn marker(project: &str) -> String {
 }
 
 fn spec<'a>(ctx: &'a StepCtx<'_>) -> Result<&'a PodmanSpec, DriverError> {
-    ctx.manifest
-        .podman
-        .as_ref()
-        .ok_or_else(|| DriverError::Invalid("podman manifest without its podman section".into()))
+    match &ctx.manifest.platform {
+        dockfra_common::bundle::PlatformSpec::Podman(s) => Ok(s),
+        other => Err(DriverError::Invalid(format!("the podman driver got a {} manifest", other.platform()))),
+    }
 }
 
 fn podman(args: &[&str]) -> CommandSpec {
@@ -489,6 +489,14 @@ impl Driver for Podman {
             }
         }
         (gone, kept)
+    }
+
+    async fn health(&self, ctx: &StepCtx<'_>) -> Option<String> {
+        let s = spec(ctx).ok()?;
+        Some(match project_health(ctx.runner, &s.compose.project, &s.services, false).await {
+            Ok(h) => h,
+            Err(e) => format!("unknown: {e}"),
+        })
     }
 
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {

@@ -9,10 +9,10 @@ use crate::runner::CommandSpec;
 pub struct SshRaw;
 
 fn spec<'a>(ctx: &'a StepCtx<'_>) -> Result<&'a dockfra_common::bundle::SshRawSpec, DriverError> {
-    ctx.manifest
-        .ssh_raw
-        .as_ref()
-        .ok_or_else(|| DriverError::Invalid("ssh_raw manifest without its ssh_raw section".into()))
+    match &ctx.manifest.platform {
+        dockfra_common::bundle::PlatformSpec::SshRaw(s) => Ok(s),
+        other => Err(DriverError::Invalid(format!("the ssh_raw driver got a {} manifest", other.platform()))),
+    }
 }
 
 /// The argv that restarts `name` under `manager`, or None for `none`.
@@ -104,7 +104,7 @@ mod tests {
     fn manifest(m: ServiceManager) -> Manifest {
         Manifest {
             app: "myapp".into(),
-            ssh_raw: Some(SshRawSpec {
+            platform: dockfra_common::bundle::PlatformSpec::SshRaw(SshRawSpec {
                 deploy_path: None,
                 service_manager: m,
                 service_name: None,

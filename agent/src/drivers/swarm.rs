@@ -11,7 +11,10 @@ use crate::runner::CommandSpec;
 pub struct Swarm;
 
 fn spec<'a>(ctx: &'a StepCtx<'_>) -> Result<&'a dockfra_common::bundle::DockerComposeSpec, DriverError> {
-    ctx.manifest.swarm.as_ref().ok_or_else(|| DriverError::Invalid("swarm manifest without its swarm section".into()))
+    match &ctx.manifest.platform {
+        dockfra_common::bundle::PlatformSpec::Swarm(s) => Ok(s),
+        other => Err(DriverError::Invalid(format!("the swarm driver got a {} manifest", other.platform()))),
+    }
 }
 
 async fn docker(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {
@@ -68,6 +71,14 @@ impl Driver for Swarm {
 
     /// `stack rm` returns before the stack's networks are gone; a deploy right after would
     /// meet them half-removed, so wait (up to 30 s) until none is left.
+    async fn health(&self, ctx: &StepCtx<'_>) -> Option<String> {
+        let s = spec(ctx).ok()?;
+        Some(match crate::engine::stack_state(&s.project).await {
+            Ok((services, tasks)) => crate::engine::stack_health(&services, &tasks),
+            Err(e) => format!("unknown: {e}"),
+        })
+    }
+
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
         let stack = &spec(ctx)?.project;
         docker(ctx, "stack rm", &["stack", "rm", stack]).await?;

@@ -1,0 +1,631 @@
+//! The coordinator's server: gRPC over mTLS for agents (Enrollment, Fleet) and for operators
+//! (Admin), and the push sessions that dial agents.
+//!
+//! - Authorization lives in one interceptor per service (`auth`): a Fleet handler only runs
+//!   with a verified [`AgentPeer`], an Admin handler with a verified [`OperatorPeer`], and
+//!   Enroll calls are rate-limited per source address. Certificates are checked against the
+//!   store on every call, so a revocation takes effect at the next one.
+//! - Errors reach clients through one mapping (`crate::error`): internal causes are logged
+//!   under an incident id and never sent.
+//! - Blocking work (builds, `docker save`, exports) runs on blocking threads with timeouts;
+//!   a panicking request is answered with INTERNAL and the server goes on.
+//! - Every order's deployment row reaches a final state: a result from the agent (reported,
+//!   re-reported from its outbox, or read from its recent results), `refused` up front when
+//!   the agent cannot take it, `superseded` when a newer order replaced it before the agent
+//!   took it, `interrupted` when the coordinator restarted and no agent is working on it.
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{broadcast, mpsc};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::Status;
+
+use dockfra_common::bundle::{self, Action, DesiredState, Manifest};
+use dockfra_common::config::{self, Project, Target};
+use dockfra_common::proto::{self, admin_server, enrollment_server, fleet_server};
+use dockfra_common::sign::SigningKey;
+
+use crate::builder;
+use crate::ca::Ca;
+use crate::error::{CoordError, Result};
+use crate::state::{CoordSettings, StateDir};
+use crate::store::{DeploymentRow, DesiredRow, ReleaseRow, Store};
+
+mod admin;
+mod auth;
+mod enroll;
+mod fleet;
+mod layers;
+mod push;
+
+pub use auth::{AgentPeer, OperatorPeer};
+
+/// How long a signed desired state stays valid once handed out.
+const DESIRED_TTL: Duration = Duration::from_secs(600);
+/// An offline bundle may be exported for at most this long (agents refuse longer by default).
+pub const MAX_EXPORT_TTL: Duration = Duration::from_secs(30 * 86400);
+const CHUNK: usize = 256 * 1024;
+/// An order handed out this often without a result is given up (a failing transfer).
+const MAX_ATTEMPTS: u32 = 10;
+
+/// The signing key and the chain of rotations that leads to it.
+struct Keys {
+    current: Arc<SigningKey>,
+    rotations: Vec<proto::SignedKeyRotation>,
+}
+
+pub struct Inner {
+    state: StateDir,
+    project_file: PathBuf,
+    store: Mutex<Store>,
+    keys: RwLock<Keys>,
+    ca: Ca,
+    ca_pem: String,
+    settings: CoordSettings,
+    coord_identity: (String, String),
+    events: broadcast::Sender<(String, proto::DeployEvent)>,
+    project_cache: Mutex<Option<((std::time::SystemTime, u64), Project)>>,
+    enroll_limit: auth::RateLimiter,
+    /// Held by a build (which writes blobs before its release row exists) and by GC.
+    blob_lock: Mutex<()>,
+}
+
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+impl Coordinator {
+    pub fn open(state: StateDir, project_file: PathBuf) -> anyhow::Result<Self> {
+        let settings = state.settings()?;
+        let store = Store::open(&state.db())?;
+        // A state dir from before operators had names: its admin certificate is operator
+        // `admin` while the store holds its serial.
+        if store.operators()?.is_empty() && state.path("admin.crt").is_file() {
+            let (crt, _) = state.operator_identity("admin")?;
+            let info = dockfra_common::identity::cert_info(&dockfra_common::identity::first_cert_der(&crt)?)?;
+            store.put_operator("admin", &info.serial_hex, "migration", info.not_after_unix)?;
+        }
+        let (events, _) = broadcast::channel(1024);
+        let keys = Keys { current: Arc::new(state.signing_key()?), rotations: state.signing_chain()? };
+        let inner = Inner {
+            keys: RwLock::new(keys),
+            ca: state.ca()?,
+            ca_pem: state.ca_pem()?,
+            coord_identity: state.coordinator_identity()?,
+            enroll_limit: auth::RateLimiter::new(settings.enroll_burst(), settings.enroll_refill()),
+            settings,
+            store: Mutex::new(store),
+            project_file,
+            state,
+            events,
+            project_cache: Mutex::new(None),
+            blob_lock: Mutex::new(()),
+        };
+        // Fail at start-up, naming file/target/key, rather than on the first request.
+        config::load(&inner.project_file)?;
+        let this = Self { inner: Arc::new(inner) };
+        this.settle_after_restart()?;
+        Ok(this)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys(&self) -> (Arc<SigningKey>, Vec<proto::SignedKeyRotation>) {
+        let k = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
+        (k.current.clone(), k.rotations.clone())
+    }
+
+    /// The project's config, re-read only when the file changed (every poll of every agent
+    /// asks for it; an operator's edit still applies at the next call).
+    fn project(&self) -> Result<Project> {
+        let file = &self.inner.project_file;
+        // Modification time and length: a cheap fingerprint of the file.
+        let stamp = std::fs::metadata(file).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut cache = self.inner.project_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(stamp), Some((at, project))) = (stamp, cache.as_ref()) {
+            if *at == stamp {
+                return Ok(project.clone());
+            }
+        }
+        let project = config::load(file).map_err(|e| CoordError::Precondition(e.to_string()))?;
+        *cache = stamp.map(|s| (s, project.clone()));
+        Ok(project)
+    }
+
+    fn target(&self, id: &str) -> Result<(Project, Target)> {
+        let project = self.project()?;
+        let t = project.target(id).cloned().ok_or_else(|| {
+            CoordError::NotFound(format!("no target {id:?} in {}", self.inner.project_file.display()))
+        })?;
+        Ok((project, t))
+    }
+
+    /// Serve until `shutdown` resolves. Writes the bound address to `serve.addr`.
+    pub async fn serve(
+        self,
+        listen: &str,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "dockfra-coord serving (gRPC, mTLS)");
+        let (cert, key) = &self.inner.coord_identity;
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .client_ca_root(Certificate::from_pem(&self.inner.ca_pem))
+            .client_auth_optional(true); // only Enroll goes without a client cert; every other service checks
+        self.spawn_push_reconcile();
+        let router = tonic::transport::Server::builder()
+            .tls_config(tls)?
+            .layer(layers::CatchPanicLayer)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                enrollment_server::EnrollmentServer::new(self.clone()),
+                auth::enroll_interceptor(self.clone()),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                fleet_server::FleetServer::new(self.clone()),
+                auth::agent_interceptor(self.clone()),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                admin_server::AdminServer::new(self.clone()),
+                auth::operator_interceptor(self.clone()),
+            ));
+        // Written once the services exist: whoever waits for it may call at once.
+        dockfra_common::write_atomic(&self.inner.state.serve_addr_file(), addr.to_string().as_bytes(), 0o644)?;
+        router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await?;
+        let _ = std::fs::remove_file(self.inner.state.serve_addr_file());
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ deployments
+
+    /// Record an agent's (or our own) event. Idempotent: an event for a deployment that is
+    /// already final changes nothing and adds no row (results are re-sent from outboxes).
+    /// Returns whether it was recorded.
+    fn record_event(&self, target: &str, ev: &proto::DeployEvent) -> bool {
+        let store = self.store();
+        let dep = if ev.deployment_id.is_empty() { None } else { store.deployment(&ev.deployment_id).ok().flatten() };
+        if let Some(d) = &dep {
+            if d.finished_unix.is_some() || d.target != target {
+                return false;
+            }
+        }
+        let _ = store.event(target, &ev.phase, &ev.message);
+        if dep.is_some() {
+            if ev.r#final {
+                let status = if ev.result.is_empty() { "failed" } else { ev.result.as_str() };
+                let _ = store.update_deployment(&ev.deployment_id, status, &ev.message, true, ev.bytes_received);
+            } else {
+                let status = if ev.retry { "retrying" } else { "running" };
+                let _ = store.update_deployment(&ev.deployment_id, status, &ev.message, false, ev.bytes_received);
+            }
+        }
+        drop(store);
+        let _ = self.inner.events.send((target.to_string(), ev.clone()));
+        if ev.r#final && ev.result == "succeeded" {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = this.collect_garbage(false) {
+                    tracing::warn!("gc: {e}");
+                }
+            });
+        }
+        true
+    }
+
+    /// End a deployment ourselves (a refusal up front, a supersession, an interruption).
+    fn finish(&self, target: &str, deployment_id: &str, result: &str, message: String) -> proto::DeployEvent {
+        let phase = match result {
+            "refused" => "Refused",
+            "superseded" => "Superseded",
+            "interrupted" => "Interrupted",
+            _ => "Failed",
+        };
+        let ev = Self::event(deployment_id, phase, message, Some(result));
+        self.record_event(target, &ev);
+        ev
+    }
+
+    /// Build and store a new release for `target` (its sequence is the next of the target's),
+    /// on a blocking thread: builds run `docker build`/`save` and hash every file.
+    async fn build_release(&self, target_id: &str, version: Option<&str>) -> Result<(ReleaseRow, Target)> {
+        let this = self.clone();
+        let (target_id, version) = (target_id.to_string(), version.map(String::from));
+        tokio::task::spawn_blocking(move || this.build_release_blocking(&target_id, version.as_deref()))
+            .await
+            .map_err(|e| CoordError::internal(anyhow::anyhow!("build task: {e}")))?
+    }
+
+    fn build_release_blocking(&self, target_id: &str, version: Option<&str>) -> Result<(ReleaseRow, Target)> {
+        let (project, target) = self.target(target_id)?;
+        let _blobs = self.inner.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let blobs = self.inner.state.blobs();
+        let seq = self.store().next_sequence(target_id)?;
+        let built = builder::build(&project, &target, &blobs, seq, version)
+            .map_err(|e| CoordError::Precondition(format!("{e:#}")))?;
+        let m = built.manifest;
+        let bytes = m.canonical_bytes();
+        let row = ReleaseRow {
+            bundle_id: dockfra_common::sha256_hex(&bytes),
+            target: target_id.to_string(),
+            app: m.app.clone(),
+            sequence: m.sequence,
+            version: m.version.clone(),
+            release: m.release_name(),
+            manifest: bytes,
+            pruned_unix: None,
+        };
+        self.store().add_release(&row)?;
+        Ok((row, target))
+    }
+
+    /// Record a deployment. `online`: it becomes the target's desired state (pushed or polled),
+    /// and older orders the agent has not taken yet are superseded; otherwise it is an
+    /// offline export, which never changes what online agents are told.
+    fn queue(
+        &self,
+        target: &Target,
+        row: &ReleaseRow,
+        action: Action,
+        seq: u64,
+        online: bool,
+        operator: &str,
+    ) -> Result<String> {
+        let id =
+            format!("d-{}-{}", dockfra_common::now_unix_ms(), &dockfra_common::sha256_hex(&seq.to_be_bytes())[..6]);
+        let store = self.store();
+        let superseded: Vec<DeploymentRow> = if online {
+            store.open_deployments(Some(&target.id))?.into_iter().filter(|d| d.status == "queued").collect()
+        } else {
+            Vec::new()
+        };
+        store.add_deployment(&DeploymentRow {
+            id: id.clone(),
+            target: target.id.clone(),
+            action: action.as_str().into(),
+            bundle_id: row.bundle_id.clone(),
+            release: row.release.clone(),
+            version: row.version.clone(),
+            status: if online { "queued".into() } else { "exporting".into() },
+            reason: String::new(),
+            bytes: 0,
+            started_unix: dockfra_common::now_unix() as i64,
+            finished_unix: None,
+            operator: operator.to_string(),
+            attempts: 0,
+            sequence: seq,
+        })?;
+        if online {
+            store.set_desired(
+                &target.id,
+                &DesiredRow {
+                    sequence: seq,
+                    action: action.as_str().into(),
+                    bundle_id: row.bundle_id.clone(),
+                    deployment_id: id.clone(),
+                },
+            )?;
+        }
+        let what = if online { "queued" } else { "exporting" };
+        store.event_by(
+            &target.id,
+            action.as_str(),
+            &format!("{what} {} (version {}) as {id}", row.release, row.version),
+            operator,
+        )?;
+        drop(store);
+        for d in superseded {
+            self.finish(&target.id, &d.id, "superseded", format!("replaced by {id} before the agent took it"));
+        }
+        Ok(id)
+    }
+
+    /// Sign the current desired state of a target, fresh expiry.
+    fn assignment_for(&self, target: &str, ttl: Duration) -> Result<Option<(DesiredRow, proto::Assignment)>> {
+        let store = self.store();
+        let Some(d) = store.desired(target)? else { return Ok(None) };
+        let rel = store
+            .release(&d.bundle_id)?
+            .ok_or_else(|| CoordError::internal(anyhow::anyhow!("desired release {} is missing", d.bundle_id)))?;
+        drop(store);
+        let action = if d.action == "rollback" { Action::Rollback } else { Action::Deploy };
+        let a = self.sign(&rel, action, d.sequence, &d.deployment_id, ttl);
+        Ok(Some((d, a)))
+    }
+
+    /// Sign a desired state naming `rel`, valid for `ttl` from now, with the key chain.
+    fn sign(&self, rel: &ReleaseRow, action: Action, sequence: u64, deployment_id: &str, ttl: Duration) -> proto::Assignment {
+        let now = dockfra_common::now_unix();
+        let desired = DesiredState {
+            format: bundle::FORMAT,
+            requires: Vec::new(),
+            target: rel.target.clone(),
+            app: rel.app.clone(),
+            action,
+            sequence,
+            bundle_id: rel.bundle_id.clone(),
+            deployment_id: deployment_id.to_string(),
+            issued_unix: now,
+            expires_unix: now + ttl.as_secs().max(1),
+        };
+        let (key, rotations) = self.keys();
+        bundle::sign_assignment(&key, &desired, rel.manifest.clone(), &rotations)
+    }
+
+    /// Allowed digests of a bundle for a target (authorization for blob fetches).
+    fn bundle_digests(&self, target: &str, bundle_id: &str) -> Result<BTreeSet<String>> {
+        let rel =
+            self.store().release(bundle_id)?.ok_or_else(|| CoordError::NotFound(format!("no bundle {bundle_id}")))?;
+        if rel.target != target {
+            return Err(CoordError::Denied(format!("bundle {bundle_id} is not for target {target:?}")));
+        }
+        if rel.pruned_unix.is_some() {
+            return Err(CoordError::Precondition(format!("bundle {bundle_id} was garbage-collected")));
+        }
+        let m: Manifest = Manifest::parse(&rel.manifest).map_err(CoordError::internal)?;
+        Ok(m.digests().into_iter().collect())
+    }
+
+    /// Stream blobs as chunks into `tx`.
+    async fn send_blobs<T: Send + 'static>(
+        blobs: PathBuf,
+        digests: Vec<String>,
+        tx: mpsc::Sender<T>,
+        wrap: impl Fn(proto::BlobChunk) -> T + Send + 'static,
+    ) -> anyhow::Result<()> {
+        for d in digests {
+            let (size, mut f) = builder::open_blob(&blobs, &d).with_context(|| format!("blob {d}"))?;
+            let mut offset = 0u64;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = f.read(&mut buf)?;
+                buf.truncate(n);
+                let last = offset + n as u64 >= size || n == 0;
+                let chunk = proto::BlobChunk { digest: d.clone(), offset, data: buf, last };
+                offset += n as u64;
+                if tx.send(wrap(chunk)).await.is_err() {
+                    return Ok(()); // the other side went away
+                }
+                dockfra_common::fault::hit("coord:blob-chunk");
+                if last {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn event(deployment_id: &str, phase: &str, message: String, result: Option<&str>) -> proto::DeployEvent {
+        proto::DeployEvent {
+            deployment_id: deployment_id.to_string(),
+            phase: phase.to_string(),
+            message,
+            r#final: result.is_some(),
+            result: result.unwrap_or_default().to_string(),
+            unix_ms: dockfra_common::now_unix_ms(),
+            ..Default::default()
+        }
+    }
+
+    // ------------------------------------------------------------------ settling
+
+    /// Settle a target's open deployments against what its agent reports: results it
+    /// remembers are recorded; an order its floor has passed without a result is `lost`; an
+    /// order it never finished that is no longer the desired one is `superseded`.
+    fn settle_with_status(&self, target: &str, st: &proto::AgentStatus) {
+        for r in &st.recent {
+            let ev = proto::DeployEvent {
+                deployment_id: r.deployment_id.clone(),
+                phase: if r.result == "succeeded" { "Done".into() } else { "Failed".into() },
+                message: r.message.clone(),
+                r#final: true,
+                result: r.result.clone(),
+                release: r.release.clone(),
+                unix_ms: r.unix_ms,
+                ..Default::default()
+            };
+            self.record_event(target, &ev);
+        }
+        let (open, desired) = {
+            let store = self.store();
+            (store.open_deployments(Some(target)).unwrap_or_default(), store.desired(target).ok().flatten())
+        };
+        let desired_id = desired.map(|d| d.deployment_id).unwrap_or_default();
+        for d in open {
+            if d.status == "exporting" || d.id == st.in_flight || d.status == "queued" && d.id == desired_id {
+                continue;
+            }
+            if d.sequence > 0 && d.sequence <= st.last_desired_sequence {
+                self.finish(
+                    target,
+                    &d.id,
+                    "failed",
+                    format!(
+                        "lost: the agent's floor ({}) is past this order and it reports no result for it",
+                        st.last_desired_sequence
+                    ),
+                );
+            } else if d.id != desired_id {
+                self.finish(target, &d.id, "superseded", "a newer order replaced it before the agent finished it".into());
+            }
+        }
+    }
+
+    /// At start-up: exports cut off by a restart failed, and orders a newer one replaced
+    /// are superseded. Push deployments still open are settled against their agents once
+    /// the server runs ([`Coordinator::spawn_push_reconcile`]); pull ones at the agent's next
+    /// poll.
+    fn settle_after_restart(&self) -> anyhow::Result<()> {
+        let open = self.store().open_deployments(None)?;
+        for d in open {
+            let desired = self.store().desired(&d.target)?.map(|x| x.deployment_id).unwrap_or_default();
+            if d.status == "exporting" {
+                self.finish(&d.target, &d.id, "failed", "interrupted: the coordinator stopped while writing this export".into());
+            } else if d.id != desired {
+                self.finish(&d.target, &d.id, "superseded", "a newer order replaced it before the agent finished it".into());
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ garbage collection
+
+    /// Drop releases no agent keeps and blobs no kept release names. Kept per target: the
+    /// newest `keep_releases`, the desired one, those of open deployments, and every release
+    /// the agent reports having.
+    fn collect_garbage(&self, dry_run: bool) -> Result<proto::GcReport> {
+        let _blobs = self.inner.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let project = self.project()?;
+        let store = self.store();
+        let live = store.live_releases()?;
+        let mut protected: BTreeSet<String> = BTreeSet::new();
+        for d in store.open_deployments(None)? {
+            protected.insert(d.bundle_id);
+        }
+        for a in store.agents()? {
+            if let Some(d) = store.desired(&a.target)? {
+                protected.insert(d.bundle_id);
+            }
+            for app in a.status["apps"].as_array().into_iter().flatten() {
+                let names = app["releases"].as_array().into_iter().flatten().chain([&app["current_release"], &app["previous_release"]]);
+                for n in names.filter_map(|n| n.as_str()) {
+                    protected.insert(format!("{}/{n}", a.target));
+                }
+            }
+        }
+        let mut report = proto::GcReport::default();
+        let mut kept: Vec<&ReleaseRow> = Vec::new();
+        let mut per_target: std::collections::BTreeMap<&str, usize> = Default::default();
+        for r in &live {
+            let keep = project.target(&r.target).map(|t| t.keep_releases).unwrap_or(config::DEFAULT_KEEP_RELEASES) as usize;
+            let n = per_target.entry(r.target.as_str()).or_default();
+            *n += 1;
+            let named = protected.contains(&r.bundle_id) || protected.contains(&format!("{}/{}", r.target, r.release));
+            if *n <= keep || named {
+                kept.push(r);
+            } else {
+                report.releases_pruned += 1;
+                report.pruned.push(format!("{}/{}", r.target, r.release));
+                if !dry_run {
+                    store.mark_pruned(&r.bundle_id)?;
+                }
+            }
+        }
+        drop(store);
+        let mut referenced = BTreeSet::new();
+        for r in kept {
+            let m = Manifest::parse(&r.manifest).map_err(CoordError::internal)?;
+            referenced.extend(m.digests());
+        }
+        let dir = self.inner.state.blobs();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Ok(meta) = e.metadata() else { continue };
+            if dockfra_common::paths::Digest::new(&name).is_err() {
+                continue;
+            }
+            if referenced.contains(&name) {
+                report.blobs_kept += 1;
+                report.bytes_kept += meta.len();
+            } else if dry_run || std::fs::remove_file(e.path()).is_ok() {
+                report.blobs_removed += 1;
+                report.bytes_freed += meta.len();
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Can the agent whose facts these are take what this coordinator builds for `target`? An
+/// agent with no facts yet decides itself (and refuses once, with its reason).
+fn compat(target: &Target, facts: &serde_json::Value) -> std::result::Result<(), String> {
+    let Some(version) = facts["agent_version"].as_str().filter(|v| !v.is_empty()) else { return Ok(()) };
+    let formats: Vec<u64> = facts["manifest_formats"].as_array().into_iter().flatten().filter_map(|f| f.as_u64()).collect();
+    let formats = if formats.is_empty() { vec![1] } else { formats };
+    let upgrade = format!(
+        "upgrade the agent to {} (`dockfra-coord agent install {}`, or install the dockfra-agent {} package on the host) and deploy again",
+        dockfra_common::VERSION,
+        target.id,
+        dockfra_common::VERSION
+    );
+    if !formats.contains(&u64::from(bundle::FORMAT)) {
+        return Err(format!(
+            "the agent of {:?} runs dockfra-agent {version}, which reads manifest format {formats:?}; this coordinator ({}) builds format {}: {upgrade}",
+            target.id,
+            dockfra_common::VERSION,
+            bundle::FORMAT
+        ));
+    }
+    let platforms: Vec<&str> = facts["platforms"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+    if !platforms.is_empty() && !platforms.contains(&target.platform.as_str()) {
+        return Err(format!(
+            "the agent of {:?} runs dockfra-agent {version}, which has no {} driver (it has: {}): {upgrade}",
+            target.id,
+            target.platform,
+            platforms.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn status_json(st: &proto::AgentStatus) -> serde_json::Value {
+    let disk = st.disk.unwrap_or_default();
+    serde_json::json!({
+        "last_desired_sequence": st.last_desired_sequence,
+        "state_error": st.state_error,
+        "in_flight": st.in_flight,
+        "disk": {"blobs": disk.blobs, "blobs_bytes": disk.blobs_bytes, "releases_bytes": disk.releases_bytes,
+            "free_bytes": disk.free_bytes, "total_bytes": disk.total_bytes},
+        "apps": st.apps.iter().map(|a| serde_json::json!({
+            "app": a.app, "current_release": a.current_release, "previous_release": a.previous_release,
+            "current_sequence": a.current_sequence, "current_version": a.current_version, "health": a.health,
+            "releases": a.releases, "last_result": a.last_result,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn facts_json(f: &proto::Facts) -> serde_json::Value {
+    serde_json::json!({
+        "agent_version": f.agent_version, "os": f.os, "os_release": f.os_release, "arch": f.arch,
+        "hostname": f.hostname, "wsl": f.wsl,
+        "runtimes": f.runtimes.iter().map(|r| serde_json::json!({"name": r.name, "version": r.version, "path": r.path})).collect::<Vec<_>>(),
+        "manifest_formats": f.manifest_formats, "platforms": f.platforms, "features": f.features,
+    })
+}
+
+/// Convert a gRPC status into an anyhow error for callers at the edge.
+pub fn status_to_anyhow(s: Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compat_names_the_agent_version_and_how_to_upgrade() {
+        let t = config::parse(
+            "targets:\n  edge:\n    platform: docker_compose\n",
+            std::path::Path::new("/p/deploy-targets.yaml"),
+        )
+        .unwrap()
+        .targets
+        .remove(0);
+        assert!(compat(&t, &serde_json::json!({})).is_ok(), "no facts: the agent decides");
+        let old = serde_json::json!({"agent_version": "0.1.0"});
+        let e = compat(&t, &old).unwrap_err();
+        assert!(e.contains("0.1.0") && e.contains("format [1]") && e.contains("agent install edge"), "{e}");
+        let no_driver = serde_json::json!({"agent_version": "9", "manifest_formats": [2], "platforms": ["ssh_raw"]});
+        assert!(compat(&t, &no_driver).unwrap_err().contains("no docker_compose driver"));
+        let ok = serde_json::json!({"agent_version": "9", "manifest_formats": [2], "platforms": ["docker_compose"]});
+        assert!(compat(&t, &ok).is_ok());
+    }
+}
