@@ -317,6 +317,11 @@ impl World {
 
     /// Start `serve --root <project>` and wait until it has bound.
     pub fn serve(&self, extra: &[&str]) -> Proc {
+        self.serve_env(extra, &[])
+    }
+
+    /// `serve` with extra environment (e.g. `DOCKFRA_FAULT` for the fault suite).
+    pub fn serve_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let addr_file = self.coord_state.join("serve.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = self.dir.join(format!("coord-{}.log", rand_u64()));
@@ -326,6 +331,7 @@ impl World {
             .args(["serve", "--root"])
             .arg(&self.project)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut p = Proc { child: c.spawn().unwrap(), log };
@@ -411,13 +417,21 @@ impl Agent {
 
     /// Start `run`; for push agents, wait until the port accepts connections.
     pub fn start(&self, world: &World) -> Proc {
+        self.start_env(world, &[])
+    }
+
+    /// `run` with extra environment (e.g. `DOCKFRA_FAULT` for the fault suite).
+    pub fn start_env(&self, world: &World, env: &[(&str, &str)]) -> Proc {
         let log = world.dir.join(format!("{}-{}.log", self.state.file_name().unwrap().to_string_lossy(), rand_u64()));
         let mut args = vec!["run"];
         if let Some(l) = &self.listen {
             args.extend(["--listen", l.as_str()]);
         }
         let mut c = self.cmd(&args);
-        c.env("DOCKFRA_LOG", "dockfra_agent=debug").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        c.env("DOCKFRA_LOG", "dockfra_agent=debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
         let p = Proc { child: c.spawn().unwrap(), log };
         if let Some(l) = &self.listen {
             wait_until("the push agent to listen", Duration::from_secs(20), || std::net::TcpStream::connect(l).is_ok());
@@ -430,6 +444,22 @@ impl Agent {
     pub fn status(&self) -> serde_json::Value {
         self.run_cmd(&["status", "--output", "json"]).ok().json()
     }
+}
+
+/// The coordinator's view of one deployment (from `history --output json`).
+pub fn deployment(w: &World, id: &str) -> serde_json::Value {
+    let (_, v) = w.coord_json(&["history", "--output", "json"]);
+    v.as_array().into_iter().flatten().find(|d| d["id"] == id).cloned().unwrap_or_default()
+}
+
+/// Wait until deployment `id` is final; returns its row.
+pub fn wait_final(w: &World, id: &str, timeout: Duration) -> serde_json::Value {
+    let mut row = serde_json::Value::Null;
+    wait_until(&format!("deployment {id} to be final"), timeout, || {
+        row = deployment(w, id);
+        !row["finished_unix"].is_null()
+    });
+    row
 }
 
 /// Every file under `root` with its content hash (symlinks by target) — to assert "nothing changed".

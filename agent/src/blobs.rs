@@ -98,7 +98,6 @@ impl Drop for BlobWriter {
     }
 }
 
-
 /// Count and bytes of the blobs in `dir`.
 pub fn usage(dir: &Path) -> (u32, u64) {
     let mut n = 0u32;

@@ -184,7 +184,11 @@ pub struct AgentFile {
     pub max_order_lifetime: Option<String>,
 }
 
-fn parse_limit(key: &str, v: &Option<String>, default: Option<std::time::Duration>) -> Result<Option<std::time::Duration>> {
+fn parse_limit(
+    key: &str,
+    v: &Option<String>,
+    default: Option<std::time::Duration>,
+) -> Result<Option<std::time::Duration>> {
     match v.as_deref().map(str::trim) {
         None => Ok(default),
         Some("none") => Ok(None),
@@ -246,10 +250,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         StateDir::new(&std::path::absolute(&dir).with_context(|| format!("bad --state-dir {}", dir.display()))?);
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let limits = file.limits()?;
-    let needs_identity = matches!(
-        cli.command,
-        Command::Run { .. } | Command::Status { .. } | Command::PollNow | Command::Verify { .. }
-    );
+    let needs_identity =
+        matches!(cli.command, Command::Run { .. } | Command::Status { .. } | Command::PollNow | Command::Verify { .. });
     if needs_identity && !state.is_enrolled() {
         eprintln!(
             "error: not enrolled: {} holds no identity yet; enroll first: dockfra-agent{} enroll --coordinator https://COORD:7443 --token TOKEN",
@@ -399,12 +401,16 @@ fn verify_releases(state: &StateDir, only: Option<&str>) -> Result<u8> {
                     let p = dockfra_common::paths::SafeRelPath::new(&f.path)?.under(&dir);
                     match f.kind {
                         bundle::EntryKind::File => {
-                            let bytes = std::fs::read(&p).with_context(|| format!("{}", f.path))?;
+                            let bytes = std::fs::read(&p).with_context(|| f.path.clone())?;
                             anyhow::ensure!(dockfra_common::sha256_hex(&bytes) == f.sha256, "{} was changed", f.path);
                         }
                         bundle::EntryKind::Symlink => {
-                            let to = std::fs::read_link(&p).with_context(|| format!("{}", f.path))?;
-                            anyhow::ensure!(Some(to.to_string_lossy().as_ref()) == f.link.as_deref(), "{} points elsewhere", f.path);
+                            let to = std::fs::read_link(&p).with_context(|| f.path.clone())?;
+                            anyhow::ensure!(
+                                Some(to.to_string_lossy().as_ref()) == f.link.as_deref(),
+                                "{} points elsewhere",
+                                f.path
+                            );
                         }
                     }
                 }

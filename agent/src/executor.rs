@@ -273,7 +273,7 @@ impl Executor {
     ) -> proto::DeployEvent {
         let m = &v.manifest;
         let name = v.release_name();
-        let base = match self.app_base(m) {
+        let base = match self.app_base(m).and_then(|b| self.state.register_base(&m.app, &b).map(|()| b)) {
             Ok(b) => b,
             Err(e) => return self.failed_early(v, em, format!("{e:#}")),
         };
@@ -620,7 +620,9 @@ impl Executor {
         } else {
             if j.phase >= Phase::Activated && rel.current().as_deref() == Some(j.release.as_str()) {
                 match self.restore(&rel, j.previous.as_deref()).await {
-                    Ok(()) => note.push_str(&format!(": swapped back to {}", j.previous.as_deref().unwrap_or("nothing"))),
+                    Ok(()) => {
+                        note.push_str(&format!(": swapped back to {}", j.previous.as_deref().unwrap_or("nothing")))
+                    }
                     Err(e) => note.push_str(&format!(": swap back failed: {e}")),
                 }
             } else {

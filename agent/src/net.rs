@@ -154,12 +154,20 @@ pub struct PullSource {
     pub client: fleet_client::FleetClient<Channel>,
 }
 
+/// A blob transfer that delivers nothing for this long is given up (and tried again later).
+const STALL: Duration = Duration::from_secs(60);
+
 /// A failed call: transport trouble (the order may be tried again) or a refusal.
 fn fetch_error(s: Status) -> FetchError {
     use tonic::Code;
     match s.code() {
-        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Aborted
-        | Code::ResourceExhausted | Code::Internal => FetchError::Transport(s.message().to_string()),
+        Code::Unavailable
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Unknown
+        | Code::Aborted
+        | Code::ResourceExhausted
+        | Code::Internal => FetchError::Transport(s.message().to_string()),
         _ => FetchError::Other(s.message().to_string()),
     }
 }
@@ -173,11 +181,14 @@ impl BlobSource for PullSource {
             .await
             .map_err(fetch_error)?
             .into_inner();
-        while let Some(c) = s.next().await {
+        loop {
+            let next = tokio::time::timeout(STALL, s.next())
+                .await
+                .map_err(|_| FetchError::Transport(format!("no data for {}s", STALL.as_secs())))?;
+            let Some(c) = next else { return Ok(()) };
             let c = c.map_err(fetch_error)?;
             w.chunk(&c.digest, c.offset, &c.data, c.last)?;
         }
-        Ok(())
     }
 }
 

@@ -161,7 +161,9 @@ impl AppReleases {
             let signed = SafeRelPath::new(SIGNED_DIR).map_err(std::io::Error::other)?.under(&tmp);
             std::fs::create_dir_all(&signed)?;
             let s = &v.signed;
-            for (f, bytes) in SIGNED_FILES.iter().zip([&s.desired, &s.desired_signature, &s.manifest, &s.manifest_signature]) {
+            for (f, bytes) in
+                SIGNED_FILES.iter().zip([&s.desired, &s.desired_signature, &s.manifest, &s.manifest_signature])
+            {
                 dockfra_common::write_atomic(&signed.join(f), bytes, 0o444)?;
             }
             let fin = self.dir(&name);

@@ -11,6 +11,7 @@
 //! <state>/outbox.json     final results not yet acknowledged by the coordinator
 //! <state>/blobs/sha256/   verified blobs (see crate::blobs)
 //! <state>/apps/<app>/     releases of apps without a deploy_path
+//! <state>/bases/<app>     symlink to where an app's releases live (written once per app)
 //! <state>/tmp/            staging of offline bundles (removed after use)
 //! <state>/agent.lock      held while a deploy, apply or local rollback runs
 //! <state>/agent.pid       the running agent (for `poll-now`)
@@ -336,9 +337,7 @@ impl StateDir {
         let old = self.floor().unwrap_or_default();
         let mut floor = Floor {
             last_desired_sequence: old.last_desired_sequence.max(p.last_desired_sequence),
-            release_sequence: old
-                .release_sequence
-                .max(p.apps.values().map(|a| a.current_sequence).max().unwrap_or(0)),
+            release_sequence: old.release_sequence.max(p.apps.values().map(|a| a.current_sequence).max().unwrap_or(0)),
             bases: old.bases.clone(),
         };
         floor.bases.extend(p.apps.values().filter_map(|a| a.base.clone()));
@@ -350,7 +349,25 @@ impl StateDir {
         write(&self.state_file(), &serde_json::to_vec_pretty(&p)?, 0o644)
     }
 
-    /// Where every app's releases live, as far as any copy of the state knows.
+    /// Remember where an app's releases live, apart from the state files: a symlink under
+    /// `bases/`, made once (not rewritten at every deploy as the state files are), so that
+    /// the release dirs can be found even when both copies of the floor are lost.
+    pub fn register_base(&self, app: &str, base: &Path) -> Result<()> {
+        let link = self.root.join("bases").join(app);
+        if std::fs::read_link(&link).ok().as_deref() == Some(base) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.root.join("bases"))?;
+        let tmp = self.root.join("bases").join(format!(".{app}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(base, &tmp)?;
+        std::fs::rename(&tmp, &link)?;
+        dockfra_common::fsync_dir(&self.root.join("bases"))?;
+        Ok(())
+    }
+
+    /// Where every app's releases live, as far as any record knows: `bases/`, the default
+    /// `apps/` dir, `floor.json` and `state.json`.
     pub fn app_bases(&self) -> BTreeSet<PathBuf> {
         let mut bases = self.floor().map(|f| f.bases).unwrap_or_default();
         if let Ok(p) = self.persisted() {
@@ -359,6 +376,14 @@ impl StateDir {
         for e in std::fs::read_dir(self.root.join("apps")).into_iter().flatten().flatten() {
             if e.path().is_dir() {
                 bases.insert(e.path());
+            }
+        }
+        for e in std::fs::read_dir(self.root.join("bases")).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if let Ok(to) = std::fs::read_link(e.path()) {
+                bases.insert(to);
             }
         }
         bases

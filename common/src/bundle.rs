@@ -259,9 +259,15 @@ pub enum BundleError {
     Signature(#[from] SignError),
     #[error("{what} is not valid: {reason}")]
     Malformed { what: &'static str, reason: String },
-    #[error("{what} format {found} is not one this agent ({}) reads (it reads {FORMATS:?}): upgrade the agent", crate::VERSION)]
+    #[error(
+        "{what} format {found} is not one this agent ({}) reads (it reads {FORMATS:?}): upgrade the agent",
+        crate::VERSION
+    )]
     Format { what: &'static str, found: u32 },
-    #[error("{what} requires feature {feature:?}, which this agent ({}) does not have: upgrade the agent", crate::VERSION)]
+    #[error(
+        "{what} requires feature {feature:?}, which this agent ({}) does not have: upgrade the agent",
+        crate::VERSION
+    )]
     Feature { what: &'static str, feature: String },
     #[error("platform {kind:?} has no driver in this agent ({}): upgrade the agent", crate::VERSION)]
     Platform { kind: String },
@@ -271,7 +277,9 @@ pub enum BundleError {
     WrongApp { desired: String, manifest: String },
     #[error("desired state expired at {expires_unix} (now {now}): refusing a stale order")]
     Expired { expires_unix: u64, now: u64 },
-    #[error("the order was issued {age}s ago, more than this agent's max_order_age ({max}s) allows: refusing a stale order")]
+    #[error(
+        "the order was issued {age}s ago, more than this agent's max_order_age ({max}s) allows: refusing a stale order"
+    )]
     TooOld { age: u64, max: u64 },
     #[error("the order is valid for {lifetime}s, more than this agent's max_order_lifetime ({max}s) allows")]
     TooLong { lifetime: u64, max: u64 },
@@ -311,9 +319,12 @@ fn check_version(what: &'static str, v: &serde_json::Value) -> Result<(), Bundle
         return Err(BundleError::Format { what, found: format.min(u64::from(u32::MAX)) as u32 });
     }
     if let Some(req) = obj.get("requires") {
-        let list = req.as_array().ok_or_else(|| BundleError::Malformed { what, reason: "`requires` is not a list".into() })?;
+        let list =
+            req.as_array().ok_or_else(|| BundleError::Malformed { what, reason: "`requires` is not a list".into() })?;
         for f in list {
-            let f = f.as_str().ok_or_else(|| BundleError::Malformed { what, reason: "`requires` holds a non-string".into() })?;
+            let f = f
+                .as_str()
+                .ok_or_else(|| BundleError::Malformed { what, reason: "`requires` holds a non-string".into() })?;
             if !FEATURES.contains(&f) {
                 return Err(BundleError::Feature { what, feature: f.chars().take(64).collect() });
             }
@@ -497,7 +508,8 @@ impl Manifest {
     /// Every blob this manifest needs, with the size it must have.
     pub fn blob_sizes(&self) -> std::collections::BTreeMap<String, u64> {
         let files = self.files.iter().filter(|f| f.kind == EntryKind::File).map(|f| (f.sha256.clone(), f.size));
-        let images = self.platform.compose().into_iter().flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
+        let images =
+            self.platform.compose().into_iter().flat_map(|d| d.images.iter().map(|i| (i.sha256.clone(), i.size)));
         files.chain(images).collect()
     }
 }
@@ -578,7 +590,12 @@ pub fn sign_assignment(
 }
 
 /// Make the statement that moves trust from `old` to `new` (coordinator side).
-pub fn sign_rotation(old: &sign::SigningKey, new: &sign::SigningKey, number: u32, now: u64) -> proto::SignedKeyRotation {
+pub fn sign_rotation(
+    old: &sign::SigningKey,
+    new: &sign::SigningKey,
+    number: u32,
+    now: u64,
+) -> proto::SignedKeyRotation {
     let statement = serde_json::to_vec(&KeyRotation {
         format: 1,
         number,
@@ -620,8 +637,9 @@ pub fn follow_rotations(pinned: &[u8], chain: &[proto::SignedKeyRotation]) -> Re
                 .ok()
                 .filter(|k| k.len() == 32)
                 .ok_or_else(|| BundleError::Rotation(format!("rotation {} names no valid new key", r.number)))?;
-            sign::verify(&current, Context::KeyRotation, &s.statement, &s.old_signature)
-                .map_err(|_| BundleError::Rotation(format!("rotation {} is not signed by the key it replaces", r.number)))?;
+            sign::verify(&current, Context::KeyRotation, &s.statement, &s.old_signature).map_err(|_| {
+                BundleError::Rotation(format!("rotation {} is not signed by the key it replaces", r.number))
+            })?;
             sign::verify(&new, Context::KeyRotation, &s.statement, &s.new_signature)
                 .map_err(|_| BundleError::Rotation(format!("rotation {} is not signed by its new key", r.number)))?;
             next = Some(new);
@@ -974,7 +992,10 @@ mod tests {
         assert!(e.to_string().contains("upgrade the agent"), "{e}");
         let mut newer = v.clone();
         newer["format"] = serde_json::json!(3);
-        assert!(matches!(Manifest::parse(&serde_json::to_vec(&newer).unwrap()), Err(BundleError::Format { found: 3, .. })));
+        assert!(matches!(
+            Manifest::parse(&serde_json::to_vec(&newer).unwrap()),
+            Err(BundleError::Format { found: 3, .. })
+        ));
         let mut old = v.clone();
         old.as_object_mut().unwrap().remove("format");
         assert!(matches!(Manifest::parse(&serde_json::to_vec(&old).unwrap()), Err(BundleError::Malformed { .. })));
@@ -1073,16 +1094,28 @@ mod tests {
         assert!(verify_assignment(&a, &policy(&pk3, Watermark::default(), 50)).unwrap().rotated_to.is_none());
         // After moving to k3, a document signed by the rotated-out k1 is refused.
         let old = sign_assignment(&k1, &d, m.canonical_bytes(), &chain);
-        assert!(matches!(verify_assignment(&old, &policy(&pk3, Watermark::default(), 50)), Err(BundleError::Signature(_))));
+        assert!(matches!(
+            verify_assignment(&old, &policy(&pk3, Watermark::default(), 50)),
+            Err(BundleError::Signature(_))
+        ));
         // A statement the old key did not sign moves nothing: refused.
         let mallory = key();
         let mut forged = sign_rotation(&mallory, &mallory, 1, 10);
-        let stmt = KeyRotation { format: 1, number: 1, old_key: hex::encode(&pk1), new_key: hex::encode(mallory.public_key()), issued_unix: 1 };
+        let stmt = KeyRotation {
+            format: 1,
+            number: 1,
+            old_key: hex::encode(&pk1),
+            new_key: hex::encode(mallory.public_key()),
+            issued_unix: 1,
+        };
         forged.statement = serde_json::to_vec(&stmt).unwrap();
         forged.new_signature = mallory.sign(Context::KeyRotation, &forged.statement);
         forged.old_signature = mallory.sign(Context::KeyRotation, &forged.statement);
         let evil = sign_assignment(&mallory, &d, m.canonical_bytes(), &[forged]);
-        assert!(matches!(verify_assignment(&evil, &policy(&pk1, Watermark::default(), 50)), Err(BundleError::Rotation(_))));
+        assert!(matches!(
+            verify_assignment(&evil, &policy(&pk1, Watermark::default(), 50)),
+            Err(BundleError::Rotation(_))
+        ));
         // A rotation signature is no document signature and the other way round.
         let mut crossed = r1.clone();
         crossed.old_signature = k1.sign(Context::Manifest, &r1.statement);

@@ -414,9 +414,8 @@ mod tests {
         // wait for its inherited stdout.
         let pidfile = dir.join("daemon");
         let started = Instant::now();
-        let o = run(&CommandSpec::script(&format!("sleep 30 & echo $! > {}; echo up", pidfile.display())))
-            .await
-            .unwrap();
+        let o =
+            run(&CommandSpec::script(&format!("sleep 30 & echo $! > {}; echo up", pidfile.display()))).await.unwrap();
         assert!(o.success() && started.elapsed() < Duration::from_secs(10));
         let pid = std::fs::read_to_string(&pidfile).unwrap();
         assert!(alive(&pid));

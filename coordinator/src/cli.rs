@@ -745,14 +745,23 @@ async fn admin_command(
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
             let csr = rcgen::CertificateParams::default().serialize_request(&key)?.pem()?;
             let r = c
-                .add_operator(proto::AddOperatorRequest { name: name.clone(), csr_pem: csr, ttl_secs: ttl.as_secs(), replace })
+                .add_operator(proto::AddOperatorRequest {
+                    name: name.clone(),
+                    csr_pem: csr,
+                    ttl_secs: ttl.as_secs(),
+                    replace,
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();
             let dir = out.unwrap_or_else(|| state.operators_dir());
             let crt = StateDir::write_credential(&dir, &name, &r.cert_pem, &key.serialize_pem())?;
             let info = r.operator.unwrap_or_default();
-            println!("operator {name}: credential written to {} (and {name}.key, mode 0600), serial {}", crt.display(), info.serial);
+            println!(
+                "operator {name}: credential written to {} (and {name}.key, mode 0600), serial {}",
+                crt.display(),
+                info.serial
+            );
             Ok(exit::OK)
         }
         Command::Operator(OperatorCmd::List { output }) => {
@@ -770,7 +779,13 @@ async fn admin_command(
                 output,
                 &serde_json::json!(rows),
                 &rows,
-                &[("NAME", "name"), ("CREATED BY", "created_by"), ("EXPIRES", "expires_unix"), ("REVOKED", "revoked"), ("YOU", "you")],
+                &[
+                    ("NAME", "name"),
+                    ("CREATED BY", "created_by"),
+                    ("EXPIRES", "expires_unix"),
+                    ("REVOKED", "revoked"),
+                    ("YOU", "you"),
+                ],
             );
             Ok(exit::OK)
         }
@@ -808,7 +823,13 @@ async fn admin_command(
                 output,
                 &serde_json::json!(rows),
                 &rows,
-                &[("TIME", "unix_ms"), ("TARGET", "target"), ("KIND", "kind"), ("OPERATOR", "operator"), ("MESSAGE", "message")],
+                &[
+                    ("TIME", "unix_ms"),
+                    ("TARGET", "target"),
+                    ("KIND", "kind"),
+                    ("OPERATOR", "operator"),
+                    ("MESSAGE", "message"),
+                ],
             );
             Ok(exit::OK)
         }
@@ -821,7 +842,11 @@ async fn admin_command(
                 println!("{v}");
             } else {
                 let verb = if dry_run { "would prune" } else { "pruned" };
-                println!("{verb} {} release(s): {}", r.releases_pruned, if r.pruned.is_empty() { "-".into() } else { r.pruned.join(", ") });
+                println!(
+                    "{verb} {} release(s): {}",
+                    r.releases_pruned,
+                    if r.pruned.is_empty() { "-".into() } else { r.pruned.join(", ") }
+                );
                 println!(
                     "blobs: {} removed ({} bytes), {} kept ({} bytes)",
                     r.blobs_removed, r.bytes_freed, r.blobs_kept, r.bytes_kept

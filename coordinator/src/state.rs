@@ -169,7 +169,11 @@ impl StateDir {
         match want {
             Some(new) if new != key.public_key() => {
                 let next = std::fs::read(&pending).with_context(|| {
-                    format!("{} does not hold the key {} names last, and no rotation is pending", p.display(), self.path("signing.chain.json").display())
+                    format!(
+                        "{} does not hold the key {} names last, and no rotation is pending",
+                        p.display(),
+                        self.path("signing.chain.json").display()
+                    )
                 })?;
                 let k = SigningKey::from_pkcs8(&next)?;
                 anyhow::ensure!(k.public_key() == new, "{} is not the key the chain names", pending.display());
@@ -263,7 +267,6 @@ impl StateDir {
             ("coordinator.key", coord.key_pem.unwrap_or_default().into_bytes(), 0o600),
             // The server presents its chain (leaf + CA) so a joining agent can pin the CA.
             ("coordinator.crt", format!("{}{}", coord.cert_pem, ca.cert_pem).into_bytes(), 0o644),
-
             ("signing.key", signing, 0o600),
             ("coordinator.json", serde_json::to_vec_pretty(&settings)?, 0o644),
             ("ca.crt", ca.cert_pem.clone().into_bytes(), 0o644),

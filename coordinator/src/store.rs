@@ -600,7 +600,14 @@ impl Store {
             "UPDATE deployments SET status = ?2, reason = ?3, bytes = MAX(bytes, ?6),
                 finished_unix = CASE WHEN ?4 THEN ?5 ELSE finished_unix END
              WHERE id = ?1 AND finished_unix IS NULL",
-            params![id, status, sanitize(reason, MAX_EVENT_TEXT), done, dockfra_common::now_unix() as i64, bytes as i64],
+            params![
+                id,
+                status,
+                sanitize(reason, MAX_EVENT_TEXT),
+                done,
+                dockfra_common::now_unix() as i64,
+                bytes as i64
+            ],
         )?;
         Ok(n > 0)
     }
@@ -608,7 +615,11 @@ impl Store {
     /// Count one more hand-out of a deployment's order; returns the new count.
     pub fn bump_attempts(&self, id: &str) -> Result<u32> {
         self.conn.execute("UPDATE deployments SET attempts = attempts + 1 WHERE id = ?1", [id])?;
-        Ok(self.conn.query_row("SELECT attempts FROM deployments WHERE id = ?1", [id], |r| r.get(0)).optional()?.unwrap_or(0))
+        Ok(self
+            .conn
+            .query_row("SELECT attempts FROM deployments WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
     }
 
     /// Deployments not in a final state (all targets, or one).

@@ -321,3 +321,83 @@ fn the_readme_demo_runs() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Hole 2 (issue #8): an order a pull agent refused was signed and sent again at every
+/// poll, two event rows each time, forever. It ends `refused` with the agent's reason, once.
+#[test]
+fn an_order_the_agent_refuses_ends_refused_once() {
+    let w = World::new("refused-once");
+    project(&w, free_port(), "", "");
+    let yaml = std::fs::read_to_string(w.project.join("deploy-targets.yaml")).unwrap();
+    let yaml =
+        yaml.replacen("  edge-pull:\n    host: 127.0.0.1\n", "  edge-pull:\n    host: 127.0.0.1\n    os: macos\n", 1);
+    std::fs::write(w.project.join("deploy-targets.yaml"), yaml).unwrap();
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let agent = Agent::new(&w, "pull");
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
+    let run = agent.start(&w);
+    let (code, v) = deploy_json(&w, &["edge-pull", "--wait", "--timeout", "30s"]);
+    assert_eq!((code, v["result"].as_str()), (3, Some("refused")), "{v}");
+    let id = v["deployment_id"].as_str().unwrap().to_string();
+    let row = deployment(&w, &id);
+    assert_eq!(row["status"], "refused");
+    assert!(row["reason"].as_str().unwrap().contains("os: macos is declared"), "{row}");
+    // Ten polls later: still one hand-out, one refusal.
+    std::thread::sleep(Duration::from_secs(3));
+    let events = w.coord(&["events", "edge-pull", "--limit", "1000", "--output", "json"]).ok().json();
+    let count = |kind: &str| events.as_array().unwrap().iter().filter(|e| e["kind"] == kind).count();
+    assert_eq!((count("Delivering"), count("Refused")), (1, 1), "{events}");
+    assert_eq!(deployment(&w, &id)["attempts"], 1);
+    assert_eq!(run.log().matches("refused: target edge-pull").count(), 1, "{}", run.log());
+}
+
+/// Hole 7 (issue #8): blobs and carried image archives piled up on small devices forever.
+/// What no kept release names is collected on the agent and on the coordinator, disk use is
+/// in `status`, and a release collected from the coordinator's store is refused up front.
+#[test]
+fn blobs_no_kept_release_names_are_collected_and_disk_use_is_reported() {
+    let w = World::new("gc");
+    let port = free_port();
+    project(&w, port, "", "");
+    let yaml = std::fs::read_to_string(w.project.join("deploy-targets.yaml")).unwrap();
+    let yaml = yaml.replacen("    agent: { mode: push,", "    keep_releases: 2\n    agent: { mode: push,", 1);
+    std::fs::write(w.project.join("deploy-targets.yaml"), yaml).unwrap();
+    let (_coord, agent, _run) = w.start_push("p", "edge-push", port);
+    let mut names = Vec::new();
+    for i in 1..=4 {
+        // One file that changes with each release (its old blobs become garbage).
+        w.write("project/app/VERSION", &format!("v{i}\n"));
+        w.write("project/app/payload.bin", &format!("{i}").repeat(50_000));
+        assert_eq!(deploy_json(&w, &["edge-push"]).0, 0);
+        names.push(current(&w, "deploy-push").trim_start_matches("releases/").to_string());
+    }
+    let digest = |i: usize| dockfra_common::sha256_hex(format!("{i}").repeat(50_000).as_bytes());
+    let agent_blobs = agent.state.join("blobs/sha256");
+    for i in 1..=2 {
+        assert!(!agent_blobs.join(digest(i)).exists(), "the agent kept v{i}'s payload, which no kept release names");
+    }
+    for i in 3..=4 {
+        assert!(agent_blobs.join(digest(i)).exists(), "the agent dropped v{i}'s payload, which a kept release needs");
+    }
+    let st = agent.status();
+    let disk = &st["disk"];
+    assert!(disk["blobs"].as_u64().unwrap() > 0 && disk["blobs_bytes"].as_u64().unwrap() >= 100_000, "{st}");
+    assert!(disk["free_bytes"].as_u64().unwrap() > 0 && disk["releases_bytes"].as_u64().unwrap() > 0, "{st}");
+    let (_, status) = w.coord_json(&["status", "edge-push", "--output", "json"]);
+    assert!(status["disk"]["blobs_bytes"].as_u64().unwrap() > 0, "{status}");
+
+    // The coordinator collected what no agent keeps (after each successful deploy).
+    wait_until("the coordinator to collect", Duration::from_secs(10), || {
+        !w.coord_state.join("blobs/sha256").join(digest(1)).exists()
+    });
+    assert!(w.coord_state.join("blobs/sha256").join(digest(4)).exists());
+    let (_, gc) = w.coord_json(&["gc", "--dry-run", "--output", "json"]);
+    assert_eq!(gc["blobs_removed"], 0, "nothing left to collect: {gc}");
+    let r = w.coord(&["rollback", "edge-push", "--to", &names[0]]).fails();
+    assert!(r.stderr().contains("garbage-collected"), "{}", r.stderr());
+    // The kept ones still roll back.
+    let r = w.coord(&["rollback", "edge-push", "--output", "json"]).ok();
+    assert_eq!(r.json()["result"], "succeeded");
+    assert_eq!(live_version(&w, "deploy-push"), "v3");
+}

@@ -131,7 +131,8 @@ impl Coordinator {
     /// Refuse an order up front when the agent's last known facts say it cannot take it.
     fn check_agent_can_take(&self, target: &Target) -> Result<(), Status> {
         if let Some(a) = self.store().agent(&target.id)? {
-            compat(target, &a.facts).map_err(|why| Status::failed_precondition(format!("refused by the coordinator: {why}")))?;
+            compat(target, &a.facts)
+                .map_err(|why| Status::failed_precondition(format!("refused by the coordinator: {why}")))?;
         }
         Ok(())
     }
@@ -156,7 +157,10 @@ impl admin_server::Admin for Coordinator {
         let store = self.store();
         store.add_token(&id, &dockfra_common::sha256_hex(secret.as_bytes()), &r.target, expires)?;
         store.event_by(&r.target, "token", &format!("join token {id} created, expires at {expires}"), &op.name)?;
-        Ok(Response::new(proto::CreateTokenResponse { token: format!("dkf1.{id}.{secret}.{pin}"), expires_unix: expires }))
+        Ok(Response::new(proto::CreateTokenResponse {
+            token: format!("dkf1.{id}.{secret}.{pin}"),
+            expires_unix: expires,
+        }))
     }
 
     async fn targets(&self, _req: Request<proto::Empty>) -> Result<Response<proto::JsonReply>, Status> {
@@ -291,7 +295,8 @@ impl admin_server::Admin for Coordinator {
     async fn export_bundle(&self, req: Request<proto::ExportRequest>) -> Result<Response<ChunkStream>, Status> {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
-        let ttl = if r.expires_in_ms == 0 { Duration::from_secs(7 * 86400) } else { Duration::from_millis(r.expires_in_ms) };
+        let ttl =
+            if r.expires_in_ms == 0 { Duration::from_secs(7 * 86400) } else { Duration::from_millis(r.expires_in_ms) };
         if ttl > MAX_EXPORT_TTL {
             return Err(Status::invalid_argument(format!(
                 "--expires-in {}: an offline bundle may be valid for 30d at most (agents refuse longer-lived orders)",
@@ -360,7 +365,12 @@ impl admin_server::Admin for Coordinator {
         let store = self.store();
         store.put_operator(&r.name, &issued.serial_hex, &op.name, not_after)?;
         let what = if existing.is_some() { "re-issued" } else { "added" };
-        store.event_by("-", "operator", &format!("operator {} {what} (serial {})", r.name, issued.serial_hex), &op.name)?;
+        store.event_by(
+            "-",
+            "operator",
+            &format!("operator {} {what} (serial {})", r.name, issued.serial_hex),
+            &op.name,
+        )?;
         let row = store.operator(&r.name)?.ok_or_else(|| CoordError::internal(anyhow::anyhow!("operator vanished")))?;
         Ok(Response::new(proto::AddOperatorResponse { cert_pem: issued.cert_pem, operator: Some(operator_info(&row)) }))
     }
@@ -371,7 +381,10 @@ impl admin_server::Admin for Coordinator {
         Ok(Response::new(proto::OperatorList { operators, you: op.name }))
     }
 
-    async fn revoke_operator(&self, req: Request<proto::OperatorRequest>) -> Result<Response<proto::OperatorInfo>, Status> {
+    async fn revoke_operator(
+        &self,
+        req: Request<proto::OperatorRequest>,
+    ) -> Result<Response<proto::OperatorInfo>, Status> {
         let op = OperatorPeer::of(&req)?;
         let name = req.into_inner().name;
         let store = self.store();

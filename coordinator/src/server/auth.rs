@@ -29,7 +29,10 @@ pub struct OperatorPeer {
 impl AgentPeer {
     /// The verified agent of this request (set by the Fleet interceptor).
     pub fn of<T>(req: &Request<T>) -> Result<Self, Status> {
-        req.extensions().get::<Self>().cloned().ok_or_else(|| Status::unauthenticated("not an authenticated agent call"))
+        req.extensions()
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("not an authenticated agent call"))
     }
 }
 
@@ -152,7 +155,8 @@ impl RateLimiter {
     pub fn refusal_event(&self) -> Option<u64> {
         let mut e = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, at, suppressed) = &mut *e;
-        *tokens = (*tokens + at.elapsed().as_secs_f64() * REFUSAL_EVENTS_PER_HOUR / 3600.0).min(REFUSAL_EVENTS_PER_HOUR);
+        *tokens =
+            (*tokens + at.elapsed().as_secs_f64() * REFUSAL_EVENTS_PER_HOUR / 3600.0).min(REFUSAL_EVENTS_PER_HOUR);
         *at = Instant::now();
         if *tokens >= 1.0 {
             *tokens -= 1.0;

@@ -53,8 +53,12 @@ impl enrollment_server::Enrollment for Coordinator {
             .issue_for_csr(&r.csr_pem, Subject::Agent { target: &named }, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // (Bind the verdict first: `refuse` takes the store lock again.)
-        let verdict =
-            self.store().use_token(id, &dockfra_common::sha256_hex(secret.as_bytes()), expected, dockfra_common::now_unix())?;
+        let verdict = self.store().use_token(
+            id,
+            &dockfra_common::sha256_hex(secret.as_bytes()),
+            expected,
+            dockfra_common::now_unix(),
+        )?;
         let target_id = verdict.map_err(refuse)?;
         let not_after = (dockfra_common::now_unix() + ttl.as_secs()) as i64;
         let facts = r.facts.as_ref().map(facts_json).unwrap_or_default();
@@ -62,7 +66,11 @@ impl enrollment_server::Enrollment for Coordinator {
             let store = self.store();
             store.record_cert(&issued.serial_hex, &target_id, not_after)?;
             store.enroll_agent(&target_id, &issued.serial_hex, not_after, &facts)?;
-            store.event(&target_id, "enrolled", &format!("agent enrolled, certificate serial {}", issued.serial_hex))?;
+            store.event(
+                &target_id,
+                "enrolled",
+                &format!("agent enrolled, certificate serial {}", issued.serial_hex),
+            )?;
         }
         tracing::info!(target = %target_id, "agent enrolled");
         let (key, _) = self.keys();

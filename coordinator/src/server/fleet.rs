@@ -26,7 +26,12 @@ impl Coordinator {
             return Ok(None);
         }
         if !st.state_error.is_empty() {
-            self.finish(target, &dep.id, "refused", format!("refused: the agent cannot trust its own state: {}", st.state_error));
+            self.finish(
+                target,
+                &dep.id,
+                "refused",
+                format!("refused: the agent cannot trust its own state: {}", st.state_error),
+            );
             return Ok(None);
         }
         if let Some(f) = &st.facts {
@@ -48,7 +53,12 @@ impl Coordinator {
         }
         let Some((_, a)) = self.assignment_for(target, DESIRED_TTL)? else { return Ok(None) };
         let again = if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-        let ev = Self::event(&d.deployment_id, "Delivering", format!("{target} polled and picked up the order{again}"), None);
+        let ev = Self::event(
+            &d.deployment_id,
+            "Delivering",
+            format!("{target} polled and picked up the order{again}"),
+            None,
+        );
         self.record_event(target, &ev);
         Ok(Some(a))
     }

@@ -165,6 +165,10 @@ impl Coordinator {
         self.spawn_push_reconcile();
         let router = tonic::transport::Server::builder()
             .tls_config(tls)?
+            // Connections whose peer vanished (a cut link, a NAT that forgot them) are
+            // closed instead of holding a blob stream open for TCP's retransmission timeout.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers::CatchPanicLayer)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 enrollment_server::EnrollmentServer::new(self.clone()),
@@ -342,7 +346,14 @@ impl Coordinator {
     }
 
     /// Sign a desired state naming `rel`, valid for `ttl` from now, with the key chain.
-    fn sign(&self, rel: &ReleaseRow, action: Action, sequence: u64, deployment_id: &str, ttl: Duration) -> proto::Assignment {
+    fn sign(
+        &self,
+        rel: &ReleaseRow,
+        action: Action,
+        sequence: u64,
+        deployment_id: &str,
+        ttl: Duration,
+    ) -> proto::Assignment {
         let now = dockfra_common::now_unix();
         let desired = DesiredState {
             format: bundle::FORMAT,
@@ -454,7 +465,12 @@ impl Coordinator {
                     ),
                 );
             } else if d.id != desired_id {
-                self.finish(target, &d.id, "superseded", "a newer order replaced it before the agent finished it".into());
+                self.finish(
+                    target,
+                    &d.id,
+                    "superseded",
+                    "a newer order replaced it before the agent finished it".into(),
+                );
             }
         }
     }
@@ -468,9 +484,19 @@ impl Coordinator {
         for d in open {
             let desired = self.store().desired(&d.target)?.map(|x| x.deployment_id).unwrap_or_default();
             if d.status == "exporting" {
-                self.finish(&d.target, &d.id, "failed", "interrupted: the coordinator stopped while writing this export".into());
+                self.finish(
+                    &d.target,
+                    &d.id,
+                    "failed",
+                    "interrupted: the coordinator stopped while writing this export".into(),
+                );
             } else if d.id != desired {
-                self.finish(&d.target, &d.id, "superseded", "a newer order replaced it before the agent finished it".into());
+                self.finish(
+                    &d.target,
+                    &d.id,
+                    "superseded",
+                    "a newer order replaced it before the agent finished it".into(),
+                );
             }
         }
         Ok(())
@@ -495,7 +521,11 @@ impl Coordinator {
                 protected.insert(d.bundle_id);
             }
             for app in a.status["apps"].as_array().into_iter().flatten() {
-                let names = app["releases"].as_array().into_iter().flatten().chain([&app["current_release"], &app["previous_release"]]);
+                let names = app["releases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain([&app["current_release"], &app["previous_release"]]);
                 for n in names.filter_map(|n| n.as_str()) {
                     protected.insert(format!("{}/{n}", a.target));
                 }
@@ -505,7 +535,8 @@ impl Coordinator {
         let mut kept: Vec<&ReleaseRow> = Vec::new();
         let mut per_target: std::collections::BTreeMap<&str, usize> = Default::default();
         for r in &live {
-            let keep = project.target(&r.target).map(|t| t.keep_releases).unwrap_or(config::DEFAULT_KEEP_RELEASES) as usize;
+            let keep =
+                project.target(&r.target).map(|t| t.keep_releases).unwrap_or(config::DEFAULT_KEEP_RELEASES) as usize;
             let n = per_target.entry(r.target.as_str()).or_default();
             *n += 1;
             let named = protected.contains(&r.bundle_id) || protected.contains(&format!("{}/{}", r.target, r.release));
@@ -548,7 +579,8 @@ impl Coordinator {
 /// agent with no facts yet decides itself (and refuses once, with its reason).
 fn compat(target: &Target, facts: &serde_json::Value) -> std::result::Result<(), String> {
     let Some(version) = facts["agent_version"].as_str().filter(|v| !v.is_empty()) else { return Ok(()) };
-    let formats: Vec<u64> = facts["manifest_formats"].as_array().into_iter().flatten().filter_map(|f| f.as_u64()).collect();
+    let formats: Vec<u64> =
+        facts["manifest_formats"].as_array().into_iter().flatten().filter_map(|f| f.as_u64()).collect();
     let formats = if formats.is_empty() { vec![1] } else { formats };
     let upgrade = format!(
         "upgrade the agent to {} (`dockfra-coord agent install {}`, or install the dockfra-agent {} package on the host) and deploy again",

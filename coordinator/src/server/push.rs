@@ -88,7 +88,10 @@ impl Coordinator {
                     }
                 }
                 Err(PinnedError::Connect(m)) => {
-                    return Err(CoordError::Unavailable(format!("cannot reach the agent of {:?} at {url}: {m}", target.id)))
+                    return Err(CoordError::Unavailable(format!(
+                        "cannot reach the agent of {:?} at {url}: {m}",
+                        target.id
+                    )))
                 }
             }
         }
@@ -132,7 +135,10 @@ impl Coordinator {
                         &tid,
                         &dep,
                         "failed",
-                        format!("connection to the agent was lost mid-deploy ({why}); gave up after {}", config::format_duration(RETRY_WINDOW)),
+                        format!(
+                            "connection to the agent was lost mid-deploy ({why}); gave up after {}",
+                            config::format_duration(RETRY_WINDOW)
+                        ),
                     );
                     let _ = out.send(Ok(ev)).await;
                     return;
@@ -142,7 +148,8 @@ impl Coordinator {
             if self.store().deployment(&dep).ok().flatten().is_none_or(|x| x.finished_unix.is_some()) {
                 return;
             }
-            let msg = format!("connection to the agent was lost mid-deploy ({why}); pushing again in {}s", backoff.as_secs());
+            let msg =
+                format!("connection to the agent was lost mid-deploy ({why}); pushing again in {}s", backoff.as_secs());
             let ev = proto::DeployEvent { retry: true, ..Self::event(&dep, "Interrupted", msg, None) };
             self.record_and_forward(&tid, ev, &out).await;
             tokio::time::sleep(backoff).await;
@@ -159,7 +166,12 @@ impl Coordinator {
                 let f = facts_json(&f.into_inner());
                 let _ = self.store().touch_agent(tid, None, Some(&f));
                 if let Err(why) = compat(target, &f) {
-                    return Session::Final(self.finish(tid, dep, "refused", format!("refused by the coordinator: {why}")));
+                    return Session::Final(self.finish(
+                        tid,
+                        dep,
+                        "refused",
+                        format!("refused by the coordinator: {why}"),
+                    ));
                 }
             }
             Err(e) => return Session::Lost(e.message().to_string()),
@@ -177,7 +189,8 @@ impl Coordinator {
         let (tx, rx) = mpsc::channel::<proto::CoordinatorMsg>(16);
         let _ = tx.send(proto::CoordinatorMsg { msg: Some(proto::coordinator_msg::Msg::Assignment(assignment)) }).await;
         let again = if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-        self.record_and_forward(tid, Self::event(dep, "Delivering", format!("pushing to {tid}{again}"), None), out).await;
+        self.record_and_forward(tid, Self::event(dep, "Delivering", format!("pushing to {tid}{again}"), None), out)
+            .await;
         let mut stream = match client.deploy(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(e) => return Session::Lost(format!("the agent refused the deploy stream: {}", e.message())),
@@ -240,7 +253,8 @@ impl Coordinator {
             let row = self.store().deployment(dep).ok().flatten()?;
             if row.finished_unix.is_some() {
                 let result = if row.status.is_empty() { "failed".to_string() } else { row.status.clone() };
-                let mut ev = Self::event(dep, if result == "succeeded" { "Done" } else { "Failed" }, row.reason, Some(&result));
+                let mut ev =
+                    Self::event(dep, if result == "succeeded" { "Done" } else { "Failed" }, row.reason, Some(&result));
                 ev.release = row.release;
                 ev.bytes_received = row.bytes;
                 return Some(ev);
