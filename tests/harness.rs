@@ -446,6 +446,60 @@ impl Agent {
     }
 }
 
+/// Run `sh -c CMD` and assert it succeeded.
+pub fn sh(cmd: &str) {
+    let s = Command::new("sh").args(["-c", cmd]).status().unwrap();
+    assert!(s.success(), "{cmd}");
+}
+
+/// Two network namespaces joined by a veth pair, made for one test and removed when dropped:
+/// `c` (the coordinator's side, `ipc`, link `link_c`) and `a` (the agent's, `ipa`, `link_a`),
+/// on a /30 of 10.`net`.`id`.0.
+pub struct NetPair {
+    pub c: String,
+    pub a: String,
+    pub ipc: String,
+    pub ipa: String,
+    pub link_c: String,
+    pub link_a: String,
+}
+
+impl NetPair {
+    /// `tag` keeps the names of tests that run at once apart; `net` their subnets.
+    pub fn new(tag: &str, net: u8) -> Self {
+        let id = (std::process::id() + u32::from(net)) % 200 + 20;
+        let p = NetPair {
+            c: format!("dkf{tag}c{id}"),
+            a: format!("dkf{tag}a{id}"),
+            ipc: format!("10.{net}.{id}.1"),
+            ipa: format!("10.{net}.{id}.2"),
+            link_c: format!("v{tag}c{id}"),
+            link_a: format!("v{tag}a{id}"),
+        };
+        sh(&format!("ip netns add {} && ip netns add {}", p.c, p.a));
+        sh(&format!("ip link add {} netns {} type veth peer name {} netns {}", p.link_c, p.c, p.link_a, p.a));
+        for (ns, link, ip) in [(&p.c, &p.link_c, &p.ipc), (&p.a, &p.link_a, &p.ipa)] {
+            sh(&format!(
+                "ip -n {ns} addr add {ip}/30 dev {link} && ip -n {ns} link set {link} up && ip -n {ns} link set lo up"
+            ));
+        }
+        p
+    }
+
+    /// `ip netns exec NS` as a command prefix.
+    pub fn prefix(ns: &str) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), ns.to_string()]
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for n in [&self.c, &self.a] {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
 /// The coordinator's view of one deployment (from `history --output json`).
 pub fn deployment(w: &World, id: &str) -> serde_json::Value {
     let (_, v) = w.coord_json(&["history", "--output", "json"]);

@@ -10,6 +10,30 @@ use dockfra_e2e::*;
 
 use crate::{deploy_json, live_version, project};
 
+/// What a refused offline bundle must leave byte-for-byte alone: the deploy dir, the blob
+/// store, the agent's state file and its pinned signing key.
+type Snapshot = Vec<(String, String)>;
+
+fn watched(w: &World, agent: &Agent) -> (Snapshot, Snapshot, Vec<u8>, Vec<u8>) {
+    (
+        snapshot(&w.path("deploy-offline")),
+        snapshot(&agent.state.join("blobs")),
+        std::fs::read(agent.state.join("state.json")).unwrap_or_default(),
+        std::fs::read(agent.state.join("identity/signing.pub")).unwrap(),
+    )
+}
+
+/// `dockfra-agent apply FILE` is refused with `expect` in its message, and nothing changed.
+fn refused_unchanged(w: &World, agent: &Agent, file: &std::path::Path, expect: &str) {
+    let before = watched(w, agent);
+    let r = agent.run_cmd(&["apply", file.to_str().unwrap()]);
+    let text = format!("{}{}", r.stdout(), r.stderr());
+    assert_ne!(r.code(), 0, "{} was accepted: {text}", file.display());
+    assert!(text.contains(expect), "{}: expected {expect:?} in: {text}", file.display());
+    assert_eq!(before, watched(w, agent), "{} changed the disk", file.display());
+    assert!(!agent.state.join("journal.json").exists());
+}
+
 /// Rewrite an exported bundle through `f` (which may change documents and blobs).
 fn rewrite_bundle(
     src: &std::path::Path,
@@ -62,22 +86,7 @@ fn offline_bundles_verified_and_bad_ones_refused_without_changing_disk() {
     assert_eq!(live_version(&w, "deploy-offline"), "v1");
 
     // Every refusal below must leave the deploy dir and the agent's state byte-for-byte alone.
-    let watched = || {
-        (
-            snapshot(&w.path("deploy-offline")),
-            snapshot(&agent.state.join("blobs")),
-            std::fs::read(agent.state.join("state.json")).unwrap(),
-        )
-    };
-    let refused = |file: &std::path::Path, expect: &str| {
-        let before = watched();
-        let r = agent.run_cmd(&["apply", file.to_str().unwrap()]);
-        let text = format!("{}{}", r.stdout(), r.stderr());
-        assert_ne!(r.code(), 0, "{} was accepted: {text}", file.display());
-        assert!(text.contains(expect), "{}: expected {expect:?} in: {text}", file.display());
-        assert_eq!(before, watched(), "{} changed the disk", file.display());
-        assert!(!agent.state.join("journal.json").exists());
-    };
+    let refused = |file: &std::path::Path, expect: &str| refused_unchanged(&w, &agent, file, expect);
 
     refused(&good, "replay refused");
 
@@ -398,23 +407,7 @@ fn tuf_attacks_on_orders_and_bundles_are_refused_and_change_nothing() {
     let v2 = export("v2.tar", &[]);
     agent.run_cmd(&["apply", v2.to_str().unwrap()]).ok();
     assert_eq!(live_version(&w, "deploy-offline"), "v2");
-    let watched = || {
-        (
-            snapshot(&w.path("deploy-offline")),
-            snapshot(&agent.state.join("blobs")),
-            std::fs::read(agent.state.join("state.json")).unwrap_or_default(),
-            std::fs::read(agent.state.join("identity/signing.pub")).unwrap(),
-        )
-    };
-    let refused = |file: &std::path::Path, expect: &str| {
-        let before = watched();
-        let r = agent.run_cmd(&["apply", file.to_str().unwrap()]);
-        let text = format!("{}{}", r.stdout(), r.stderr());
-        assert_ne!(r.code(), 0, "{} was accepted: {text}", file.display());
-        assert!(text.contains(expect), "{}: expected {expect:?} in: {text}", file.display());
-        assert_eq!(before, watched(), "{} changed the disk", file.display());
-        assert!(!agent.state.join("journal.json").exists());
-    };
+    let refused = |file: &std::path::Path, expect: &str| refused_unchanged(&w, &agent, file, expect);
     let key = coord_key(&w);
     w.write("project/app/VERSION", "v3\n");
     let v3 = export("v3.tar", &[]);
@@ -432,11 +425,11 @@ fn tuf_attacks_on_orders_and_bundles_are_refused_and_change_nothing() {
     refused(&evil("long"), "max_order_lifetime");
     w.write("agent-strict.yaml", "max_order_age: 1s\n");
     resign(&v3, &evil("stale"), &key, |d, _, _| d["issued_unix"] = (dockfra_common::now_unix() - 5).into());
-    let before = watched();
+    let before = watched(&w, &agent);
     let cfg = w.path("agent-strict.yaml");
     let r = agent.run_cmd(&["--config", cfg.to_str().unwrap(), "apply", evil("stale").to_str().unwrap()]);
     assert!(r.code() != 0 && r.stderr().contains("max_order_age"), "{}{}", r.stdout(), r.stderr());
-    assert_eq!(before, watched());
+    assert_eq!(before, watched(&w, &agent));
     // Mix and match: the order of one release with the manifest of another, and a blob the
     // manifest does not name.
     rewrite_bundle(&v3, &evil("mix"), |a, _| {

@@ -357,45 +357,22 @@ fn a_network_cut_mid_transfer_resumes_and_only_missing_blobs_travel() {
     {
         return;
     }
-    let id = (std::process::id() + 97) % 200 + 20;
-    let (nsc, nsa) = (format!("dkfcut{id}"), format!("dkfcua{id}"));
-    let (ipc, ipa) = (format!("10.232.{id}.1"), format!("10.232.{id}.2"));
-    struct Netns(Vec<String>);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            for n in &self.0 {
-                let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
-            }
-        }
-    }
-    let sh = |cmd: &str| {
-        let s = std::process::Command::new("sh").args(["-c", cmd]).status().unwrap();
-        assert!(s.success(), "{cmd}");
-    };
-    let _ns = Netns(vec![nsc.clone(), nsa.clone()]);
-    sh(&format!("ip netns add {nsc} && ip netns add {nsa}"));
-    sh(&format!("ip link add vc{id} netns {nsc} type veth peer name va{id} netns {nsa}"));
-    sh(&format!(
-        "ip -n {nsc} addr add {ipc}/30 dev vc{id} && ip -n {nsc} link set vc{id} up && ip -n {nsc} link set lo up"
-    ));
-    sh(&format!(
-        "ip -n {nsa} addr add {ipa}/30 dev va{id} && ip -n {nsa} link set va{id} up && ip -n {nsa} link set lo up"
-    ));
+    let net = NetPair::new("cut", 232);
     // About 1 MB/s from the coordinator to the agent, so the transfer takes a while.
-    sh(&format!("ip netns exec {nsc} tc qdisc add dev vc{id} root tbf rate 8mbit burst 32kb latency 2s"));
+    sh(&format!("ip netns exec {} tc qdisc add dev {} root tbf rate 8mbit burst 32kb latency 2s", net.c, net.link_c));
 
     let mut w = World::new("cut");
-    w.coord_prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsc.clone()];
+    w.coord_prefix = NetPair::prefix(&net.c);
     project(&w, free_port(), "", "");
     let files = 12;
     for i in 0..files {
         let body: String = (0..512 * 1024).map(|j| (b'a' + ((i * 7 + j) % 26) as u8) as char).collect();
         w.write(&format!("project/app/data/part{i}.bin"), &body);
     }
-    w.init(&format!("{ipc}:0"));
+    w.init(&format!("{}:0", net.ipc));
     let _coord = w.serve(&[]);
     let mut agent = Agent::new(&w, "cut");
-    agent.prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsa.clone()];
+    agent.prefix = NetPair::prefix(&net.a);
     agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
     let run = agent.start(&w);
     let dep = deploy_id(&w, "edge-pull");
@@ -406,12 +383,12 @@ fn a_network_cut_mid_transfer_resumes_and_only_missing_blobs_travel() {
             .unwrap_or(0)
     };
     wait_until("a few blobs to arrive", Duration::from_secs(60), || count() >= 3);
-    sh(&format!("ip -n {nsa} link set va{id} down"));
+    sh(&format!("ip -n {} link set {} down", net.a, net.link_a));
     let arrived = count();
     assert!(arrived < files, "the whole transfer finished before the cut ({arrived} blobs)");
     wait_until("the agent to notice the cut", Duration::from_secs(60), || run.log().contains("transfer interrupted"));
     std::thread::sleep(Duration::from_secs(2));
-    sh(&format!("ip -n {nsa} link set va{id} up"));
+    sh(&format!("ip -n {} link set {} up", net.a, net.link_a));
     let row = wait_final(&w, &dep, Duration::from_secs(120));
     assert_eq!(row["status"], "succeeded", "{row}\n{}", run.log());
     assert!(row["attempts"].as_u64().unwrap() >= 2, "{row}");

@@ -20,40 +20,18 @@ fn pull_agent_behind_nat_in_a_network_namespace() {
     {
         return;
     }
-    let id = std::process::id() % 200 + 20;
-    let (nsc, nsa) = (format!("dkfc{id}"), format!("dkfa{id}"));
-    let (ipc, ipa) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
-    struct Netns(Vec<String>);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            for n in &self.0 {
-                let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
-            }
-        }
-    }
-    let sh = |cmd: &str| {
-        let s = std::process::Command::new("sh").args(["-c", cmd]).status().unwrap();
-        assert!(s.success(), "{cmd}");
-    };
-    let _ns = Netns(vec![nsc.clone(), nsa.clone()]);
-    sh(&format!("ip netns add {nsc} && ip netns add {nsa}"));
-    sh(&format!("ip link add vc{id} netns {nsc} type veth peer name va{id} netns {nsa}"));
-    sh(&format!(
-        "ip -n {nsc} addr add {ipc}/30 dev vc{id} && ip -n {nsc} link set vc{id} up && ip -n {nsc} link set lo up"
-    ));
-    sh(&format!(
-        "ip -n {nsa} addr add {ipa}/30 dev va{id} && ip -n {nsa} link set va{id} up && ip -n {nsa} link set lo up"
-    ));
+    let net = NetPair::new("nat", 231);
+    let (nsc, nsa, ipc, ipa) = (net.c.clone(), net.a.clone(), net.ipc.clone(), net.ipa.clone());
     // The agent's side accepts no inbound connection: like a device behind NAT.
     sh(&format!("ip netns exec {nsa} iptables -A INPUT -p tcp --syn -j DROP"));
 
     let mut w = World::new("netns");
-    w.coord_prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsc.clone()];
+    w.coord_prefix = NetPair::prefix(&nsc);
     project(&w, free_port(), "", "");
     w.init(&format!("{ipc}:0"));
     let _coord = w.serve(&[]);
     let mut agent = Agent::new(&w, "nat");
-    agent.prefix = vec!["ip".into(), "netns".into(), "exec".into(), nsa.clone()];
+    agent.prefix = NetPair::prefix(&nsa);
     agent.enroll(&format!("https://{}", w.addr()), &w.token("edge-pull")).ok();
     let _a = agent.start(&w);
 
