@@ -23,17 +23,22 @@ use crate::state::StateDir;
     about = "dockfra agent: verifies signed bundles and carries out releases on this host",
     long_about = "dockfra agent: verifies signed bundles and carries out releases on this host \
 (release dirs with an atomic `current` swap, health checks, automatic rollback).\n\n\
-First steps:\n  dockfra-agent enroll --coordinator https://COORD:7443 --token dkf1....\n  dockfra-agent run"
+First steps:\n  dockfra-agent enroll --coordinator https://COORD:7443 --token dkf1....\n  dockfra-agent run\n\n\
+When something looks wrong:\n  dockfra-agent status          # STATE ERROR, recent results, disk use\n  \
+dockfra-agent verify          # kept releases against their signed manifests\n  \
+dockfra-agent state repair    # after a lost or corrupt state.json (agent stopped)"
 )]
 pub struct Cli {
-    /// Agent config file (YAML: `state_dir`, `listen`, `coordinator`); flags win over it.
-    /// The packages install /etc/dockfra/agent.yaml and run the agent with it.
+    /// Agent config file (YAML: `state_dir`, `listen`, `coordinator`, `max_order_age`,
+    /// `max_order_lifetime`); flags win over it. The packages install /etc/dockfra/agent.yaml
+    /// and run the agent with it.
     #[arg(long, global = true, env = "DOCKFRA_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
     /// State directory (identity, journal, blobs, releases). Default: /var/lib/dockfra-agent for
     /// root, else ~/.local/share/dockfra-agent (macOS: ~/Library/Application Support/dockfra-agent).
     #[arg(long, global = true, env = "DOCKFRA_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Log more (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]

@@ -164,10 +164,9 @@ fn agents_renew_their_short_lived_certificates() {
     let agents = w.coord(&["agents", "--output", "json"]).ok().json();
     let known: Vec<&str> = agents.as_array().unwrap().iter().map(|a| a["serial"].as_str().unwrap()).collect();
     assert!(known.contains(&serial(&push).as_str()) && known.contains(&serial(&pull).as_str()), "{agents}");
-    assert_eq!(deploy_json(&w, &["edge-push"]).0, 0);
-    assert_eq!(deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]).0, 0);
-
-    // Once the agent has used its new certificate, a copy of the old one is dead.
+    // Once the agent has used its new certificate (its next poll), a copy of the old one is
+    // dead — checked while the old one has not expired yet, so it is the store that says no.
+    std::thread::sleep(Duration::from_millis(800));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         use dockfra_common::{identity, proto};
@@ -178,6 +177,8 @@ fn agents_renew_their_short_lived_certificates() {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
         assert!(e.message().contains("revoked or superseded"), "{}", e.message());
     });
+    assert_eq!(deploy_json(&w, &["edge-push"]).0, 0);
+    assert_eq!(deploy_json(&w, &["edge-pull", "--wait", "--timeout", "60s"]).0, 0);
 }
 
 /// What a package sets up: `--config FILE` with the state dir and coordinator, enrollment

@@ -34,8 +34,7 @@ impl Coordinator {
             );
             return Ok(None);
         }
-        if let Some(f) = &st.facts {
-            let (_, t) = self.target(target)?;
+        if let (Some(f), Ok((_, t))) = (&st.facts, self.target(target)) {
             if let Err(why) = compat(&t, &facts_json(f)) {
                 self.finish(target, &dep.id, "refused", format!("refused by the coordinator: {why}"));
                 return Ok(None);

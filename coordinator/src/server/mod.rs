@@ -432,7 +432,12 @@ impl Coordinator {
     /// remembers are recorded; an order its floor has passed without a result is `lost`; an
     /// order it never finished that is no longer the desired one is `superseded`.
     fn settle_with_status(&self, target: &str, st: &proto::AgentStatus) {
-        for r in &st.recent {
+        // One indexed query on every poll; the rest only when something is open.
+        let open = self.store().open_deployments(Some(target)).unwrap_or_default();
+        if open.is_empty() {
+            return;
+        }
+        for r in st.recent.iter().filter(|r| open.iter().any(|d| d.id == r.deployment_id)) {
             let ev = proto::DeployEvent {
                 deployment_id: r.deployment_id.clone(),
                 phase: if r.result == "succeeded" { "Done".into() } else { "Failed".into() },
