@@ -439,7 +439,8 @@ pub async fn push_server(
             .tls_config(tls)?
             .serve_with_incoming_shutdown(
                 svc.max_decoding_message_size(64 << 20),
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // TCP_NODELAY: blob requests and events are small frames (no 40 ms waits).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await?;

@@ -333,6 +333,9 @@ impl tower_service::Service<http::Uri> for PinnedConnector {
             let addr = uri.authority().map(|a| a.to_string()).ok_or_else(|| std::io::Error::other("no authority"))?;
             let dial = async {
                 let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                // As tonic's own connector does: small gRPC frames must not wait for
+                // delayed ACKs (40 ms each round trip otherwise).
+                tcp.set_nodelay(true)?;
                 let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
                 Ok(hyper_util::rt::TokioIo::new(tls))
             };

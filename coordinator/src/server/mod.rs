@@ -184,7 +184,9 @@ impl Coordinator {
             ));
         // Written once the services exist: whoever waits for it may call at once.
         dockfra_common::write_atomic(&self.inner.state.serve_addr_file(), addr.to_string().as_bytes(), 0o644)?;
-        router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await?;
+        // TCP_NODELAY: small gRPC frames must not wait for delayed ACKs (40 ms a round trip).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         let _ = std::fs::remove_file(self.inner.state.serve_addr_file());
         Ok(())
     }

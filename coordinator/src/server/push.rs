@@ -161,20 +161,22 @@ impl Coordinator {
     /// requests, forward its events.
     async fn push_once(&self, target: &Target, dep: &str, mut client: Client, out: &Out) -> Session {
         let tid = &target.id;
-        match client.detect(proto::DetectRequest {}).await {
-            Ok(f) => {
-                let f = facts_json(&f.into_inner());
-                let _ = self.store().touch_agent(tid, None, Some(&f));
-                if let Err(why) = compat(target, &f) {
-                    return Session::Final(self.finish(
-                        tid,
-                        dep,
-                        "refused",
-                        format!("refused by the coordinator: {why}"),
-                    ));
+        // The agent's status carries its facts as of its start (what it can take) and whether it
+        // can trust its own state; unlike `Detect` it runs no programs.
+        match self.refresh_status(tid, &mut client).await {
+            Some(st) => {
+                if !st.state_error.is_empty() {
+                    let why = format!("refused: the agent cannot trust its own state: {}", st.state_error);
+                    return Session::Final(self.finish(tid, dep, "refused", why));
+                }
+                if let Some(f) = &st.facts {
+                    if let Err(why) = compat(target, &facts_json(f)) {
+                        let why = format!("refused by the coordinator: {why}");
+                        return Session::Final(self.finish(tid, dep, "refused", why));
+                    }
                 }
             }
-            Err(e) => return Session::Lost(e.message().to_string()),
+            None => return Session::Lost("the agent did not answer its status".into()),
         }
         let attempt = self.store().bump_attempts(dep).unwrap_or(0);
         if attempt > MAX_ATTEMPTS {
