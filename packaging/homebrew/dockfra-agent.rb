@@ -12,7 +12,7 @@
 class DockfraAgent < Formula
   desc "Agent that verifies signed bundles and carries out releases on this host"
   homepage "https://github.com/OWNER/dockfra"
-  url "https://github.com/OWNER/dockfra/archive/refs/tags/v0.1.0.tar.gz"
+  url "https://github.com/OWNER/dockfra/archive/refs/tags/v0.2.0.tar.gz"
   sha256 "0000000000000000000000000000000000000000000000000000000000000000"
   license "Apache-2.0"
   head "https://github.com/OWNER/dockfra.git", branch: "main"
