@@ -419,6 +419,13 @@ impl Manifest {
                         path: f.path.clone(),
                         reason: "symlink without a target".into(),
                     })?;
+                    // Bounded like a path: the checks below walk the target per component.
+                    if link.len() > SafeRelPath::MAX_LEN {
+                        return Err(BundleError::Entry {
+                            path: f.path.clone(),
+                            reason: format!("symlink target longer than {} bytes", SafeRelPath::MAX_LEN),
+                        });
+                    }
                     // Link checks compare names case-insensitively; only for ASCII is that exact
                     // on every filesystem (Unicode normalization differs between them).
                     if !f.path.is_ascii() || !link.is_ascii() {
@@ -520,7 +527,7 @@ impl Manifest {
 
 /// `<sequence>-<first 12 hex of the bundle id>`.
 pub fn release_name(sequence: u64, bundle_id: &str) -> String {
-    format!("{sequence}-{}", &bundle_id[..bundle_id.len().min(12)])
+    format!("{sequence}-{}", bundle_id.chars().take(12).collect::<String>())
 }
 
 /// The documents exactly as signed: what a release dir keeps to be re-verified later.
@@ -673,6 +680,8 @@ mod tests {
             ("the agent's signed dir", vec![file(".dockfra/signed/manifest.json")]),
             ("the agent's signed dir, other case", vec![file(".DOCKFRA/Signed/x")]),
             ("rendered dir as a symlink", vec![link(".dockfra", "x")]),
+            // Found by review while fuzzing: validation time grew with the square of it.
+            ("endless symlink target", vec![link("l", &"a/".repeat(60_000))]),
         ];
         for (what, files) in cases {
             assert!(manifest(files).validate().is_err(), "{what} accepted");
