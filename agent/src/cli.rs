@@ -346,9 +346,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::PollNow => {
             let pid = std::fs::read_to_string(state.pid_file())
                 .with_context(|| format!("no running agent ({} missing)", state.pid_file().display()))?;
-            let out = tokio::process::Command::new("kill").args(["-HUP", pid.trim()]).output().await?;
-            if !out.status.success() {
-                bail!("cannot signal agent pid {}: {}", pid.trim(), String::from_utf8_lossy(&out.stderr).trim());
+            let kill = crate::runner::CommandSpec::new("kill", &["-HUP", pid.trim()])
+                .timeout(std::time::Duration::from_secs(5));
+            let out = runner.run(&kill).await?;
+            if !out.success() {
+                bail!("cannot signal agent pid {}: {}", pid.trim(), out.tail());
             }
             println!("asked agent (pid {}) to poll now", pid.trim());
             Ok(0)

@@ -638,6 +638,9 @@ fn named_operators_are_audited_and_revocable_and_the_signing_key_rotates() {
     assert_eq!(deployment(&w, &id)["operator"], "alice");
     let ev = w.coord(&["events", "edge-push", "--output", "json"]).ok().json();
     assert!(ev.as_array().unwrap().iter().any(|e| e["operator"] == "alice" && e["kind"] == "deploy"), "{ev}");
+    // Every step of her deployment carries her name, the agent's own reports included.
+    let done = ev.as_array().unwrap().iter().find(|e| e["kind"] == "Done").cloned().unwrap_or_default();
+    assert_eq!(done["operator"], "alice", "{ev}");
     let list = w.coord(&["operator", "list", "--output", "json"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
 

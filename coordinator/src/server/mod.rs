@@ -204,7 +204,10 @@ impl Coordinator {
                 return false;
             }
         }
-        let _ = store.event(target, &ev.phase, &ev.message);
+        // An event of a deployment carries the operator who asked for it: the trail says who
+        // deployed what, step by step.
+        let operator = dep.as_ref().map(|d| d.operator.as_str()).unwrap_or_default();
+        let _ = store.event_by(target, &ev.phase, &ev.message, operator);
         if dep.is_some() {
             if ev.r#final {
                 let status = if ev.result.is_empty() { "failed" } else { ev.result.as_str() };
