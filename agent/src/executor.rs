@@ -166,13 +166,19 @@ impl Executor {
     pub fn watermark(&self) -> Result<Watermark, StateError> {
         let p = self.state.persisted()?;
         self.state.journal()?;
-        let floor = self.state.floor().unwrap_or_default();
+        Ok(self.floor_of(&p))
+    }
+
+    /// The floor given the persisted state (which already holds `floor.json`'s order floor):
+    /// raised by `floor.json`'s release floor and the release dirs.
+    fn floor_of(&self, p: &crate::state::Persisted) -> Watermark {
+        let releases = self.state.floor().map(|f| f.release_sequence).unwrap_or(0);
         let dirs = self.state.release_dir_floor();
         let current = p.apps.values().map(|a| a.current_sequence).max().unwrap_or(0);
-        Ok(Watermark {
-            last_desired_sequence: p.last_desired_sequence.max(floor.last_desired_sequence).max(dirs),
-            current_release_sequence: current.max(floor.release_sequence).max(dirs),
-        })
+        Watermark {
+            last_desired_sequence: p.last_desired_sequence.max(dirs),
+            current_release_sequence: current.max(releases).max(dirs),
+        }
     }
 
     /// Verify an assignment against this agent's pinned key, target, floor and limits.
@@ -737,12 +743,14 @@ impl Executor {
                 }
             }
         };
-        let state_error = self.state.journal().err().map(|e| e.to_string()).unwrap_or_default();
-        let in_flight = self.state.journal().ok().flatten().map(|j| j.deployment_id).unwrap_or_default();
+        let (in_flight, state_error) = match self.state.journal() {
+            Ok(j) => (j.map(|j| j.deployment_id).unwrap_or_default(), String::new()),
+            Err(e) => (String::new(), e.to_string()),
+        };
         proto::AgentStatus {
             target: self.target.clone(),
             facts,
-            last_desired_sequence: self.watermark().map(|w| w.last_desired_sequence).unwrap_or(p.last_desired_sequence),
+            last_desired_sequence: self.floor_of(&p).last_desired_sequence,
             apps: p
                 .apps
                 .iter()

@@ -131,11 +131,17 @@ pub struct Persisted {
 impl Persisted {
     /// Remember a final result (newest last, bounded).
     pub fn remember(&mut self, o: Outcome) {
-        self.recent.retain(|r| r.deployment_id != o.deployment_id);
-        self.recent.push(o);
-        let excess = self.recent.len().saturating_sub(RECENT);
-        self.recent.drain(..excess);
+        push_bounded(&mut self.recent, o);
     }
+}
+
+/// Put `o` last in `list` (replacing an older entry of the same deployment), keeping the
+/// newest [`RECENT`].
+fn push_bounded(list: &mut Vec<Outcome>, o: Outcome) {
+    list.retain(|r| r.deployment_id != o.deployment_id);
+    list.push(o);
+    let excess = list.len().saturating_sub(RECENT);
+    list.drain(..excess);
 }
 
 /// `floor.json`: the second copy of the trust floor, and where the apps' releases live (so
@@ -432,10 +438,7 @@ impl StateDir {
     /// Add a final result to the outbox (fsynced before anyone is told).
     pub fn push_outbox(&self, o: Outcome) -> Result<()> {
         let mut all = self.outbox();
-        all.retain(|x| x.deployment_id != o.deployment_id);
-        all.push(o);
-        let excess = all.len().saturating_sub(RECENT);
-        all.drain(..excess);
+        push_bounded(&mut all, o);
         write(&self.outbox_file(), &serde_json::to_vec(&all)?, 0o644)
     }
 

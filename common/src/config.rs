@@ -1512,7 +1512,7 @@ mod tests {
     const FILE: &str = "deploy-targets.yaml";
 
     fn seed_path() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/seeds/deploy-targets.example.yaml"))
+        crate::shared_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).join("seeds/deploy-targets.example.yaml")
     }
 
     fn p(text: &str) -> Result<Project, ConfigError> {

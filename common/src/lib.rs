@@ -54,6 +54,30 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io:
     fsync_dir(dir)
 }
 
+/// The team's shared reference material that the tests read (`shared/`: the compose corpus,
+/// the seed documents): `$DOCKFRA_SHARED`, else `shared/` beside the workspace, else beside
+/// the local repository this checkout was cloned from (a CI clone made elsewhere, e.g.
+/// `git clone /work/main /tmp/ci-check`). Tests only; no program reads it.
+#[doc(hidden)]
+pub fn shared_dir(workspace: &std::path::Path) -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("DOCKFRA_SHARED").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    let beside = workspace.join("../shared");
+    if beside.is_dir() {
+        return beside;
+    }
+    let origin = std::fs::read_to_string(workspace.join(".git/config")).unwrap_or_default();
+    let url = origin
+        .split("[remote \"origin\"]")
+        .nth(1)
+        .and_then(|sec| sec.lines().find_map(|l| l.trim().strip_prefix("url = ").map(str::to_string)));
+    match url.map(std::path::PathBuf::from).filter(|u| u.is_absolute()) {
+        Some(repo) if repo.join("../shared").is_dir() => repo.join("../shared"),
+        _ => beside,
+    }
+}
+
 /// Free (for unprivileged users) and total bytes of the filesystem holding `path`.
 pub fn free_space(path: &std::path::Path) -> Option<(u64, u64)> {
     let s = rustix::fs::statvfs(path).ok()?;

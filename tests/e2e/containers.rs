@@ -669,7 +669,7 @@ fn quadlet_units_of_every_corpus_file_pass_the_real_generator() {
     }
     use dockfra_common::compose;
     use dockfra_coord::convert::quadlet::{convert, Options};
-    let corpus = workspace().join("../shared/corpus/awesome-compose");
+    let corpus = dockfra_common::shared_dir(&workspace()).join("corpus/awesome-compose");
     let w = World::new("quadlet");
     let mut checked = 0;
     for entry in std::fs::read_dir(&corpus).unwrap().flatten() {

@@ -284,7 +284,7 @@ fn the_seed_fleet_loads_and_lists_without_dialling() {
     std::fs::copy(workspace().join("deploy-targets.yaml"), w.project.join("deploy-targets.yaml")).unwrap();
     assert_eq!(
         std::fs::read(workspace().join("deploy-targets.yaml")).unwrap(),
-        std::fs::read(workspace().join("../shared/seeds/deploy-targets.example.yaml")).unwrap(),
+        std::fs::read(dockfra_common::shared_dir(&workspace()).join("seeds/deploy-targets.example.yaml")).unwrap(),
         "the top-level deploy-targets.yaml starts as the seed's example"
     );
     let _coord = w.serve(&[]);

@@ -1032,7 +1032,7 @@ networks:
 
     #[test]
     fn awesome_compose_corpus_loads() {
-        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus/awesome-compose"));
+        let root = &crate::shared_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).join("corpus/awesome-compose");
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap()).unwrap();
         let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -539,7 +539,8 @@ ExecStopPost=-/bin/rm -f %t/%N.cid\nSuccessExitStatus=143\n\n[Install]\nWantedBy
 
     #[test]
     fn every_corpus_file_converts_and_warnings_name_service_and_key() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/awesome-compose");
+        let ws = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = dockfra_common::shared_dir(&ws).join("corpus/awesome-compose");
         let mut files = 0;
         let mut warned = 0;
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use dockfra_common::proto::{self, fleet_server};
 
-use super::{compat, facts_json, status_json, AgentPeer, Coordinator, DESIRED_TTL, MAX_ATTEMPTS};
+use super::{can_take, facts_json, status_json, AgentPeer, Coordinator, DESIRED_TTL, MAX_ATTEMPTS};
 use crate::ca::Subject;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::BlobChunk, Status>> + Send>>;
@@ -25,18 +25,9 @@ impl Coordinator {
         if dep.finished_unix.is_some() || d.sequence <= st.last_desired_sequence {
             return Ok(None);
         }
-        if !st.state_error.is_empty() {
-            self.finish(
-                target,
-                &dep.id,
-                "refused",
-                format!("refused: the agent cannot trust its own state: {}", st.state_error),
-            );
-            return Ok(None);
-        }
-        if let (Some(f), Ok((_, t))) = (&st.facts, self.target(target)) {
-            if let Err(why) = compat(&t, &facts_json(f)) {
-                self.finish(target, &dep.id, "refused", format!("refused by the coordinator: {why}"));
+        if let Ok((_, t)) = self.target(target) {
+            if let Err(why) = can_take(&t, st) {
+                self.finish(target, &dep.id, "refused", why);
                 return Ok(None);
             }
         }

@@ -585,6 +585,20 @@ impl Coordinator {
     }
 }
 
+/// May the agent that sent `st` be handed an order for `target` now? `Err` is the refusal,
+/// worded for the deployment's history: its state is unreadable, or its facts say it cannot
+/// take what this coordinator builds. The one check for pull (at a poll) and push (before a
+/// push).
+fn can_take(target: &Target, st: &proto::AgentStatus) -> std::result::Result<(), String> {
+    if !st.state_error.is_empty() {
+        return Err(format!("refused: the agent cannot trust its own state: {}", st.state_error));
+    }
+    match &st.facts {
+        Some(f) => compat(target, &facts_json(f)).map_err(|why| format!("refused by the coordinator: {why}")),
+        None => Ok(()),
+    }
+}
+
 /// Can the agent whose facts these are take what this coordinator builds for `target`? An
 /// agent with no facts yet decides itself (and refuses once, with its reason).
 fn compat(target: &Target, facts: &serde_json::Value) -> std::result::Result<(), String> {

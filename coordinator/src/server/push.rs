@@ -14,7 +14,7 @@ use dockfra_common::config::{self, Mode, Target};
 use dockfra_common::identity::{self, PinnedError};
 use dockfra_common::proto::{self, agent_client};
 
-use super::{compat, facts_json, status_json, Coordinator, DESIRED_TTL, MAX_ATTEMPTS};
+use super::{can_take, facts_json, status_json, Coordinator, DESIRED_TTL, MAX_ATTEMPTS};
 use crate::error::{CoordError, Result};
 
 pub(super) type EventStream =
@@ -24,6 +24,16 @@ type Out = mpsc::Sender<std::result::Result<proto::DeployEvent, Status>>;
 
 /// How long a push keeps trying after the connection broke mid-deploy.
 const RETRY_WINDOW: Duration = Duration::from_secs(600);
+
+/// What asking the agent about a deployment said.
+enum Settled {
+    /// The deployment is final (the agent's result, or settled otherwise).
+    Final(proto::DeployEvent),
+    /// The agent answered: it is not working on it and has no result (push again).
+    Open,
+    /// The agent could not be asked.
+    Unreachable,
+}
 
 /// How one push session ended.
 enum Session {
@@ -126,11 +136,11 @@ impl Coordinator {
             };
             // Did the agent finish, is it at it, or did it stop with nothing changed?
             match self.settle_push(&target, &dep).await {
-                Some(ev) => {
+                Settled::Final(ev) => {
                     let _ = out.send(Ok(ev)).await;
                     return;
                 }
-                None if started.elapsed() >= RETRY_WINDOW => {
+                _ if started.elapsed() >= RETRY_WINDOW => {
                     let ev = self.finish(
                         &tid,
                         &dep,
@@ -143,7 +153,7 @@ impl Coordinator {
                     let _ = out.send(Ok(ev)).await;
                     return;
                 }
-                None => {}
+                Settled::Open | Settled::Unreachable => {}
             }
             if self.store().deployment(&dep).ok().flatten().is_none_or(|x| x.finished_unix.is_some()) {
                 return;
@@ -163,20 +173,11 @@ impl Coordinator {
         let tid = &target.id;
         // The agent's status carries its facts as of its start (what it can take) and whether it
         // can trust its own state; unlike `Detect` it runs no programs.
-        match self.refresh_status(tid, &mut client).await {
-            Some(st) => {
-                if !st.state_error.is_empty() {
-                    let why = format!("refused: the agent cannot trust its own state: {}", st.state_error);
-                    return Session::Final(self.finish(tid, dep, "refused", why));
-                }
-                if let Some(f) = &st.facts {
-                    if let Err(why) = compat(target, &facts_json(f)) {
-                        let why = format!("refused by the coordinator: {why}");
-                        return Session::Final(self.finish(tid, dep, "refused", why));
-                    }
-                }
-            }
-            None => return Session::Lost("the agent did not answer its status".into()),
+        let Some(st) = self.refresh_status(tid, &mut client).await else {
+            return Session::Lost("the agent did not answer its status".into());
+        };
+        if let Err(why) = can_take(target, &st) {
+            return Session::Final(self.finish(tid, dep, "refused", why));
         }
         let attempt = self.store().bump_attempts(dep).unwrap_or(0);
         if attempt > MAX_ATTEMPTS {
@@ -238,30 +239,29 @@ impl Coordinator {
         Some(st)
     }
 
-    /// After a lost connection: ask the agent. Returns the final event when the deployment
-    /// ended (the agent remembers its result, or it is no longer ours to push); waits while
-    /// the agent is still working on it; `None` when it stopped with nothing changed (push
-    /// again) or cannot be asked right now.
-    async fn settle_push(&self, target: &Target, dep: &str) -> Option<proto::DeployEvent> {
+    /// After a lost connection: ask the agent whether the deployment ended (it remembers its
+    /// result, or it is no longer ours to push), waiting while the agent is still working on
+    /// it.
+    async fn settle_push(&self, target: &Target, dep: &str) -> Settled {
         let waited = Instant::now();
         loop {
-            let mut client = self.dial_agent(target).await.ok()?;
-            let st = self.refresh_status(&target.id, &mut client).await?;
+            let Ok(mut client) = self.dial_agent(target).await else { return Settled::Unreachable };
+            let Some(st) = self.refresh_status(&target.id, &mut client).await else { return Settled::Unreachable };
             if st.in_flight == dep && waited.elapsed() < RETRY_WINDOW {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             self.settle_with_status(&target.id, &st);
-            let row = self.store().deployment(dep).ok().flatten()?;
+            let Some(row) = self.store().deployment(dep).ok().flatten() else { return Settled::Open };
             if row.finished_unix.is_some() {
                 let result = if row.status.is_empty() { "failed".to_string() } else { row.status.clone() };
                 let mut ev =
                     Self::event(dep, if result == "succeeded" { "Done" } else { "Failed" }, row.reason, Some(&result));
                 ev.release = row.release;
                 ev.bytes_received = row.bytes;
-                return Some(ev);
+                return Settled::Final(ev);
             }
-            return None;
+            return Settled::Open;
         }
     }
 
@@ -326,15 +326,14 @@ impl Coordinator {
             tokio::spawn(async move {
                 let start = Instant::now();
                 loop {
-                    if let Some(ev) = this.settle_push(&target, &d.id).await {
-                        tracing::info!(target = %target.id, deployment = %d.id, "settled after restart: {}", ev.result);
-                        return;
-                    }
-                    let open = this.store().deployment(&d.id).ok().flatten().is_some_and(|x| x.finished_unix.is_none());
-                    if !open {
-                        return;
-                    }
-                    let reachable = this.dial_agent(&target).await.is_ok();
+                    let reachable = match this.settle_push(&target, &d.id).await {
+                        Settled::Final(ev) => {
+                            tracing::info!(target = %target.id, deployment = %d.id, "settled after restart: {}", ev.result);
+                            return;
+                        }
+                        Settled::Open => true,
+                        Settled::Unreachable => false,
+                    };
                     if reachable || start.elapsed() > RETRY_WINDOW {
                         let why = if reachable {
                             "the coordinator restarted while pushing it; the agent is not working on it and has no result for it: deploy again"
