@@ -241,10 +241,6 @@ impl Store {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    pub fn event_count(&self) -> Result<i64> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?)
-    }
-
     // ---------------------------------------------------------------- operators
 
     /// Record an operator's (new) certificate; a name that exists gets the new serial, so its
