@@ -331,6 +331,8 @@ impl World {
             .args(["serve", "--root"])
             .arg(&self.project)
             .args(extra)
+            // Tests run side by side: the dashboard takes a free port unless a test names one.
+            .args(if extra.contains(&"--http-listen") { &[][..] } else { &["--http-listen", "127.0.0.1:0"][..] })
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -348,6 +350,40 @@ impl World {
 
     pub fn addr(&self) -> String {
         std::fs::read_to_string(self.coord_state.join("serve.addr")).unwrap().trim().to_string()
+    }
+
+    /// Where `serve` put the dashboard and the REST API (`ADDR:PORT`).
+    pub fn http_addr(&self) -> String {
+        std::fs::read_to_string(self.coord_state.join("http.addr")).unwrap().trim().to_string()
+    }
+
+    /// A REST API bearer token for the CLI's operator (`operator token`).
+    pub fn api_token(&self) -> String {
+        self.coord(&["operator", "token"]).ok().stdout().trim().to_string()
+    }
+
+    /// One REST API call over real HTTPS (curl, the coordinator's CA trusted): the status
+    /// code and the body (JSON when it is JSON, else a string).
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-X", method, "--max-time", "120", "-w", "\n%{http_code}", "--cacert"])
+            .arg(self.coord_state.join("ca.crt"));
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        c.arg(format!("https://{}{path}", self.http_addr()));
+        let out = c.output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code: u16 = code
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl {path}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        let v = serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_string()));
+        (code, v)
     }
 
     /// `coord ARGS… --output json` style: (exit code, the JSON it printed).

@@ -93,6 +93,7 @@ impl Outcome {
             bytes_received: self.bytes,
             unix_ms: self.unix_ms,
             retry: false,
+            target: String::new(),
         }
     }
     pub fn proto(&self) -> proto::DeployResult {

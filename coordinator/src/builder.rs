@@ -523,10 +523,46 @@ fn save_images(blobs: &Path, images: &[String], target: &str) -> Result<Vec<Imag
 /// What one build produced.
 pub struct Built {
     pub manifest: Manifest,
+    /// The files dockfra rendered into the release (path, content), e.g. the resolved compose file.
+    pub rendered: Vec<(String, Vec<u8>)>,
+}
+
+/// Store blobs (a real build), or only hash (a plan: nothing is written, no image is saved or
+/// pushed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Store,
+    DryRun,
+}
+
+/// Hash a file without storing it (a plan).
+fn hash_file(src: &Path) -> Result<(String, u64)> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", src.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex::encode(h.finalize()), size))
 }
 
 /// Build the manifest for `target` (sequence and version filled by the caller's arguments).
-pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, version: Option<&str>) -> Result<Built> {
+pub fn build(
+    project: &Project,
+    target: &Target,
+    blobs: &Path,
+    sequence: u64,
+    version: Option<&str>,
+    mode: Mode,
+) -> Result<Built> {
+    let dry = mode == Mode::DryRun;
     let app_dir = &project.app.path;
     if !app_dir.is_dir() {
         bail!("{}: app.path {} is not a directory", project.file.display(), app_dir.display());
@@ -549,13 +585,13 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             Platform::DockerCompose,
             PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy, ship_images, registry },
         ) => {
-            std::fs::create_dir_all(blobs)?;
             let (mut spec, mut model, images) =
                 render_compose(project, target, compose_project, pull_policy, restart_policy, *ship_images || registry.is_some())?;
-            if *ship_images {
+            if *ship_images && !dry {
+                std::fs::create_dir_all(blobs)?;
                 spec.images = save_images(blobs, &images, &target.id)?;
             }
-            if let Some(r) = registry {
+            if let Some(r) = registry.as_ref().filter(|_| !dry) {
                 let moved = push_images(r, &images, &target.id)?;
                 rename_images(&mut model, &moved);
             }
@@ -567,13 +603,13 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             Platform::Swarm,
             PlatformConfig::Swarm { stack_name, replicas, update_parallelism, update_delay, ship_images, registry },
         ) => {
-            std::fs::create_dir_all(blobs)?;
             let (mut spec, mut model, images) =
                 render_compose(project, target, stack_name, &None, &None, *ship_images || registry.is_some())?;
-            if *ship_images {
+            if *ship_images && !dry {
+                std::fs::create_dir_all(blobs)?;
                 spec.images = save_images(blobs, &images, &target.id)?;
             }
-            if let Some(r) = registry {
+            if let Some(r) = registry.as_ref().filter(|_| !dry) {
                 let moved = push_images(r, &images, &target.id)?;
                 rename_images(&mut model, &moved);
             }
@@ -586,9 +622,9 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             Platform::Podman,
             PlatformConfig::Podman { use_quadlet, rootless, pod_name, compose_project, ship_images, start_machine },
         ) => {
-            std::fs::create_dir_all(blobs)?;
             let (mut compose, mut model, images) = render_compose(project, target, compose_project, &None, &None, *ship_images)?;
-            if *ship_images {
+            if *ship_images && !dry {
+                std::fs::create_dir_all(blobs)?;
                 compose.images = save_images(blobs, &images, &target.id)?;
             }
             let mut quadlet_units = Vec::new();
@@ -625,7 +661,9 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
             p.as_str()
         ),
     };
-    std::fs::create_dir_all(blobs)?;
+    if !dry {
+        std::fs::create_dir_all(blobs)?;
+    }
     let mut files = Vec::new();
     for (rel, abs) in walk(app_dir, &project.file)? {
         SafeRelPath::new(&rel).with_context(|| format!("app file {}", abs.display()))?;
@@ -646,15 +684,23 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
                 link: Some(to),
             });
         } else if meta.file_type().is_file() {
-            let (digest, size) = store_blob(blobs, &abs)?;
+            let (digest, size) = if dry { hash_file(&abs)? } else { store_blob(blobs, &abs)? };
             files.push(FileEntry { path: rel, kind: EntryKind::File, mode, size, sha256: digest, link: None });
         } else {
             bail!("app file {} is not a regular file, directory or symlink", abs.display());
         }
     }
-    for (path, bytes) in rendered {
-        let (digest, size) = store_bytes(blobs, &bytes)?;
-        files.push(FileEntry { path, kind: EntryKind::File, mode: 0o644, size, sha256: digest, link: None });
+    for (path, bytes) in &rendered {
+        let (digest, size) =
+            if dry { (dockfra_common::sha256_hex(bytes), bytes.len() as u64) } else { store_bytes(blobs, bytes)? };
+        files.push(FileEntry {
+            path: path.clone(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size,
+            sha256: digest,
+            link: None,
+        });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let content: BTreeMap<&str, &str> = files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())).collect();
@@ -674,7 +720,7 @@ pub fn build(project: &Project, target: &Target, blobs: &Path, sequence: u64, ve
         os: target.os.clone(),
     };
     manifest.validate().with_context(|| format!("the app in {} cannot be bundled", app_dir.display()))?;
-    Ok(Built { manifest })
+    Ok(Built { manifest, rendered })
 }
 
 /// Open a stored blob (digest already validated).

@@ -30,8 +30,17 @@ pub struct Issued {
 /// Who a leaf certificate is for.
 pub enum Subject<'a> {
     Coordinator,
-    Operator { name: &'a str },
-    Agent { target: &'a str },
+    Operator {
+        name: &'a str,
+    },
+    Agent {
+        target: &'a str,
+    },
+    /// The dashboard's and REST API's HTTPS listener: the names browsers and scripts use
+    /// (DNS names or IP addresses), no dockfra identity (it authenticates nothing to agents).
+    Web {
+        names: &'a [String],
+    },
 }
 
 pub struct Ca {
@@ -72,6 +81,26 @@ impl Ca {
     }
 
     fn leaf_params(subject: &Subject<'_>, ttl: Duration) -> Result<CertificateParams, CaError> {
+        if let Subject::Web { names } = subject {
+            let mut p = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "dockfra web");
+            p.distinguished_name = dn;
+            for n in names.iter() {
+                p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.as_str().try_into()?),
+                });
+            }
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let now = OffsetDateTime::now_utc();
+            p.not_before = now - Duration::from_secs(300);
+            p.not_after = now + ttl;
+            p.serial_number = Some(random_serial());
+            return Ok(p);
+        }
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         let (cn, uri, dns) = match subject {
@@ -84,6 +113,7 @@ impl Ca {
             Subject::Agent { target } => {
                 (format!("dockfra agent {target}"), identity::target_uri(target), Some(identity::agent_dns(target)))
             }
+            Subject::Web { .. } => unreachable!("handled above"),
         };
         dn.push(DnType::CommonName, cn);
         p.distinguished_name = dn;

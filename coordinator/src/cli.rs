@@ -77,7 +77,11 @@ pub enum Command {
         #[arg(long = "first-operator", default_value = "admin")]
         first_operator: String,
     },
-    /// Serve agents and the CLI in the foreground until SIGTERM/SIGINT.
+    /// Serve agents and the CLI (gRPC, mTLS) and the dashboard and REST API (HTTPS) in the
+    /// foreground until SIGTERM/SIGINT. Prints the dashboard's URL when it starts.
+    #[command(
+        after_help = "The dashboard and the REST API:\n  dockfra-coord serve --root ./myproject --http-listen 0.0.0.0:8443 --http-name deploy.example.lan\n  dockfra-coord operator token          # a bearer token to log in with\n  curl --cacert STATE/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:8443/api/deploy-targets\nThe certificate is issued by the coordinator's CA (STATE/ca.crt): trust that file in the\nbrowser, or put a reverse proxy with your own certificate in front."
+    )]
     Serve {
         /// Project dir holding deploy-targets.yaml and the app.
         #[arg(long, default_value = ".")]
@@ -85,7 +89,17 @@ pub enum Command {
         /// Override the listen address chosen at init.
         #[arg(long)]
         listen: Option<String>,
+        /// Where the dashboard and the REST API listen (HTTPS), or `off`. Default: the state
+        /// dir's http_listen, else 127.0.0.1:8443 (loopback only).
+        #[arg(long)]
+        http_listen: Option<String>,
+        /// A name (DNS or IP) browsers use to reach the dashboard, put in its certificate
+        /// besides localhost, 127.0.0.1 and ::1 (repeatable).
+        #[arg(long = "http-name")]
+        http_names: Vec<String>,
     },
+    /// Print the REST API's OpenAPI document (what `GET /api/openapi.json` serves).
+    Openapi,
     /// Join tokens for agents.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -126,6 +140,27 @@ pub enum Command {
     /// Deployments, newest first.
     History {
         target: Option<String>,
+        /// Only deployments with this result (succeeded, failed, refused, superseded, …).
+        #[arg(long)]
+        result: Option<String>,
+        /// Only deployments started within this long (e.g. 24h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        #[arg(long, default_value = "200")]
+        limit: u32,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// One deployment and its events, step by step.
+    Deployment {
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// What a deploy of TARGET would change, without building a release or telling its agent:
+    /// files added/changed/removed, bytes to move, compose services and images.
+    Plan {
+        target: String,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -219,9 +254,22 @@ pub enum OperatorCmd {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Revoke NAME's credential (effective at its next call). The last active operator
-    /// cannot be revoked.
+    /// Revoke NAME's credential (effective at its next call) and its API tokens. The last
+    /// active operator cannot be revoked.
     Revoke { name: String },
+    /// Print a bearer token for the REST API and the dashboard, bound to the operator the CLI
+    /// acts as (--operator). Revoking the operator ends its tokens.
+    #[command(
+        after_help = "Example:\n  TOKEN=$(dockfra-coord operator token --ttl 7d --label ci)\n  curl --cacert STATE/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:8443/api/deploy-targets"
+    )]
+    Token {
+        /// How long it is valid (at most 365d).
+        #[arg(long, default_value = "30d", value_parser = parse_duration)]
+        ttl: Duration,
+        /// What it is for (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -351,9 +399,24 @@ pub async fn run(cli: Cli) -> Result<u8> {
             );
             Ok(exit::OK)
         }
-        Command::Serve { root, listen } => {
+        Command::Openapi => {
+            println!("{}", crate::server::openapi_json());
+            Ok(exit::OK)
+        }
+        Command::Serve { root, listen, http_listen, http_names } => {
             let project = project_file(&root)?;
-            let listen = listen.unwrap_or(state.settings()?.listen);
+            let settings = state.settings()?;
+            let listen = listen.unwrap_or(settings.listen);
+            let http_listen =
+                http_listen.or(settings.http_listen).unwrap_or_else(|| crate::state::DEFAULT_HTTP_LISTEN.to_string());
+            let http = if http_listen == "off" {
+                None
+            } else {
+                http_listen
+                    .parse::<std::net::SocketAddr>()
+                    .with_context(|| format!("--http-listen {http_listen:?} is not ADDR:PORT (or `off`)"))?;
+                Some(crate::server::HttpOptions { listen: http_listen, names: http_names })
+            };
             let coord = crate::server::Coordinator::open(state, project)?;
             // One shutdown path: the signal stops accepting and drains open calls; after a
             // grace period we leave anyway (agents retry, deploys are journaled on their side).
@@ -367,7 +430,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             };
             tokio::select! {
-                r = coord.serve(&listen, signal) => r?,
+                r = coord.serve(&listen, http, signal) => r?,
                 _ = grace => tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}: exiting anyway"),
             }
             Ok(exit::OK)
@@ -526,14 +589,18 @@ async fn admin_command(
             follow(&target, stream, output).await
         }
         Command::Status { target, output } => {
+            let one = target.is_some();
             let v = json(c.status(proto::TargetRequest { target: target.unwrap_or_default() }).await)?;
-            let rows = if v.is_array() { v.as_array().cloned().unwrap_or_default() } else { vec![v.clone()] };
+            let rows = v["targets"].as_array().cloned().unwrap_or_default();
+            // One target: its object; all: the array (what scripts of 0.1 read).
+            let whole = if one { rows.first().cloned().unwrap_or_default() } else { serde_json::json!(rows) };
             print_out(
                 output,
-                &v,
+                &whole,
                 &rows,
                 &[
                     ("TARGET", "target"),
+                    ("STATE", "state"),
                     ("MODE", "mode"),
                     ("CURRENT", "current_release"),
                     ("VERSION", "current_version"),
@@ -544,12 +611,19 @@ async fn admin_command(
             );
             Ok(exit::OK)
         }
-        Command::History { target, output } => {
-            let v = json(c.history(proto::TargetRequest { target: target.unwrap_or_default() }).await)?;
-            let rows = v.as_array().cloned().unwrap_or_default();
+        Command::History { target, result, since, limit, output } => {
+            let req = proto::HistoryRequest {
+                target: target.unwrap_or_default(),
+                result: result.unwrap_or_default(),
+                since_unix: since.map(|d| dockfra_common::now_unix().saturating_sub(d.as_secs())).unwrap_or(0),
+                until_unix: 0,
+                limit,
+            };
+            let v = json(c.history(req).await)?;
+            let rows = v["deployments"].as_array().cloned().unwrap_or_default();
             print_out(
                 output,
-                &v,
+                &serde_json::json!(rows),
                 &rows,
                 &[
                     ("ID", "id"),
@@ -559,21 +633,87 @@ async fn admin_command(
                     ("VERSION", "version"),
                     ("STATUS", "status"),
                     ("OPERATOR", "operator"),
+                    ("MS", "duration_ms"),
                     ("BYTES", "bytes"),
                     ("REASON", "reason"),
                 ],
             );
             Ok(exit::OK)
         }
+        Command::Deployment { id, output } => {
+            let v = json(c.get_deployment(proto::DeploymentRequest { id }).await)?;
+            let d = &v["deployment"];
+            if output == Output::Json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{} {} {} on {}: {} ({} ms, by {})",
+                    d["id"].as_str().unwrap_or("?"),
+                    d["action"].as_str().unwrap_or("?"),
+                    d["release"].as_str().unwrap_or("?"),
+                    d["target"].as_str().unwrap_or("?"),
+                    d["status"].as_str().unwrap_or("?"),
+                    d["duration_ms"],
+                    cell(&d["operator"]),
+                );
+                if let Some(r) = d["reason"].as_str().filter(|r| !r.is_empty()) {
+                    println!("reason: {r}");
+                }
+                let rows = v["events"].as_array().cloned().unwrap_or_default();
+                print_out(Output::Table, &v, &rows, &[("TIME", "unix_ms"), ("STEP", "kind"), ("MESSAGE", "message")]);
+            }
+            Ok(exit::OK)
+        }
+        Command::Plan { target, output } => {
+            let v = json(c.plan(proto::TargetRequest { target }).await)?;
+            if output == Output::Json {
+                println!("{v}");
+                return Ok(exit::OK);
+            }
+            println!(
+                "{}: {} -> {} ({})",
+                v["target"].as_str().unwrap_or("?"),
+                cell(&v["current_release"]),
+                v["version"].as_str().unwrap_or("?"),
+                v["platform"].as_str().unwrap_or("?")
+            );
+            println!(
+                "files: {} added, {} changed, {} removed, {} unchanged; {} of {} bytes to move",
+                v["files_added"],
+                v["files_changed"],
+                v["files_removed"],
+                v["files_unchanged"],
+                v["bytes_to_move"],
+                v["bytes_total"]
+            );
+            for f in v["files"].as_array().into_iter().flatten() {
+                println!("  {:<8} {}", f["change"].as_str().unwrap_or("?"), f["path"].as_str().unwrap_or("?"));
+            }
+            for sv in v["services"].as_array().into_iter().flatten() {
+                let image = match (sv["old_image"].as_str().unwrap_or(""), sv["image"].as_str().unwrap_or("")) {
+                    (a, b) if a == b || a.is_empty() => b.to_string(),
+                    (a, b) => format!("{a} -> {b}"),
+                };
+                println!(
+                    "  service {:<10} {:<9} {image}",
+                    sv["service"].as_str().unwrap_or("?"),
+                    sv["change"].as_str().unwrap_or("?")
+                );
+            }
+            for n in v["notes"].as_array().into_iter().flatten() {
+                println!("note: {}", n.as_str().unwrap_or(""));
+            }
+            Ok(exit::OK)
+        }
         Command::Targets { output } => {
-            let v = json(c.targets(proto::Empty {}).await)?;
-            let rows = v.as_array().cloned().unwrap_or_default();
+            let v = json(c.status(proto::TargetRequest::default()).await)?;
+            let rows = v["targets"].as_array().cloned().unwrap_or_default();
             print_out(
                 output,
-                &v,
+                &serde_json::json!(rows),
                 &rows,
                 &[
-                    ("TARGET", "id"),
+                    ("TARGET", "target"),
                     ("PLATFORM", "platform"),
                     ("HOST", "host"),
                     ("MODE", "mode"),
@@ -592,15 +732,17 @@ async fn admin_command(
             binary,
             agent_coordinator,
         }) => {
-            let targets = json(c.targets(proto::Empty {}).await)?;
-            let Some(t) = targets.as_array().into_iter().flatten().find(|t| t["id"] == target.as_str()).cloned() else {
+            let targets = json(c.status(proto::TargetRequest::default()).await)?;
+            let Some(t) =
+                targets["targets"].as_array().into_iter().flatten().find(|t| t["target"] == target.as_str()).cloned()
+            else {
                 anyhow::bail!("unknown target {target:?} (see `dockfra-coord targets`)");
             };
-            let Some(host) = t["host"].as_str().map(String::from) else {
+            let Some(host) = t["host"].as_str().filter(|h| !h.is_empty()).map(String::from) else {
                 anyhow::bail!("target {target:?} has no host: in deploy-targets.yaml; nothing to log in to");
             };
-            let user = t["user"].as_str().map(String::from).unwrap_or_else(|| "root".into());
-            let port = t["port"].as_u64().unwrap_or(22) as u16;
+            let user = t["user"].as_str().filter(|u| !u.is_empty()).map(String::from).unwrap_or_else(|| "root".into());
+            let port = t["port"].as_u64().filter(|p| *p > 0).unwrap_or(22) as u16;
             let sh = crate::bootstrap::SystemShell;
             let tmp = tempfile_dir()?;
             let known = match (&host_key_fingerprint, known_hosts) {
@@ -651,7 +793,7 @@ async fn admin_command(
                 let v = c.deploy_test(proto::TargetRequest { target: target.clone() }).await;
                 match v {
                     Ok(r) => {
-                        let v: serde_json::Value = serde_json::from_str(&r.into_inner().json)?;
+                        let v = serde_json::to_value(r.into_inner())?;
                         if v["reachable"] == true {
                             println!(
                                 "verify:   deploy-test: reachable, agent {} on {} ({}), os check {}",
@@ -681,18 +823,19 @@ async fn admin_command(
         }
         Command::Agents { cmd: None, output } => {
             let v = json(c.agents(proto::Empty {}).await)?;
-            let rows = v.as_array().cloned().unwrap_or_default();
+            let rows = v["agents"].as_array().cloned().unwrap_or_default();
             print_out(
                 output,
-                &v,
+                &serde_json::json!(rows),
                 &rows,
                 &[
                     ("TARGET", "target"),
                     ("SERIAL", "serial"),
                     ("REVOKED", "revoked"),
                     ("LAST SEEN", "last_seen_unix"),
-                    ("AGENT", "facts.agent_version"),
-                    ("OS", "facts.os_release"),
+                    ("AGENT", "agent_version"),
+                    ("OS", "os"),
+                    ("ARCH", "arch"),
                 ],
             );
             Ok(exit::OK)
@@ -789,6 +932,16 @@ async fn admin_command(
             );
             Ok(exit::OK)
         }
+        Command::Operator(OperatorCmd::Token { ttl, label }) => {
+            let r = c
+                .create_api_token(proto::ApiTokenRequest { ttl_secs: ttl.as_secs(), label })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            eprintln!("API token {} for operator {} (expires at {}): shown once", r.id, r.operator, r.expires_unix);
+            println!("{}", r.token);
+            Ok(exit::OK)
+        }
         Command::Operator(OperatorCmd::Revoke { name }) => {
             c.revoke_operator(proto::OperatorRequest { name: name.clone() }).await.map_err(status_err)?;
             println!("revoked operator {name}; its next call is refused");
@@ -854,7 +1007,11 @@ async fn admin_command(
             }
             Ok(exit::OK)
         }
-        Command::Init { .. } | Command::Serve { .. } | Command::Config { .. } | Command::Demo { .. } => {
+        Command::Init { .. }
+        | Command::Serve { .. }
+        | Command::Config { .. }
+        | Command::Demo { .. }
+        | Command::Openapi => {
             unreachable!("handled before connecting")
         }
     }
@@ -893,9 +1050,9 @@ async fn receive_to_file(mut s: tonic::Streaming<proto::BlobChunk>, output: &Pat
     result
 }
 
-fn json(r: Result<tonic::Response<proto::JsonReply>, tonic::Status>) -> Result<serde_json::Value> {
-    let r = r.map_err(status_err)?.into_inner();
-    Ok(serde_json::from_str(&r.json)?)
+/// A typed reply as JSON (for tables and `--output json`).
+fn json<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(r.map_err(status_err)?.into_inner())?)
 }
 
 /// Follow a deploy's events; the exit code says whether it ended live and healthy.

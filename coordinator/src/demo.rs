@@ -83,7 +83,7 @@ async fn demo(base: &Path) -> Result<u8> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         coord
-            .serve("127.0.0.1:0", async {
+            .serve("127.0.0.1:0", None, async {
                 let _ = stop_rx.await;
             })
             .await
@@ -155,17 +155,15 @@ async fn demo(base: &Path) -> Result<u8> {
     code = code.max(cli::follow("local", s, Output::Table).await?);
 
     step("status").await;
-    let v: serde_json::Value = serde_json::from_str(
-        &admin
-            .status(proto::TargetRequest { target: "local".into() })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner()
-            .json,
-    )?;
+    let list = admin
+        .status(proto::TargetRequest { target: "local".into() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let v = list.targets.first().context("the coordinator reported no target")?;
     println!(
-        "target {}: current {} (version {}), previous {}, health {}",
-        v["target"], v["current_release"], v["current_version"], v["previous_release"], v["health"]
+        "target {}: {}, current {} (version {}), previous {}, health {}",
+        v.target, v.state, v.current_release, v.current_version, v.previous_release, v.health
     );
     let current = deploy_path.join("hello/current");
     println!(

@@ -36,6 +36,10 @@ struct StoredRotation {
 pub struct CoordSettings {
     /// gRPC address agents and the CLI use (`ADDR:PORT`).
     pub listen: String,
+    /// Where the REST API and the dashboard listen (HTTPS); `off`: not served. Default
+    /// [`DEFAULT_HTTP_LISTEN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
     /// Lifetime of agent certificates; agents renew at two thirds of it.
     pub agent_cert_ttl_secs: u64,
     /// Enrollment calls one source address may make at once (default 10) …
@@ -45,6 +49,10 @@ pub struct CoordSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enroll_refill_ms: Option<u64>,
 }
+
+/// The REST API's and dashboard's default address: loopback only, until an operator says
+/// otherwise (`init --http-listen` / `serve --http-listen`).
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8443";
 
 impl CoordSettings {
     pub fn enroll_burst(&self) -> u32 {
@@ -78,6 +86,10 @@ impl StateDir {
     /// The address the running server actually bound (written by `serve`).
     pub fn serve_addr_file(&self) -> PathBuf {
         self.path("serve.addr")
+    }
+    /// Where `serve` writes the address of its HTTPS listener (REST API and dashboard).
+    pub fn http_addr_file(&self) -> PathBuf {
+        self.path("http.addr")
     }
 
     fn read(&self, name: &str) -> Result<String> {
@@ -256,6 +268,7 @@ impl StateDir {
         let signing = dockfra_common::sign::SigningKey::generate_pkcs8()?;
         let settings = CoordSettings {
             listen: listen.to_string(),
+            http_listen: None,
             agent_cert_ttl_secs: agent_cert_ttl.as_secs().max(10),
             enroll_burst: None,
             enroll_refill_ms: None,

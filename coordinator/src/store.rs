@@ -22,7 +22,7 @@ pub enum StoreError {
 type Result<T> = std::result::Result<T, StoreError>;
 
 const DEPLOYMENT_COLUMNS: &str = "SELECT id, target, action, bundle_id, release, version, status, reason, bytes, \
-     started_unix, finished_unix, operator, attempts, sequence FROM deployments";
+     started_unix, finished_unix, operator, attempts, sequence, started_ms, finished_ms FROM deployments";
 
 /// The event log keeps this many rows (the oldest go first).
 pub const MAX_EVENTS: i64 = 200_000;
@@ -78,6 +78,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_target ON events(target, id);
      CREATE INDEX deployments_open ON deployments(target) WHERE finished_unix IS NULL;
      CREATE INDEX releases_target ON releases(target, sequence);",
+    // 3: events carry their deployment, deployments their times in ms (durations), and
+    // operators' bearer tokens for the REST API.
+    "ALTER TABLE events ADD COLUMN deployment TEXT NOT NULL DEFAULT '';
+     CREATE INDEX events_deployment ON events(deployment, id) WHERE deployment != '';
+     ALTER TABLE deployments ADD COLUMN started_ms INTEGER;
+     ALTER TABLE deployments ADD COLUMN finished_ms INTEGER;
+     CREATE INDEX deployments_started ON deployments(started_unix);
+     CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY, secret_sha256 TEXT NOT NULL, operator TEXT NOT NULL, label TEXT NOT NULL DEFAULT '',
+        created_unix INTEGER NOT NULL, expires_unix INTEGER NOT NULL, revoked_unix INTEGER);",
 ];
 
 pub struct Store {
@@ -115,6 +125,36 @@ pub struct DeploymentRow {
     pub attempts: u32,
     /// The sequence of its signed order (the agent's floor passes it once it took the order).
     pub sequence: u64,
+    /// Start and end in ms (rows from before schema 3: the seconds, scaled).
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+impl DeploymentRow {
+    /// How long it took (None while open).
+    pub fn duration_ms(&self) -> Option<u64> {
+        self.finished_ms.map(|f| (f - self.started_ms).max(0) as u64)
+    }
+}
+
+/// Which deployments `history` lists.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter<'a> {
+    pub target: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub since_unix: Option<i64>,
+    pub until_unix: Option<i64>,
+    pub limit: u32,
+}
+
+/// An operator's bearer token for the REST API (its secret is kept hashed).
+#[derive(Debug, Clone)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub secret_sha256: String,
+    pub operator: String,
+    pub expires_unix: i64,
+    pub revoked_unix: Option<i64>,
 }
 
 /// An operator's credential.
@@ -136,6 +176,8 @@ pub struct EventRow {
     pub kind: String,
     pub message: String,
     pub operator: String,
+    /// The deployment it belongs to ("" for other events).
+    pub deployment: String,
 }
 
 #[derive(Debug, Clone)]
@@ -207,14 +249,20 @@ impl Store {
 
     /// An audit event; `operator` names who acted. Text is sanitized and bounded here.
     pub fn event_by(&self, target: &str, kind: &str, message: &str, operator: &str) -> Result<()> {
+        self.event_of(target, kind, message, operator, "")
+    }
+
+    /// An audit event of one deployment.
+    pub fn event_of(&self, target: &str, kind: &str, message: &str, operator: &str, deployment: &str) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO events (unix_ms, target, kind, message, operator) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO events (unix_ms, target, kind, message, operator, deployment) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 dockfra_common::now_unix_ms() as i64,
                 sanitize(target, 128),
                 sanitize(kind, 64),
                 sanitize(message, MAX_EVENT_TEXT),
-                sanitize(operator, 128)
+                sanitize(operator, 128),
+                sanitize(deployment, 128)
             ],
         )?;
         let id = self.conn.last_insert_rowid();
@@ -226,18 +274,98 @@ impl Store {
 
     pub fn events(&self, target: Option<&str>, limit: u32) -> Result<Vec<EventRow>> {
         let mut st = self.conn.prepare(
-            "SELECT unix_ms, target, kind, message, operator FROM events WHERE (?1 IS NULL OR target = ?1)
+            "SELECT unix_ms, target, kind, message, operator, deployment FROM events WHERE (?1 IS NULL OR target = ?1)
              ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = st.query_map(params![target, limit], |r| {
-            Ok(EventRow {
-                unix_ms: r.get(0)?,
-                target: r.get(1)?,
-                kind: r.get(2)?,
-                message: r.get(3)?,
-                operator: r.get(4)?,
-            })
-        })?;
+        let rows = st.query_map(params![target, limit], Self::event_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The events of one deployment, oldest first (at most `limit`).
+    pub fn deployment_events(&self, deployment: &str, limit: u32) -> Result<Vec<EventRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT unix_ms, target, kind, message, operator, deployment FROM events WHERE deployment = ?1
+             ORDER BY id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![deployment, limit], Self::event_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+        Ok(EventRow {
+            unix_ms: r.get(0)?,
+            target: r.get(1)?,
+            kind: r.get(2)?,
+            message: r.get(3)?,
+            operator: r.get(4)?,
+            deployment: r.get(5)?,
+        })
+    }
+
+    // ---------------------------------------------------------------- API tokens
+
+    pub fn add_api_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        operator: &str,
+        label: &str,
+        expires_unix: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO api_tokens (id, secret_sha256, operator, label, created_unix, expires_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, secret_sha256, operator, sanitize(label, 200), dockfra_common::now_unix() as i64, expires_unix],
+        )?;
+        Ok(())
+    }
+
+    pub fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, secret_sha256, operator, expires_unix, revoked_unix FROM api_tokens WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(ApiTokenRow {
+                        id: r.get(0)?,
+                        secret_sha256: r.get(1)?,
+                        operator: r.get(2)?,
+                        expires_unix: r.get(3)?,
+                        revoked_unix: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Revoke every token of an operator (its credential was revoked or re-issued).
+    pub fn revoke_api_tokens(&self, operator: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE api_tokens SET revoked_unix = ?2 WHERE operator = ?1 AND revoked_unix IS NULL",
+            params![operator, dockfra_common::now_unix() as i64],
+        )?)
+    }
+
+    // ---------------------------------------------------------------- metrics
+
+    /// Deployments per target and status, with the bundle bytes they moved.
+    pub fn deployment_counts(&self) -> Result<Vec<(String, String, u64, u64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT target, status, count(*), COALESCE(sum(bytes), 0) FROM deployments GROUP BY target, status",
+        )?;
+        let rows =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Durations (ms) of finished deployments (not exports), per target.
+    pub fn deployment_durations(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT target, status, finished_ms - started_ms FROM deployments
+             WHERE finished_ms IS NOT NULL AND started_ms IS NOT NULL AND status != 'exported'",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64)))?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
@@ -570,8 +698,8 @@ impl Store {
     pub fn add_deployment(&self, d: &DeploymentRow) -> Result<()> {
         self.conn.execute(
             "INSERT INTO deployments (id, target, action, bundle_id, release, version, status, reason, started_unix,
-                operator, sequence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                operator, sequence, started_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 d.id,
                 d.target,
@@ -583,7 +711,8 @@ impl Store {
                 d.reason,
                 d.started_unix,
                 d.operator,
-                d.sequence as i64
+                d.sequence as i64,
+                d.started_ms
             ],
         )?;
         Ok(())
@@ -594,7 +723,8 @@ impl Store {
     pub fn update_deployment(&self, id: &str, status: &str, reason: &str, done: bool, bytes: u64) -> Result<bool> {
         let n = self.conn.execute(
             "UPDATE deployments SET status = ?2, reason = ?3, bytes = MAX(bytes, ?6),
-                finished_unix = CASE WHEN ?4 THEN ?5 ELSE finished_unix END
+                finished_unix = CASE WHEN ?4 THEN ?5 ELSE finished_unix END,
+                finished_ms = CASE WHEN ?4 THEN ?7 ELSE finished_ms END
              WHERE id = ?1 AND finished_unix IS NULL",
             params![
                 id,
@@ -602,7 +732,8 @@ impl Store {
                 sanitize(reason, MAX_EVENT_TEXT),
                 done,
                 dockfra_common::now_unix() as i64,
-                bytes as i64
+                bytes as i64,
+                dockfra_common::now_unix_ms() as i64
             ],
         )?;
         Ok(n > 0)
@@ -648,7 +779,21 @@ impl Store {
             operator: r.get(11)?,
             attempts: r.get(12)?,
             sequence: r.get::<_, i64>(13)? as u64,
+            started_ms: r.get::<_, Option<i64>>(14)?.unwrap_or(r.get::<_, i64>(9)? * 1000),
+            finished_ms: r.get::<_, Option<i64>>(15)?.or(r.get::<_, Option<i64>>(10)?.map(|s| s * 1000)),
         })
+    }
+
+    /// Deployments newest first, filtered by target, status and start time.
+    pub fn history(&self, f: &HistoryFilter<'_>) -> Result<Vec<DeploymentRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "{DEPLOYMENT_COLUMNS} WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR started_unix >= ?3) AND (?4 IS NULL OR started_unix <= ?4)
+             ORDER BY started_unix DESC, rowid DESC LIMIT ?5"
+        ))?;
+        let rows =
+            st.query_map(params![f.target, f.status, f.since_unix, f.until_unix, f.limit], Self::deployment_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     pub fn deployments(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeploymentRow>> {
@@ -700,6 +845,8 @@ mod tests {
             operator: "alice".into(),
             attempts: 0,
             sequence: 1,
+            started_ms: 1000,
+            finished_ms: None,
         };
         s.add_deployment(&d).unwrap();
         s.update_deployment("d1", "succeeded", "ok", true, 42).unwrap();

@@ -10,39 +10,31 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use dockfra_common::bundle::{self, Action, Manifest};
-use dockfra_common::config::{Mode, Project, Target};
+use dockfra_common::config::{Mode, Target};
 use dockfra_common::identity;
 use dockfra_common::proto::{self, admin_server};
 
 use super::push::EventStream;
-use super::{compat, facts_json, Coordinator, OperatorPeer, CHUNK, MAX_EXPORT_TTL};
+use super::{compat, facts_json, views, Coordinator, OperatorPeer, CHUNK, MAX_EXPORT_TTL};
 use crate::builder;
 use crate::ca::Subject;
 use crate::error::CoordError;
 use crate::state::OPERATOR_TTL;
+use crate::store::HistoryFilter;
+
+/// API tokens start with this (the id and secret follow, dot-separated).
+pub const API_TOKEN_PREFIX: &str = "dkfo1.";
+/// Default and longest lifetime of an API token.
+const API_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
+const MAX_API_TOKEN_TTL: Duration = Duration::from_secs(365 * 86400);
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::BlobChunk, Status>> + Send>>;
-
-fn json_reply(v: serde_json::Value) -> Response<proto::JsonReply> {
-    Response::new(proto::JsonReply { json: v.to_string() })
-}
 
 fn wait_timeout(ms: u64) -> Duration {
     if ms == 0 {
         Duration::from_secs(600)
     } else {
         Duration::from_millis(ms)
-    }
-}
-
-/// `deploy-test`'s verdict on the target's `os:` against the agent's facts: `ok`,
-/// `not declared`, `unknown (no facts yet)`, or `mismatch: …`.
-fn os_check(target: &Target, facts: &serde_json::Value) -> String {
-    let Some(declared) = &target.os else { return "not declared".into() };
-    let Some(os) = facts["os"].as_str().filter(|s| !s.is_empty()) else { return "unknown (no facts yet)".into() };
-    match dockfra_common::config::os_mismatch(declared, os, facts["wsl"] == true) {
-        None => "ok".into(),
-        Some(why) => format!("mismatch: {why}"),
     }
 }
 
@@ -91,50 +83,190 @@ impl std::io::Write for ChunkWriter {
 }
 
 impl Coordinator {
-    fn status_of(&self, project: &Project, t: &Target) -> Result<serde_json::Value, Status> {
-        let store = self.store();
-        let agent = store.agent(&t.id)?;
-        let last = store.deployments(Some(&t.id), 1)?.into_iter().next();
-        let app = agent.as_ref().and_then(|a| {
-            a.status["apps"]
-                .as_array()
-                .and_then(|apps| apps.iter().find(|x| x["app"] == project.app.name.as_str()).cloned())
-        });
-        let app = app.unwrap_or(serde_json::Value::Null);
-        let status = agent.as_ref().map(|a| a.status.clone()).unwrap_or_default();
-        Ok(serde_json::json!({
-            "target": t.id,
-            "platform": t.platform.as_str(),
-            "mode": t.agent.mode.as_str(),
-            "app": project.app.name,
-            "enrolled": agent.is_some(),
-            "revoked": agent.as_ref().map(|a| a.revoked).unwrap_or(false),
-            "last_seen_unix": agent.as_ref().and_then(|a| a.last_seen_unix),
-            "agent_version": agent.as_ref().map(|a| a.facts["agent_version"].clone()).unwrap_or_default(),
-            "os": agent.as_ref().map(|a| a.facts["os"].clone()).unwrap_or_default(),
-            "os_release": agent.as_ref().map(|a| a.facts["os_release"].clone()).unwrap_or_default(),
-            "arch": agent.as_ref().map(|a| a.facts["arch"].clone()).unwrap_or_default(),
-            "wsl": agent.as_ref().map(|a| a.facts["wsl"].clone()).unwrap_or_default(),
-            "os_check": agent.as_ref().map(|a| os_check(t, &a.facts)).unwrap_or_else(|| "unknown (no facts yet)".into()),
-            "current_release": app["current_release"],
-            "current_version": app["current_version"],
-            "current_sequence": app["current_sequence"],
-            "previous_release": app["previous_release"],
-            "releases": app["releases"],
-            "health": if app.is_null() { serde_json::json!("unknown") } else { app["health"].clone() },
-            "state_error": status["state_error"],
-            "disk": status["disk"],
-            "last_deploy": last,
-        }))
+    /// Queue a deploy of a fresh build for `target_id` on behalf of `operator`: the deployment
+    /// row exists when this returns (the CLI then follows it; the REST API answers 202).
+    pub(super) async fn start_deploy(
+        &self,
+        target_id: &str,
+        version: Option<&str>,
+        operator: &str,
+    ) -> Result<(Target, String), Status> {
+        let (_, target) = self.target(target_id)?;
+        self.check_agent_can_take(&target)?;
+        let (row, target) = self.build_release(target_id, version).await?;
+        let id = self.queue(&target, &row, Action::Deploy, row.sequence, true, operator)?;
+        Ok((target, id))
     }
 
-    /// Refuse an order up front when the agent's last known facts say it cannot take it.
-    fn check_agent_can_take(&self, target: &Target) -> Result<(), Status> {
-        if let Some(a) = self.store().agent(&target.id)? {
-            compat(target, &a.facts)
-                .map_err(|why| Status::failed_precondition(format!("refused by the coordinator: {why}")))?;
+    /// Queue a rollback of `target_id` to `to` (None: the previous release its agent reports).
+    pub(super) fn start_rollback(
+        &self,
+        target_id: &str,
+        to: Option<&str>,
+        operator: &str,
+    ) -> Result<(Target, String), Status> {
+        let (project, target) = self.target(target_id)?;
+        self.check_agent_can_take(&target)?;
+        let to = match to.filter(|s| !s.is_empty()) {
+            Some(t) => t.to_string(),
+            None => {
+                let st = self.target_status(&project, &target)?;
+                Some(st.previous_release).filter(|s| !s.is_empty()).ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "target {target_id:?} reports no previous release to roll back to; name one with --to"
+                    ))
+                })?
+            }
+        };
+        let row = self
+            .store()
+            .release_by_name(target_id, &to)?
+            .ok_or_else(|| Status::not_found(format!("target {target_id:?} has no release {to:?} (see `history`)")))?;
+        if row.pruned_unix.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "release {to:?} of {target_id:?} was garbage-collected from the coordinator's store; it cannot be sent again \
+                 (`dockfra-agent rollback` on the host can still use a copy the agent kept)"
+            )));
         }
-        Ok(())
+        let seq = self.store().next_sequence(target_id)?;
+        let id = self.queue(&target, &row, Action::Rollback, seq, true, operator)?;
+        Ok((target, id))
+    }
+
+    pub(super) fn deployment_detail(&self, id: &str) -> Result<proto::DeploymentDetail, Status> {
+        let store = self.store();
+        let d = store.deployment(id)?.ok_or_else(|| Status::not_found(format!("no deployment {id:?}")))?;
+        let events = store.deployment_events(id, 2000)?.iter().map(views::event).collect();
+        Ok(proto::DeploymentDetail { deployment: Some(views::deployment(&d)), events })
+    }
+
+    pub(super) fn history_of(&self, r: &proto::HistoryRequest) -> Result<proto::DeploymentList, Status> {
+        let opt = |s: &str| (!s.is_empty()).then_some(s.to_string());
+        let (target, result) = (opt(&r.target), opt(&r.result));
+        let filter = HistoryFilter {
+            target: target.as_deref(),
+            status: result.as_deref(),
+            since_unix: (r.since_unix > 0).then_some(r.since_unix.min(i64::MAX as u64) as i64),
+            until_unix: (r.until_unix > 0).then_some(r.until_unix.min(i64::MAX as u64) as i64),
+            limit: if r.limit == 0 { 200 } else { r.limit.min(10_000) },
+        };
+        let rows = self.store().history(&filter)?;
+        Ok(proto::DeploymentList { deployments: rows.iter().map(views::deployment).collect() })
+    }
+
+    pub(super) fn revoke_agent_by(&self, t: &str, operator: &str) -> Result<proto::AgentInfo, Status> {
+        let store = self.store();
+        if !store.revoke_agent(t)? {
+            return Err(Status::not_found(format!("no agent enrolled for target {t:?}")));
+        }
+        store.event_by(t, "revoked", "agent revoked", operator)?;
+        let row = store.agent(t)?.ok_or_else(|| Status::not_found(format!("no agent enrolled for target {t:?}")))?;
+        Ok(views::agent_info(&row))
+    }
+
+    pub(super) async fn deploy_test_of(&self, target_id: &str) -> Result<proto::DeployTestReport, Status> {
+        let (_, target) = self.target(target_id)?;
+        let agent = self.store().agent(&target.id)?;
+        match target.agent.mode {
+            Mode::Push => {
+                let started = std::time::Instant::now();
+                let mut c = self.dial_agent(&target).await?;
+                let facts = c.detect(proto::DetectRequest {}).await?.into_inner();
+                let rtt = started.elapsed().as_millis() as u64;
+                let f = facts_json(&facts);
+                let _ = self.store().touch_agent(&target.id, None, Some(&f));
+                Ok(proto::DeployTestReport {
+                    target: target.id.clone(),
+                    mode: "push".into(),
+                    reachable: true,
+                    url: Self::agent_url(&target)?,
+                    round_trip_ms: rtt,
+                    last_seen_seconds_ago: 0,
+                    os_check: views::os_check(&target, &f),
+                    can_take: compat(&target, &f).err().unwrap_or_else(|| "yes".into()),
+                    facts: Some(facts),
+                })
+            }
+            Mode::Pull => {
+                let Some(a) = agent else {
+                    return Err(Status::failed_precondition(format!("target {:?} has no enrolled agent", target.id)));
+                };
+                let age = a.last_seen_unix.map(|s| (dockfra_common::now_unix() as i64 - s).max(0));
+                Ok(proto::DeployTestReport {
+                    target: target.id.clone(),
+                    mode: "pull".into(),
+                    reachable: age.is_some_and(|s| (s as u64) < views::pull_silence_limit(&target)),
+                    url: String::new(),
+                    round_trip_ms: 0,
+                    last_seen_seconds_ago: age.unwrap_or(-1),
+                    os_check: views::os_check(&target, &a.facts),
+                    can_take: compat(&target, &a.facts).err().unwrap_or_else(|| "yes".into()),
+                    facts: Some(facts_from_json(&a.facts)),
+                })
+            }
+        }
+    }
+
+    /// A bearer token for the REST API bound to `operator`.
+    pub(super) fn create_api_token_for(
+        &self,
+        operator: &str,
+        ttl_secs: u64,
+        label: &str,
+    ) -> Result<proto::ApiToken, Status> {
+        let ttl = if ttl_secs == 0 { API_TOKEN_TTL } else { Duration::from_secs(ttl_secs) };
+        if ttl > MAX_API_TOKEN_TTL {
+            return Err(Status::invalid_argument("--ttl: an API token may live for 365d at most"));
+        }
+        let mut raw = [0u8; 24];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+            .map_err(|_| CoordError::internal(anyhow::anyhow!("RNG failed")))?;
+        let (id, secret) = (hex::encode(&raw[..8]), hex::encode(&raw[8..]));
+        let expires = dockfra_common::now_unix() + ttl.as_secs();
+        let store = self.store();
+        store.add_api_token(&id, &dockfra_common::sha256_hex(secret.as_bytes()), operator, label, expires as i64)?;
+        let what = if label.is_empty() { String::new() } else { format!(" ({label})") };
+        store.event_by("-", "api-token", &format!("API token {id}{what} issued, expires at {expires}"), operator)?;
+        Ok(proto::ApiToken {
+            token: format!("{API_TOKEN_PREFIX}{id}.{secret}"),
+            id,
+            operator: operator.to_string(),
+            expires_unix: expires,
+        })
+    }
+}
+
+/// An agent's facts as the store keeps them, back into the wire message.
+fn facts_from_json(f: &serde_json::Value) -> proto::Facts {
+    let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+    let strings = |k: &str| -> Vec<String> {
+        f[k].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
+    };
+    proto::Facts {
+        agent_version: s("agent_version"),
+        os: s("os"),
+        os_release: s("os_release"),
+        arch: s("arch"),
+        hostname: s("hostname"),
+        wsl: f["wsl"] == true,
+        runtimes: f["runtimes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| proto::Runtime {
+                name: r["name"].as_str().unwrap_or_default().into(),
+                version: r["version"].as_str().unwrap_or_default().into(),
+                path: r["path"].as_str().unwrap_or_default().into(),
+            })
+            .collect(),
+        manifest_formats: f["manifest_formats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_u64().map(|n| n as u32))
+            .collect(),
+        platforms: strings("platforms"),
+        features: strings("features"),
     }
 }
 
@@ -163,53 +295,35 @@ impl admin_server::Admin for Coordinator {
         }))
     }
 
-    async fn targets(&self, _req: Request<proto::Empty>) -> Result<Response<proto::JsonReply>, Status> {
-        let project = self.project()?;
-        let store = self.store();
-        let mut list = Vec::new();
-        for t in &project.targets {
-            let a = store.agent(&t.id)?;
-            list.push(serde_json::json!({
-                "id": t.id, "platform": t.platform.as_str(), "host": t.host, "port": t.port, "user": t.user,
-                "os": t.os, "labels": t.labels,
-                "mode": t.agent.mode.as_str(), "enrolled": a.is_some(), "revoked": a.as_ref().map(|a| a.revoked).unwrap_or(false),
-                "last_seen_unix": a.as_ref().and_then(|a| a.last_seen_unix),
-            }));
-        }
-        Ok(json_reply(serde_json::json!(list)))
-    }
-
-    async fn agents(&self, _req: Request<proto::Empty>) -> Result<Response<proto::JsonReply>, Status> {
-        Ok(json_reply(serde_json::json!(self.store().agents()?)))
-    }
-
-    async fn revoke_agent(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::JsonReply>, Status> {
-        let op = OperatorPeer::of(&req)?;
-        let t = req.into_inner().target;
-        let store = self.store();
-        if !store.revoke_agent(&t)? {
-            return Err(Status::not_found(format!("no agent enrolled for target {t:?}")));
-        }
-        store.event_by(&t, "revoked", "agent revoked", &op.name)?;
-        Ok(json_reply(serde_json::json!({"target": t, "revoked": true})))
-    }
-
-    async fn status(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::JsonReply>, Status> {
+    async fn status(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::TargetList>, Status> {
         dockfra_common::fault::hit("coord:admin-status");
         let t = req.into_inner().target;
-        let project = self.project()?;
-        if t.is_empty() {
-            let all: Result<Vec<_>, _> = project.targets.iter().map(|x| self.status_of(&project, x)).collect();
-            return Ok(json_reply(serde_json::json!(all?)));
-        }
-        let (_, target) = self.target(&t)?;
-        Ok(json_reply(self.status_of(&project, &target)?))
+        Ok(Response::new(self.target_list((!t.is_empty()).then_some(t.as_str()))?))
     }
 
-    async fn history(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::JsonReply>, Status> {
-        let t = req.into_inner().target;
-        let filter = (!t.is_empty()).then_some(t.as_str());
-        Ok(json_reply(serde_json::json!(self.store().deployments(filter, 200)?)))
+    async fn agents(&self, _req: Request<proto::Empty>) -> Result<Response<proto::AgentList>, Status> {
+        let agents = self.store().agents()?.iter().map(views::agent_info).collect();
+        Ok(Response::new(proto::AgentList { agents }))
+    }
+
+    async fn revoke_agent(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::AgentInfo>, Status> {
+        let op = OperatorPeer::of(&req)?;
+        Ok(Response::new(self.revoke_agent_by(&req.into_inner().target, &op.name)?))
+    }
+
+    async fn history(&self, req: Request<proto::HistoryRequest>) -> Result<Response<proto::DeploymentList>, Status> {
+        Ok(Response::new(self.history_of(&req.into_inner())?))
+    }
+
+    async fn get_deployment(
+        &self,
+        req: Request<proto::DeploymentRequest>,
+    ) -> Result<Response<proto::DeploymentDetail>, Status> {
+        Ok(Response::new(self.deployment_detail(&req.into_inner().id)?))
+    }
+
+    async fn plan(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::DeployPlan>, Status> {
+        Ok(Response::new(Coordinator::plan(self, &req.into_inner().target).await?))
     }
 
     type DeployStream = EventStream;
@@ -217,11 +331,8 @@ impl admin_server::Admin for Coordinator {
     async fn deploy(&self, req: Request<proto::DeployRequest>) -> Result<Response<EventStream>, Status> {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
-        let (_, target) = self.target(&r.target)?;
-        self.check_agent_can_take(&target)?;
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
-        let (row, target) = self.build_release(&r.target, version).await?;
-        let id = self.queue(&target, &row, Action::Deploy, row.sequence, true, &op.name)?;
+        let (target, id) = self.start_deploy(&r.target, version, &op.name).await?;
         Ok(Response::new(self.deliver(target, id, r.wait, wait_timeout(r.wait_timeout_ms))))
     }
 
@@ -230,64 +341,24 @@ impl admin_server::Admin for Coordinator {
     async fn rollback(&self, req: Request<proto::RollbackRequest>) -> Result<Response<EventStream>, Status> {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
-        let (project, target) = self.target(&r.target)?;
-        self.check_agent_can_take(&target)?;
-        let to = if r.to_release.is_empty() {
-            let st = self.status_of(&project, &target)?;
-            st["previous_release"].as_str().filter(|s| !s.is_empty()).map(String::from).ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "target {:?} reports no previous release to roll back to; name one with --to",
-                    r.target
-                ))
-            })?
-        } else {
-            r.to_release.clone()
-        };
-        let row = self
-            .store()
-            .release_by_name(&r.target, &to)?
-            .ok_or_else(|| Status::not_found(format!("target {:?} has no release {to:?} (see `history`)", r.target)))?;
-        if row.pruned_unix.is_some() {
-            return Err(Status::failed_precondition(format!(
-                "release {to:?} of {:?} was garbage-collected from the coordinator's store; it cannot be sent again \
-                 (`dockfra-agent rollback` on the host can still use a copy the agent kept)",
-                r.target
-            )));
-        }
-        let seq = self.store().next_sequence(&r.target)?;
-        let id = self.queue(&target, &row, Action::Rollback, seq, true, &op.name)?;
+        let (target, id) = self.start_rollback(&r.target, Some(&r.to_release), &op.name)?;
         Ok(Response::new(self.deliver(target, id, r.wait, wait_timeout(r.wait_timeout_ms))))
     }
 
-    async fn deploy_test(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::JsonReply>, Status> {
-        let (_, target) = self.target(&req.into_inner().target)?;
-        let agent = self.store().agent(&target.id)?;
-        match target.agent.mode {
-            Mode::Push => {
-                let started = std::time::Instant::now();
-                let mut c = self.dial_agent(&target).await?;
-                let facts = c.detect(proto::DetectRequest {}).await?.into_inner();
-                let rtt = started.elapsed().as_millis() as u64;
-                let f = facts_json(&facts);
-                let _ = self.store().touch_agent(&target.id, None, Some(&f));
-                Ok(json_reply(serde_json::json!({
-                    "target": target.id, "mode": "push", "reachable": true, "url": Self::agent_url(&target)?,
-                    "round_trip_ms": rtt, "os_check": os_check(&target, &f), "can_take": compat(&target, &f).err().unwrap_or_else(|| "yes".into()),
-                    "facts": f,
-                })))
-            }
-            Mode::Pull => {
-                let Some(a) = agent else {
-                    return Err(Status::failed_precondition(format!("target {:?} has no enrolled agent", target.id)));
-                };
-                let age = a.last_seen_unix.map(|s| dockfra_common::now_unix() as i64 - s);
-                Ok(json_reply(serde_json::json!({
-                    "target": target.id, "mode": "pull", "reachable": age.is_some_and(|s| (s as u64) < 3 * target.agent.poll_interval.as_secs().max(10)),
-                    "last_seen_seconds_ago": age, "os_check": os_check(&target, &a.facts),
-                    "can_take": compat(&target, &a.facts).err().unwrap_or_else(|| "yes".into()), "facts": a.facts,
-                })))
-            }
-        }
+    async fn deploy_test(
+        &self,
+        req: Request<proto::TargetRequest>,
+    ) -> Result<Response<proto::DeployTestReport>, Status> {
+        Ok(Response::new(self.deploy_test_of(&req.into_inner().target).await?))
+    }
+
+    async fn create_api_token(
+        &self,
+        req: Request<proto::ApiTokenRequest>,
+    ) -> Result<Response<proto::ApiToken>, Status> {
+        let op = OperatorPeer::of(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.create_api_token_for(&op.name, r.ttl_secs, &r.label)?))
     }
 
     type ExportBundleStream = ChunkStream;
@@ -364,6 +435,9 @@ impl admin_server::Admin for Coordinator {
         let not_after = (dockfra_common::now_unix() + ttl.as_secs()) as i64;
         let store = self.store();
         store.put_operator(&r.name, &issued.serial_hex, &op.name, not_after)?;
+        if existing.is_some() {
+            store.revoke_api_tokens(&r.name)?;
+        }
         let what = if existing.is_some() { "re-issued" } else { "added" };
         store.event_by(
             "-",
@@ -398,6 +472,7 @@ impl admin_server::Admin for Coordinator {
             )));
         }
         store.revoke_operator(&name)?;
+        store.revoke_api_tokens(&name)?;
         store.event_by("-", "operator", &format!("operator {name} revoked"), &op.name)?;
         let row = store.operator(&name)?.ok_or_else(|| Status::not_found(format!("no operator {name:?}")))?;
         Ok(Response::new(operator_info(&row)))
@@ -429,18 +504,7 @@ impl admin_server::Admin for Coordinator {
         let r = req.into_inner();
         let filter = (!r.target.is_empty()).then_some(r.target.as_str());
         let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) };
-        let events = self
-            .store()
-            .events(filter, limit)?
-            .into_iter()
-            .map(|e| proto::Event {
-                unix_ms: e.unix_ms.max(0) as u64,
-                target: e.target,
-                kind: e.kind,
-                message: e.message,
-                operator: e.operator,
-            })
-            .collect();
+        let events = self.store().events(filter, limit)?.into_iter().map(|e| views::event(&e)).collect();
         Ok(Response::new(proto::EventList { events }))
     }
 

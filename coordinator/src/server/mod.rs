@@ -36,13 +36,21 @@ use crate::state::{CoordSettings, StateDir};
 use crate::store::{DeploymentRow, DesiredRow, ReleaseRow, Store};
 
 mod admin;
+mod api;
 mod auth;
 mod enroll;
 mod fleet;
+mod https;
 mod layers;
+mod metrics;
+mod plan;
 mod push;
+mod views;
+mod web;
 
+pub use api::openapi_json;
 pub use auth::{AgentPeer, OperatorPeer};
+pub use https::HttpOptions;
 
 /// How long a signed desired state stays valid once handed out.
 const DESIRED_TTL: Duration = Duration::from_secs(600);
@@ -147,16 +155,34 @@ impl Coordinator {
         Ok((project, t))
     }
 
-    /// Serve until `shutdown` resolves. Writes the bound address to `serve.addr`.
+    /// Serve until `shutdown` resolves: gRPC on `listen` (its bound address written to
+    /// `serve.addr`), and with `http` the REST API and the dashboard over HTTPS (`http.addr`).
     pub async fn serve(
         self,
         listen: &str,
+        http: Option<HttpOptions>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "dockfra-coord serving (gRPC, mTLS)");
+        let web = match &http {
+            Some(opts) => {
+                let (l, tls, web_addr) = https::bind(&self, opts).await?;
+                let url = format!("https://{web_addr}/");
+                tracing::info!(%web_addr, "dashboard and REST API");
+                println!("dashboard: {url}  (REST API: {url}api/, OpenAPI: {url}api/openapi.json; log in with `dockfra-coord operator token`)");
+                let task = tokio::spawn(https::run(self.clone(), l, tls));
+                dockfra_common::write_atomic(
+                    &self.inner.state.http_addr_file(),
+                    web_addr.to_string().as_bytes(),
+                    0o644,
+                )?;
+                Some(task)
+            }
+            None => None,
+        };
         let (cert, key) = &self.inner.coord_identity;
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(cert, key))
@@ -186,7 +212,12 @@ impl Coordinator {
         dockfra_common::write_atomic(&self.inner.state.serve_addr_file(), addr.to_string().as_bytes(), 0o644)?;
         // TCP_NODELAY: small gRPC frames must not wait for delayed ACKs (40 ms a round trip).
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        if let Some(t) = web {
+            t.abort();
+            let _ = std::fs::remove_file(self.inner.state.http_addr_file());
+        }
+        served?;
         let _ = std::fs::remove_file(self.inner.state.serve_addr_file());
         Ok(())
     }
@@ -207,7 +238,8 @@ impl Coordinator {
         // An event of a deployment carries the operator who asked for it: the trail says who
         // deployed what, step by step.
         let operator = dep.as_ref().map(|d| d.operator.as_str()).unwrap_or_default();
-        let _ = store.event_by(target, &ev.phase, &ev.message, operator);
+        let dep_id = if dep.is_some() { ev.deployment_id.as_str() } else { "" };
+        let _ = store.event_of(target, &ev.phase, &ev.message, operator, dep_id);
         if dep.is_some() {
             if ev.r#final {
                 let status = if ev.result.is_empty() { "failed" } else { ev.result.as_str() };
@@ -218,7 +250,9 @@ impl Coordinator {
             }
         }
         drop(store);
-        let _ = self.inner.events.send((target.to_string(), ev.clone()));
+        let mut forwarded = ev.clone();
+        forwarded.target = target.to_string();
+        let _ = self.inner.events.send((target.to_string(), forwarded));
         if ev.r#final && ev.result == "succeeded" {
             let this = self.clone();
             tokio::task::spawn_blocking(move || {
@@ -258,7 +292,7 @@ impl Coordinator {
         let _blobs = self.inner.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
         let blobs = self.inner.state.blobs();
         let seq = self.store().next_sequence(target_id)?;
-        let built = builder::build(&project, &target, &blobs, seq, version)
+        let built = builder::build(&project, &target, &blobs, seq, version, builder::Mode::Store)
             .map_err(|e| CoordError::Precondition(format!("{e:#}")))?;
         let m = built.manifest;
         let bytes = m.canonical_bytes();
@@ -311,6 +345,8 @@ impl Coordinator {
             operator: operator.to_string(),
             attempts: 0,
             sequence: seq,
+            started_ms: dockfra_common::now_unix_ms() as i64,
+            finished_ms: None,
         })?;
         if online {
             store.set_desired(
@@ -324,11 +360,12 @@ impl Coordinator {
             )?;
         }
         let what = if online { "queued" } else { "exporting" };
-        store.event_by(
+        store.event_of(
             &target.id,
             action.as_str(),
             &format!("{what} {} (version {}) as {id}", row.release, row.version),
             operator,
+            &id,
         )?;
         drop(store);
         for d in superseded {

@@ -1,0 +1,833 @@
+//! The REST API and the dashboard, over HTTPS (rustls) on their own listener.
+//!
+//! - Every route but `GET /api/health` and the dashboard's static files needs an operator:
+//!   a bearer token (`dockfra-coord operator token`) or an operator's client certificate.
+//!   Both are checked against the store on every request, so revoking an operator ends its
+//!   tokens at once. Every action is recorded in the audit trail under the operator's name.
+//! - The handlers are thin: they call the same code the gRPC Admin service runs and return
+//!   the same typed messages, as JSON. Errors are JSON `{"code", "message"}` with the HTTP
+//!   status their kind calls for (4xx: the request; 5xx: the coordinator or an agent).
+//! - The OpenAPI document (`GET /api/openapi.json`) is derived from these handlers and types.
+//! - Live progress is server-sent events: one stream per deployment and one for the fleet.
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+use utoipa::OpenApi;
+
+use dockfra_common::identity;
+use dockfra_common::proto;
+
+use super::admin::API_TOKEN_PREFIX;
+use super::{metrics, views, Coordinator, OperatorPeer};
+
+/// The client certificate a connection presented (DER), set by the listener per connection.
+#[derive(Clone, Default)]
+pub struct PeerCert(pub Option<Arc<Vec<u8>>>);
+
+// ------------------------------------------------------------------ errors
+
+/// An error as the API sends it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiErrorBody {
+    /// Stable, machine-readable: invalid_argument, unauthenticated, permission_denied,
+    /// not_found, conflict, failed_precondition, too_many_requests, internal, unavailable,
+    /// deadline_exceeded.
+    pub code: String,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+    fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code::*;
+        let (status, code) = match s.code() {
+            InvalidArgument | OutOfRange => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            AlreadyExists => (StatusCode::CONFLICT, "conflict"),
+            FailedPrecondition | Aborted => (StatusCode::CONFLICT, "failed_precondition"),
+            ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, s.message())
+    }
+}
+
+impl From<crate::error::CoordError> for ApiError {
+    fn from(e: crate::error::CoordError) -> Self {
+        tonic::Status::from(e).into()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        crate::error::CoordError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(ApiErrorBody { code: self.code.into(), message: self.message })).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dockfra\""));
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+// ------------------------------------------------------------------ authentication
+
+/// The operator a request comes from (a valid bearer token or operator certificate).
+pub struct Operator(pub OperatorPeer, pub &'static str, pub u64);
+
+impl FromRequestParts<Coordinator> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Coordinator) -> Result<Self, ApiError> {
+        if let Some(h) = parts.headers.get(header::AUTHORIZATION) {
+            let h = h.to_str().map_err(|_| ApiError::unauthenticated("the Authorization header is not text"))?;
+            let token = h
+                .strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+                .ok_or_else(|| ApiError::unauthenticated("Authorization must be `Bearer <token>`"))?;
+            let (name, expires) = c.check_api_token(token.trim())?;
+            return Ok(Operator(OperatorPeer { name }, "token", expires));
+        }
+        if let Some(der) = parts.extensions.get::<PeerCert>().and_then(|p| p.0.clone()) {
+            let info = identity::cert_info(&der).map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+            let name = info.operator().ok_or_else(|| {
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "this certificate is not an operator's")
+            })?;
+            if !c.store().operator_active(name, &info.serial_hex)? {
+                return Err(ApiError::unauthenticated(format!(
+                    "operator {name:?}: this certificate was revoked or replaced"
+                )));
+            }
+            return Ok(Operator(
+                OperatorPeer { name: name.to_string() },
+                "certificate",
+                info.not_after_unix.max(0) as u64,
+            ));
+        }
+        Err(ApiError::unauthenticated(
+            "no credentials: send `Authorization: Bearer <token>` (dockfra-coord operator token prints one)",
+        ))
+    }
+}
+
+impl Coordinator {
+    /// The operator a bearer token belongs to, if the token and the operator are both live.
+    fn check_api_token(&self, token: &str) -> Result<(String, u64), ApiError> {
+        let bad = || ApiError::unauthenticated("this token is not valid");
+        let rest = token.strip_prefix(API_TOKEN_PREFIX).ok_or_else(bad)?;
+        let (id, secret) = rest.split_once('.').ok_or_else(bad)?;
+        if id.len() != 16 || secret.len() != 32 || !id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let store = self.store();
+        let row = store.api_token(id)?.ok_or_else(bad)?;
+        let want = dockfra_common::sha256_hex(secret.as_bytes());
+        if !constant_time_eq(want.as_bytes(), row.secret_sha256.as_bytes()) {
+            return Err(bad());
+        }
+        if row.revoked_unix.is_some() {
+            return Err(ApiError::unauthenticated("this token was revoked"));
+        }
+        if row.expires_unix <= dockfra_common::now_unix() as i64 {
+            return Err(ApiError::unauthenticated(
+                "this token expired: `dockfra-coord operator token` issues a new one",
+            ));
+        }
+        match store.operator(&row.operator)? {
+            Some(o) if o.revoked_unix.is_none() => Ok((row.operator, row.expires_unix.max(0) as u64)),
+            _ => Err(ApiError::unauthenticated(format!("operator {:?} was revoked", row.operator))),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request, as the Admin service's handlers take it, on behalf of `op`.
+fn as_admin<T>(op: &Operator, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.extensions_mut().insert(op.0.clone());
+    r
+}
+
+// ------------------------------------------------------------------ inputs
+
+/// A target id from the path: a DNS label, as deploy-targets.yaml requires.
+fn target_id(id: &str) -> ApiResult<&str> {
+    let ok = (1..=63).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-');
+    if ok {
+        Ok(id)
+    } else {
+        Err(ApiError::bad(format!("target id {id:?}: a DNS label ([a-z0-9-]{{1,63}}) is expected")))
+    }
+}
+
+/// A deployment id from the path (`d-<ms>-<hex>`).
+fn deployment_id(id: &str) -> ApiResult<&str> {
+    let ok = (3..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(id)
+    } else {
+        Err(ApiError::bad(format!("deployment id {id:?}: expected d-<ms>-<hex>")))
+    }
+}
+
+/// A JSON body that may be empty; anything but an object of the right shape is a 400.
+fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("request body: {e}")))
+}
+
+/// The query string as a map (a malformed one is a 400).
+struct QueryMap(BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<BTreeMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryMap(q.0))
+            .map_err(|e| ApiError::bad(format!("query: {e}")))
+    }
+}
+
+impl QueryMap {
+    fn only(&self, allowed: &[&str]) -> ApiResult<()> {
+        match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::bad(format!("unknown query parameter {k:?} (known: {})", allowed.join(", ")))),
+            None => Ok(()),
+        }
+    }
+    /// A parameter's value; present but empty is an error (say it, or leave it out).
+    fn text(&self, key: &str) -> ApiResult<Option<&str>> {
+        match self.0.get(key).map(String::as_str) {
+            Some("") => Err(ApiError::bad(format!("{key}= is empty: give a value or leave it out"))),
+            v => Ok(v),
+        }
+    }
+    fn num(&self, key: &str, max: u64) -> ApiResult<Option<u64>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n <= max => Ok(Some(n)),
+                _ => Err(ApiError::bad(format!("{key}={v:?}: a whole number from 0 to {max} is expected"))),
+            },
+        }
+    }
+}
+
+/// A deployment's status: open (queued, running, retrying, exporting) or final.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // the schema's enum: handlers check the same names in STATUSES
+pub enum DeployStatus {
+    Queued,
+    Running,
+    Retrying,
+    Exporting,
+    Succeeded,
+    Failed,
+    Refused,
+    Superseded,
+    Interrupted,
+    Exported,
+    Timeout,
+}
+
+/// The statuses [`DeployStatus`] names, as stored.
+const STATUSES: &[&str] = &[
+    "queued",
+    "running",
+    "retrying",
+    "exporting",
+    "succeeded",
+    "failed",
+    "refused",
+    "superseded",
+    "interrupted",
+    "exported",
+    "timeout",
+];
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct DeployBody {
+    /// Version label (default: derived from the content).
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct RollbackBody {
+    /// A release the agent keeps (default: the previous one).
+    #[schema(pattern = r"^[0-9]{1,20}-[0-9a-f]{1,64}$")]
+    pub to_release: Option<String>,
+}
+
+fn version_label(v: &str) -> ApiResult<&str> {
+    let ok = (1..=64).contains(&v.len())
+        && v.as_bytes()[0].is_ascii_alphanumeric()
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if ok {
+        Ok(v)
+    } else {
+        Err(ApiError::bad(format!("version {v:?}: 1-64 of A-Z a-z 0-9 . _ + -, starting with a letter or digit")))
+    }
+}
+
+fn release_name(v: &str) -> ApiResult<&str> {
+    let ok = v.split_once('-').is_some_and(|(seq, id)| {
+        (1..=20).contains(&seq.len())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+            && (1..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(v)
+    } else {
+        Err(ApiError::bad(format!("release {v:?}: expected SEQUENCE-BUNDLEID as `history` shows it")))
+    }
+}
+
+// ------------------------------------------------------------------ replies of the API's own
+
+/// The service is up (no credentials needed).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// Who the credentials belong to.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub operator: String,
+    /// token | certificate
+    pub via: String,
+    pub expires_unix: u64,
+}
+
+/// A platform and what dockfra does with it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Plugin {
+    pub name: String,
+    /// Whether this build can deploy to it.
+    pub supported: bool,
+    pub description: String,
+    /// The driver's abilities: files, service_manager, compose, images_in_bundle, registry,
+    /// replicas, rolling_update, quadlet, rootless, health_check, rollback.
+    pub capabilities: Vec<String>,
+    /// The keys of its `config:` section in deploy-targets.yaml.
+    pub config_keys: Vec<String>,
+    /// Agents that report a driver for it.
+    pub agents: Vec<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginList {
+    pub plugins: Vec<Plugin>,
+}
+
+/// name, supported, description, capabilities, config keys.
+type PluginRow = (&'static str, bool, &'static str, &'static [&'static str], &'static [&'static str]);
+
+const PLUGINS: &[PluginRow] = &[
+    (
+        "ssh_raw",
+        true,
+        "Plain files in Capistrano-style release dirs with an atomic `current` switch; optional scripts and a service (systemd, launchd, or none).",
+        &["files", "service_manager", "scripts", "health_check", "rollback"],
+        &["deploy_path", "service_manager", "service_name", "pre_script", "post_script"],
+    ),
+    (
+        "docker_compose",
+        true,
+        "A resolved compose file run with `docker compose up --wait` on the agent's engine.",
+        &["compose", "images_in_bundle", "registry", "health_check", "rollback"],
+        &["compose_project", "pull_policy", "restart_policy", "ship_images", "registry"],
+    ),
+    (
+        "swarm",
+        true,
+        "A stack deployed with `docker stack deploy` on a Swarm manager, with rolling updates.",
+        &["compose", "images_in_bundle", "registry", "replicas", "rolling_update", "health_check", "rollback"],
+        &["stack_name", "replicas", "update_parallelism", "update_delay", "ship_images", "registry"],
+    ),
+    (
+        "podman",
+        true,
+        "podman-compose, or Quadlet units under systemd (rootless or not).",
+        &["compose", "quadlet", "rootless", "images_in_bundle", "health_check", "rollback"],
+        &["use_quadlet", "rootless", "pod_name", "compose_project", "ship_images", "start_machine"],
+    ),
+    ("kubernetes", false, "Kubernetes manifests applied with kubectl (not in this build yet).", &[], &[]),
+    ("nomad", false, "A Nomad job (not in this build yet).", &[], &[]),
+];
+
+// ------------------------------------------------------------------ handlers
+
+#[utoipa::path(get, path = "/api/health", tag = "service",
+    responses((status = 200, description = "The coordinator is up", body = Health)), security(()))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok".into(), version: dockfra_common::VERSION.into() })
+}
+
+#[utoipa::path(get, path = "/api/whoami", tag = "service",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ApiErrorBody)))]
+async fn whoami(op: Operator) -> Json<WhoAmI> {
+    Json(WhoAmI { operator: op.0.name, via: op.1.into(), expires_unix: op.2 })
+}
+
+/// Every target with its live state and a count of each state.
+#[utoipa::path(get, path = "/api/deploy-targets", tag = "targets",
+    params(("label" = Option<String>, Query, description = "Only targets with these labels: key=value[,key=value…]",
+        pattern = "^[^=,]+=[^,]*(,[^=,]+=[^,]*)*$")),
+    responses((status = 200, body = proto::TargetList), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn list_targets(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiResult<Json<proto::TargetList>> {
+    q.only(&["label"])?;
+    let mut want = Vec::new();
+    for pair in q.text("label")?.map(|s| s.split(',').collect::<Vec<_>>()).unwrap_or_default() {
+        let (k, v) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| ApiError::bad(format!("label {pair:?}: key=value expected")))?;
+        want.push((k.to_string(), v.to_string()));
+    }
+    let mut list = c.target_list(None)?;
+    list.targets.retain(|t| want.iter().all(|(k, v)| t.labels.get(k) == Some(v)));
+    list.counts.values_mut().for_each(|n| *n = 0);
+    for t in &list.targets {
+        *list.counts.entry(t.state.clone()).or_default() += 1;
+    }
+    Ok(Json(list))
+}
+
+/// One target: its config, its agent's facts and report, its releases and last deployment.
+#[utoipa::path(get, path = "/api/deploy-targets/{id}", tag = "targets",
+    params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses((status = 200, body = proto::TargetStatus), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn get_target(
+    State(c): State<Coordinator>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<proto::TargetStatus>> {
+    let list = c.target_list(Some(target_id(&id)?))?;
+    list.targets.into_iter().next().map(Json).ok_or_else(|| ApiError::from(tonic::Status::not_found(id)))
+}
+
+/// What a deploy would change (files, bytes to move, compose services and images), without
+/// building a release or telling the agent.
+#[utoipa::path(get, path = "/api/deploy-targets/{id}/plan", tag = "deploy",
+    params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses((status = 200, body = proto::DeployPlan), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn plan(
+    State(c): State<Coordinator>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<proto::DeployPlan>> {
+    Ok(Json(c.plan(target_id(&id)?).await?))
+}
+
+/// Build a release and deliver it. Answers once the deployment is queued; follow it with
+/// `GET /api/deployments/{id}/stream`.
+#[utoipa::path(post, path = "/api/deploy/{id}", tag = "deploy",
+    params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    request_body(content = DeployBody, description = "Optional", content_type = "application/json"),
+    responses((status = 202, description = "Queued", body = proto::Deployment), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn deploy(
+    State(c): State<Coordinator>,
+    op: Operator,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<proto::Deployment>)> {
+    let id = target_id(&id)?;
+    let b: DeployBody = body(&bytes)?;
+    let version = b.version.as_deref().map(version_label).transpose()?;
+    c.target(id)?;
+    let (target, dep) = c.start_deploy(id, version, &op.0.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(c.launch(target, dep)?)))
+}
+
+/// Roll a target back to the previous release, or to a named one its agent keeps.
+#[utoipa::path(post, path = "/api/rollback/{id}", tag = "deploy",
+    params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    request_body(content = RollbackBody, description = "Optional", content_type = "application/json"),
+    responses((status = 202, description = "Queued", body = proto::Deployment), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn rollback(
+    State(c): State<Coordinator>,
+    op: Operator,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<proto::Deployment>)> {
+    let id = target_id(&id)?;
+    let b: RollbackBody = body(&bytes)?;
+    let to = b.to_release.as_deref().map(release_name).transpose()?;
+    let (target, dep) = c.start_rollback(id, to, &op.0.name)?;
+    Ok((StatusCode::ACCEPTED, Json(c.launch(target, dep)?)))
+}
+
+/// Reach the target's agent (push: dial it; pull: when it last polled) and check it can take
+/// what this coordinator builds.
+#[utoipa::path(post, path = "/api/deploy-test/{id}", tag = "deploy",
+    params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses((status = 200, body = proto::DeployTestReport), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 500, body = ApiErrorBody), (status = 503, body = ApiErrorBody)))]
+async fn deploy_test(
+    State(c): State<Coordinator>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<proto::DeployTestReport>> {
+    let id = target_id(&id)?;
+    let r = c.deploy_test_of(id).await?;
+    let _ = c.store().event_by(id, "deploy-test", &format!("deploy-test: reachable={}", r.reachable), &op.0.name);
+    Ok(Json(r))
+}
+
+/// The platforms dockfra knows, whether this build deploys to them, and what each can do.
+#[utoipa::path(get, path = "/api/deploy-plugins", tag = "deploy",
+    responses((status = 200, body = PluginList), (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn plugins(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<PluginList>> {
+    let agents = c.store().agents()?;
+    let plugins = PLUGINS
+        .iter()
+        .map(|(name, supported, description, caps, keys)| Plugin {
+            name: name.to_string(),
+            supported: *supported,
+            description: description.to_string(),
+            capabilities: caps.iter().map(|s| s.to_string()).collect(),
+            config_keys: keys.iter().map(|s| s.to_string()).collect(),
+            agents: agents
+                .iter()
+                .filter(|a| !a.revoked && a.facts["platforms"].as_array().into_iter().flatten().any(|p| p == name))
+                .map(|a| a.target.clone())
+                .collect(),
+        })
+        .collect();
+    Ok(Json(PluginList { plugins }))
+}
+
+/// Deployments, newest first.
+#[utoipa::path(get, path = "/api/deployments", tag = "history",
+    params(
+        ("target" = Option<String>, Query, description = "Only this target", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+        ("result" = Option<DeployStatus>, Query, description = "Only deployments with this status"),
+        ("since" = Option<u64>, Query, description = "Started at or after (unix seconds)"),
+        ("until" = Option<u64>, Query, description = "Started at or before (unix seconds)"),
+        ("limit" = Option<u32>, Query, description = "At most this many (default 200, at most 10000)", minimum = 1, maximum = 10000),
+    ),
+    responses((status = 200, body = proto::DeploymentList), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn history(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiResult<Json<proto::DeploymentList>> {
+    q.only(&["target", "result", "since", "until", "limit"])?;
+    let target = q.text("target")?.map(target_id).transpose()?.unwrap_or_default().to_string();
+    let result = q.text("result")?.unwrap_or_default().to_string();
+    if !result.is_empty() && !STATUSES.contains(&result.as_str()) {
+        return Err(ApiError::bad(format!("result {result:?}: one of {} is expected", STATUSES.join(", "))));
+    }
+    let limit = q.num("limit", 10_000)?;
+    if limit == Some(0) {
+        return Err(ApiError::bad("limit=0: ask for at least one"));
+    }
+    let r = proto::HistoryRequest {
+        target,
+        result,
+        since_unix: q.num("since", i64::MAX as u64)?.unwrap_or(0),
+        until_unix: q.num("until", i64::MAX as u64)?.unwrap_or(0),
+        limit: limit.unwrap_or(0) as u32,
+    };
+    Ok(Json(c.history_of(&r)?))
+}
+
+/// One deployment and its events, oldest first.
+#[utoipa::path(get, path = "/api/deployments/{id}", tag = "history",
+    params(("id" = String, Path, description = "Deployment id", pattern = "^[A-Za-z0-9-]{3,64}$")),
+    responses((status = 200, body = proto::DeploymentDetail), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn get_deployment(
+    State(c): State<Coordinator>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<proto::DeploymentDetail>> {
+    Ok(Json(c.deployment_detail(deployment_id(&id)?)?))
+}
+
+/// Live progress of one deployment (server-sent events): `snapshot` (a DeploymentDetail),
+/// then a `progress` event (a DeployEvent) per step, then `end` (the final Deployment).
+#[utoipa::path(get, path = "/api/deployments/{id}/stream", tag = "history",
+    params(("id" = String, Path, description = "Deployment id", pattern = "^[A-Za-z0-9-]{3,64}$")),
+    responses((status = 200, description = "Server-sent events", content_type = "text/event-stream", body = String),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn deployment_stream(State(c): State<Coordinator>, _op: Operator, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = deployment_id(&id)?.to_string();
+    // Subscribe before the snapshot: no step falls between the two.
+    let mut sub = c.inner.events.subscribe();
+    let detail = c.deployment_detail(&id)?;
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    tokio::spawn(async move {
+        let done = detail.deployment.as_ref().is_some_and(|d| d.done);
+        if tx.send(json_event("snapshot", &detail)).await.is_err() {
+            return;
+        }
+        let end = |c: &Coordinator| c.deployment_detail(&id).ok().and_then(|d| d.deployment);
+        if !done {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    got = sub.recv() => match got {
+                        Ok((_, ev)) if ev.deployment_id == id => {
+                            if tx.send(json_event("progress", &ev)).await.is_err() {
+                                return;
+                            }
+                            if ev.r#final {
+                                break;
+                            }
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    // A deployment can also end without an event here (a timeout, an export):
+                    // look at its row now and then.
+                    _ = tick.tick() => {
+                        if end(&c).is_some_and(|d| d.done) {
+                            break;
+                        }
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(d) = end(&c) {
+            let _ = tx.send(json_event("end", &d)).await;
+        }
+    });
+    Ok(sse(rx))
+}
+
+/// Live progress of the whole fleet (server-sent events): a `progress` event (a DeployEvent
+/// with its target) per step of every deployment.
+#[utoipa::path(get, path = "/api/stream", tag = "history",
+    responses((status = 200, description = "Server-sent events", content_type = "text/event-stream", body = String),
+        (status = 401, body = ApiErrorBody)))]
+async fn fleet_stream(State(c): State<Coordinator>, _op: Operator) -> Response {
+    let mut sub = c.inner.events.subscribe();
+    let (tx, rx) = mpsc::channel::<SseEvent>(256);
+    tokio::spawn(async move {
+        loop {
+            match sub.recv().await {
+                Ok((_, ev)) => {
+                    if tx.send(json_event("progress", &ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let note = SseEvent::default().event("lagged").data(n.to_string());
+                    if tx.send(note).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    sse(rx)
+}
+
+fn json_event<T: Serialize>(name: &str, v: &T) -> SseEvent {
+    SseEvent::default().event(name).data(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+}
+
+fn sse(rx: mpsc::Receiver<SseEvent>) -> Response {
+    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    let mut r = Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Enrolled agents.
+#[utoipa::path(get, path = "/api/agents", tag = "agents",
+    responses((status = 200, body = proto::AgentList), (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn agents(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<proto::AgentList>> {
+    Ok(Json(proto::AgentList { agents: c.store().agents()?.iter().map(views::agent_info).collect() }))
+}
+
+/// Revoke a target's agent: its certificate stops working at its next call.
+#[utoipa::path(post, path = "/api/agents/{id}/revoke", tag = "agents",
+    params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses((status = 200, body = proto::AgentInfo), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn revoke_agent(
+    State(c): State<Coordinator>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<proto::AgentInfo>> {
+    Ok(Json(c.revoke_agent_by(target_id(&id)?, &op.0.name)?))
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/api/events", tag = "history",
+    params(
+        ("target" = Option<String>, Query, description = "Only this target (`-` for coordinator-wide events)",
+            pattern = "^(-|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$"),
+        ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 10000)", minimum = 1, maximum = 10000),
+    ),
+    responses((status = 200, body = proto::EventList), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn events(State(c): State<Coordinator>, op: Operator, q: QueryMap) -> ApiResult<Json<proto::EventList>> {
+    q.only(&["target", "limit"])?;
+    let target = q.text("target")?.unwrap_or_default().to_string();
+    if !target.is_empty() && target != "-" {
+        target_id(&target)?;
+    }
+    let limit = q.num("limit", 10_000)?;
+    if limit == Some(0) {
+        return Err(ApiError::bad("limit=0: ask for at least one"));
+    }
+    let r = proto::EventsRequest { target, limit: limit.unwrap_or(0) as u32 };
+    let list = proto::admin_server::Admin::events(&c, as_admin(&op, r)).await?;
+    Ok(Json(list.into_inner()))
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Response> {
+    let text = metrics::render(&c)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "dockfra coordinator API", description = "Deploy, watch and roll back the fleet. \
+        Authenticate with `Authorization: Bearer <token>` (`dockfra-coord operator token` prints one) \
+        or an operator's client certificate."),
+    paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
+        get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route),
+    components(schemas(ApiErrorBody, DeployStatus, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
+        proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
+    modifiers(&Security),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.info.version = dockfra_common::VERSION.to_string();
+    }
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".into())
+}
+
+async fn openapi_route(_op: Operator) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route (GET /api/openapi.json lists them)")
+}
+
+impl Coordinator {
+    /// Deliver a queued deployment in the background and return its row (the API's 202).
+    fn launch(&self, target: dockfra_common::config::Target, id: String) -> ApiResult<proto::Deployment> {
+        let mut events = self.deliver(target, id.clone(), false, Duration::from_secs(600));
+        // The delivery runs whether or not anyone follows it; drain what it says.
+        tokio::spawn(async move { while events.next().await.is_some() {} });
+        let row = self.store().deployment(&id)?.ok_or_else(|| tonic::Status::not_found(id))?;
+        Ok(views::deployment(&row))
+    }
+}
+
+/// The API's and the dashboard's routes.
+pub fn router(c: Coordinator) -> Router {
+    let api = Router::new()
+        .route("/api/health", get(health))
+        .route("/api/whoami", get(whoami))
+        .route("/api/openapi.json", get(openapi_route))
+        .route("/api/deploy-targets", get(list_targets))
+        .route("/api/deploy-targets/{id}", get(get_target))
+        .route("/api/deploy-targets/{id}/plan", get(plan))
+        .route("/api/deploy/{id}", post(deploy))
+        .route("/api/rollback/{id}", post(rollback))
+        .route("/api/deploy-test/{id}", post(deploy_test))
+        .route("/api/deploy-plugins", get(plugins))
+        .route("/api/deployments", get(history))
+        .route("/api/deployments/{id}", get(get_deployment))
+        .route("/api/deployments/{id}/stream", get(deployment_stream))
+        .route("/api/stream", get(fleet_stream))
+        .route("/api/agents", get(agents))
+        .route("/api/agents/{id}/revoke", post(revoke_agent))
+        .route("/api/events", get(events))
+        .route("/metrics", get(metrics_route))
+        .fallback(not_found)
+        .with_state(c);
+    super::web::routes().merge(api)
+}
