@@ -547,7 +547,7 @@ pub fn wait_final(w: &World, id: &str, timeout: Duration) -> serde_json::Value {
     let mut row = serde_json::Value::Null;
     wait_until(&format!("deployment {id} to be final"), timeout, || {
         row = deployment(w, id);
-        !row["finished_unix"].is_null()
+        row["done"] == true
     });
     row
 }

@@ -1,941 +1,935 @@
-// dockfra dashboard: plain ES2020, no build step, no dependencies. Served at /assets/app.js.
-'use strict';
-(() => {
-  const TOKEN_KEY = 'dockfra.token';
-  const STATES = ['healthy', 'deploying', 'failed', 'unreachable', 'never_deployed'];
-  const STATE_LABEL = {
-    healthy: 'Healthy', deploying: 'Deploying', failed: 'Failed',
-    unreachable: 'Unreachable', never_deployed: 'Never deployed',
-  };
-  const FINAL = new Set(['succeeded', 'failed', 'refused', 'superseded', 'interrupted', 'exported', 'timeout']);
-  const GOOD = new Set(['succeeded', 'exported']);
+// dockfra dashboard: plain ES2020 module, no build step, no dependencies. Served at /assets/app.js.
+const TOKEN_KEY = 'dockfra.token';
+const STATES = ['healthy', 'deploying', 'failed', 'unreachable', 'never_deployed'];
+const STATE_LABEL = {
+  healthy: 'Healthy', deploying: 'Deploying', failed: 'Failed',
+  unreachable: 'Unreachable', never_deployed: 'Never deployed',
+};
+const FINAL = new Set(['succeeded', 'failed', 'refused', 'superseded', 'interrupted', 'exported', 'timeout']);
+const GOOD = new Set(['succeeded', 'exported']);
 
-  const $main = document.getElementById('main');
-  const $error = document.getElementById('error');
-  const $session = document.getElementById('session');
-  const $who = document.getElementById('who');
-  const $live = document.getElementById('live');
+const $main = document.getElementById('main');
+const $error = document.getElementById('error');
+const $session = document.getElementById('session');
+const $who = document.getElementById('who');
+const $live = document.getElementById('live');
 
-  let token = sessionStorage.getItem(TOKEN_KEY) || '';
-  let view = null; // {cleanup(), onFleetEvent(ev), refresh()}
+let token = sessionStorage.getItem(TOKEN_KEY) || '';
+let view = null; // {cleanup(), onFleetEvent(ev), refresh()}
 
-  // ---------- small helpers ----------
-  function h(tag, attrs, ...kids) {
-    const el = document.createElement(tag);
-    if (attrs) {
-      for (const [k, v] of Object.entries(attrs)) {
-        if (v == null || v === false) continue;
-        if (k === 'class') el.className = v;
-        else if (k === 'text') el.textContent = v;
-        else if (k === 'testid') el.dataset.testid = v;
-        else if (k === 'fkey') el.dataset.fkey = v;
-        else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
-        else el.setAttribute(k, v === true ? '' : String(v));
-      }
-    }
-    add(el, kids);
-    return el;
-  }
-  const sp = (cls, ...kids) => h('span', { class: cls }, ...kids);
-  function put(el, ...kids) { el.replaceChildren(); return add(el, kids); }
-  function add(el, kids) {
-    for (const k of kids.flat(Infinity)) {
-      if (k == null || k === false || k === '') continue;
-      el.append(k instanceof Node ? k : String(k));
-    }
-    return el;
-  }
-  const enc = encodeURIComponent;
-  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-  const dash = (v) => (v === null || v === undefined || v === '' ? '—' : String(v));
-  const pad = (n, w = 2) => String(n).padStart(w, '0');
-  function debounce(fn, ms) {
-    let t = null;
-    const d = () => { clearTimeout(t); t = setTimeout(() => { t = null; fn(); }, ms); };
-    d.cancel = () => clearTimeout(t);
-    return d;
-  }
-  function fmtBytes(n) {
-    if (n === null || n === undefined || Number.isNaN(Number(n))) return '—';
-    let x = Number(n);
-    const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-    let i = 0;
-    while (Math.abs(x) >= 1024 && i < u.length - 1) { x /= 1024; i++; }
-    return (i === 0 ? String(x) : x.toFixed(Math.abs(x) < 10 ? 1 : 0)) + ' ' + u[i];
-  }
-  function fmtDuration(ms) {
-    if (ms === null || ms === undefined || ms === '') return '—';
-    ms = Number(ms);
-    if (ms < 1000) return ms + ' ms';
-    if (ms < 60000) return (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + ' s';
-    const s = Math.round(ms / 1000);
-    return Math.floor(s / 60) + ' min ' + pad(s % 60) + ' s';
-  }
-  function fmtTime(unix) {
-    if (!unix) return '—';
-    const d = new Date(unix * 1000);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  }
-  function fmtClock(ms) {
-    if (!ms) return '';
-    const d = new Date(ms);
-    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
-  }
-  function relTime(unix) {
-    if (!unix) return 'never';
-    const s = Math.round(Date.now() / 1000 - unix);
-    if (s < 2) return 'just now';
-    if (s < 60) return s + ' s ago';
-    if (s < 3600) return Math.floor(s / 60) + ' min ago';
-    if (s < 86400) return Math.floor(s / 3600) + ' h ago';
-    return Math.floor(s / 86400) + ' d ago';
-  }
-  function relEl(unix) {
-    return h('time', { 'data-rel': unix || 0, datetime: unix ? new Date(unix * 1000).toISOString() : null, title: unix ? fmtTime(unix) : null }, relTime(unix));
-  }
-  function fmtAny(v) {
-    if (v === null || v === undefined || v === '') return '—';
-    if (typeof v === 'boolean') return v ? 'yes' : 'no';
-    if (typeof v === 'object') {
-      const parts = Object.entries(v).filter(([, x]) => x !== null && x !== '' && x !== undefined);
-      return parts.length ? parts.map(([k, x]) => `${k}: ${typeof x === 'object' ? JSON.stringify(x) : x}`).join(', ') : '—';
-    }
-    return String(v);
-  }
-  const stateLabel = (s) => STATE_LABEL[s] || dash(s);
-  function stateEl(s, id, big) {
-    return h('span', { class: 'state' },
-      h('span', { class: 'dot' + (big ? ' dot-lg' : ''), 'data-state': s || 'unknown', testid: id ? 'dot-' + id : null, 'aria-hidden': 'true' }),
-      h('span', { class: 'state-text', 'data-state': s || 'unknown' }, stateLabel(s)));
-  }
-  function statusBadge(status) {
-    const cls = GOOD.has(status) ? 'ok' : FINAL.has(status) ? 'bad' : 'info';
-    return h('span', { class: 'badge ' + cls }, dash(status));
-  }
-  function labelChips(labels) {
-    const e = Object.entries(labels || {});
-    if (!e.length) return sp('muted', '—');
-    return sp('chips', e.sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => h('span', { class: 'chip', title: `${k}=${v}` }, k, '=', h('b', null, v))));
-  }
-  function relCell(name, version) {
-    if (!name) return sp('muted', '—');
-    return sp('rel', sp('mono', name), version ? sp('v', version) : null);
-  }
-  // Re-render a region while keeping keyboard focus on the "same" control (data-fkey).
-  function keepFocus(container, fn) {
-    const a = document.activeElement;
-    const key = a && container.contains(a) && a.dataset ? a.dataset.fkey : null;
-    fn();
-    if (key) {
-      const n = container.querySelector(`[data-fkey="${CSS.escape(key)}"]`);
-      if (n) n.focus({ preventScroll: true });
+// ---------- small helpers ----------
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  if (attrs) {
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v == null || v === false) continue;
+      if (k === 'class') el.className = v;
+      else if (k === 'text') el.textContent = v;
+      else if (k === 'testid') el.dataset.testid = v;
+      else if (k === 'fkey') el.dataset.fkey = v;
+      else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? '' : String(v));
     }
   }
+  add(el, kids);
+  return el;
+}
+const sp = (cls, ...kids) => h('span', { class: cls }, ...kids);
+function put(el, ...kids) { el.replaceChildren(); return add(el, kids); }
+function add(el, kids) {
+  for (const k of kids.flat(Infinity)) {
+    if (k == null || k === false || k === '') continue;
+    el.append(k instanceof Node ? k : String(k));
+  }
+  return el;
+}
+const enc = encodeURIComponent;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const dash = (v) => (v === null || v === undefined || v === '' ? '—' : String(v));
+const pad = (n, w = 2) => String(n).padStart(w, '0');
+function debounce(fn, ms) {
+  let t = null;
+  const d = () => { clearTimeout(t); t = setTimeout(() => { t = null; fn(); }, ms); };
+  d.cancel = () => clearTimeout(t);
+  return d;
+}
+function fmtBytes(n) {
+  if (n === null || n === undefined || Number.isNaN(Number(n))) return '—';
+  let x = Number(n);
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  while (Math.abs(x) >= 1024 && i < u.length - 1) { x /= 1024; i++; }
+  return (i === 0 ? String(x) : x.toFixed(Math.abs(x) < 10 ? 1 : 0)) + ' ' + u[i];
+}
+function fmtDuration(ms) {
+  if (ms === null || ms === undefined || ms === '') return '—';
+  ms = Number(ms);
+  if (ms < 1000) return ms + ' ms';
+  if (ms < 60000) return (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + ' s';
+  const s = Math.round(ms / 1000);
+  return Math.floor(s / 60) + ' min ' + pad(s % 60) + ' s';
+}
+function fmtTime(unix) {
+  if (!unix) return '—';
+  const d = new Date(unix * 1000);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+function fmtClock(ms) {
+  if (!ms) return '';
+  const d = new Date(ms);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+function relTime(unix) {
+  if (!unix) return 'never';
+  const s = Math.round(Date.now() / 1000 - unix);
+  if (s < 2) return 'just now';
+  if (s < 60) return s + ' s ago';
+  if (s < 3600) return Math.floor(s / 60) + ' min ago';
+  if (s < 86400) return Math.floor(s / 3600) + ' h ago';
+  return Math.floor(s / 86400) + ' d ago';
+}
+function relEl(unix) {
+  return h('time', { 'data-rel': unix || 0, datetime: unix ? new Date(unix * 1000).toISOString() : null, title: unix ? fmtTime(unix) : null }, relTime(unix));
+}
+function fmtAny(v) {
+  if (v === null || v === undefined || v === '') return '—';
+  if (typeof v === 'boolean') return v ? 'yes' : 'no';
+  if (typeof v === 'object') {
+    const parts = Object.entries(v).filter(([, x]) => x !== null && x !== '' && x !== undefined);
+    return parts.length ? parts.map(([k, x]) => `${k}: ${typeof x === 'object' ? JSON.stringify(x) : x}`).join(', ') : '—';
+  }
+  return String(v);
+}
+const stateLabel = (s) => STATE_LABEL[s] || dash(s);
+function stateEl(s, id, big) {
+  return h('span', { class: 'state' },
+    h('span', { class: 'dot' + (big ? ' dot-lg' : ''), 'data-state': s || 'unknown', testid: id ? 'dot-' + id : null, 'aria-hidden': 'true' }),
+    h('span', { class: 'state-text', 'data-state': s || 'unknown' }, stateLabel(s)));
+}
+function statusBadge(status) {
+  const cls = GOOD.has(status) ? 'ok' : FINAL.has(status) ? 'bad' : 'info';
+  return h('span', { class: 'badge ' + cls }, dash(status));
+}
+function labelChips(labels) {
+  const e = Object.entries(labels || {});
+  if (!e.length) return sp('muted', '—');
+  return sp('chips', e.sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => h('span', { class: 'chip', title: `${k}=${v}` }, k, '=', h('b', null, v))));
+}
+function relCell(name, version) {
+  if (!name) return sp('muted', '—');
+  return sp('rel', sp('mono', name), version ? sp('v', version) : null);
+}
+// Re-render a region while keeping keyboard focus on the "same" control (data-fkey).
+function keepFocus(container, fn) {
+  const a = document.activeElement;
+  const key = a && container.contains(a) && a.dataset ? a.dataset.fkey : null;
+  fn();
+  if (key) {
+    const n = container.querySelector(`[data-fkey="${CSS.escape(key)}"]`);
+    if (n) n.focus({ preventScroll: true });
+  }
+}
 
-  // ---------- errors ----------
-  function showError(msg) {
-    put($error, 
-      sp('msg', msg),
-      h('button', { type: 'button', class: 'btn btn-ghost btn-sm', 'aria-label': 'Dismiss error', onclick: () => { clearError(); $main.focus(); } }, 'Dismiss'));
-  }
-  function clearError() { put($error); }
-  function report(e) {
-    if (!e || e.name === 'AbortError' || e.status === 401) return;
-    showError(e.message || String(e));
-  }
+// ---------- errors ----------
+function showError(msg) {
+  put($error, 
+    sp('msg', msg),
+    h('button', { type: 'button', class: 'btn btn-ghost btn-sm', 'aria-label': 'Dismiss error', onclick: () => { clearError(); $main.focus(); } }, 'Dismiss'));
+}
+function clearError() { put($error); }
+function report(e) {
+  if (!e || e.name === 'AbortError' || e.status === 401) return;
+  showError(e.message || String(e));
+}
 
-  // ---------- API ----------
-  class ApiError extends Error {
-    constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+// ---------- API ----------
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+async function send(path, init) {
+  try {
+    return await fetch(path, Object.assign({ cache: 'no-store', credentials: 'omit' }, init));
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new ApiError(0, 'network', 'Cannot reach the coordinator (' + e.message + ').');
   }
-  async function api(method, path, body, opts = {}) {
-    const headers = { Accept: 'application/json' };
-    const tok = opts.token !== undefined ? opts.token : token;
-    if (tok) headers.Authorization = 'Bearer ' + tok;
-    let payload;
-    if (body !== undefined) { headers['Content-Type'] = 'application/json'; payload = JSON.stringify(body); }
-    let r;
-    try {
-      r = await fetch(path, { method, headers, body: payload, cache: 'no-store', credentials: 'omit', signal: opts.signal });
-    } catch (e) {
-      if (e.name === 'AbortError') throw e;
-      throw new ApiError(0, 'network', 'Cannot reach the coordinator (' + e.message + ').');
-    }
-    const text = await r.text();
-    let data = null;
-    if (text) { try { data = JSON.parse(text); } catch (_) { data = null; } }
-    if (!r.ok) {
-      const msg = (data && typeof data.message === 'string' && data.message) || `HTTP ${r.status} ${r.statusText || ''}`.trim();
-      const err = new ApiError(r.status, (data && data.code) || '', msg);
-      if (r.status === 401 && !opts.login) onUnauthorized(msg);
-      throw err;
-    }
-    return data;
+}
+async function api(method, path, body, opts = {}) {
+  const headers = { Accept: 'application/json' };
+  const tok = opts.token !== undefined ? opts.token : token;
+  if (tok) headers.Authorization = 'Bearer ' + tok;
+  let payload;
+  if (body !== undefined) { headers['Content-Type'] = 'application/json'; payload = JSON.stringify(body); }
+  const r = await send(path, { method, headers, body: payload, signal: opts.signal });
+  const text = await r.text();
+  let data = null;
+  if (text) { try { data = JSON.parse(text); } catch (_) { data = null; } }
+  if (!r.ok) {
+    const msg = (data && typeof data.message === 'string' && data.message) || `HTTP ${r.status} ${r.statusText || ''}`.trim();
+    const err = new ApiError(r.status, (data && data.code) || '', msg);
+    if (r.status === 401 && !opts.login) onUnauthorized(msg);
+    throw err;
   }
+  return data;
+}
 
-  // Server-sent events over fetch(), so the Authorization header can be sent.
-  async function readSSE(url, { signal, onOpen, onMessage }) {
-    let r;
-    try {
-      r = await fetch(url, { headers: { Accept: 'text/event-stream', Authorization: 'Bearer ' + token }, cache: 'no-store', credentials: 'omit', signal });
-    } catch (e) {
-      if (e.name === 'AbortError') throw e;
-      throw new ApiError(0, 'network', 'Cannot reach the coordinator (' + e.message + ').');
-    }
-    if (!r.ok) {
-      let msg = '';
-      try { msg = (await r.json()).message || ''; } catch (_) { /* not JSON */ }
-      const err = new ApiError(r.status, '', msg || 'HTTP ' + r.status);
-      if (r.status === 401) onUnauthorized(err.message);
-      throw err;
-    }
-    if (!r.body) throw new ApiError(0, 'stream', 'This browser cannot read streams.');
-    if (onOpen) onOpen();
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = '';
-    let ev = '';
-    let data = [];
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += dec.decode(value, { stream: true });
-        let nl;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          let line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          if (line.endsWith('\r')) line = line.slice(0, -1);
-          if (line === '') {
-            if (data.length) onMessage(ev || 'message', data.join('\n'));
-            ev = '';
-            data = [];
-            continue;
-          }
-          if (line[0] === ':') continue; // keep-alive comment
-          const c = line.indexOf(':');
-          const field = c < 0 ? line : line.slice(0, c);
-          let val = c < 0 ? '' : line.slice(c + 1);
-          if (val[0] === ' ') val = val.slice(1);
-          if (field === 'event') ev = val;
-          else if (field === 'data') data.push(val);
+// Server-sent events over fetch(), so the Authorization header can be sent.
+async function readSSE(url, { signal, onOpen, onMessage }) {
+  const r = await send(url, { headers: { Accept: 'text/event-stream', Authorization: 'Bearer ' + token }, signal });
+  if (!r.ok) {
+    let msg = '';
+    try { msg = (await r.json()).message || ''; } catch (_) { /* not JSON */ }
+    const err = new ApiError(r.status, '', msg || 'HTTP ' + r.status);
+    if (r.status === 401) onUnauthorized(err.message);
+    throw err;
+  }
+  if (!r.body) throw new ApiError(0, 'stream', 'This browser cannot read streams.');
+  if (onOpen) onOpen();
+  const reader = r.body.getReader();
+  const dec = new TextDecoder();
+  let buf = '';
+  let ev = '';
+  let data = [];
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        let line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line.endsWith('\r')) line = line.slice(0, -1);
+        if (line === '') {
+          if (data.length) onMessage(ev || 'message', data.join('\n'));
+          ev = '';
+          data = [];
+          continue;
         }
+        if (line[0] === ':') continue; // keep-alive comment
+        const c = line.indexOf(':');
+        const field = c < 0 ? line : line.slice(0, c);
+        let val = c < 0 ? '' : line.slice(c + 1);
+        if (val[0] === ' ') val = val.slice(1);
+        if (field === 'event') ev = val;
+        else if (field === 'data') data.push(val);
       }
-    } finally {
-      try { reader.releaseLock(); } catch (_) { /* already released */ }
     }
+  } finally {
+    try { reader.releaseLock(); } catch (_) { /* already released */ }
   }
-  function parseJSON(s) { try { return JSON.parse(s); } catch (_) { return null; } }
+}
+function parseJSON(s) { try { return JSON.parse(s); } catch (_) { return null; } }
 
-  // ---------- fleet-wide event stream ----------
-  const fleet = { on: false, ctrl: null, timer: null, backoff: 1000, opened: false };
-  function setLive(state, text) { $live.dataset.live = state; $live.textContent = text; }
-  function startFleetStream() {
-    if (fleet.on) return;
-    fleet.on = true;
-    fleet.opened = false;
-    connectFleet();
+// ---------- fleet-wide event stream ----------
+const fleet = { on: false, ctrl: null, timer: null, backoff: 1000, opened: false };
+function setLive(state, text) { $live.dataset.live = state; $live.textContent = text; }
+function startFleetStream() {
+  if (fleet.on) return;
+  fleet.on = true;
+  fleet.opened = false;
+  connectFleet();
+}
+async function connectFleet() {
+  const ctrl = new AbortController();
+  fleet.ctrl = ctrl;
+  try {
+    await readSSE('/api/stream', {
+      signal: ctrl.signal,
+      onOpen: () => {
+        setLive('on', 'Live');
+        fleet.backoff = 1000;
+        if (fleet.opened && view && view.refresh) view.refresh(); // may have missed events
+        fleet.opened = true;
+      },
+      onMessage: (name, data) => {
+        if (name !== 'progress') return;
+        const ev = parseJSON(data);
+        if (ev && view && view.onFleetEvent) view.onFleetEvent(ev);
+      },
+    });
+  } catch (e) {
+    if (ctrl.signal.aborted || e.status === 401) return;
   }
-  async function connectFleet() {
-    const ctrl = new AbortController();
-    fleet.ctrl = ctrl;
-    try {
-      await readSSE('/api/stream', {
-        signal: ctrl.signal,
-        onOpen: () => {
-          setLive('on', 'Live');
-          fleet.backoff = 1000;
-          if (fleet.opened && view && view.refresh) view.refresh(); // may have missed events
-          fleet.opened = true;
-        },
-        onMessage: (name, data) => {
-          if (name !== 'progress') return;
-          const ev = parseJSON(data);
-          if (ev && view && view.onFleetEvent) view.onFleetEvent(ev);
-        },
-      });
-    } catch (e) {
-      if (ctrl.signal.aborted || e.status === 401) return;
-    }
-    if (!fleet.on || ctrl.signal.aborted) return;
-    setLive('retry', 'Reconnecting…');
-    const wait = fleet.backoff;
-    fleet.backoff = Math.min(wait * 2, 30000);
-    fleet.timer = setTimeout(connectFleet, wait + Math.random() * 300);
-  }
-  function stopFleetStream() {
-    fleet.on = false;
-    clearTimeout(fleet.timer);
-    if (fleet.ctrl) fleet.ctrl.abort();
-    setLive('off', 'Offline');
-  }
+  if (!fleet.on || ctrl.signal.aborted) return;
+  setLive('retry', 'Reconnecting…');
+  const wait = fleet.backoff;
+  fleet.backoff = Math.min(wait * 2, 30000);
+  fleet.timer = setTimeout(connectFleet, wait + Math.random() * 300);
+}
+function stopFleetStream() {
+  fleet.on = false;
+  clearTimeout(fleet.timer);
+  if (fleet.ctrl) fleet.ctrl.abort();
+  setLive('off', 'Offline');
+}
 
-  // ---------- session ----------
-  function setSession(op) {
-    $session.hidden = !token;
-    put($who, op ? add(h('span'), ['Signed in as ', h('b', null, op)]) : '');
-  }
-  function leaveView() {
-    if (view && view.cleanup) view.cleanup();
-    view = null;
-  }
-  function signOut(message) {
-    token = '';
-    sessionStorage.removeItem(TOKEN_KEY);
-    stopFleetStream();
-    leaveView();
-    setSession('');
-    renderLogin();
-    if (message) showError(message);
-  }
-  function onUnauthorized(msg) {
-    if (!token) return;
-    signOut('You were signed out: ' + msg);
-  }
-  document.getElementById('signout').addEventListener('click', () => { signOut(''); clearError(); history.replaceState(null, '', '#/'); });
-  document.getElementById('skip').addEventListener('click', (e) => { e.preventDefault(); $main.focus(); });
+// ---------- session ----------
+function setSession(op) {
+  $session.hidden = !token;
+  put($who, op ? add(h('span'), ['Signed in as ', h('b', null, op)]) : '');
+}
+function leaveView() {
+  if (view && view.cleanup) view.cleanup();
+  view = null;
+}
+function signOut(message) {
+  token = '';
+  sessionStorage.removeItem(TOKEN_KEY);
+  stopFleetStream();
+  leaveView();
+  setSession('');
+  renderLogin();
+  if (message) showError(message);
+}
+function onUnauthorized(msg) {
+  if (!token) return;
+  signOut('You were signed out: ' + msg);
+}
+document.getElementById('signout').addEventListener('click', () => { signOut(''); clearError(); history.replaceState(null, '', '#/'); });
+document.getElementById('skip').addEventListener('click', (e) => { e.preventDefault(); $main.focus(); });
 
-  // ---------- router ----------
-  function route() {
-    leaveView();
+// ---------- router ----------
+function route() {
+  leaveView();
+  clearError();
+  if (!token) { renderLogin(); return; }
+  const hash = location.hash.replace(/^#/, '');
+  const m = hash.match(/^\/targets\/(.+)$/);
+  if (m) renderTarget(decodeURIComponent(m[1]));
+  else renderFleet();
+}
+window.addEventListener('hashchange', route);
+function focusHeading() {
+  const h1 = $main.querySelector('h1');
+  if (h1) h1.focus({ preventScroll: true });
+}
+
+// ---------- login ----------
+function renderLogin() {
+  document.title = 'Sign in · dockfra';
+  const input = h('input', { type: 'password', id: 'login-token', name: 'token', testid: 'login-token', autocomplete: 'off', spellcheck: 'false', required: true, 'aria-describedby': 'login-hint' });
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'login-submit' }, 'Sign in');
+  const form = h('form', { novalidate: false },
+    h('div', { class: 'field' },
+      h('label', { for: 'login-token' }, 'Operator API token'),
+      input,
+      h('span', { class: 'hint', id: 'login-hint' }, 'Kept in this browser tab only (session storage).')),
+    submit);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const tok = input.value.trim();
+    if (!tok) { showError('Enter an operator API token.'); input.focus(); return; }
+    submit.disabled = true;
     clearError();
-    if (!token) { renderLogin(); return; }
-    const hash = location.hash.replace(/^#/, '');
-    const m = hash.match(/^\/targets\/(.+)$/);
-    if (m) renderTarget(decodeURIComponent(m[1]));
-    else renderFleet();
-  }
-  window.addEventListener('hashchange', route);
-  function focusHeading() {
-    const h1 = $main.querySelector('h1');
-    if (h1) h1.focus({ preventScroll: true });
-  }
-
-  // ---------- login ----------
-  function renderLogin() {
-    document.title = 'Sign in · dockfra';
-    const input = h('input', { type: 'password', id: 'login-token', name: 'token', testid: 'login-token', autocomplete: 'off', spellcheck: 'false', required: true, 'aria-describedby': 'login-hint' });
-    const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'login-submit' }, 'Sign in');
-    const form = h('form', { novalidate: false },
-      h('div', { class: 'field' },
-        h('label', { for: 'login-token' }, 'Operator API token'),
-        input,
-        h('span', { class: 'hint', id: 'login-hint' }, 'Kept in this browser tab only (session storage).')),
-      submit);
-    form.addEventListener('submit', async (e) => {
-      e.preventDefault();
-      const tok = input.value.trim();
-      if (!tok) { showError('Enter an operator API token.'); input.focus(); return; }
-      submit.disabled = true;
-      clearError();
-      try {
-        const who = await api('GET', '/api/whoami', undefined, { token: tok, login: true });
-        token = tok;
-        sessionStorage.setItem(TOKEN_KEY, tok);
-        setSession((who && who.operator) || '');
-        startFleetStream();
-        route();
-      } catch (err) {
-        showError(err.status === 401 ? err.message || 'That token was refused.' : err.message);
-        submit.disabled = false;
-        input.focus();
-        input.select();
-      }
-    });
-    put($main, h('section', { class: 'login card', 'aria-labelledby': 'login-h' },
-      h('div', { class: 'card-body' },
-        h('h1', { id: 'login-h', tabindex: '-1' }, 'Sign in'),
-        h('p', { class: 'muted' }, 'Paste an operator API token. ', h('code', null, 'dockfra-coord operator token'), ' prints one.'),
-        form)));
-    input.focus();
-  }
-
-  // ---------- fleet view ----------
-  const fleetUi = { labels: '', q: '', state: '', sort: { key: 'target', dir: 1 } };
-  const SEVERITY = { failed: 0, unreachable: 1, deploying: 2, never_deployed: 3, healthy: 4 };
-  const COLUMNS = [
-    { key: 'state', label: 'State', val: (t) => SEVERITY[t.state] ?? 9 },
-    { key: 'target', label: 'Target', val: (t) => t.target },
-    { key: 'platform', label: 'Platform', val: (t) => t.platform || '' },
-    { key: 'mode', label: 'Mode', val: (t) => t.mode || '' },
-    { key: 'labels', label: 'Labels', val: (t) => Object.entries(t.labels || {}).map((e) => e.join('=')).sort().join(',') },
-    { key: 'agent', label: 'Agent', val: (t) => t.agent_version || '' },
-    { key: 'seen', label: 'Last seen', val: (t) => -(t.last_seen_unix || 0) },
-    { key: 'current', label: 'Current release', val: (t) => t.current_release || '' },
-    { key: 'previous', label: 'Previous release', val: (t) => t.previous_release || '' },
-  ];
-  function parseSelector(s) {
-    return s.split(',').map((x) => x.trim()).filter(Boolean).map((x) => {
-      const ne = x.indexOf('!=');
-      if (ne > 0) return { k: x.slice(0, ne).trim(), v: x.slice(ne + 2).trim(), neg: true };
-      const eq = x.indexOf('=');
-      if (eq > 0) return { k: x.slice(0, eq).trim(), v: x.slice(eq + 1).trim(), neg: false };
-      return { k: x, v: null, neg: false };
-    });
-  }
-  function matches(t, sel, q) {
-    const labels = t.labels || {};
-    for (const { k, v, neg } of sel) {
-      const has = Object.prototype.hasOwnProperty.call(labels, k);
-      if (v === null) { if (!has) return false; } else if (neg ? has && labels[k] === v : !has || labels[k] !== v) return false;
+    try {
+      const who = await api('GET', '/api/whoami', undefined, { token: tok, login: true });
+      token = tok;
+      sessionStorage.setItem(TOKEN_KEY, tok);
+      setSession((who && who.operator) || '');
+      startFleetStream();
+      route();
+    } catch (err) {
+      showError(err.status === 401 ? err.message || 'That token was refused.' : err.message);
+      submit.disabled = false;
+      input.focus();
+      input.select();
     }
-    if (fleetUi.state && t.state !== fleetUi.state) return false;
-    if (!q) return true;
-    const hay = [t.target, t.platform, t.mode, t.host, t.state, stateLabel(t.state), t.app, t.agent_version, t.os, t.arch,
-      t.current_release, t.current_version, t.previous_release, t.previous_version,
-      ...Object.entries(labels).map((e) => e.join('='))].join(' ').toLowerCase();
-    return q.toLowerCase().split(/\s+/).every((w) => hay.includes(w));
+  });
+  put($main, h('section', { class: 'login card', 'aria-labelledby': 'login-h' },
+    h('div', { class: 'card-body' },
+      h('h1', { id: 'login-h', tabindex: '-1' }, 'Sign in'),
+      h('p', { class: 'muted' }, 'Paste an operator API token. ', h('code', null, 'dockfra-coord operator token'), ' prints one.'),
+      form)));
+  input.focus();
+}
+
+// ---------- fleet view ----------
+const fleetUi = { labels: '', q: '', state: '', sort: { key: 'target', dir: 1 } };
+const SEVERITY = { failed: 0, unreachable: 1, deploying: 2, never_deployed: 3, healthy: 4 };
+const COLUMNS = [
+  { key: 'state', label: 'State', val: (t) => SEVERITY[t.state] ?? 9 },
+  { key: 'target', label: 'Target', val: (t) => t.target },
+  { key: 'platform', label: 'Platform', val: (t) => t.platform || '' },
+  { key: 'mode', label: 'Mode', val: (t) => t.mode || '' },
+  { key: 'labels', label: 'Labels', val: (t) => Object.entries(t.labels || {}).map((e) => e.join('=')).sort().join(',') },
+  { key: 'agent', label: 'Agent', val: (t) => t.agent_version || '' },
+  { key: 'seen', label: 'Last seen', val: (t) => -(t.last_seen_unix || 0) },
+  { key: 'current', label: 'Current release', val: (t) => t.current_release || '' },
+  { key: 'previous', label: 'Previous release', val: (t) => t.previous_release || '' },
+];
+function parseSelector(s) {
+  return s.split(',').map((x) => x.trim()).filter(Boolean).map((x) => {
+    const ne = x.indexOf('!=');
+    if (ne > 0) return { k: x.slice(0, ne).trim(), v: x.slice(ne + 2).trim(), neg: true };
+    const eq = x.indexOf('=');
+    if (eq > 0) return { k: x.slice(0, eq).trim(), v: x.slice(eq + 1).trim(), neg: false };
+    return { k: x, v: null, neg: false };
+  });
+}
+function matches(t, sel, q) {
+  const labels = t.labels || {};
+  for (const { k, v, neg } of sel) {
+    const has = Object.prototype.hasOwnProperty.call(labels, k);
+    if (v === null) { if (!has) return false; } else if (neg ? has && labels[k] === v : !has || labels[k] !== v) return false;
   }
+  if (fleetUi.state && t.state !== fleetUi.state) return false;
+  if (!q) return true;
+  const hay = [t.target, t.platform, t.mode, t.host, t.state, stateLabel(t.state), t.app, t.agent_version, t.os, t.arch,
+    t.current_release, t.current_version, t.previous_release, t.previous_version,
+    ...Object.entries(labels).map((e) => e.join('='))].join(' ').toLowerCase();
+  return q.toLowerCase().split(/\s+/).every((w) => hay.includes(w));
+}
 
-  function renderFleet() {
-    document.title = 'Fleet · dockfra';
-    let data = null;
-    let loading = false;
-    const ctrl = new AbortController();
-    const sig = { signal: ctrl.signal };
-    const counts = h('ul', { class: 'counts', testid: 'state-counts', 'aria-label': 'Targets by state' });
-    const labelIn = h('input', { type: 'text', id: 'f-labels', testid: 'label-filter', placeholder: 'role=edge, env=prod', autocomplete: 'off', spellcheck: 'false', value: fleetUi.labels, 'aria-describedby': 'f-labels-hint' });
-    const textIn = h('input', { type: 'search', id: 'f-text', testid: 'text-filter', placeholder: 'prod-vps, armv7, v2…', autocomplete: 'off', value: fleetUi.q });
-    const shown = h('p', { class: 'shown', role: 'status' });
-    const tbody = h('tbody');
-    const heads = COLUMNS.map((c) => {
-      const th = h('th', { scope: 'col', 'data-col': c.key },
-        h('button', { type: 'button', class: 'sort', testid: 'sort-' + c.key, onclick: () => sortBy(c.key) }, c.label));
-      return th;
+function renderFleet() {
+  document.title = 'Fleet · dockfra';
+  let data = null;
+  let loading = false;
+  const ctrl = new AbortController();
+  const sig = { signal: ctrl.signal };
+  const counts = h('ul', { class: 'counts', testid: 'state-counts', 'aria-label': 'Targets by state' });
+  const labelIn = h('input', { type: 'text', id: 'f-labels', testid: 'label-filter', placeholder: 'role=edge, env=prod', autocomplete: 'off', spellcheck: 'false', value: fleetUi.labels, 'aria-describedby': 'f-labels-hint' });
+  const textIn = h('input', { type: 'search', id: 'f-text', testid: 'text-filter', placeholder: 'prod-vps, armv7, v2…', autocomplete: 'off', value: fleetUi.q });
+  const shown = h('p', { class: 'shown', role: 'status' });
+  const tbody = h('tbody');
+  const heads = COLUMNS.map((c) => {
+    const th = h('th', { scope: 'col', 'data-col': c.key },
+      h('button', { type: 'button', class: 'sort', testid: 'sort-' + c.key, onclick: () => sortBy(c.key) }, c.label));
+    return th;
+  });
+  const table = h('table', { class: 'cards fleet', testid: 'fleet-table', 'aria-label': 'Deploy targets' }, h('thead', null, h('tr', null, heads)), tbody);
+  put($main, 
+    h('div', { class: 'page-head' }, h('div', null, h('h1', { tabindex: '-1' }, 'Fleet'), h('p', { class: 'muted' }, 'Every deploy target and what it runs.'))),
+    counts,
+    h('section', { class: 'card', 'aria-label': 'Targets' },
+      h('div', { class: 'filters', role: 'search' },
+        h('div', { class: 'field' }, h('label', { for: 'f-labels' }, 'Label selector'), labelIn,
+          h('span', { class: 'hint', id: 'f-labels-hint' }, 'key=value, comma-separated; all must match')),
+        h('div', { class: 'field' }, h('label', { for: 'f-text' }, 'Search'), textIn,
+          sp('hint', 'id, host, platform, state, release, version')),
+        shown),
+      h('div', { class: 'table-wrap' }, table)));
+  labelIn.addEventListener('input', () => { fleetUi.labels = labelIn.value; renderRows(); });
+  textIn.addEventListener('input', () => { fleetUi.q = textIn.value.trim(); renderRows(); });
+
+  function sortBy(key) {
+    const s = fleetUi.sort;
+    if (s.key === key) s.dir = -s.dir; else { s.key = key; s.dir = 1; }
+    renderRows();
+  }
+  function renderCounts() {
+    const c = (data && data.counts) || {};
+    const keys = [...STATES, ...Object.keys(c).filter((k) => !STATES.includes(k))];
+    const total = data ? data.targets.length : 0;
+    const item = (state, n, label) => {
+      const pressed = fleetUi.state === state;
+      return h('li', null, h('button', {
+        type: 'button', class: 'count' + (state ? '' : ' total'), 'data-state': state || 'all', 'data-count': n, 'aria-pressed': String(state ? pressed : !fleetUi.state), fkey: 'count-' + (state || 'all'),
+        title: state ? `Show only ${label.toLowerCase()} targets` : 'Show all targets',
+        onclick: () => { fleetUi.state = state && !pressed ? state : ''; renderCounts(); renderRows(); },
+      }, state ? h('span', { class: 'dot', 'data-state': state, 'aria-hidden': 'true' }) : null,
+      h('span', null, sp('n', String(n)), h('br'), sp('l', label))));
+    };
+    keepFocus(counts, () => put(counts, item('', total, 'Total'), ...keys.map((k) => item(k, c[k] || 0, stateLabel(k)))));
+  }
+  function renderRows() {
+    const s = fleetUi.sort;
+    for (const th of heads) {
+      if (th.dataset.col === s.key) th.setAttribute('aria-sort', s.dir > 0 ? 'ascending' : 'descending');
+      else th.removeAttribute('aria-sort');
+    }
+    if (!data) {
+      put(tbody, h('tr', null, h('td', { class: 'empty', colspan: COLUMNS.length }, loading ? 'Loading targets…' : 'No data.')));
+      return;
+    }
+    const sel = parseSelector(fleetUi.labels);
+    const col = COLUMNS.find((c) => c.key === s.key) || COLUMNS[1];
+    const rows = data.targets.filter((t) => matches(t, sel, fleetUi.q)).sort((a, b) => {
+      const x = col.val(a);
+      const y = col.val(b);
+      const r = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
+      return (r || String(a.target).localeCompare(String(b.target))) * s.dir;
     });
-    const table = h('table', { class: 'cards fleet', testid: 'fleet-table', 'aria-label': 'Deploy targets' }, h('thead', null, h('tr', null, heads)), tbody);
-    put($main, 
-      h('div', { class: 'page-head' }, h('div', null, h('h1', { tabindex: '-1' }, 'Fleet'), h('p', { class: 'muted' }, 'Every deploy target and what it runs.'))),
-      counts,
-      h('section', { class: 'card', 'aria-label': 'Targets' },
-        h('div', { class: 'filters', role: 'search' },
-          h('div', { class: 'field' }, h('label', { for: 'f-labels' }, 'Label selector'), labelIn,
-            h('span', { class: 'hint', id: 'f-labels-hint' }, 'key=value, comma-separated; all must match')),
-          h('div', { class: 'field' }, h('label', { for: 'f-text' }, 'Search'), textIn,
-            sp('hint', 'id, host, platform, state, release, version')),
-          shown),
-        h('div', { class: 'table-wrap' }, table)));
-    labelIn.addEventListener('input', () => { fleetUi.labels = labelIn.value; renderRows(); });
-    textIn.addEventListener('input', () => { fleetUi.q = textIn.value.trim(); renderRows(); });
-
-    function sortBy(key) {
-      const s = fleetUi.sort;
-      if (s.key === key) s.dir = -s.dir; else { s.key = key; s.dir = 1; }
-      renderRows();
-    }
-    function renderCounts() {
-      const c = (data && data.counts) || {};
-      const keys = [...STATES, ...Object.keys(c).filter((k) => !STATES.includes(k))];
-      const total = data ? data.targets.length : 0;
-      const item = (state, n, label) => {
-        const pressed = fleetUi.state === state;
-        return h('li', null, h('button', {
-          type: 'button', class: 'count' + (state ? '' : ' total'), 'data-state': state || 'all', 'data-count': n, 'aria-pressed': String(state ? pressed : !fleetUi.state), fkey: 'count-' + (state || 'all'),
-          title: state ? `Show only ${label.toLowerCase()} targets` : 'Show all targets',
-          onclick: () => { fleetUi.state = state && !pressed ? state : ''; renderCounts(); renderRows(); },
-        }, state ? h('span', { class: 'dot', 'data-state': state, 'aria-hidden': 'true' }) : null,
-        h('span', null, sp('n', String(n)), h('br'), sp('l', label))));
-      };
-      keepFocus(counts, () => put(counts, item('', total, 'Total'), ...keys.map((k) => item(k, c[k] || 0, stateLabel(k)))));
-    }
-    function renderRows() {
-      const s = fleetUi.sort;
-      for (const th of heads) {
-        if (th.dataset.col === s.key) th.setAttribute('aria-sort', s.dir > 0 ? 'ascending' : 'descending');
-        else th.removeAttribute('aria-sort');
-      }
-      if (!data) {
-        put(tbody, h('tr', null, h('td', { class: 'empty', colspan: COLUMNS.length }, loading ? 'Loading targets…' : 'No data.')));
+    shown.textContent = `${rows.length} of ${data.targets.length} target${data.targets.length === 1 ? '' : 's'} shown`;
+    keepFocus(tbody, () => {
+      if (!rows.length) {
+        put(tbody, h('tr', null, h('td', { class: 'empty', colspan: COLUMNS.length },
+          data.targets.length ? 'No target matches the filters.' : 'No deploy targets yet. Add some to deploy-targets.yaml.')));
         return;
       }
-      const sel = parseSelector(fleetUi.labels);
-      const col = COLUMNS.find((c) => c.key === s.key) || COLUMNS[1];
-      const rows = data.targets.filter((t) => matches(t, sel, fleetUi.q)).sort((a, b) => {
-        const x = col.val(a);
-        const y = col.val(b);
-        const r = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
-        return (r || String(a.target).localeCompare(String(b.target))) * s.dir;
-      });
-      shown.textContent = `${rows.length} of ${data.targets.length} target${data.targets.length === 1 ? '' : 's'} shown`;
-      keepFocus(tbody, () => {
-        if (!rows.length) {
-          put(tbody, h('tr', null, h('td', { class: 'empty', colspan: COLUMNS.length },
-            data.targets.length ? 'No target matches the filters.' : 'No deploy targets yet. Add some to deploy-targets.yaml.')));
-          return;
-        }
-        put(tbody, ...rows.map(row));
-      });
-    }
-    function row(t) {
-      return h('tr', { testid: 'fleet-row-' + t.target, 'data-state': t.state },
-        h('td', { 'data-label': 'State', class: 'state-cell', title: t.state_reason || null }, stateEl(t.state, t.target)),
-        h('th', { scope: 'row', class: 'primary', 'data-label': 'Target' },
-          sp('rel', h('a', { href: '#/targets/' + enc(t.target), fkey: 'link-' + t.target }, t.target),
-            t.host ? sp('v', t.host) : null)),
-        h('td', { 'data-label': 'Platform' }, dash(t.platform)),
-        h('td', { 'data-label': 'Mode' }, dash(t.mode)),
-        h('td', { 'data-label': 'Labels', class: 'labels' }, labelChips(t.labels)),
-        h('td', { 'data-label': 'Agent' }, t.agent_version ? sp('rel', h('span', null, t.agent_version), t.os || t.arch ? sp('v', [t.os, t.arch].filter(Boolean).join(' / ')) : null) : sp('muted', '—')),
-        h('td', { 'data-label': 'Last seen', class: 'nowrap' }, relEl(t.last_seen_unix)),
-        h('td', { 'data-label': 'Current' }, relCell(t.current_release, t.current_version)),
-        h('td', { 'data-label': 'Previous' }, relCell(t.previous_release, t.previous_version)));
-    }
-    let again = false;
-    async function load() {
-      if (loading) { again = true; return; }
-      loading = true;
-      again = false;
-      try {
-        const d = await api('GET', '/api/deploy-targets', undefined, sig);
-        if (ctrl.signal.aborted) return;
-        data = { targets: (d && d.targets) || [], counts: (d && d.counts) || {} };
-        renderCounts();
-        renderRows();
-      } catch (e) {
-        report(e);
-      } finally {
-        loading = false;
-        if (again && !ctrl.signal.aborted) load();
-      }
-    }
-    const soon = debounce(load, 300);
-    const poll = setInterval(load, 10000);
-    renderCounts();
-    renderRows();
-    load();
-    focusHeading();
-    view = {
-      refresh: soon,
-      onFleetEvent: soon,
-      cleanup: () => { ctrl.abort(); soon.cancel(); clearInterval(poll); },
-    };
+      put(tbody, ...rows.map(row));
+    });
   }
-
-  // ---------- target view ----------
-  function renderTarget(id) {
-    document.title = id + ' · dockfra';
-    const ctrl = new AbortController();
-    const base = '/api/deploy-targets/' + enc(id);
-    const sig = { signal: ctrl.signal };
-    let t = null;
-    let deps = [];
-    let progress = null; // {id, done, abort}
-    const expanded = new Set();
-    const eventsCache = new Map();
-
-    const stateBox = h('span', { testid: 'target-state', 'data-state': 'unknown', class: 'state' },
-      h('span', { class: 'dot dot-lg', 'data-state': 'unknown', 'aria-hidden': 'true' }));
-    const badges = sp('row');
-    const head = h('div', { class: 'target-title' }, stateBox, h('h1', { tabindex: '-1' }, id), badges);
-    const reason = h('p', { class: 'reason' });
-    const deployBtn = h('button', { type: 'button', class: 'btn btn-primary', testid: 'deploy-button', onclick: openPlan }, 'Deploy…');
-    const testBtn = h('button', { type: 'button', class: 'btn', testid: 'deploy-test-button', onclick: deployTest }, 'Deploy test');
-    const planSlot = h('div');
-    const testSlot = h('div');
-    const progSlot = h('div');
-    const details = h('dl', { class: 'details' }, h('dt', null, 'Loading…'), h('dd'));
-    const releases = h('ul', { class: 'releases', testid: 'releases' }, h('li', { class: 'muted' }, 'Loading…'));
-    const histBody = h('tbody');
-    const histTable = h('table', { class: 'history', testid: 'history-table', 'aria-label': 'Deployment history' },
-      h('thead', null, h('tr', null, ['Deployment', 'Started', 'Action', 'Release', 'Version', 'Operator', 'Duration', 'Result', 'Reason', 'Actions']
-        .map((c) => h('th', { scope: 'col', class: c === 'Duration' ? 'num' : null }, c)))),
-      histBody);
-    put($main, 
-      h('a', { class: 'crumb', href: '#/' }, '← Fleet'),
-      h('div', { class: 'page-head' },
-        h('div', null, head, reason),
-        h('div', { class: 'spacer' }),
-        h('div', { class: 'actions', role: 'group', 'aria-label': 'Target actions' }, deployBtn, testBtn)),
-      h('div', { class: 'stack' },
-        planSlot, progSlot, testSlot,
-        h('div', { class: 'grid-2' },
-          h('section', { class: 'card', 'aria-labelledby': 'h-details' },
-            h('div', { class: 'card-head' }, h('h2', { id: 'h-details' }, 'Details')),
-            h('div', { class: 'card-body' }, details)),
-          h('section', { class: 'card', 'aria-labelledby': 'h-releases' },
-            h('div', { class: 'card-head' }, h('h2', { id: 'h-releases' }, 'Kept releases')), releases)),
-        h('section', { class: 'card', 'aria-labelledby': 'h-history' },
-          h('div', { class: 'card-head' }, h('h2', { id: 'h-history' }, 'History'), sp('spacer'),
-            sp('muted small', 'Last 50 deployments')),
-          h('div', { class: 'table-wrap' }, histTable))));
-    renderHead();
-
-    function renderHead() {
-      const s = t ? t.state : 'unknown';
-      stateBox.dataset.state = s;
-      stateBox.firstChild.dataset.state = s;
-      put(badges, 
-        h('span', { class: 'state-text badge', 'data-state': s }, t ? stateLabel(s) : 'Loading…'),
-        t && t.in_flight ? sp('badge info', 'deploy in flight') : null,
-        t && t.revoked ? sp('badge bad', 'agent revoked') : null);
-      reason.textContent = t ? t.state_reason || '' : '';
+  function row(t) {
+    return h('tr', { testid: 'fleet-row-' + t.target, 'data-state': t.state },
+      h('td', { 'data-label': 'State', class: 'state-cell', title: t.state_reason || null }, stateEl(t.state, t.target)),
+      h('th', { scope: 'row', class: 'primary', 'data-label': 'Target' },
+        sp('rel', h('a', { href: '#/targets/' + enc(t.target), fkey: 'link-' + t.target }, t.target),
+          t.host ? sp('v', t.host) : null)),
+      h('td', { 'data-label': 'Platform' }, dash(t.platform)),
+      h('td', { 'data-label': 'Mode' }, dash(t.mode)),
+      h('td', { 'data-label': 'Labels', class: 'labels' }, labelChips(t.labels)),
+      h('td', { 'data-label': 'Agent' }, t.agent_version ? sp('rel', h('span', null, t.agent_version), t.os || t.arch ? sp('v', [t.os, t.arch].filter(Boolean).join(' / ')) : null) : sp('muted', '—')),
+      h('td', { 'data-label': 'Last seen', class: 'nowrap' }, relEl(t.last_seen_unix)),
+      h('td', { 'data-label': 'Current' }, relCell(t.current_release, t.current_version)),
+      h('td', { 'data-label': 'Previous' }, relCell(t.previous_release, t.previous_version)));
+  }
+  let again = false;
+  async function load() {
+    if (loading) { again = true; return; }
+    loading = true;
+    again = false;
+    try {
+      const d = await api('GET', '/api/deploy-targets', undefined, sig);
+      if (ctrl.signal.aborted) return;
+      data = { targets: (d && d.targets) || [], counts: (d && d.counts) || {} };
+      renderCounts();
+      renderRows();
+    } catch (e) {
+      report(e);
+    } finally {
+      loading = false;
+      if (again && !ctrl.signal.aborted) load();
     }
-    function dd(label, ...v) { return [h('dt', null, label), h('dd', null, ...v)]; }
-    function renderDetails() {
-      const a = t;
-      const disk = a.disk;
-      const used = disk && disk.total_bytes ? 1 - disk.free_bytes / disk.total_bytes : null;
-      const meter = used === null ? null : h('div', { class: 'meter', role: 'img', 'aria-label': `${Math.round(used * 100)}% of the disk used` }, h('span'));
-      if (meter) meter.firstChild.style.width = Math.max(0, Math.min(100, used * 100)).toFixed(1) + '%';
-      put(details, 
-        ...dd('State', stateLabel(a.state), a.state_reason ? sp('muted', ' — ', a.state_reason) : null),
-        ...dd('Platform', dash(a.platform), a.app ? sp('muted', ' · app ', a.app) : null),
-        ...dd('Mode', dash(a.mode)),
-        ...dd('Host', sp('mono', a.host ? `${a.user ? a.user + '@' : ''}${a.host}${a.port ? ':' + a.port : ''}` : '—')),
-        ...dd('Labels', labelChips(a.labels)),
-        ...dd('Agent', a.agent_version ? a.agent_version : sp('muted', a.enrolled ? 'enrolled, not yet reported' : 'not enrolled'),
-          a.os || a.arch ? sp('muted', ' · ', [a.os, a.os_release, a.arch].filter(Boolean).join(' '), a.wsl ? ' (WSL)' : '') : null),
-        ...dd('Declared OS', dash(a.declared_os), a.os_check ? sp('muted', ' · check: ', fmtAny(a.os_check)) : null),
-        ...dd('Last seen', relEl(a.last_seen_unix)),
-        ...dd('Health', fmtAny(a.health)),
-        ...dd('Current', relCell(a.current_release, [a.current_version, a.current_sequence ? '#' + a.current_sequence : ''].filter(Boolean).join(' · '))),
-        ...dd('Previous', relCell(a.previous_release, a.previous_version)),
-        ...dd('Disk', disk ? h('span', null, `${fmtBytes(disk.free_bytes)} free of ${fmtBytes(disk.total_bytes)}`, meter,
-          sp('muted small', `blobs ${fmtBytes(disk.blobs_bytes)} (${disk.blobs ?? 0}) · releases ${fmtBytes(disk.releases_bytes)}`)) : '—'),
-        a.state_error ? dd('Error', h('span', { class: 'state-text', 'data-state': 'failed' }, a.state_error)) : null);
-    }
-    function renderReleases() {
-      const list = (t && t.releases) || [];
-      keepFocus(releases, () => {
-        if (!list.length) { put(releases, h('li', { class: 'muted' }, 'No release kept on this target yet.')); return; }
-        put(releases, ...list.map((r) => h('li', { 'data-release': r.name },
-          sp('rel', sp('name', r.name),
-            sp('v', [r.version, r.sequence ? 'seq ' + r.sequence : ''].filter(Boolean).join(' · ') || '—')),
-          r.current ? sp('badge ok', 'current') : null,
-          r.previous ? sp('badge', 'previous') : null,
-          sp('spacer'),
-          !r.current && r.rollback_ok
-            ? h('button', { type: 'button', class: 'btn btn-sm', testid: 'rollback-' + r.name, fkey: 'rb-' + r.name, 'aria-label': 'Roll back to ' + r.name, disabled: busy(), onclick: () => rollback(r.name) }, 'Roll back')
-            : !r.current ? sp('muted small', 'cannot roll back') : null)));
-      });
-    }
-    function renderHistory() {
-      const kept = new Map(((t && t.releases) || []).map((r) => [r.name, r]));
-      keepFocus(histTable, () => {
-        if (!deps.length) { put(histBody, h('tr', null, h('td', { class: 'empty', colspan: 10 }, 'No deployments yet.'))); return; }
-        const rows = [];
-        for (const d of deps) {
-          const open = expanded.has(d.id);
-          const canRb = d.status === 'succeeded' && d.release && t && d.release !== t.current_release;
-          const k = kept.get(d.release);
-          const rbOk = !kept.size || (k && k.rollback_ok);
-          rows.push(h('tr', { testid: 'history-row-' + d.id, 'data-status': d.status },
-            h('th', { scope: 'row' }, h('button', { type: 'button', class: 'btn-link mono', 'aria-expanded': String(open), fkey: 'ex-' + d.id, title: 'Show events', onclick: () => toggle(d.id) }, (open ? '▾ ' : '▸ ') + '#' + d.id)),
-            h('td', { class: 'nowrap' }, h('time', { title: relTime(d.started_unix) }, fmtTime(d.started_unix))),
-            h('td', null, dash(d.action)),
-            h('td', null, sp('mono nowrap', dash(d.release))),
-            h('td', null, dash(d.version)),
-            h('td', null, dash(d.operator)),
-            h('td', { class: 'num nowrap' }, d.done || FINAL.has(d.status) ? fmtDuration(d.duration_ms) : '…'),
-            h('td', null, statusBadge(d.status)),
-            h('td', { class: 'status-reason' }, d.reason || ''),
-            h('td', null, canRb ? h('button', {
-              type: 'button', class: 'btn btn-sm', testid: 'history-rollback-' + d.id, fkey: 'hrb-' + d.id, disabled: busy() || !rbOk,
-              title: rbOk ? null : 'This release is no longer kept on the target', 'aria-label': 'Roll back to ' + d.release, onclick: () => rollback(d.release),
-            }, 'Roll back') : null)));
-          if (open) {
-            const ev = eventsCache.get(d.id);
-            rows.push(h('tr', { class: 'detail' }, h('td', { colspan: 10 },
-              !ev ? sp('muted', 'Loading events…')
-                : ev.length ? h('ol', { class: 'events' }, ev.map((e) => h('li', null, sp('t', fmtClock(e.unix_ms)), h('b', null, e.kind), ' ', e.message, e.operator ? sp('muted', ' · ', e.operator) : null)))
-                  : sp('muted', 'No events recorded.'))));
-          }
+  }
+  const soon = debounce(load, 300);
+  const poll = setInterval(load, 10000);
+  renderCounts();
+  renderRows();
+  load();
+  focusHeading();
+  view = {
+    refresh: soon,
+    onFleetEvent: soon,
+    cleanup: () => { ctrl.abort(); soon.cancel(); clearInterval(poll); },
+  };
+}
+
+// ---------- target view ----------
+function renderTarget(id) {
+  document.title = id + ' · dockfra';
+  const ctrl = new AbortController();
+  const base = '/api/deploy-targets/' + enc(id);
+  const sig = { signal: ctrl.signal };
+  let t = null;
+  let deps = [];
+  let progress = null; // {id, done, abort}
+  const expanded = new Set();
+  const eventsCache = new Map();
+
+  const stateBox = h('span', { testid: 'target-state', 'data-state': 'unknown', class: 'state' },
+    h('span', { class: 'dot dot-lg', 'data-state': 'unknown', 'aria-hidden': 'true' }));
+  const badges = sp('row');
+  const head = h('div', { class: 'target-title' }, stateBox, h('h1', { tabindex: '-1' }, id), badges);
+  const reason = h('p', { class: 'reason' });
+  const deployBtn = h('button', { type: 'button', class: 'btn btn-primary', testid: 'deploy-button', onclick: openPlan }, 'Deploy…');
+  const testBtn = h('button', { type: 'button', class: 'btn', testid: 'deploy-test-button', onclick: deployTest }, 'Deploy test');
+  const planSlot = h('div');
+  const testSlot = h('div');
+  const progSlot = h('div');
+  const details = h('dl', { class: 'details' }, h('dt', null, 'Loading…'), h('dd'));
+  const releases = h('ul', { class: 'releases', testid: 'releases' }, h('li', { class: 'muted' }, 'Loading…'));
+  const histBody = h('tbody');
+  const histTable = h('table', { class: 'history', testid: 'history-table', 'aria-label': 'Deployment history' },
+    h('thead', null, h('tr', null, ['Deployment', 'Started', 'Action', 'Release', 'Version', 'Operator', 'Duration', 'Result', 'Reason', 'Actions']
+      .map((c) => h('th', { scope: 'col', class: c === 'Duration' ? 'num' : null }, c)))),
+    histBody);
+  put($main, 
+    h('a', { class: 'crumb', href: '#/' }, '← Fleet'),
+    h('div', { class: 'page-head' },
+      h('div', null, head, reason),
+      h('div', { class: 'spacer' }),
+      h('div', { class: 'actions', role: 'group', 'aria-label': 'Target actions' }, deployBtn, testBtn)),
+    h('div', { class: 'stack' },
+      planSlot, progSlot, testSlot,
+      h('div', { class: 'grid-2' },
+        h('section', { class: 'card', 'aria-labelledby': 'h-details' },
+          h('div', { class: 'card-head' }, h('h2', { id: 'h-details' }, 'Details')),
+          h('div', { class: 'card-body' }, details)),
+        h('section', { class: 'card', 'aria-labelledby': 'h-releases' },
+          h('div', { class: 'card-head' }, h('h2', { id: 'h-releases' }, 'Kept releases')), releases)),
+      h('section', { class: 'card', 'aria-labelledby': 'h-history' },
+        h('div', { class: 'card-head' }, h('h2', { id: 'h-history' }, 'History'), sp('spacer'),
+          sp('muted small', 'Last 50 deployments')),
+        h('div', { class: 'table-wrap' }, histTable))));
+  renderHead();
+
+  function renderHead() {
+    const s = t ? t.state : 'unknown';
+    stateBox.dataset.state = s;
+    stateBox.firstChild.dataset.state = s;
+    put(badges, 
+      h('span', { class: 'state-text badge', 'data-state': s }, t ? stateLabel(s) : 'Loading…'),
+      t && t.in_flight ? sp('badge info', 'deploy in flight') : null,
+      t && t.revoked ? sp('badge bad', 'agent revoked') : null);
+    reason.textContent = t ? t.state_reason || '' : '';
+  }
+  function dd(label, ...v) { return [h('dt', null, label), h('dd', null, ...v)]; }
+  function renderDetails() {
+    const a = t;
+    const disk = a.disk;
+    const used = disk && disk.total_bytes ? 1 - disk.free_bytes / disk.total_bytes : null;
+    const meter = used === null ? null : h('div', { class: 'meter', role: 'img', 'aria-label': `${Math.round(used * 100)}% of the disk used` }, h('span'));
+    if (meter) meter.firstChild.style.width = Math.max(0, Math.min(100, used * 100)).toFixed(1) + '%';
+    put(details, 
+      ...dd('State', stateLabel(a.state), a.state_reason ? sp('muted', ' — ', a.state_reason) : null),
+      ...dd('Platform', dash(a.platform), a.app ? sp('muted', ' · app ', a.app) : null),
+      ...dd('Mode', dash(a.mode)),
+      ...dd('Host', sp('mono', a.host ? `${a.user ? a.user + '@' : ''}${a.host}${a.port ? ':' + a.port : ''}` : '—')),
+      ...dd('Labels', labelChips(a.labels)),
+      ...dd('Agent', a.agent_version ? a.agent_version : sp('muted', a.enrolled ? 'enrolled, not yet reported' : 'not enrolled'),
+        a.os || a.arch ? sp('muted', ' · ', [a.os, a.os_release, a.arch].filter(Boolean).join(' '), a.wsl ? ' (WSL)' : '') : null),
+      ...dd('Declared OS', dash(a.declared_os), a.os_check ? sp('muted', ' · check: ', fmtAny(a.os_check)) : null),
+      ...dd('Last seen', relEl(a.last_seen_unix)),
+      ...dd('Health', fmtAny(a.health)),
+      ...dd('Current', relCell(a.current_release, [a.current_version, a.current_sequence ? '#' + a.current_sequence : ''].filter(Boolean).join(' · '))),
+      ...dd('Previous', relCell(a.previous_release, a.previous_version)),
+      ...dd('Disk', disk ? h('span', null, `${fmtBytes(disk.free_bytes)} free of ${fmtBytes(disk.total_bytes)}`, meter,
+        sp('muted small', `blobs ${fmtBytes(disk.blobs_bytes)} (${disk.blobs ?? 0}) · releases ${fmtBytes(disk.releases_bytes)}`)) : '—'),
+      a.state_error ? dd('Error', h('span', { class: 'state-text', 'data-state': 'failed' }, a.state_error)) : null);
+  }
+  function renderReleases() {
+    const list = (t && t.releases) || [];
+    keepFocus(releases, () => {
+      if (!list.length) { put(releases, h('li', { class: 'muted' }, 'No release kept on this target yet.')); return; }
+      put(releases, ...list.map((r) => h('li', { 'data-release': r.name },
+        sp('rel', sp('name', r.name),
+          sp('v', [r.version, r.sequence ? 'seq ' + r.sequence : ''].filter(Boolean).join(' · ') || '—')),
+        r.current ? sp('badge ok', 'current') : null,
+        r.previous ? sp('badge', 'previous') : null,
+        sp('spacer'),
+        !r.current && r.rollback_ok
+          ? h('button', { type: 'button', class: 'btn btn-sm', testid: 'rollback-' + r.name, fkey: 'rb-' + r.name, 'aria-label': 'Roll back to ' + r.name, disabled: busy(), onclick: () => rollback(r.name) }, 'Roll back')
+          : !r.current ? sp('muted small', 'cannot roll back') : null)));
+    });
+  }
+  function renderHistory() {
+    const kept = new Map(((t && t.releases) || []).map((r) => [r.name, r]));
+    keepFocus(histTable, () => {
+      if (!deps.length) { put(histBody, h('tr', null, h('td', { class: 'empty', colspan: 10 }, 'No deployments yet.'))); return; }
+      const rows = [];
+      for (const d of deps) {
+        const open = expanded.has(d.id);
+        const canRb = d.status === 'succeeded' && d.release && t && d.release !== t.current_release;
+        const k = kept.get(d.release);
+        const rbOk = !kept.size || (k && k.rollback_ok);
+        rows.push(h('tr', { testid: 'history-row-' + d.id, 'data-status': d.status },
+          h('th', { scope: 'row' }, h('button', { type: 'button', class: 'btn-link mono', 'aria-expanded': String(open), fkey: 'ex-' + d.id, title: 'Show events', onclick: () => toggle(d.id) }, (open ? '▾ ' : '▸ ') + '#' + d.id)),
+          h('td', { class: 'nowrap' }, h('time', { title: relTime(d.started_unix) }, fmtTime(d.started_unix))),
+          h('td', null, dash(d.action)),
+          h('td', null, sp('mono nowrap', dash(d.release))),
+          h('td', null, dash(d.version)),
+          h('td', null, dash(d.operator)),
+          h('td', { class: 'num nowrap' }, d.done || FINAL.has(d.status) ? fmtDuration(d.duration_ms) : '…'),
+          h('td', null, statusBadge(d.status)),
+          h('td', { class: 'status-reason' }, d.reason || ''),
+          h('td', null, canRb && rbOk ? h('button', {
+            type: 'button', class: 'btn btn-sm', testid: 'history-rollback-' + d.id, fkey: 'hrb-' + d.id, disabled: busy(),
+            'aria-label': 'Roll back to ' + d.release, onclick: () => rollback(d.release),
+          }, 'Roll back') : canRb ? sp('muted small nowrap', 'not kept') : null)));
+        if (open) {
+          const ev = eventsCache.get(d.id);
+          rows.push(h('tr', { class: 'detail' }, h('td', { colspan: 10 },
+            !ev ? sp('muted', 'Loading events…')
+              : ev.length ? h('ol', { class: 'events' }, ev.map((e) => h('li', null, sp('t', fmtClock(e.unix_ms)), h('b', null, e.kind), ' ', e.message, e.operator ? sp('muted', ' · ', e.operator) : null)))
+                : sp('muted', 'No events recorded.'))));
         }
-        put(histBody, ...rows);
-      });
-    }
-    async function toggle(depId) {
-      if (expanded.has(depId)) { expanded.delete(depId); renderHistory(); return; }
-      expanded.add(depId);
+      }
+      put(histBody, ...rows);
+    });
+  }
+  async function toggle(depId) {
+    if (expanded.has(depId)) { expanded.delete(depId); renderHistory(); return; }
+    expanded.add(depId);
+    renderHistory();
+    const d = deps.find((x) => x.id === depId);
+    if (eventsCache.has(depId) && d && (d.done || FINAL.has(d.status))) return;
+    try {
+      const det = await api('GET', '/api/deployments/' + enc(depId), undefined, sig);
+      eventsCache.set(depId, (det && det.events) || []);
       renderHistory();
-      const d = deps.find((x) => x.id === depId);
-      if (eventsCache.has(depId) && d && (d.done || FINAL.has(d.status))) return;
-      try {
-        const det = await api('GET', '/api/deployments/' + enc(depId), undefined, sig);
-        eventsCache.set(depId, (det && det.events) || []);
-        renderHistory();
-      } catch (e) { expanded.delete(depId); renderHistory(); report(e); }
-    }
+    } catch (e) { expanded.delete(depId); renderHistory(); report(e); }
+  }
 
-    const busy = () => !!(progress && !progress.done);
-    function setBusy() {
-      const b = busy();
-      deployBtn.disabled = b;
-      for (const el of $main.querySelectorAll('[data-testid^="rollback-"], [data-testid^="history-rollback-"], [data-testid="confirm-deploy"]')) el.disabled = b;
-    }
+  const busy = () => !!(progress && !progress.done);
+  function setBusy() {
+    const b = busy();
+    deployBtn.disabled = b;
+    for (const el of $main.querySelectorAll('[data-testid^="rollback-"], [data-testid^="history-rollback-"], [data-testid="confirm-deploy"]')) el.disabled = b;
+  }
 
-    let tSeq = 0;
-    let hSeq = 0;
-    async function loadTarget() {
-      const my = ++tSeq;
-      try {
-        const nt = await api('GET', base, undefined, sig);
-        if (ctrl.signal.aborted || my !== tSeq) return;
-        t = nt;
-        renderHead();
-        renderDetails();
-        renderReleases();
-        if (deps.length) renderHistory();
-        const ld = t.last_deploy;
-        if (ld && !ld.done && !FINAL.has(ld.status) && (!progress || (progress.done && progress.id !== ld.id))) follow(ld);
-      } catch (e) {
-        if (e.status === 404 && !t) {
-          clearInterval(poll);
-          ctrl.abort();
-          put($main, h('a', { class: 'crumb', href: '#/' }, '← Fleet'),
-            h('section', { class: 'card' }, h('div', { class: 'card-body stack' },
-              h('h1', { tabindex: '-1' }, id),
-              h('p', { class: 'muted' }, 'The coordinator knows no target by this name. It may have been removed from deploy-targets.yaml.'),
-              h('p', null, h('a', { href: '#/' }, 'Back to the fleet')))));
-        }
-        report(e);
+  let tSeq = 0;
+  let hSeq = 0;
+  async function loadTarget() {
+    const my = ++tSeq;
+    try {
+      const nt = await api('GET', base, undefined, sig);
+      if (ctrl.signal.aborted || my !== tSeq) return;
+      t = nt;
+      renderHead();
+      renderDetails();
+      renderReleases();
+      if (deps.length) renderHistory();
+      const ld = t.last_deploy;
+      if (ld && !ld.done && !FINAL.has(ld.status) && (!progress || (progress.done && progress.id !== ld.id))) follow(ld);
+    } catch (e) {
+      if (e.status === 404 && !t) {
+        clearInterval(poll);
+        ctrl.abort();
+        put($main, h('a', { class: 'crumb', href: '#/' }, '← Fleet'),
+          h('section', { class: 'card' }, h('div', { class: 'card-body stack' },
+            h('h1', { tabindex: '-1' }, id),
+            h('p', { class: 'muted' }, 'The coordinator knows no target by this name. It may have been removed from deploy-targets.yaml.'),
+            h('p', null, h('a', { href: '#/' }, 'Back to the fleet')))));
       }
+      report(e);
     }
-    async function loadHistory() {
-      const my = ++hSeq;
-      try {
-        const d = await api('GET', '/api/deployments?target=' + enc(id) + '&limit=50', undefined, sig);
-        if (ctrl.signal.aborted || my !== hSeq) return;
-        deps = (d && d.deployments) || [];
-        renderHistory();
-      } catch (e) { report(e); }
-    }
-    const refreshSoon = debounce(() => { loadTarget(); loadHistory(); }, 300);
-    const poll = setInterval(() => { loadTarget(); loadHistory(); }, 10000);
+  }
+  async function loadHistory() {
+    const my = ++hSeq;
+    try {
+      const d = await api('GET', '/api/deployments?target=' + enc(id) + '&limit=50', undefined, sig);
+      if (ctrl.signal.aborted || my !== hSeq) return;
+      deps = (d && d.deployments) || [];
+      renderHistory();
+    } catch (e) { report(e); }
+  }
+  const refreshSoon = debounce(() => { loadTarget(); loadHistory(); }, 300);
+  const poll = setInterval(() => { loadTarget(); loadHistory(); }, 10000);
 
-    // --- Deploy: plan, then confirm ---
-    async function openPlan() {
-      deployBtn.disabled = true;
-      put(planSlot, h('section', { class: 'card' }, h('div', { class: 'result', 'data-result': 'pending' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Computing the plan…')));
+  // --- Deploy: plan, then confirm ---
+  async function openPlan() {
+    deployBtn.disabled = true;
+    put(planSlot, h('section', { class: 'card' }, h('div', { class: 'result', 'data-result': 'pending' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Computing the plan…')));
+    try {
+      const p = await api('GET', base + '/plan', undefined, sig);
+      renderPlan(p || {});
+    } catch (e) {
+      put(planSlot);
+      report(e);
+    } finally {
+      deployBtn.disabled = busy();
+    }
+  }
+  function closePlan() { put(planSlot); deployBtn.focus(); }
+  function renderPlan(p) {
+    const files = p.files || [];
+    const services = p.services || [];
+    const notes = p.notes || [];
+    const version = h('input', { type: 'text', id: 'plan-version', testid: 'deploy-version', autocomplete: 'off', spellcheck: 'false', placeholder: p.version || 'from the project' });
+    const confirm = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'confirm-deploy', disabled: busy() }, 'Confirm deploy');
+    const cancel = h('button', { type: 'button', class: 'btn', testid: 'cancel-deploy', onclick: closePlan }, 'Cancel');
+    const extra = h('div');
+    const prod = Object.entries((t && t.labels) || {}).some(([k, v]) => /^(env|environment|stage|tier)$/i.test(k) && /^prod/i.test(v));
+    const sum = (k, n) => h('div', null, sp('k', k), sp('n', n));
+    const changeBadge = (c) => h('span', { class: 'badge ' + ({ added: 'ok', removed: 'bad', changed: 'info' }[c] || '') }, c);
+    const form = h('form', { class: 'card plan', testid: 'plan', 'aria-labelledby': 'h-plan' },
+      h('div', { class: 'card-head' },
+        h('h2', { id: 'h-plan', tabindex: '-1' }, 'Deploy plan'),
+        sp('muted', sp('mono', p.current_release || 'nothing'), p.current_version ? ` (${p.current_version})` : '', ' → ', h('b', null, p.version || 'new release'))),
+      h('div', { class: 'card-body stack' },
+        p.changes === false ? h('p', { class: 'notice' }, 'No changes: the target already runs this release. Deploying again re-applies it.') : null,
+        prod ? h('p', { class: 'notice' }, 'This target is labelled as production.') : null,
+        h('div', { class: 'summary' },
+          sum('Added', p.files_added ?? 0), sum('Changed', p.files_changed ?? 0), sum('Removed', p.files_removed ?? 0),
+          sum('Unchanged', p.files_unchanged ?? 0), sum('To move', fmtBytes(p.bytes_to_move)), sum('Release size', fmtBytes(p.bytes_total))),
+        files.length ? h('div', null, h('h3', null, `Files (${files.length})`),
+          h('div', { class: 'files', tabindex: '0', role: 'region', 'aria-label': 'Changed files' }, h('table', null,
+            h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Change'), h('th', { scope: 'col' }, 'Path'), h('th', { scope: 'col', class: 'num' }, 'Size'))),
+            h('tbody', null, files.slice(0, 500).map((f) => h('tr', { 'data-change': f.change },
+              h('td', null, changeBadge(f.change)), h('td', { class: 'path' }, f.path),
+              h('td', { class: 'num nowrap' }, f.change === 'changed' && f.old_size != null ? `${fmtBytes(f.old_size)} → ${fmtBytes(f.size)}` : fmtBytes(f.change === 'removed' ? f.old_size ?? f.size : f.size)))))))) : null,
+        files.length > 500 ? h('p', { class: 'muted small' }, `…and ${files.length - 500} more files.`) : null,
+        services.length ? h('div', null, h('h3', null, `Services (${services.length})`),
+          h('div', { class: 'table-wrap' }, h('table', null,
+            h('thead', null, h('tr', null, ['Service', 'Change', 'Image', 'Fields'].map((c) => h('th', { scope: 'col' }, c)))),
+            h('tbody', null, services.map((s) => h('tr', { 'data-change': s.change },
+              h('th', { scope: 'row' }, s.service), h('td', null, changeBadge(s.change)),
+              h('td', { class: 'img-change' }, s.old_image && s.old_image !== s.image ? [s.old_image, ' → ', h('b', null, s.image || '—')] : dash(s.image || s.old_image)),
+              h('td', { class: 'small' }, (s.fields || []).join(', '))))))) ) : null,
+        notes.length ? h('div', null, h('h3', null, 'Notes'), h('ul', { class: 'notes' }, notes.map((n) => h('li', null, typeof n === 'string' ? n : JSON.stringify(n))))) : null,
+        extra),
+      h('div', { class: 'plan-foot' },
+        h('div', { class: 'field' }, h('label', { for: 'plan-version' }, 'Version label ', sp('hint', '(optional)')), version),
+        sp('spacer'), cancel, confirm));
+    form.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.preventDefault(); closePlan(); } });
+    const doDeploy = async (more) => {
+      const body = Object.assign({}, version.value.trim() ? { version: version.value.trim() } : {}, more || {});
+      confirm.disabled = true;
       try {
-        const p = await api('GET', base + '/plan', undefined, sig);
-        renderPlan(p || {});
-      } catch (e) {
+        const dep = await api('POST', '/api/deploy/' + enc(id), body, sig);
         put(planSlot);
-        report(e);
-      } finally {
-        deployBtn.disabled = busy();
-      }
-    }
-    function closePlan() { put(planSlot); deployBtn.focus(); }
-    function renderPlan(p) {
-      const files = p.files || [];
-      const services = p.services || [];
-      const notes = p.notes || [];
-      const version = h('input', { type: 'text', id: 'plan-version', testid: 'deploy-version', autocomplete: 'off', spellcheck: 'false', placeholder: p.version || 'from the project' });
-      const confirm = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'confirm-deploy', disabled: busy() }, 'Confirm deploy');
-      const cancel = h('button', { type: 'button', class: 'btn', testid: 'cancel-deploy', onclick: closePlan }, 'Cancel');
-      const extra = h('div');
-      const prod = Object.entries((t && t.labels) || {}).some(([k, v]) => /^(env|environment|stage|tier)$/i.test(k) && /^prod/i.test(v));
-      const sum = (k, n) => h('div', null, sp('k', k), sp('n', n));
-      const changeBadge = (c) => h('span', { class: 'badge ' + ({ added: 'ok', removed: 'bad', changed: 'info' }[c] || '') }, c);
-      const form = h('form', { class: 'card plan', testid: 'plan', 'aria-labelledby': 'h-plan' },
-        h('div', { class: 'card-head' },
-          h('h2', { id: 'h-plan', tabindex: '-1' }, 'Deploy plan'),
-          sp('muted', sp('mono', p.current_release || 'nothing'), p.current_version ? ` (${p.current_version})` : '', ' → ', h('b', null, p.version || 'new release'))),
-        h('div', { class: 'card-body stack' },
-          p.changes === false ? h('p', { class: 'notice' }, 'No changes: the target already runs this release. Deploying again re-applies it.') : null,
-          prod ? h('p', { class: 'notice' }, 'This target is labelled as production.') : null,
-          h('div', { class: 'summary' },
-            sum('Added', p.files_added ?? 0), sum('Changed', p.files_changed ?? 0), sum('Removed', p.files_removed ?? 0),
-            sum('Unchanged', p.files_unchanged ?? 0), sum('To move', fmtBytes(p.bytes_to_move)), sum('Release size', fmtBytes(p.bytes_total))),
-          files.length ? h('div', null, h('h3', null, `Files (${files.length})`),
-            h('div', { class: 'files', tabindex: '0', role: 'region', 'aria-label': 'Changed files' }, h('table', null,
-              h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Change'), h('th', { scope: 'col' }, 'Path'), h('th', { scope: 'col', class: 'num' }, 'Size'))),
-              h('tbody', null, files.map((f) => h('tr', { 'data-change': f.change },
-                h('td', null, changeBadge(f.change)), h('td', { class: 'path' }, f.path),
-                h('td', { class: 'num nowrap' }, f.change === 'changed' && f.old_size != null ? `${fmtBytes(f.old_size)} → ${fmtBytes(f.size)}` : fmtBytes(f.change === 'removed' ? f.old_size ?? f.size : f.size)))))))) : null,
-          services.length ? h('div', null, h('h3', null, `Services (${services.length})`),
-            h('div', { class: 'table-wrap' }, h('table', null,
-              h('thead', null, h('tr', null, ['Service', 'Change', 'Image', 'Fields'].map((c) => h('th', { scope: 'col' }, c)))),
-              h('tbody', null, services.map((s) => h('tr', { 'data-change': s.change },
-                h('th', { scope: 'row' }, s.service), h('td', null, changeBadge(s.change)),
-                h('td', { class: 'img-change' }, s.old_image && s.old_image !== s.image ? [s.old_image, ' → ', h('b', null, s.image || '—')] : dash(s.image || s.old_image)),
-                h('td', { class: 'small' }, (s.fields || []).join(', '))))))) ) : null,
-          notes.length ? h('div', null, h('h3', null, 'Notes'), h('ul', { class: 'notes' }, notes.map((n) => h('li', null, typeof n === 'string' ? n : JSON.stringify(n))))) : null,
-          extra),
-        h('div', { class: 'plan-foot' },
-          h('div', { class: 'field' }, h('label', { for: 'plan-version' }, 'Version label ', sp('hint', '(optional)')), version),
-          sp('spacer'), cancel, confirm));
-      form.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.preventDefault(); closePlan(); } });
-      const send = async (more) => {
-        const body = Object.assign({}, version.value.trim() ? { version: version.value.trim() } : {}, more || {});
-        confirm.disabled = true;
-        try {
-          const dep = await api('POST', '/api/deploy/' + enc(id), body, sig);
-          put(planSlot);
-          follow(dep, true);
-        } catch (e) {
-          confirm.disabled = busy();
-          if (e.code === 'confirmation_required') {
-            put(extra, h('div', { class: 'notice row' }, h('span', null, e.message), h('button', { type: 'button', class: 'btn btn-danger btn-sm', testid: 'confirm-production', onclick: () => send({ confirm: true }) }, 'Deploy anyway')));
-          } else report(e);
-        }
-      };
-      form.addEventListener('submit', (e) => { e.preventDefault(); send(); });
-      put(planSlot, form);
-      form.querySelector('h2').focus();
-    }
-
-    // --- Deploy test ---
-    async function deployTest() {
-      testBtn.disabled = true;
-      put(testSlot, h('section', { class: 'card' }, h('div', { class: 'result', 'data-result': 'pending' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Testing the target…')));
-      try {
-        const r = (await api('POST', '/api/deploy-test/' + enc(id), {}, sig)) || {};
-        const kv = (k, v, cls) => h('div', null, sp('k', k), h('span', { class: 'v' + (cls ? ' ' + cls : '') }, v));
-        const yes = (b) => h('span', { class: 'badge ' + (b ? 'ok' : 'bad') }, b ? 'yes' : 'no');
-        const facts = Object.entries(r.facts || {});
-        put(testSlot, h('section', { class: 'card', testid: 'deploy-test-result', 'data-reachable': String(!!r.reachable), 'aria-labelledby': 'h-test', tabindex: '-1' },
-          h('div', { class: 'card-head' }, h('h2', { id: 'h-test' }, 'Deploy test'), sp('spacer'),
-            h('button', { type: 'button', class: 'btn btn-sm btn-ghost', onclick: () => { put(testSlot); testBtn.focus(); } }, 'Close')),
-          h('div', { class: 'card-body stack' },
-            h('div', { class: 'kv' },
-              kv('Reachable', yes(r.reachable)),
-              kv('Round trip', r.round_trip_ms != null ? fmtDuration(r.round_trip_ms) : '—'),
-              kv('Can take', typeof r.can_take === 'boolean' ? yes(r.can_take) : fmtAny(r.can_take)),
-              kv('OS check', fmtAny(r.os_check)),
-              kv('Mode', dash(r.mode)),
-              kv('Last seen', r.last_seen_seconds_ago != null ? r.last_seen_seconds_ago + ' s ago' : '—'),
-              r.url ? kv('URL', sp('mono', r.url)) : null),
-            facts.length ? h('div', { class: 'kv small' }, facts.map(([k, v]) => kv(k, fmtAny(v)))) : null)));
-        testSlot.firstChild.focus();
-      } catch (e) {
-        put(testSlot);
-        report(e);
-      } finally {
-        testBtn.disabled = false;
-      }
-    }
-
-    // --- Rollback ---
-    async function rollback(name) {
-      if (busy()) return;
-      clearError();
-      try {
-        const dep = await api('POST', '/api/rollback/' + enc(id), { to_release: name }, sig);
         follow(dep, true);
-      } catch (e) { report(e); }
-    }
-
-    // --- Live progress of one deployment ---
-    function follow(dep, focusIt) {
-      if (!dep || dep.id === undefined || dep.id === null) { showError('The coordinator accepted the request but returned no deployment id.'); return; }
-      if (progress && progress.id === dep.id) return;
-      if (progress) progress.abort();
-      const me = { id: dep.id, done: false };
-      const pctrl = new AbortController();
-      me.abort = () => pctrl.abort();
-      ctrl.signal.addEventListener('abort', me.abort);
-      progress = me;
-      const seen = new Set();
-      const title = sp('muted');
-      const steps = h('ol', { class: 'steps', testid: 'progress', 'aria-live': 'polite', 'aria-relevant': 'additions', 'aria-label': 'Deployment steps' });
-      const result = h('div', { class: 'result', testid: 'progress-result', 'data-result': 'pending', role: 'status' },
-        h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'In progress…');
-      const card = h('section', { class: 'card', testid: 'progress-panel', 'data-deployment': dep.id, 'aria-labelledby': 'h-progress' },
-        h('div', { class: 'card-head' }, h('h2', { id: 'h-progress', tabindex: '-1' }, 'Deployment ', sp('mono', '#' + dep.id)), title,
-          sp('spacer'),
-          h('button', { type: 'button', class: 'btn btn-sm btn-ghost', testid: 'progress-close', onclick: () => { if (me.done) { put(progSlot); deployBtn.focus(); } } }, 'Close')),
-        steps, result);
-      card.querySelector('[data-testid="progress-close"]').hidden = true;
-      put(progSlot, card);
-      if (focusIt) card.querySelector('h2').focus();
-      setBusy();
-      setHead(dep);
-
-      function setHead(d) {
-        title.textContent = [d.action, d.release ? '→ ' + d.release : '', d.version ? `(${d.version})` : '', d.operator ? 'by ' + d.operator : ''].filter(Boolean).join(' ');
+      } catch (e) {
+        confirm.disabled = busy();
+        if (e.code === 'confirmation_required') {
+          put(extra, h('div', { class: 'notice row' }, h('span', null, e.message), h('button', { type: 'button', class: 'btn btn-danger btn-sm', testid: 'confirm-production', onclick: () => doDeploy({ confirm: true }) }, 'Deploy anyway')));
+        } else report(e);
       }
-      function step(phase, message, ms, bytes, retry) {
-        const key = `${phase}|${message}|${ms}`;
-        if (seen.has(key)) return;
-        seen.add(key);
-        steps.append(h('li', { 'data-phase': phase || '' },
-          sp('phase', dash(phase)),
-          sp('msg', message || '', bytes ? sp('muted', ` · ${fmtBytes(bytes)}`) : null, retry ? sp('badge warn', 'retry ' + retry) : null),
-          h('time', { class: 't', datetime: ms ? new Date(ms).toISOString() : null }, fmtClock(ms))));
-      }
-      function finish(d) {
-        if (me.done) return;
-        me.done = true;
-        pctrl.abort();
-        setHead(d);
-        const ok = GOOD.has(d.status);
-        result.className = 'result' + (ok ? '' : ' bad');
-        result.dataset.result = d.status || 'unknown';
-        put(result, h('span', null, ok ? '✓ ' : '✕ ', d.status === 'succeeded' ? 'Succeeded' : dash(d.status)),
-          d.reason ? sp('why', ' — ' + d.reason) : null,
-          d.duration_ms != null ? sp('why muted', ' · ' + fmtDuration(d.duration_ms)) : null);
-        card.querySelector('[data-testid="progress-close"]').hidden = false;
-        setBusy();
-        loadTarget();
-        loadHistory();
-      }
-      const addEvents = (evs) => (evs || []).forEach((e) => step(e.kind, e.message, e.unix_ms));
-      let finalSeen = null;
-      (async () => {
-        let tries = 0;
-        while (!me.done && !pctrl.signal.aborted) {
-          try {
-            await readSSE('/api/deployments/' + enc(dep.id) + '/stream', {
-              signal: pctrl.signal,
-              onOpen: () => { tries = 0; },
-              onMessage: (name, data) => {
-                const d = parseJSON(data);
-                if (!d) return;
-                if (name === 'snapshot') { if (d.deployment) setHead(d.deployment); addEvents(d.events); } else if (name === 'progress') {
-                  step(d.phase, d.message, d.unix_ms, d.bytes_received, d.retry);
-                  if (d.final && !finalSeen) finalSeen = setTimeout(check, 2000);
-                } else if (name === 'end') finish(d.deployment || d);
-              },
-            });
-          } catch (e) {
-            if (pctrl.signal.aborted || e.status === 401) return;
-            if (e.status === 404) { report(e); return; }
-          }
-          if (me.done || pctrl.signal.aborted) return;
-          if (await check()) return;
-          tries++;
-          await sleep(Math.min(500 * tries, 5000));
-        }
-      })();
-      // The stream ended without "end": ask for the deployment itself.
-      async function check() {
-        if (me.done) return true;
-        try {
-          const det = await api('GET', '/api/deployments/' + enc(dep.id), undefined, { signal: pctrl.signal });
-          addEvents(det && det.events);
-          const d = det && det.deployment;
-          if (d && (d.done || FINAL.has(d.status))) { finish(d); return true; }
-        } catch (e) { if (e.name !== 'AbortError') report(e); }
-        return false;
-      }
-    }
-
-    loadTarget();
-    loadHistory();
-    focusHeading();
-    view = {
-      refresh: refreshSoon,
-      onFleetEvent: (ev) => { if (!ev.target || ev.target === id) refreshSoon(); },
-      cleanup: () => { ctrl.abort(); refreshSoon.cancel(); clearInterval(poll); },
     };
+    form.addEventListener('submit', (e) => { e.preventDefault(); doDeploy(); });
+    put(planSlot, form);
+    form.querySelector('h2').focus();
   }
 
-  // ---------- relative times tick ----------
-  setInterval(() => {
-    for (const el of document.querySelectorAll('time[data-rel]')) {
-      const s = relTime(Number(el.dataset.rel));
-      if (el.textContent !== s) el.textContent = s;
+  // --- Deploy test ---
+  async function deployTest() {
+    testBtn.disabled = true;
+    put(testSlot, h('section', { class: 'card' }, h('div', { class: 'result', 'data-result': 'pending' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Testing the target…')));
+    try {
+      const r = (await api('POST', '/api/deploy-test/' + enc(id), {}, sig)) || {};
+      const kv = (k, v, cls) => h('div', null, sp('k', k), h('span', { class: 'v' + (cls ? ' ' + cls : '') }, v));
+      const yes = (b) => h('span', { class: 'badge ' + (b ? 'ok' : 'bad') }, b ? 'yes' : 'no');
+      const facts = Object.entries(r.facts || {});
+      put(testSlot, h('section', { class: 'card', testid: 'deploy-test-result', 'data-reachable': String(!!r.reachable), 'aria-labelledby': 'h-test', tabindex: '-1' },
+        h('div', { class: 'card-head' }, h('h2', { id: 'h-test' }, 'Deploy test'), sp('spacer'),
+          h('button', { type: 'button', class: 'btn btn-sm btn-ghost', onclick: () => { put(testSlot); testBtn.focus(); } }, 'Close')),
+        h('div', { class: 'card-body stack' },
+          h('div', { class: 'kv' },
+            kv('Reachable', yes(r.reachable)),
+            kv('Round trip', r.round_trip_ms != null ? fmtDuration(r.round_trip_ms) : '—'),
+            kv('Can take', typeof r.can_take === 'boolean' ? yes(r.can_take) : fmtAny(r.can_take)),
+            kv('OS check', fmtAny(r.os_check)),
+            kv('Mode', dash(r.mode)),
+            kv('Last seen', r.last_seen_seconds_ago != null ? r.last_seen_seconds_ago + ' s ago' : '—'),
+            r.url ? kv('URL', sp('mono', r.url)) : null),
+          facts.length ? h('div', { class: 'kv small' }, facts.map(([k, v]) => kv(k, fmtAny(v)))) : null)));
+      testSlot.firstChild.focus();
+    } catch (e) {
+      put(testSlot);
+      report(e);
+    } finally {
+      testBtn.disabled = false;
     }
-  }, 1000);
-
-  // ---------- start ----------
-  if (token) {
-    setSession('');
-    startFleetStream();
-    api('GET', '/api/whoami').then((w) => setSession((w && w.operator) || ''), report);
   }
-  route();
-})();
+
+  // --- Rollback ---
+  async function rollback(name) {
+    if (busy()) return;
+    clearError();
+    try {
+      const dep = await api('POST', '/api/rollback/' + enc(id), { to_release: name }, sig);
+      follow(dep, true);
+    } catch (e) { report(e); }
+  }
+
+  // --- Live progress of one deployment ---
+  function follow(dep, focusIt) {
+    if (!dep || dep.id === undefined || dep.id === null) { showError('The coordinator accepted the request but returned no deployment id.'); return; }
+    if (progress && progress.id === dep.id) return;
+    if (progress) progress.abort();
+    const me = { id: dep.id, done: false };
+    const pctrl = new AbortController();
+    me.abort = () => pctrl.abort();
+    ctrl.signal.addEventListener('abort', me.abort);
+    progress = me;
+    const seen = new Set();
+    const title = sp('muted');
+    const steps = h('ol', { class: 'steps', testid: 'progress', 'aria-live': 'polite', 'aria-relevant': 'additions', 'aria-label': 'Deployment steps' });
+    const result = h('div', { class: 'result', testid: 'progress-result', 'data-result': 'pending', role: 'status' },
+      h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'In progress…');
+    const card = h('section', { class: 'card', testid: 'progress-panel', 'data-deployment': dep.id, 'aria-labelledby': 'h-progress' },
+      h('div', { class: 'card-head' }, h('h2', { id: 'h-progress', tabindex: '-1' }, 'Deployment ', sp('mono', '#' + dep.id)), title,
+        sp('spacer'),
+        h('button', { type: 'button', class: 'btn btn-sm btn-ghost', testid: 'progress-close', onclick: () => { if (me.done) { put(progSlot); deployBtn.focus(); } } }, 'Close')),
+      steps, result);
+    card.querySelector('[data-testid="progress-close"]').hidden = true;
+    put(progSlot, card);
+    if (focusIt) card.querySelector('h2').focus();
+    setBusy();
+    setHead(dep);
+
+    function setHead(d) {
+      title.textContent = [d.action, d.release ? '→ ' + d.release : '', d.version ? `(${d.version})` : '', d.operator ? 'by ' + d.operator : ''].filter(Boolean).join(' ');
+    }
+    function step(phase, message, ms, bytes, retry) {
+      const key = `${phase}|${message}|${ms}`;
+      if (seen.has(key)) return;
+      seen.add(key);
+      steps.append(h('li', { 'data-phase': phase || '' },
+        sp('phase', dash(phase)),
+        sp('msg', message || '', bytes ? sp('muted', ` · ${fmtBytes(bytes)}`) : null, retry ? sp('badge warn', retry === true ? 'retry' : 'retry ' + retry) : null),
+        h('time', { class: 't', datetime: ms ? new Date(ms).toISOString() : null }, fmtClock(ms))));
+    }
+    function finish(d) {
+      if (me.done) return;
+      me.done = true;
+      pctrl.abort();
+      setHead(d);
+      const ok = GOOD.has(d.status);
+      result.className = 'result' + (ok ? '' : ' bad');
+      result.dataset.result = d.status || 'unknown';
+      put(result, h('span', null, ok ? '✓ ' : '✕ ', d.status === 'succeeded' ? 'Succeeded' : dash(d.status)),
+        d.reason ? sp('why', ' — ' + d.reason) : null,
+        d.duration_ms != null ? sp('why muted', ' · ' + fmtDuration(d.duration_ms)) : null);
+      card.querySelector('[data-testid="progress-close"]').hidden = false;
+      setBusy();
+      loadTarget();
+      loadHistory();
+    }
+    const addEvents = (evs) => (evs || []).forEach((e) => step(e.kind, e.message, e.unix_ms));
+    let finalSeen = null;
+    (async () => {
+      let tries = 0;
+      while (!me.done && !pctrl.signal.aborted) {
+        try {
+          await readSSE('/api/deployments/' + enc(dep.id) + '/stream', {
+            signal: pctrl.signal,
+            onOpen: () => { tries = 0; },
+            onMessage: (name, data) => {
+              const d = parseJSON(data);
+              if (!d) return;
+              if (name === 'snapshot') { if (d.deployment) setHead(d.deployment); addEvents(d.events); } else if (name === 'progress') {
+                step(d.phase, d.message, d.unix_ms, d.bytes_received, d.retry);
+                if (d.final && !finalSeen) finalSeen = setTimeout(check, 2000);
+              } else if (name === 'end') finish(d.deployment || d);
+            },
+          });
+        } catch (e) {
+          if (pctrl.signal.aborted || e.status === 401) return;
+          if (e.status === 404) { report(e); return; }
+        }
+        if (me.done || pctrl.signal.aborted) return;
+        if (await check()) return;
+        tries++;
+        await sleep(Math.min(500 * tries, 5000));
+      }
+    })();
+    // The stream ended without "end": ask for the deployment itself.
+    async function check() {
+      if (me.done) return true;
+      try {
+        const det = await api('GET', '/api/deployments/' + enc(dep.id), undefined, { signal: pctrl.signal });
+        addEvents(det && det.events);
+        const d = det && det.deployment;
+        if (d && (d.done || FINAL.has(d.status))) { finish(d); return true; }
+      } catch (e) { if (e.name !== 'AbortError') report(e); }
+      return false;
+    }
+  }
+
+  loadTarget();
+  loadHistory();
+  focusHeading();
+  view = {
+    refresh: refreshSoon,
+    onFleetEvent: (ev) => { if (!ev.target || ev.target === id) refreshSoon(); },
+    cleanup: () => { ctrl.abort(); refreshSoon.cancel(); clearInterval(poll); },
+  };
+}
+
+// ---------- relative times tick ----------
+setInterval(() => {
+  for (const el of document.querySelectorAll('time[data-rel]')) {
+    const s = relTime(Number(el.dataset.rel));
+    if (el.textContent !== s) el.textContent = s;
+  }
+}, 1000);
+
+// ---------- start ----------
+if (token) {
+  setSession('');
+  startFleetStream();
+  api('GET', '/api/whoami').then((w) => setSession((w && w.operator) || ''), report);
+}
+route();

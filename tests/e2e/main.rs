@@ -11,6 +11,8 @@
 //!   over SSH, the declared `os:`, a pull agent behind NAT.
 //! - [`attacks`]: offline bundles, enrollment and authorization refused.
 //! - [`faults`]: `kill -9` mid-deploy, the coordinator down, the disk full.
+//! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
+//!   dashboard in headless Chromium.
 //!
 //! One area or one test: `cargo test -p dockfra-e2e --test e2e spine::` (or part of a name).
 //! This file holds what several areas share: the three-target `ssh_raw` project, reading a
@@ -25,6 +27,7 @@ mod containers;
 mod faults;
 mod reach;
 mod spine;
+mod window;
 
 /// A project with a push target, a pull target and an offline target, all `ssh_raw`.
 fn project(w: &World, push_port: u16, extra_pre: &str, extra_post: &str) {

@@ -93,7 +93,7 @@ fn static_agent_enrolls_deploys_and_switches_current(triple: &str, qemu: &[&str]
     assert_ne!(current(&w, "deploy-pull"), first, "current moved to the new release");
     let agents = w.coord(&["agents", "--output", "json"]).ok().json();
     let row = agents.as_array().unwrap().iter().find(|a| a["target"] == "edge-pull").cloned().unwrap();
-    assert_eq!(row["facts"]["arch"], arch, "the coordinator sees the agent's architecture: {row}");
+    assert_eq!(row["arch"], arch, "the coordinator sees the agent's architecture: {row}");
 }
 
 /// The Raspberry Pi 3 agent, as a Cortex-A7 (the Pi 3's core).

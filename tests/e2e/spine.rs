@@ -289,7 +289,7 @@ fn the_seed_fleet_loads_and_lists_without_dialling() {
     );
     let _coord = w.serve(&[]);
     let t = w.coord(&["targets", "--output", "json"]).ok().json();
-    let ids: Vec<&str> = t.as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = t.as_array().unwrap().iter().map(|x| x["target"].as_str().unwrap()).collect();
     assert_eq!(ids, ["prod-vps", "staging-rhel", "prod-k8s", "edge-rpi3", "swarm-cluster", "nomad-cluster"]);
     assert!(t.as_array().unwrap().iter().all(|x| x["enrolled"] == false));
     let table = w.coord(&["status"]).ok().stdout();

@@ -100,7 +100,8 @@ fn state_of(
         return ("unreachable", "its agent was revoked".into());
     }
     if target.agent.mode == Mode::Pull {
-        match a.last_seen_unix {
+        // Enrolling counts as being heard from: a new agent polls right after.
+        match a.last_seen_unix.or(Some(a.enrolled_unix).filter(|e| *e > 0)) {
             None => return ("unreachable", "the agent has not polled yet".into()),
             Some(seen) => {
                 let ago = now.saturating_sub(seen.max(0) as u64);
