@@ -69,7 +69,7 @@ pub async fn check_once(check: &HealthCheck, timeout: Duration, runner: &dyn Run
             if o.success() {
                 Ok(())
             } else {
-                Err(format!("command {command:?} exited with {:?}: {}", o.code, o.tail()))
+                Err(format!("command {command:?} {}", o.failure()))
             }
         }
     }

@@ -92,11 +92,28 @@ impl Output {
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
+    /// How it ended, in words: `exited with 1`, `was killed by a signal`; with the tail of its
+    /// output when there is one.
+    pub fn failure(&self) -> String {
+        let how = exit_text(self.code);
+        match self.tail() {
+            t if t.is_empty() => how,
+            t => format!("{how}: {t}"),
+        }
+    }
     /// Last lines of stderr (or stdout), for error messages.
     pub fn tail(&self) -> String {
         let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
         let lines: Vec<&str> = text.trim_end().lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+}
+
+/// `exited with N`, or `was killed by a signal` when there is no exit code.
+pub fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exited with {c}"),
+        None => "was killed by a signal".into(),
     }
 }
 

@@ -40,6 +40,10 @@ pub struct CoordSettings {
     /// [`DEFAULT_HTTP_LISTEN`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
+    /// How often push agents are asked for their status between deploys (seconds; 0: never).
+    /// Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_probe_secs: Option<u64>,
     /// Lifetime of agent certificates; agents renew at two thirds of it.
     pub agent_cert_ttl_secs: u64,
     /// Enrollment calls one source address may make at once (default 10) …
@@ -55,6 +59,9 @@ pub struct CoordSettings {
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8443";
 
 impl CoordSettings {
+    pub fn push_probe(&self) -> Duration {
+        Duration::from_secs(self.push_probe_secs.unwrap_or(30))
+    }
     pub fn enroll_burst(&self) -> u32 {
         self.enroll_burst.unwrap_or(10)
     }
@@ -269,6 +276,7 @@ impl StateDir {
         let settings = CoordSettings {
             listen: listen.to_string(),
             http_listen: None,
+            push_probe_secs: None,
             agent_cert_ttl_secs: agent_cert_ttl.as_secs().max(10),
             enroll_burst: None,
             enroll_refill_ms: None,

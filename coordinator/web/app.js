@@ -100,6 +100,7 @@ function fmtAny(v) {
   }
   return String(v);
 }
+const shortId = (id) => { const m = /^d-\d+-([0-9a-f]+)$/.exec(String(id)); return m ? m[1].slice(0, 8) : String(id); };
 const stateLabel = (s) => STATE_LABEL[s] || dash(s);
 function stateEl(s, id, big) {
   return h('span', { class: 'state' },
@@ -243,6 +244,7 @@ async function connectFleet() {
         fleet.opened = true;
       },
       onMessage: (name, data) => {
+        if (name === 'lagged') { if (view && view.refresh) view.refresh(); return; }
         if (name !== 'progress') return;
         const ev = parseJSON(data);
         if (ev && view && view.onFleetEvent) view.onFleetEvent(ev);
@@ -560,7 +562,7 @@ function renderTarget(id) {
     stateBox.firstChild.dataset.state = s;
     put(badges, 
       h('span', { class: 'state-text badge', 'data-state': s }, t ? stateLabel(s) : 'Loading…'),
-      t && t.in_flight ? sp('badge info', 'deploy in flight') : null,
+      t && t.in_flight ? h('span', { class: 'badge info', title: 'deployment ' + t.in_flight }, 'deploy in flight') : null,
       t && t.revoked ? sp('badge bad', 'agent revoked') : null);
     reason.textContent = t ? t.state_reason || '' : '';
   }
@@ -614,7 +616,7 @@ function renderTarget(id) {
         const k = kept.get(d.release);
         const rbOk = !kept.size || (k && k.rollback_ok);
         rows.push(h('tr', { testid: 'history-row-' + d.id, 'data-status': d.status },
-          h('th', { scope: 'row' }, h('button', { type: 'button', class: 'btn-link mono', 'aria-expanded': String(open), fkey: 'ex-' + d.id, title: 'Show events', onclick: () => toggle(d.id) }, (open ? '▾ ' : '▸ ') + '#' + d.id)),
+          h('th', { scope: 'row' }, h('button', { type: 'button', class: 'btn-link mono nowrap', 'aria-expanded': String(open), fkey: 'ex-' + d.id, title: d.id, 'aria-label': 'Events of deployment ' + d.id, onclick: () => toggle(d.id) }, (open ? '▾ ' : '▸ ') + shortId(d.id))),
           h('td', { class: 'nowrap' }, h('time', { title: relTime(d.started_unix) }, fmtTime(d.started_unix))),
           h('td', null, dash(d.action)),
           h('td', null, sp('mono nowrap', dash(d.release))),
@@ -719,7 +721,6 @@ function renderTarget(id) {
     const version = h('input', { type: 'text', id: 'plan-version', testid: 'deploy-version', autocomplete: 'off', spellcheck: 'false', placeholder: p.version || 'from the project' });
     const confirm = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'confirm-deploy', disabled: busy() }, 'Confirm deploy');
     const cancel = h('button', { type: 'button', class: 'btn', testid: 'cancel-deploy', onclick: closePlan }, 'Cancel');
-    const extra = h('div');
     const prod = Object.entries((t && t.labels) || {}).some(([k, v]) => /^(env|environment|stage|tier)$/i.test(k) && /^prod/i.test(v));
     const sum = (k, n) => h('div', null, sp('k', k), sp('n', n));
     const changeBadge = (c) => h('span', { class: 'badge ' + ({ added: 'ok', removed: 'bad', changed: 'info' }[c] || '') }, c);
@@ -747,14 +748,13 @@ function renderTarget(id) {
               h('th', { scope: 'row' }, s.service), h('td', null, changeBadge(s.change)),
               h('td', { class: 'img-change' }, s.old_image && s.old_image !== s.image ? [s.old_image, ' → ', h('b', null, s.image || '—')] : dash(s.image || s.old_image)),
               h('td', { class: 'small' }, (s.fields || []).join(', '))))))) ) : null,
-        notes.length ? h('div', null, h('h3', null, 'Notes'), h('ul', { class: 'notes' }, notes.map((n) => h('li', null, typeof n === 'string' ? n : JSON.stringify(n))))) : null,
-        extra),
+        notes.length ? h('div', null, h('h3', null, 'Notes'), h('ul', { class: 'notes' }, notes.map((n) => h('li', null, typeof n === 'string' ? n : JSON.stringify(n))))) : null),
       h('div', { class: 'plan-foot' },
         h('div', { class: 'field' }, h('label', { for: 'plan-version' }, 'Version label ', sp('hint', '(optional)')), version),
         sp('spacer'), cancel, confirm));
     form.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.preventDefault(); closePlan(); } });
-    const doDeploy = async (more) => {
-      const body = Object.assign({}, version.value.trim() ? { version: version.value.trim() } : {}, more || {});
+    const doDeploy = async () => {
+      const body = version.value.trim() ? { version: version.value.trim() } : {};
       confirm.disabled = true;
       try {
         const dep = await api('POST', '/api/deploy/' + enc(id), body, sig);
@@ -762,9 +762,7 @@ function renderTarget(id) {
         follow(dep, true);
       } catch (e) {
         confirm.disabled = busy();
-        if (e.code === 'confirmation_required') {
-          put(extra, h('div', { class: 'notice row' }, h('span', null, e.message), h('button', { type: 'button', class: 'btn btn-danger btn-sm', testid: 'confirm-production', onclick: () => doDeploy({ confirm: true }) }, 'Deploy anyway')));
-        } else report(e);
+        report(e);
       }
     };
     form.addEventListener('submit', (e) => { e.preventDefault(); doDeploy(); });
@@ -777,23 +775,26 @@ function renderTarget(id) {
     testBtn.disabled = true;
     put(testSlot, h('section', { class: 'card' }, h('div', { class: 'result', 'data-result': 'pending' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Testing the target…')));
     try {
-      const r = (await api('POST', '/api/deploy-test/' + enc(id), {}, sig)) || {};
+      const r = (await api('POST', '/api/deploy-test/' + enc(id), undefined, sig)) || {};
       const kv = (k, v, cls) => h('div', null, sp('k', k), h('span', { class: 'v' + (cls ? ' ' + cls : '') }, v));
       const yes = (b) => h('span', { class: 'badge ' + (b ? 'ok' : 'bad') }, b ? 'yes' : 'no');
-      const facts = Object.entries(r.facts || {});
+      const facts = Object.entries(r.facts || {}).map(([k, v]) => [k.replace(/_/g, ' '),
+        Array.isArray(v) ? v.map((x) => (x && typeof x === 'object' ? [x.name, x.version].filter(Boolean).join(' ') : x)).join(', ') : fmtAny(v)])
+        .filter(([, v]) => v !== '' && v !== '—');
+      const canTake = r.can_take === true || r.can_take === 'yes';
       put(testSlot, h('section', { class: 'card', testid: 'deploy-test-result', 'data-reachable': String(!!r.reachable), 'aria-labelledby': 'h-test', tabindex: '-1' },
         h('div', { class: 'card-head' }, h('h2', { id: 'h-test' }, 'Deploy test'), sp('spacer'),
           h('button', { type: 'button', class: 'btn btn-sm btn-ghost', onclick: () => { put(testSlot); testBtn.focus(); } }, 'Close')),
         h('div', { class: 'card-body stack' },
           h('div', { class: 'kv' },
             kv('Reachable', yes(r.reachable)),
-            kv('Round trip', r.round_trip_ms != null ? fmtDuration(r.round_trip_ms) : '—'),
-            kv('Can take', typeof r.can_take === 'boolean' ? yes(r.can_take) : fmtAny(r.can_take)),
+            kv('Round trip', r.round_trip_ms || r.mode !== 'pull' ? fmtDuration(r.round_trip_ms) : '—'),
+            kv('Can take', canTake ? yes(true) : [yes(false), ' ', sp('small', fmtAny(r.can_take))]),
             kv('OS check', fmtAny(r.os_check)),
             kv('Mode', dash(r.mode)),
-            kv('Last seen', r.last_seen_seconds_ago != null ? r.last_seen_seconds_ago + ' s ago' : '—'),
+            kv('Last seen', r.last_seen_seconds_ago == null || r.last_seen_seconds_ago < 0 ? 'never' : relTime(Date.now() / 1000 - r.last_seen_seconds_ago)),
             r.url ? kv('URL', sp('mono', r.url)) : null),
-          facts.length ? h('div', { class: 'kv small' }, facts.map(([k, v]) => kv(k, fmtAny(v)))) : null)));
+          facts.length ? h('div', null, h('h3', null, 'Agent facts'), h('div', { class: 'kv small' }, facts.map(([k, v]) => kv(k, v)))) : null)));
       testSlot.firstChild.focus();
     } catch (e) {
       put(testSlot);
@@ -829,7 +830,7 @@ function renderTarget(id) {
     const result = h('div', { class: 'result', testid: 'progress-result', 'data-result': 'pending', role: 'status' },
       h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'In progress…');
     const card = h('section', { class: 'card', testid: 'progress-panel', 'data-deployment': dep.id, 'aria-labelledby': 'h-progress' },
-      h('div', { class: 'card-head' }, h('h2', { id: 'h-progress', tabindex: '-1' }, 'Deployment ', sp('mono', '#' + dep.id)), title,
+      h('div', { class: 'card-head' }, h('h2', { id: 'h-progress', tabindex: '-1' }, 'Deployment ', sp('mono small', dep.id)), title,
         sp('spacer'),
         h('button', { type: 'button', class: 'btn btn-sm btn-ghost', testid: 'progress-close', onclick: () => { if (me.done) { put(progSlot); deployBtn.focus(); } } }, 'Close')),
       steps, result);

@@ -69,6 +69,11 @@ fn start_world(name: &str) -> (World, Proc, Agent, Proc, Agent, Proc, String) {
     let port = free_port();
     project(&w, port, "", "");
     w.init("127.0.0.1:0");
+    // Push agents are asked for their status every second (30 s by default).
+    let settings = w.path("coord/coordinator.json");
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    s["push_probe_secs"] = serde_json::json!(1);
+    std::fs::write(&settings, s.to_string()).unwrap();
     let coord = w.serve(&[]);
     let url = format!("https://{}", w.addr());
     let mut push = Agent::new(&w, "push");
@@ -80,12 +85,16 @@ fn start_world(name: &str) -> (World, Proc, Agent, Proc, Agent, Proc, String) {
     let pl = pull.start(&w);
     let token = w.api_token();
     assert!(token.starts_with("dkfo1."), "{token}");
+    // A probe may have found the push agent before it listened: wait for the next one.
+    wait_until("the push agent to answer its probe", Duration::from_secs(20), || {
+        w.api("GET", "/api/deploy-targets/edge-push", Some(&token), None).1["state"] != "unreachable"
+    });
     (w, coord, push, pa, pull, pl, token)
 }
 
 #[test]
 fn rest_api_plans_deploys_streams_rolls_back_and_counts() {
-    let (w, _coord, _push, _pa, _pull, _pl, token) = start_world("api");
+    let (w, _coord, push, pa, _pull, _pl, token) = start_world("api");
     let t = Some(token.as_str());
 
     // The fleet before anything ran.
@@ -231,6 +240,21 @@ fn rest_api_plans_deploys_streams_rolls_back_and_counts() {
     assert_eq!(plan["target"], "edge-push");
     let d = w.coord(&["deployment", failed[0]["id"].as_str().unwrap(), "--output", "json"]).ok().json();
     assert_eq!(d["deployment"]["status"], "failed");
+
+    // Between deploys the coordinator asks push agents how they are: one that went away is
+    // shown unreachable, with why, and comes back when it does.
+    let (_, st) = w.api("GET", "/api/deploy-targets/edge-push", t, None);
+    assert!(st["last_seen_unix"].as_u64().unwrap() > 0, "{st}");
+    drop(pa);
+    wait_until("the push agent to show unreachable", Duration::from_secs(20), || {
+        w.api("GET", "/api/deploy-targets/edge-push", t, None).1["state"] == "unreachable"
+    });
+    let (_, st) = w.api("GET", "/api/deploy-targets/edge-push", t, None);
+    assert!(st["state_reason"].as_str().unwrap().contains("cannot reach the agent"), "{st}");
+    let _pa = push.start(&w);
+    wait_until("the push agent to be back", Duration::from_secs(20), || {
+        w.api("GET", "/api/deploy-targets/edge-push", t, None).1["state"] != "unreachable"
+    });
 }
 
 #[test]
@@ -306,6 +330,7 @@ fn rest_api_refuses_bad_credentials_and_bad_input_and_changes_nothing() {
 
     // Malformed ids, unknown targets, bad bodies and queries: each a clear 4xx.
     let t = Some(token.as_str());
+    let big = format!(r#"{{"version": "{}"}}"#, "x".repeat(100_000));
     for (method, path, body, want, code_name) in [
         ("POST", "/api/deploy/Not_A_Target", None, 400, "invalid_argument"),
         ("POST", "/api/deploy/..%2f..%2fetc", None, 400, "invalid_argument"),
@@ -329,6 +354,8 @@ fn rest_api_refuses_bad_credentials_and_bad_input_and_changes_nothing() {
         ("GET", "/api/deployments?colour=red", None, 400, "invalid_argument"),
         ("GET", "/api/deploy-targets?label=noequals", None, 400, "invalid_argument"),
         ("GET", "/api/no-such-route", None, 404, "not_found"),
+        ("DELETE", "/api/deploy-targets", None, 405, "method_not_allowed"),
+        ("POST", "/api/deploy/edge-push", Some(big.as_str()), 413, "payload_too_large"),
     ] {
         let (code, v) = w.api(method, path, t, body);
         assert_eq!(code, want, "{method} {path} {body:?}: {v}");

@@ -30,7 +30,7 @@ pub enum DriverError {
     Tool { step: &'static str, manager: &'static str, source: RunError },
     #[error("{step}: {source}")]
     Run { step: &'static str, source: RunError },
-    #[error("{step}: `{command}` exited with {code:?}: {tail}")]
+    #[error("{step}: `{command}` {}{}", dockfra_common::runner::exit_text(*code), if tail.is_empty() { String::new() } else { format!(": {tail}") })]
     Failed { step: &'static str, command: String, code: Option<i32>, tail: String },
     #[error("{0}")]
     Invalid(String),

@@ -42,7 +42,8 @@ pub struct PeerCert(pub Option<Arc<Vec<u8>>>);
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiErrorBody {
     /// Stable, machine-readable: invalid_argument, unauthenticated, permission_denied,
-    /// not_found, conflict, failed_precondition, too_many_requests, internal, unavailable,
+    /// not_found, method_not_allowed, conflict, failed_precondition, payload_too_large,
+    /// too_many_requests, internal, unavailable,
     /// deadline_exceeded.
     pub code: String,
     /// What went wrong and what to do, for a person.
@@ -214,6 +215,25 @@ fn deployment_id(id: &str) -> ApiResult<&str> {
         Ok(id)
     } else {
         Err(ApiError::bad(format!("deployment id {id:?}: expected d-<ms>-<hex>")))
+    }
+}
+
+/// The largest request body the API reads (its bodies are a few small fields).
+const MAX_BODY: usize = 64 * 1024;
+
+/// A request body, at most [`MAX_BODY`] bytes (a longer or unreadable one is a JSON error).
+struct RawBody(axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, ApiError> {
+        axum::body::to_bytes(req.into_body(), MAX_BODY).await.map(RawBody).map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is over {MAX_BODY} bytes or could not be read"),
+            )
+        })
     }
 }
 
@@ -490,12 +510,11 @@ async fn deploy(
     State(c): State<Coordinator>,
     op: Operator,
     Path(id): Path<String>,
-    bytes: axum::body::Bytes,
+    RawBody(bytes): RawBody,
 ) -> ApiResult<(StatusCode, Json<proto::Deployment>)> {
     let id = target_id(&id)?;
     let b: DeployBody = body(&bytes)?;
     let version = b.version.as_deref().map(version_label).transpose()?;
-    c.target(id)?;
     let (target, dep) = c.start_deploy(id, version, &op.0.name).await?;
     Ok((StatusCode::ACCEPTED, Json(c.launch(target, dep)?)))
 }
@@ -511,7 +530,7 @@ async fn rollback(
     State(c): State<Coordinator>,
     op: Operator,
     Path(id): Path<String>,
-    bytes: axum::body::Bytes,
+    RawBody(bytes): RawBody,
 ) -> ApiResult<(StatusCode, Json<proto::Deployment>)> {
     let id = target_id(&id)?;
     let b: RollbackBody = body(&bytes)?;
@@ -795,6 +814,14 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route (GET /api/openapi.json lists them)")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (GET /api/openapi.json lists them)",
+    )
+}
+
 impl Coordinator {
     /// Deliver a queued deployment in the background and return its row (the API's 202).
     fn launch(&self, target: dockfra_common::config::Target, id: String) -> ApiResult<proto::Deployment> {
@@ -828,6 +855,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/events", get(events))
         .route("/metrics", get(metrics_route))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(c);
     super::web::routes().merge(api)
 }

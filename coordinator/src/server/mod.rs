@@ -80,6 +80,8 @@ pub struct Inner {
     enroll_limit: auth::RateLimiter,
     /// Held by a build (which writes blobs before its release row exists) and by GC.
     blob_lock: Mutex<()>,
+    /// Push agents that did not answer their last probe, and why.
+    unreachable: Mutex<std::collections::HashMap<String, String>>,
 }
 
 #[derive(Clone)]
@@ -113,6 +115,7 @@ impl Coordinator {
             events,
             project_cache: Mutex::new(None),
             blob_lock: Mutex::new(()),
+            unreachable: Mutex::new(Default::default()),
         };
         // Fail at start-up, naming file/target/key, rather than on the first request.
         config::load(&inner.project_file)?;
@@ -189,6 +192,7 @@ impl Coordinator {
             .client_ca_root(Certificate::from_pem(&self.inner.ca_pem))
             .client_auth_optional(true); // only Enroll goes without a client cert; every other service checks
         self.spawn_push_reconcile();
+        self.spawn_push_probe();
         let router = tonic::transport::Server::builder()
             .tls_config(tls)?
             // Connections whose peer vanished (a cut link, a NAT that forgot them) are

@@ -6,6 +6,7 @@
 //! agent still lacks travel. After a restart, open push deployments are settled the same way.
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -89,6 +90,7 @@ impl Coordinator {
                 Ok(ch) => {
                     // The agent is using its newest certificate: older ones of the target die now.
                     let _ = self.store().note_use(&target.id, &agent.serial);
+                    self.note_reach(&target.id, None);
                     return Ok(agent_client::AgentClient::new(ch).max_decoding_message_size(64 << 20));
                 }
                 Err(e @ PinnedError::Serial { .. }) => {
@@ -98,14 +100,15 @@ impl Coordinator {
                     }
                 }
                 Err(PinnedError::Connect(m)) => {
-                    return Err(CoordError::Unavailable(format!(
-                        "cannot reach the agent of {:?} at {url}: {m}",
-                        target.id
-                    )))
+                    let why = format!("cannot reach the agent of {:?} at {url}: {m}", target.id);
+                    self.note_reach(&target.id, Some(why.clone()));
+                    return Err(CoordError::Unavailable(why));
                 }
             }
         }
-        Err(CoordError::Denied(format!("refusing the agent of {:?}: {last}", target.id)))
+        let why = format!("refusing the agent of {:?}: {last}", target.id);
+        self.note_reach(&target.id, Some(why.clone()));
+        Err(CoordError::Denied(why))
     }
 
     /// Push: deliver the target's desired state, then follow it to a result, re-pushing
@@ -348,4 +351,72 @@ impl Coordinator {
             });
         }
     }
+
+    /// Ask every enrolled push agent for its status now and then, so the fleet view's last
+    /// seen and `unreachable` say the truth between deploys (pull agents say it themselves by
+    /// polling). A few agents are asked at once; each answer or failure is noted.
+    pub(super) fn spawn_push_probe(&self) {
+        let every = self.inner.settings.push_probe();
+        if every.is_zero() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Ok(project) = this.project() else { continue };
+                let targets: Vec<Target> = project
+                    .targets
+                    .iter()
+                    .filter(|t| t.agent.mode == Mode::Push && t.host.is_some())
+                    .filter(|t| this.store().agent(&t.id).ok().flatten().is_some_and(|a| !a.revoked))
+                    .cloned()
+                    .collect();
+                futures_util::stream::iter(targets)
+                    .for_each_concurrent(PROBE_PARALLEL, |t| {
+                        let this = this.clone();
+                        async move {
+                            let probe = async {
+                                let mut c = this.dial_agent(&t).await.map_err(|e| e.to_string())?;
+                                this.refresh_status(&t.id, &mut c)
+                                    .await
+                                    .map(|_| ())
+                                    .ok_or_else(|| "the agent did not answer a status call".to_string())
+                            };
+                            let why = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                                Ok(Ok(())) => None,
+                                Ok(Err(e)) => Some(e),
+                                Err(_) => Some(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+                            };
+                            this.note_reach(&t.id, why);
+                        }
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Remember whether a push agent answered its last probe (`why`: it did not).
+    pub(super) fn note_reach(&self, target: &str, why: Option<String>) {
+        let mut m = self.inner.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        match why {
+            None => {
+                m.remove(target);
+            }
+            Some(w) => {
+                m.insert(target.to_string(), w);
+            }
+        }
+    }
+
+    /// Why a push agent did not answer its last probe, if it did not.
+    pub(super) fn unreachable_reason(&self, target: &str) -> Option<String> {
+        self.inner.unreachable.lock().unwrap_or_else(|p| p.into_inner()).get(target).cloned()
+    }
 }
+
+/// Push agents probed at once, and how long one probe may take.
+const PROBE_PARALLEL: usize = 16;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);

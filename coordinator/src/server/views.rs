@@ -85,6 +85,7 @@ fn state_of(
     last: Option<&DeploymentRow>,
     current_release: &str,
     health: &str,
+    unreachable: Option<&str>,
     now: u64,
 ) -> (&'static str, String) {
     if let Some(d) = last.filter(|d| d.finished_unix.is_none() && d.status != "exporting") {
@@ -98,6 +99,9 @@ fn state_of(
     };
     if a.revoked {
         return ("unreachable", "its agent was revoked".into());
+    }
+    if let Some(why) = unreachable {
+        return ("unreachable", why.to_string());
     }
     if target.agent.mode == Mode::Pull {
         // Enrolling counts as being heard from: a new agent polls right after.
@@ -174,8 +178,16 @@ impl Coordinator {
         }
         releases.sort_by(|a, b| b.sequence.cmp(&a.sequence).then_with(|| a.name.cmp(&b.name)));
         drop(store);
-        let (state, state_reason) =
-            state_of(t, agent.as_ref(), last.as_ref(), &current_release, &health, dockfra_common::now_unix());
+        let probe = self.unreachable_reason(&t.id);
+        let (state, state_reason) = state_of(
+            t,
+            agent.as_ref(),
+            last.as_ref(),
+            &current_release,
+            &health,
+            probe.as_deref(),
+            dockfra_common::now_unix(),
+        );
         let disk = status.get("disk").filter(|d| d.is_object()).map(|d| {
             let n = |k: &str| d[k].as_u64().unwrap_or(0);
             proto::DiskUsage {
@@ -302,24 +314,40 @@ mod tests {
         let push = target("push");
         let pull = target("pull");
         let now = 1000;
-        assert_eq!(state_of(&push, None, None, "", "unknown", now).0, "never_deployed");
+        assert_eq!(state_of(&push, None, None, "", "unknown", None, now).0, "never_deployed");
         let a = agent(Some(990));
-        assert_eq!(state_of(&push, Some(&a), None, "", "unknown", now).0, "never_deployed");
-        assert_eq!(state_of(&push, Some(&a), Some(&dep("running", false, "")), "", "unknown", now).0, "deploying");
-        assert_eq!(state_of(&push, Some(&a), Some(&dep("succeeded", true, "")), "2-abc", "healthy", now).0, "healthy");
+        assert_eq!(state_of(&push, Some(&a), None, "", "unknown", None, now).0, "never_deployed");
+        assert_eq!(
+            state_of(&push, Some(&a), Some(&dep("running", false, "")), "", "unknown", None, now).0,
+            "deploying"
+        );
+        assert_eq!(
+            state_of(&push, Some(&a), Some(&dep("succeeded", true, "")), "2-abc", "healthy", None, now).0,
+            "healthy"
+        );
         let (s, why) =
-            state_of(&push, Some(&a), Some(&dep("failed", true, "health check failed")), "1-x", "healthy", now);
+            state_of(&push, Some(&a), Some(&dep("failed", true, "health check failed")), "1-x", "healthy", None, now);
         assert_eq!(s, "failed");
         assert!(why.contains("health check failed"), "{why}");
-        assert_eq!(state_of(&push, Some(&a), None, "1-x", "unhealthy", now).0, "failed");
-        let (s, _) =
-            state_of(&push, Some(&a), Some(&dep("failed", true, "cannot reach the agent of \"edge\"")), "", "", now);
+        assert_eq!(state_of(&push, Some(&a), None, "1-x", "unhealthy", None, now).0, "failed");
+        let (s, _) = state_of(
+            &push,
+            Some(&a),
+            Some(&dep("failed", true, "cannot reach the agent of \"edge\"")),
+            "",
+            "",
+            None,
+            now,
+        );
         assert_eq!(s, "unreachable");
         // A pull agent silent for longer than three poll intervals (30 s at least).
-        assert_eq!(state_of(&pull, Some(&agent(Some(900))), None, "1-x", "healthy", now).0, "unreachable");
-        assert_eq!(state_of(&pull, Some(&agent(Some(980))), None, "1-x", "healthy", now).0, "healthy");
+        assert_eq!(state_of(&pull, Some(&agent(Some(900))), None, "1-x", "healthy", None, now).0, "unreachable");
+        assert_eq!(state_of(&pull, Some(&agent(Some(980))), None, "1-x", "healthy", None, now).0, "healthy");
         let mut revoked = agent(Some(999));
         revoked.revoked = true;
-        assert_eq!(state_of(&push, Some(&revoked), None, "1-x", "healthy", now).0, "unreachable");
+        assert_eq!(state_of(&push, Some(&revoked), None, "1-x", "healthy", None, now).0, "unreachable");
+        // A push agent that did not answer its last probe.
+        let (s, why) = state_of(&push, Some(&a), None, "1-x", "healthy", Some("connection refused"), now);
+        assert_eq!((s, why.as_str()), ("unreachable", "connection refused"));
     }
 }
