@@ -498,4 +498,13 @@ fn dashboard_in_chromium_deploys_streams_fails_red_and_rolls_back() {
 
     // Keyboard only.
     browser_step(&w, &token, "keyboard", &[("DOCKFRA_TARGET", "edge-push")]);
+
+    // The fleet after all that (docs/img/dashboard-fleet.png is one of these).
+    let after = workspace().join("target/artifacts/dashboard/after");
+    browser_step(
+        &w,
+        &token,
+        "fleet",
+        &[("DOCKFRA_EXPECT_TARGETS", "edge-push,edge-pull,edge-offline"), ("DOCKFRA_SHOTS", after.to_str().unwrap())],
+    );
 }

@@ -173,7 +173,14 @@ impl Coordinator {
         let web = match &http {
             Some(opts) => {
                 let (l, tls, web_addr) = https::bind(&self, opts).await?;
-                let url = format!("https://{web_addr}/");
+                // A wildcard address is no URL: name what a browser would use.
+                let host = if web_addr.ip().is_unspecified() {
+                    opts.names.first().cloned().unwrap_or_else(|| "127.0.0.1".into())
+                } else {
+                    web_addr.ip().to_string()
+                };
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                let url = format!("https://{host}:{}/", web_addr.port());
                 tracing::info!(%web_addr, "dashboard and REST API");
                 println!("dashboard: {url}  (REST API: {url}api/, OpenAPI: {url}api/openapi.json; log in with `dockfra-coord operator token`)");
                 let task = tokio::spawn(https::run(self.clone(), l, tls));
