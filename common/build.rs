@@ -19,6 +19,8 @@ const API_MESSAGES: &[&str] = &[
     "DiskUsage",
     "Facts",
     "Runtime",
+    "ApiTokenInfo",
+    "ApiTokenList",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

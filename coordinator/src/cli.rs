@@ -270,6 +270,13 @@ pub enum OperatorCmd {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// Every API token: id, operator, label, expiry, whether revoked (never the secret).
+    Tokens {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Revoke one API token by its id (`operator tokens`), leaving its operator's others.
+    RevokeToken { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -400,7 +407,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Openapi => {
-            println!("{}", crate::server::openapi_json());
+            use std::io::Write as _;
+            // A reader that stops early (`| head`) is not an error.
+            let _ = writeln!(std::io::stdout(), "{}", crate::server::openapi_json());
             Ok(exit::OK)
         }
         Command::Serve { root, listen, http_listen, http_names } => {
@@ -940,6 +949,29 @@ async fn admin_command(
                 .into_inner();
             eprintln!("API token {} for operator {} (expires at {}): shown once", r.id, r.operator, r.expires_unix);
             println!("{}", r.token);
+            Ok(exit::OK)
+        }
+        Command::Operator(OperatorCmd::Tokens { output }) => {
+            let v = json(c.api_tokens(proto::Empty {}).await)?;
+            let rows = v["tokens"].as_array().cloned().unwrap_or_default();
+            print_out(
+                output,
+                &serde_json::json!(rows),
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("OPERATOR", "operator"),
+                    ("LABEL", "label"),
+                    ("CREATED", "created_unix"),
+                    ("EXPIRES", "expires_unix"),
+                    ("REVOKED", "revoked_unix"),
+                ],
+            );
+            Ok(exit::OK)
+        }
+        Command::Operator(OperatorCmd::RevokeToken { id }) => {
+            c.revoke_api_token(proto::ApiTokenId { id: id.clone() }).await.map_err(status_err)?;
+            println!("revoked API token {id}; its next request is refused");
             Ok(exit::OK)
         }
         Command::Operator(OperatorCmd::Revoke { name }) => {

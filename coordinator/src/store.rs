@@ -153,6 +153,8 @@ pub struct ApiTokenRow {
     pub id: String,
     pub secret_sha256: String,
     pub operator: String,
+    pub label: String,
+    pub created_unix: i64,
     pub expires_unix: i64,
     pub revoked_unix: Option<i64>,
 }
@@ -320,23 +322,39 @@ impl Store {
         Ok(())
     }
 
+    const API_TOKEN_COLUMNS: &'static str =
+        "SELECT id, secret_sha256, operator, label, created_unix, expires_unix, revoked_unix FROM api_tokens";
+
+    fn api_token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiTokenRow> {
+        Ok(ApiTokenRow {
+            id: r.get(0)?,
+            secret_sha256: r.get(1)?,
+            operator: r.get(2)?,
+            label: r.get(3)?,
+            created_unix: r.get(4)?,
+            expires_unix: r.get(5)?,
+            revoked_unix: r.get(6)?,
+        })
+    }
+
     pub fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT id, secret_sha256, operator, expires_unix, revoked_unix FROM api_tokens WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(ApiTokenRow {
-                        id: r.get(0)?,
-                        secret_sha256: r.get(1)?,
-                        operator: r.get(2)?,
-                        expires_unix: r.get(3)?,
-                        revoked_unix: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+        let mut st = self.conn.prepare(&format!("{} WHERE id = ?1", Self::API_TOKEN_COLUMNS))?;
+        Ok(st.query_row([id], Self::api_token_from_row).optional()?)
+    }
+
+    /// Every API token, newest first.
+    pub fn api_tokens(&self) -> Result<Vec<ApiTokenRow>> {
+        let mut st = self.conn.prepare(&format!("{} ORDER BY created_unix DESC, id", Self::API_TOKEN_COLUMNS))?;
+        let rows = st.query_map([], Self::api_token_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Revoke one token; false if it does not exist or was revoked already.
+    pub fn revoke_api_token(&self, id: &str) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE api_tokens SET revoked_unix = ?2 WHERE id = ?1 AND revoked_unix IS NULL",
+            params![id, dockfra_common::now_unix() as i64],
+        )? > 0)
     }
 
     /// Revoke every token of an operator (its credential was revoked or re-issued).

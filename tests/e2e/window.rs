@@ -131,9 +131,22 @@ fn rest_api_plans_deploys_streams_rolls_back_and_counts() {
     assert_eq!(dep["status"], "queued");
     assert_eq!(dep["operator"], "admin");
     assert_eq!(end["status"], "succeeded", "{events:?}");
-    let steps: Vec<&str> =
-        events.iter().filter(|(n, _)| n == "progress").map(|(_, v)| v["phase"].as_str().unwrap_or("")).collect();
-    assert!(steps.len() >= 3 && steps.iter().any(|s| *s == "Activated" || *s == "Healthy"), "{steps:?}");
+    // The steps: those recorded before the stream was opened come in its snapshot, the rest
+    // as progress events; together, every step the agent reported, once each.
+    assert_eq!(events.first().map(|(n, _)| n.as_str()), Some("snapshot"), "{events:?}");
+    let mut steps: Vec<String> = events[0].1["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    let seen = events[0].1["events"].as_array().unwrap().len();
+    steps.extend(
+        events.iter().filter(|(n, _)| n == "progress").map(|(_, v)| v["phase"].as_str().unwrap_or("").to_string()),
+    );
+    for want in ["deploy", "Verified", "Activated", "Healthy"] {
+        assert_eq!(steps.iter().filter(|s| *s == want).count(), 1, "{want} in {steps:?} ({seen} in the snapshot)");
+    }
     assert_eq!(live_version(&w, "deploy-push"), "v1");
     let v1 = current(&w, "deploy-push").trim_start_matches("releases/").to_string();
     let (_, st) = w.api("GET", "/api/deploy-targets/edge-push", t, None);
@@ -313,6 +326,33 @@ fn rest_api_refuses_bad_credentials_and_bad_input_and_changes_nothing() {
     let (code, v) = w.api("GET", "/api/whoami", Some(&bob), None);
     assert_eq!(code, 401, "{v}");
     assert!(v["message"].as_str().unwrap().contains("revoked"), "{v}");
+
+    // A browser holding the operator's certificate cannot be made to deploy by another site.
+    for header in ["Origin: https://evil.example", "Sec-Fetch-Site: cross-site"] {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", "-w", "\n%{http_code}", "-H", header, "--cacert"])
+            .arg(w.path("coord/ca.crt"))
+            .arg("--cert")
+            .arg(w.path("coord/operators/admin.crt"))
+            .arg("--key")
+            .arg(w.path("coord/operators/admin.key"))
+            .arg(format!("https://{}/api/deploy/edge-push", w.http_addr()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with("403") && text.contains("cross-site"), "{header}: {text}");
+    }
+
+    // One leaked token can be revoked alone: the operator's others keep working.
+    let second = w.coord(&["operator", "token", "--label", "ci"]).ok().stdout().trim().to_string();
+    let listed = w.coord(&["operator", "tokens", "--output", "json"]).ok().json();
+    let ci =
+        listed.as_array().unwrap().iter().find(|t| t["label"] == "ci").unwrap()["id"].as_str().unwrap().to_string();
+    assert!(second.contains(&ci), "{listed}");
+    assert!(!listed.to_string().contains(second.rsplit('.').next().unwrap()), "a secret was listed: {listed}");
+    w.coord(&["operator", "revoke-token", &ci]).ok();
+    assert_eq!(w.api("GET", "/api/whoami", Some(&second), None).0, 401);
+    assert_eq!(w.api("GET", "/api/whoami", Some(&token), None).0, 200);
 
     // An operator's client certificate authenticates without a token.
     let out = Command::new("curl")

@@ -236,6 +236,17 @@ impl Coordinator {
     }
 }
 
+fn api_token_info(t: &crate::store::ApiTokenRow) -> proto::ApiTokenInfo {
+    proto::ApiTokenInfo {
+        id: t.id.clone(),
+        operator: t.operator.clone(),
+        label: t.label.clone(),
+        created_unix: t.created_unix.max(0) as u64,
+        expires_unix: t.expires_unix.max(0) as u64,
+        revoked_unix: t.revoked_unix.unwrap_or(0).max(0) as u64,
+    }
+}
+
 /// An agent's facts as the store keeps them, back into the wire message.
 fn facts_from_json(f: &serde_json::Value) -> proto::Facts {
     let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
@@ -359,6 +370,26 @@ impl admin_server::Admin for Coordinator {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
         Ok(Response::new(self.create_api_token_for(&op.name, r.ttl_secs, &r.label)?))
+    }
+
+    async fn api_tokens(&self, _req: Request<proto::Empty>) -> Result<Response<proto::ApiTokenList>, Status> {
+        let tokens = self.store().api_tokens()?.iter().map(api_token_info).collect();
+        Ok(Response::new(proto::ApiTokenList { tokens }))
+    }
+
+    async fn revoke_api_token(&self, req: Request<proto::ApiTokenId>) -> Result<Response<proto::ApiTokenInfo>, Status> {
+        let op = OperatorPeer::of(&req)?;
+        let id = req.into_inner().id;
+        let store = self.store();
+        let Some(row) = store.api_token(&id)? else {
+            return Err(Status::not_found(format!("no API token {id:?} (see `operator tokens`)")));
+        };
+        if !store.revoke_api_token(&id)? {
+            return Err(Status::failed_precondition(format!("API token {id:?} is already revoked")));
+        }
+        store.event_by("-", "api-token", &format!("API token {id} of operator {} revoked", row.operator), &op.name)?;
+        let row = store.api_token(&id)?.ok_or_else(|| Status::not_found(format!("no API token {id:?}")))?;
+        Ok(Response::new(api_token_info(&row)))
     }
 
     type ExportBundleStream = ChunkStream;

@@ -121,6 +121,7 @@ impl FromRequestParts<Coordinator> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, c: &Coordinator) -> Result<Self, ApiError> {
+        refuse_cross_site(parts)?;
         if let Some(h) = parts.headers.get(header::AUTHORIZATION) {
             let h = h.to_str().map_err(|_| ApiError::unauthenticated("the Authorization header is not text"))?;
             let token = h
@@ -150,6 +151,37 @@ impl FromRequestParts<Coordinator> for Operator {
             "no credentials: send `Authorization: Bearer <token>` (dockfra-coord operator token prints one)",
         ))
     }
+}
+
+/// A browser that holds an operator's client certificate sends it to any page's requests:
+/// a request that changes something must not come from another site. Browsers say where a
+/// request comes from (`Origin`, `Sec-Fetch-Site`); scripts and the CLI send neither.
+fn refuse_cross_site(parts: &Parts) -> Result<(), ApiError> {
+    if matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD) {
+        return Ok(());
+    }
+    let forbidden = |why: &str| {
+        ApiError::new(StatusCode::FORBIDDEN, "permission_denied", format!("cross-site request refused: {why}"))
+    };
+    if let Some(site) = parts.headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site == "cross-site" || site == "same-site" {
+            return Err(forbidden(&format!("Sec-Fetch-Site: {site}")));
+        }
+    }
+    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from))
+            .unwrap_or_default();
+        let same = origin.strip_prefix("https://").is_some_and(|o| o.eq_ignore_ascii_case(&host));
+        if !same {
+            return Err(forbidden(&format!("Origin {origin:?} is not this dashboard (https://{host})")));
+        }
+    }
+    Ok(())
 }
 
 impl Coordinator {
@@ -504,7 +536,7 @@ async fn plan(
     params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     request_body(content = DeployBody, description = "Optional", content_type = "application/json"),
     responses((status = 202, description = "Queued", body = proto::Deployment), (status = 400, body = ApiErrorBody),
-        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
         (status = 500, body = ApiErrorBody)))]
 async fn deploy(
     State(c): State<Coordinator>,
@@ -524,7 +556,7 @@ async fn deploy(
     params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     request_body(content = RollbackBody, description = "Optional", content_type = "application/json"),
     responses((status = 202, description = "Queued", body = proto::Deployment), (status = 400, body = ApiErrorBody),
-        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
         (status = 500, body = ApiErrorBody)))]
 async fn rollback(
     State(c): State<Coordinator>,
@@ -644,13 +676,20 @@ async fn deployment_stream(State(c): State<Coordinator>, _op: Operator, Path(id)
             return;
         }
         let end = |c: &Coordinator| c.deployment_detail(&id).ok().and_then(|d| d.deployment);
+        // A step recorded just before the snapshot was read may still arrive on the
+        // broadcast: the snapshot had it, so it is not sent twice.
+        let mut in_snapshot: Vec<(String, String)> =
+            detail.events.iter().map(|e| (e.kind.clone(), e.message.clone())).collect();
         if !done {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     got = sub.recv() => match got {
                         Ok((_, ev)) if ev.deployment_id == id => {
-                            if tx.send(json_event("progress", &ev)).await.is_err() {
+                            let dup = in_snapshot.iter().position(|(k, m)| *k == ev.phase && *m == ev.message);
+                            if let Some(i) = dup {
+                                in_snapshot.swap_remove(i);
+                            } else if tx.send(json_event("progress", &ev)).await.is_err() {
                                 return;
                             }
                             if ev.r#final {
@@ -666,10 +705,8 @@ async fn deployment_stream(State(c): State<Coordinator>, _op: Operator, Path(id)
                         if end(&c).is_some_and(|d| d.done) {
                             break;
                         }
-                        if tx.is_closed() {
-                            return;
-                        }
                     }
+                    _ = tx.closed() => return,
                 }
             }
         }
@@ -690,19 +727,18 @@ async fn fleet_stream(State(c): State<Coordinator>, _op: Operator) -> Response {
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
     tokio::spawn(async move {
         loop {
-            match sub.recv().await {
-                Ok((_, ev)) => {
-                    if tx.send(json_event("progress", &ev)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let note = SseEvent::default().event("lagged").data(n.to_string());
-                    if tx.send(note).await.is_err() {
-                        return;
-                    }
-                }
+            // A client that went away ends the task at once, events or not.
+            let got = tokio::select! {
+                got = sub.recv() => got,
+                _ = tx.closed() => return,
+            };
+            let msg = match got {
+                Ok((_, ev)) => json_event("progress", &ev),
+                Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(n.to_string()),
                 Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(msg).await.is_err() {
+                return;
             }
         }
     });
@@ -730,7 +766,7 @@ async fn agents(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<p
 /// Revoke a target's agent: its certificate stops working at its next call.
 #[utoipa::path(post, path = "/api/agents/{id}/revoke", tag = "agents",
     params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
-    responses((status = 200, body = proto::AgentInfo), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+    responses((status = 200, body = proto::AgentInfo), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
 async fn revoke_agent(
     State(c): State<Coordinator>,

@@ -29,7 +29,35 @@ const WEB_CERT_TTL: Duration = Duration::from_secs(90 * 86400);
 /// A TLS handshake or a request's headers must arrive within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A name for the web certificate: an IP address or a DNS name, never one of dockfra's own
+/// (`*.dockfra` names the coordinator and the agents to each other).
+fn check_name(n: &str) -> anyhow::Result<()> {
+    if n.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let lower = n.to_ascii_lowercase();
+    anyhow::ensure!(
+        !lower.is_empty()
+            && lower.len() <= 253
+            && lower.split('.').all(|l| {
+                (1..=63).contains(&l.len())
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            }),
+        "--http-name {n:?}: a DNS name or an IP address is expected"
+    );
+    anyhow::ensure!(
+        lower != "dockfra" && !lower.ends_with(".dockfra"),
+        "--http-name {n:?}: names under .dockfra are dockfra's own identities; use the name browsers reach this host by"
+    );
+    Ok(())
+}
+
 fn tls_config(c: &Coordinator, names: &[String]) -> anyhow::Result<rustls::ServerConfig> {
+    for n in names {
+        check_name(n)?;
+    }
     let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     for n in names {
         if !all.contains(n) {
@@ -102,5 +130,20 @@ pub(super) async fn run(c: Coordinator, listener: TcpListener, tls: Arc<rustls::
             b.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
             let _ = b.serve_connection_with_upgrades(TokioIo::new(tls), svc).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn web_certificate_names_are_the_operators_never_dockfras_own() {
+        for ok in ["deploy.example.lan", "10.0.0.5", "::1", "localhost", "*.example.com"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["coordinator.dockfra", "edge.agents.dockfra", "DOCKFRA", "", "a..b", "-x.com", "has space.com"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
     }
 }
