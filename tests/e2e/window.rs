@@ -59,6 +59,23 @@ fn run_and_follow(
     (dep, events, end)
 }
 
+/// curl `path` with operator admin's client certificate (no token): what it printed.
+fn with_admin_cert(w: &World, args: &[&str], path: &str) -> String {
+    let out = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .arg("--cacert")
+        .arg(w.path("coord/ca.crt"))
+        .arg("--cert")
+        .arg(w.path("coord/operators/admin.crt"))
+        .arg("--key")
+        .arg(w.path("coord/operators/admin.key"))
+        .arg(format!("https://{}{path}", w.http_addr()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// Files in the coordinator's blob store.
 fn stored_blobs(w: &World) -> usize {
     snapshot(&w.path("coord/blobs")).iter().filter(|(_, h)| h != "dir" && !h.starts_with("-> ")).count()
@@ -329,17 +346,7 @@ fn rest_api_refuses_bad_credentials_and_bad_input_and_changes_nothing() {
 
     // A browser holding the operator's certificate cannot be made to deploy by another site.
     for header in ["Origin: https://evil.example", "Sec-Fetch-Site: cross-site"] {
-        let out = Command::new("curl")
-            .args(["-sS", "-X", "POST", "-w", "\n%{http_code}", "-H", header, "--cacert"])
-            .arg(w.path("coord/ca.crt"))
-            .arg("--cert")
-            .arg(w.path("coord/operators/admin.crt"))
-            .arg("--key")
-            .arg(w.path("coord/operators/admin.key"))
-            .arg(format!("https://{}/api/deploy/edge-push", w.http_addr()))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = with_admin_cert(&w, &["-X", "POST", "-w", "\n%{http_code}", "-H", header], "/api/deploy/edge-push");
         assert!(text.ends_with("403") && text.contains("cross-site"), "{header}: {text}");
     }
 
@@ -355,17 +362,7 @@ fn rest_api_refuses_bad_credentials_and_bad_input_and_changes_nothing() {
     assert_eq!(w.api("GET", "/api/whoami", Some(&token), None).0, 200);
 
     // An operator's client certificate authenticates without a token.
-    let out = Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(w.path("coord/ca.crt"))
-        .arg("--cert")
-        .arg(w.path("coord/operators/admin.crt"))
-        .arg("--key")
-        .arg(w.path("coord/operators/admin.key"))
-        .arg(format!("https://{}/api/whoami", w.http_addr()))
-        .output()
-        .unwrap();
-    let me: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me: serde_json::Value = serde_json::from_str(&with_admin_cert(&w, &[], "/api/whoami")).unwrap();
     assert_eq!((me["operator"].as_str(), me["via"].as_str()), (Some("admin"), Some("certificate")), "{me}");
 
     // Malformed ids, unknown targets, bad bodies and queries: each a clear 4xx.
