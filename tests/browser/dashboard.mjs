@@ -11,6 +11,7 @@
 //   DOCKFRA_FILTER_EXPECT  ids that must stay visible with that filter; all others must be hidden
 //   DOCKFRA_TARGET         target for deploy / rollback / keyboard
 //   DOCKFRA_RELEASE        release to roll back to (rollback)
+//   DOCKFRA_ROLLBACK_VIA   history | releases: which button the rollback step clicks
 //   DOCKFRA_EXPECT_RESULT  final deployment status expected (default succeeded)
 //   DOCKFRA_EXPECT_STATE   target state expected in the fleet after the deploy (default healthy)
 //   DOCKFRA_TIMEOUT_MS     per-wait limit (default 60000)
@@ -264,12 +265,18 @@ const steps = {
     await openTarget(page, TARGET);
     const kept = tid(page, 'rollback-' + RELEASE);
     const fromHistory = tid(page, 'history-table').getByRole('button', { name: 'Roll back to ' + RELEASE, exact: true }).first();
-    let via = 'releases';
-    try {
-      await kept.waitFor({ state: 'visible', timeout: 10000 });
-    } catch (_) {
-      via = 'history';
-      await fromHistory.waitFor({ state: 'visible', timeout: 10000 }).catch(() => fail(`no rollback button for release ${RELEASE} on ${TARGET}`));
+    // DOCKFRA_ROLLBACK_VIA=history|releases picks the button; unset: the kept releases', else the history's.
+    let via = process.env.DOCKFRA_ROLLBACK_VIA || 'releases';
+    if (via === 'history') {
+      await fromHistory.waitFor({ state: 'visible', timeout: 10000 }).catch(() => fail(`no rollback button in the history for release ${RELEASE} on ${TARGET}`));
+    } else {
+      try {
+        await kept.waitFor({ state: 'visible', timeout: 10000 });
+      } catch (_) {
+        if (process.env.DOCKFRA_ROLLBACK_VIA) fail(`no rollback button among the kept releases for ${RELEASE} on ${TARGET}`);
+        via = 'history';
+        await fromHistory.waitFor({ state: 'visible', timeout: 10000 }).catch(() => fail(`no rollback button for release ${RELEASE} on ${TARGET}`));
+      }
     }
     await (via === 'releases' ? kept : fromHistory).click();
     await Promise.race([

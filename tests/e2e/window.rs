@@ -525,10 +525,21 @@ fn dashboard_in_chromium_deploys_streams_fails_red_and_rolls_back() {
     let (_, st) = w.api("GET", "/api/deploy-targets/edge-push", t, None);
     assert_eq!(st["state"], "failed", "{st}");
 
-    // Rollback from the page to the first release: checked on disk.
-    browser_step(&w, &token, "rollback", &[("DOCKFRA_TARGET", "edge-push"), ("DOCKFRA_RELEASE", &v1)]);
+    // Rollback from the history to the first release: checked on disk; then forward again
+    // from the kept releases.
+    let v2 = current(&w, "deploy-push").trim_start_matches("releases/").to_string();
+    let rollback = |release: &str, via: &str| {
+        let steps = [("DOCKFRA_TARGET", "edge-push"), ("DOCKFRA_RELEASE", release), ("DOCKFRA_ROLLBACK_VIA", via)];
+        let out = browser_step(&w, &token, "rollback", &steps);
+        assert_eq!(out.last().unwrap()["via"], via, "{out:?}");
+    };
+    rollback(&v1, "history");
     assert_eq!(live_version(&w, "deploy-push"), "v1");
     assert_eq!(current(&w, "deploy-push"), format!("releases/{v1}"));
+    rollback(&v2, "releases");
+    assert_eq!(live_version(&w, "deploy-push"), "v2");
+    rollback(&v1, "releases");
+    assert_eq!(live_version(&w, "deploy-push"), "v1");
     let (_, hist) = w.api("GET", "/api/deployments?target=edge-push&limit=1", t, None);
     assert_eq!(hist["deployments"][0]["action"], "rollback");
     assert_eq!(hist["deployments"][0]["operator"], "admin");

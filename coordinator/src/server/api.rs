@@ -176,7 +176,9 @@ fn refuse_cross_site(parts: &Parts) -> Result<(), ApiError> {
             .map(|a| a.as_str().to_string())
             .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from))
             .unwrap_or_default();
-        let same = origin.strip_prefix("https://").is_some_and(|o| o.eq_ignore_ascii_case(&host));
+        // https's own port may be left out on either side.
+        let bare = |h: &str| h.strip_suffix(":443").unwrap_or(h).to_ascii_lowercase();
+        let same = origin.strip_prefix("https://").is_some_and(|o| bare(o) == bare(&host));
         if !same {
             return Err(forbidden(&format!("Origin {origin:?} is not this dashboard (https://{host})")));
         }
