@@ -897,3 +897,61 @@ pub fn router(c: Coordinator) -> Router {
         .with_state(c);
     super::web::routes().merge(api)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = axum::http::Request::builder().method(method).uri("/api/deploy/edge");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn changes_from_another_site_are_refused() {
+        let host = ("host", "deploy.lan:8443");
+        assert!(refuse_cross_site(&parts("POST", &[host])).is_ok(), "scripts send no Origin");
+        assert!(refuse_cross_site(&parts("POST", &[host, ("origin", "https://deploy.lan:8443")])).is_ok());
+        assert!(refuse_cross_site(&parts("POST", &[host, ("origin", "https://DEPLOY.lan:8443")])).is_ok());
+        assert!(refuse_cross_site(&parts("POST", &[("host", "d.lan:443"), ("origin", "https://d.lan")])).is_ok());
+        assert!(refuse_cross_site(&parts("POST", &[host, ("sec-fetch-site", "same-origin")])).is_ok());
+        for bad in [
+            vec![host, ("origin", "https://evil.example")],
+            vec![host, ("origin", "http://deploy.lan:8443")],
+            vec![host, ("origin", "null")],
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+        ] {
+            let e = refuse_cross_site(&parts("POST", &bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{bad:?}");
+        }
+        // Reading is not a change (and another page cannot see the answer).
+        assert!(refuse_cross_site(&parts("GET", &[host, ("origin", "https://evil.example")])).is_ok());
+    }
+
+    #[test]
+    fn path_and_body_values_are_checked_before_use() {
+        for ok in ["edge-rpi3", "a", "prod-vps-01"] {
+            assert!(target_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "x-", "Edge", "a_b", "../etc", &"a".repeat(64)] {
+            assert!(target_id(bad).is_err(), "{bad}");
+        }
+        assert!(version_label("1.4.0+build-2").is_ok());
+        for bad in ["", "-1", "../x", "a b", &"v".repeat(65)] {
+            assert!(version_label(bad).is_err(), "{bad}");
+        }
+        assert!(release_name("3-1a2b3c4d5e6f").is_ok());
+        for bad in ["3", "-1a2b", "x-1a2b", "3-XYZ", "3-1a2b/..", "3-"] {
+            assert!(release_name(bad).is_err(), "{bad}");
+        }
+        assert!(deployment_id("d-1796135692310-cd2662").is_ok());
+        assert!(deployment_id("d 1").is_err() && deployment_id("d/../x").is_err());
+        assert!(body::<DeployBody>(b"  ").unwrap().version.is_none());
+        assert!(body::<DeployBody>(b"[1]").is_err());
+        assert!(body::<DeployBody>(br#"{"version": 5}"#).is_err());
+    }
+}
