@@ -21,6 +21,9 @@ const API_MESSAGES: &[&str] = &[
     "Runtime",
     "ApiTokenInfo",
     "ApiTokenList",
+    "FleetTarget",
+    "FleetDeployInfo",
+    "FleetDeployList",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

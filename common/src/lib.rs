@@ -11,6 +11,7 @@ pub mod identity;
 pub mod paths;
 pub mod pkg;
 pub mod runner;
+pub mod selector;
 pub mod sign;
 
 /// Generated from `proto/dockfra/v1/dockfra.proto` — the wire contract.

@@ -104,8 +104,16 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCmd),
     /// Build a signed bundle for TARGET, deliver it, and wait until it is live and healthy.
+    /// With --selector or --all: a fleet deploy, in waves.
+    #[command(
+        after_help = "Fleet deploys:\n  dockfra-coord deploy --selector 'env=prod,region in (eu)' --canary 1 --max-parallel 10\n  dockfra-coord deploy --all --max-parallel 5 --wave-timeout 5m\nA wave with a failed target halts the rest; `fleet show ID` reports which target runs what.\nSelectors are kubectl's: k=v, k!=v, k in (a,b), k notin (a,b), k, !k."
+    )]
     Deploy {
-        target: String,
+        /// The target (or name several with --selector, or --all).
+        #[arg(required_unless_present_any = ["selector", "all"], conflicts_with_all = ["selector", "all"])]
+        target: Option<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
         /// Pull targets: wait for the agent's report instead of returning once queued.
         #[arg(long)]
         wait: bool,
@@ -118,12 +126,16 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Roll TARGET back to its previous release (or --to RELEASE).
+    /// Roll TARGET back to its previous release (or --to RELEASE). With --selector or --all:
+    /// each target to its previous release, in waves.
     Rollback {
-        target: String,
+        #[arg(required_unless_present_any = ["selector", "all"], conflicts_with_all = ["selector", "all"])]
+        target: Option<String>,
         /// Release name (e.g. 3-1a2b3c4d5e6f) or bundle id; see `history`.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["selector", "all"])]
         to: Option<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
         #[arg(long)]
         wait: bool,
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -131,15 +143,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Fleet deploys: `fleet list`, `fleet show ID`.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// What runs where: current and previous release, health, last deploy.
     Status {
         target: Option<String>,
+        /// Only targets whose labels match (kubectl syntax).
+        #[arg(long, short = 'l', conflicts_with = "target")]
+        selector: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
     /// Deployments, newest first.
     History {
         target: Option<String>,
+        /// Only targets whose labels match (kubectl syntax).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
         /// Only deployments with this result (succeeded, failed, refused, superseded, …).
         #[arg(long)]
         result: Option<String>,
@@ -166,6 +187,9 @@ pub enum Command {
     },
     /// Targets from deploy-targets.yaml and their enrollment (never dials anything).
     Targets {
+        /// Only targets whose labels match (kubectl syntax).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -228,6 +252,52 @@ pub enum Command {
         /// Keep the demo's temp dir and print its path.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+/// How an order goes to many targets, and the confirmations it may need.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FleetArgs {
+    /// The targets whose labels match (kubectl syntax: env=prod,region in (eu,us),!canary).
+    #[arg(long, short = 'l')]
+    pub selector: Option<String>,
+    /// Every target of the project.
+    #[arg(long)]
+    pub all: bool,
+    /// Targets per wave after the canary (default: all of them in one wave).
+    #[arg(long, default_value = "0")]
+    pub max_parallel: u32,
+    /// A first wave of N targets (or N%) that must stay healthy for --soak before the rest.
+    #[arg(long)]
+    pub canary: Option<String>,
+    /// How long the canary wave must stay healthy.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub soak: Duration,
+    /// How long a wave waits for its targets; pull targets not done by then are reported
+    /// pending (their orders stay queued) and the next wave goes on.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub wave_timeout: Duration,
+    /// Production targets (coordinator.json production_selector, default env=production):
+    /// yes, without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Take targets over from another operator's open deployment.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCmd {
+    /// Fleet deploys, newest first.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// One fleet deploy: its waves and which target runs what.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
     },
 }
 
@@ -577,29 +647,78 @@ async fn admin_command(
             println!("{}", r.token);
             Ok(exit::OK)
         }
-        Command::Deploy { target, wait, timeout, version, output } => {
-            let req = proto::DeployRequest {
+        Command::Deploy { target: None, fleet, version, output, .. } => {
+            run_fleet(c, "deploy", &fleet, version.unwrap_or_default(), output).await
+        }
+        Command::Rollback { target: None, fleet, output, .. } => {
+            run_fleet(c, "rollback", &fleet, String::new(), output).await
+        }
+        Command::Deploy { target: Some(target), fleet, wait, timeout, version, output } => {
+            let mut req = proto::DeployRequest {
                 target: target.clone(),
                 wait,
                 version: version.unwrap_or_default(),
                 wait_timeout_ms: timeout.as_millis() as u64,
+                confirm: fleet.yes,
+                force: fleet.force,
             };
-            let stream = c.deploy(req).await.map_err(status_err)?.into_inner();
-            follow(&target, stream, output).await
+            let stream = match c.deploy(req.clone()).await {
+                Err(e) if needs_confirmation(&e) && confirm_on_terminal(&e, 1)? => {
+                    req.confirm = true;
+                    c.deploy(req).await
+                }
+                other => other,
+            };
+            follow(&target, stream.map_err(status_err)?.into_inner(), output).await
         }
-        Command::Rollback { target, to, wait, timeout, output } => {
-            let req = proto::RollbackRequest {
+        Command::Rollback { target: Some(target), to, fleet, wait, timeout, output } => {
+            let mut req = proto::RollbackRequest {
                 target: target.clone(),
                 to_release: to.unwrap_or_default(),
                 wait,
                 wait_timeout_ms: timeout.as_millis() as u64,
+                confirm: fleet.yes,
+                force: fleet.force,
             };
-            let stream = c.rollback(req).await.map_err(status_err)?.into_inner();
-            follow(&target, stream, output).await
+            let stream = match c.rollback(req.clone()).await {
+                Err(e) if needs_confirmation(&e) && confirm_on_terminal(&e, 1)? => {
+                    req.confirm = true;
+                    c.rollback(req).await
+                }
+                other => other,
+            };
+            follow(&target, stream.map_err(status_err)?.into_inner(), output).await
         }
-        Command::Status { target, output } => {
+        Command::Fleet(FleetCmd::List { output }) => {
+            let v = json(c.fleet_deploys(proto::Empty {}).await)?;
+            let rows = v["fleet_deploys"].as_array().cloned().unwrap_or_default();
+            print_out(
+                output,
+                &serde_json::json!(rows),
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("ACTION", "action"),
+                    ("SELECTOR", "selector"),
+                    ("OPERATOR", "operator"),
+                    ("STATUS", "status"),
+                    ("WAVE", "wave"),
+                    ("WAVES", "waves"),
+                    ("REASON", "reason"),
+                ],
+            );
+            Ok(exit::OK)
+        }
+        Command::Fleet(FleetCmd::Show { id, output }) => {
+            let info = c.get_fleet_deploy(proto::FleetDeployId { id }).await.map_err(status_err)?.into_inner();
+            print_fleet(&info, output)?;
+            Ok(if info.status == "failed" { exit::DEPLOY_FAILED } else { exit::OK })
+        }
+        Command::Status { target, selector, output } => {
             let one = target.is_some();
-            let v = json(c.status(proto::TargetRequest { target: target.unwrap_or_default() }).await)?;
+            let req =
+                proto::TargetRequest { target: target.unwrap_or_default(), selector: selector.unwrap_or_default() };
+            let v = json(c.status(req).await)?;
             let rows = v["targets"].as_array().cloned().unwrap_or_default();
             // One target: its object; all: the array (what scripts of 0.1 read).
             let whole = if one { rows.first().cloned().unwrap_or_default() } else { serde_json::json!(rows) };
@@ -620,8 +739,9 @@ async fn admin_command(
             );
             Ok(exit::OK)
         }
-        Command::History { target, result, since, limit, output } => {
+        Command::History { target, selector, result, since, limit, output } => {
             let req = proto::HistoryRequest {
+                selector: selector.unwrap_or_default(),
                 target: target.unwrap_or_default(),
                 result: result.unwrap_or_default(),
                 since_unix: since.map(|d| dockfra_common::now_unix().saturating_sub(d.as_secs())).unwrap_or(0),
@@ -674,7 +794,7 @@ async fn admin_command(
             Ok(exit::OK)
         }
         Command::Plan { target, output } => {
-            let v = json(c.plan(proto::TargetRequest { target }).await)?;
+            let v = json(c.plan(proto::TargetRequest { target, ..Default::default() }).await)?;
             if output == Output::Json {
                 println!("{v}");
                 return Ok(exit::OK);
@@ -714,8 +834,10 @@ async fn admin_command(
             }
             Ok(exit::OK)
         }
-        Command::Targets { output } => {
-            let v = json(c.status(proto::TargetRequest::default()).await)?;
+        Command::Targets { selector, output } => {
+            let v = json(
+                c.status(proto::TargetRequest { selector: selector.unwrap_or_default(), ..Default::default() }).await,
+            )?;
             let rows = v["targets"].as_array().cloned().unwrap_or_default();
             print_out(
                 output,
@@ -799,7 +921,7 @@ async fn admin_command(
             // Verify: a push agent must answer; a pull agent must have polled.
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             loop {
-                let v = c.deploy_test(proto::TargetRequest { target: target.clone() }).await;
+                let v = c.deploy_test(proto::TargetRequest { target: target.clone(), ..Default::default() }).await;
                 match v {
                     Ok(r) => {
                         let v = serde_json::to_value(r.into_inner())?;
@@ -826,7 +948,7 @@ async fn admin_command(
             }
         }
         Command::Agents { cmd: Some(AgentsCmd::Revoke { target }), .. } => {
-            json(c.revoke_agent(proto::TargetRequest { target: target.clone() }).await)?;
+            json(c.revoke_agent(proto::TargetRequest { target: target.clone(), ..Default::default() }).await)?;
             println!("revoked the agent of {target}; its next call is refused");
             Ok(exit::OK)
         }
@@ -850,7 +972,7 @@ async fn admin_command(
             Ok(exit::OK)
         }
         Command::DeployTest { target, output } => {
-            let v = json(c.deploy_test(proto::TargetRequest { target }).await)?;
+            let v = json(c.deploy_test(proto::TargetRequest { target, ..Default::default() }).await)?;
             let os_check = v["os_check"].as_str().unwrap_or("").to_string();
             if output == Output::Json {
                 println!("{v}");
@@ -1080,6 +1202,136 @@ async fn receive_to_file(mut s: tonic::Streaming<proto::BlobChunk>, output: &Pat
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The coordinator refused an order for want of a production confirmation.
+fn needs_confirmation(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::FailedPrecondition && e.message().contains("confirm with --yes")
+}
+
+/// On a terminal, ask the operator to type the number of production targets; elsewhere (a
+/// script, CI) the refusal stands and says to pass --yes.
+fn confirm_on_terminal(e: &tonic::Status, count: usize) -> Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    let mut err = std::io::stderr();
+    writeln!(err, "{}", e.message())?;
+    write!(err, "type {count} to confirm: ")?;
+    err.flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() == count.to_string() {
+        Ok(true)
+    } else {
+        bail!("not confirmed: nothing was deployed")
+    }
+}
+
+/// The number of production targets a refusal names ("N production target(s) among …").
+fn production_count(e: &tonic::Status) -> usize {
+    e.message().split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(1)
+}
+
+/// Make a fleet deploy and follow it to its end, one line per target as its state changes.
+async fn run_fleet(
+    c: &mut AdminClient<tonic::transport::Channel>,
+    action: &str,
+    f: &FleetArgs,
+    version: String,
+    output: Output,
+) -> Result<u8> {
+    let mut req = proto::FleetDeployRequest {
+        selector: f.selector.clone().unwrap_or_default(),
+        all: f.all,
+        action: action.into(),
+        version,
+        max_parallel: f.max_parallel,
+        canary: f.canary.clone().unwrap_or_default(),
+        soak_ms: f.soak.as_millis() as u64,
+        wave_timeout_ms: f.wave_timeout.as_millis() as u64,
+        confirm: f.yes,
+        force: f.force,
+    };
+    let info = match c.fleet_deploy(req.clone()).await {
+        Err(e) if needs_confirmation(&e) && confirm_on_terminal(&e, production_count(&e))? => {
+            req.confirm = true;
+            c.fleet_deploy(req).await
+        }
+        other => other,
+    }
+    .map_err(status_err)?
+    .into_inner();
+    if output == Output::Table {
+        eprintln!(
+            "fleet {action} {}: {} target(s) in {} wave(s){}",
+            info.id,
+            info.targets.len(),
+            info.waves,
+            if info.canary > 0 { format!(", the first a canary of {}", info.canary) } else { String::new() }
+        );
+    }
+    let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+    let info = loop {
+        let info =
+            c.get_fleet_deploy(proto::FleetDeployId { id: info.id.clone() }).await.map_err(status_err)?.into_inner();
+        if output == Output::Table {
+            for t in &info.targets {
+                if seen.get(&t.target) != Some(&t.status) {
+                    seen.insert(t.target.clone(), t.status.clone());
+                    if t.status != "planned" {
+                        eprintln!("[wave {}] {:<20} {:<10} {}", t.wave + 1, t.target, t.status, t.reason);
+                    }
+                }
+            }
+        }
+        if info.status != "running" {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    print_fleet(&info, output)?;
+    Ok(if info.status == "succeeded" { exit::OK } else { exit::DEPLOY_FAILED })
+}
+
+fn print_fleet(info: &proto::FleetDeployInfo, output: Output) -> Result<()> {
+    let v = serde_json::to_value(info)?;
+    if output == Output::Json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "fleet {} {}: {}{}",
+        info.action,
+        info.id,
+        info.status,
+        if info.reason.is_empty() { String::new() } else { format!(" — {}", info.reason) }
+    );
+    let rows: Vec<serde_json::Value> = v["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let mut t = t.clone();
+            t["wave"] = serde_json::json!(t["wave"].as_u64().unwrap_or(0) + 1);
+            t
+        })
+        .collect();
+    print_out(
+        Output::Table,
+        &v,
+        &rows,
+        &[
+            ("WAVE", "wave"),
+            ("TARGET", "target"),
+            ("STATUS", "status"),
+            ("RELEASE", "deployment.release"),
+            ("VERSION", "deployment.version"),
+            ("REASON", "reason"),
+        ],
+    );
+    Ok(())
 }
 
 /// A typed reply as JSON (for tables and `--output json`).

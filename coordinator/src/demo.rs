@@ -156,7 +156,7 @@ async fn demo(base: &Path) -> Result<u8> {
 
     step("status").await;
     let list = admin
-        .status(proto::TargetRequest { target: "local".into() })
+        .status(proto::TargetRequest { target: "local".into(), ..Default::default() })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();

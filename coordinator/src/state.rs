@@ -44,6 +44,10 @@ pub struct CoordSettings {
     /// Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_probe_secs: Option<u64>,
+    /// Targets whose labels match this selector are production ones: an order for one needs
+    /// the operator's confirmation (`--yes`). Default `env=production`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_selector: Option<String>,
     /// Lifetime of agent certificates; agents renew at two thirds of it.
     pub agent_cert_ttl_secs: u64,
     /// Enrollment calls one source address may make at once (default 10) …
@@ -59,6 +63,9 @@ pub struct CoordSettings {
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8443";
 
 impl CoordSettings {
+    pub fn production_selector(&self) -> &str {
+        self.production_selector.as_deref().unwrap_or("env=production")
+    }
     pub fn push_probe(&self) -> Duration {
         Duration::from_secs(self.push_probe_secs.unwrap_or(30))
     }
@@ -277,6 +284,7 @@ impl StateDir {
             listen: listen.to_string(),
             http_listen: None,
             push_probe_secs: None,
+            production_selector: None,
             agent_cert_ttl_secs: agent_cert_ttl.as_secs().max(10),
             enroll_burst: None,
             enroll_refill_ms: None,

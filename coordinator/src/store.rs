@@ -22,7 +22,7 @@ pub enum StoreError {
 type Result<T> = std::result::Result<T, StoreError>;
 
 const DEPLOYMENT_COLUMNS: &str = "SELECT id, target, action, bundle_id, release, version, status, reason, bytes, \
-     started_unix, finished_unix, operator, attempts, sequence, started_ms, finished_ms FROM deployments";
+     started_unix, finished_unix, operator, attempts, sequence, started_ms, finished_ms, fleet FROM deployments";
 
 /// The event log keeps this many rows (the oldest go first).
 pub const MAX_EVENTS: i64 = 200_000;
@@ -88,6 +88,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE api_tokens (
         id TEXT PRIMARY KEY, secret_sha256 TEXT NOT NULL, operator TEXT NOT NULL, label TEXT NOT NULL DEFAULT '',
         created_unix INTEGER NOT NULL, expires_unix INTEGER NOT NULL, revoked_unix INTEGER);",
+    // 4: fleet deploys: the order over many targets, its waves, and the deployments it made.
+    "ALTER TABLE deployments ADD COLUMN fleet TEXT NOT NULL DEFAULT '';
+     CREATE INDEX deployments_fleet ON deployments(fleet, target) WHERE fleet != '';
+     CREATE TABLE fleet_deploys (
+        id TEXT PRIMARY KEY, spec TEXT NOT NULL, operator TEXT NOT NULL, status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '', wave INTEGER NOT NULL DEFAULT 0,
+        created_unix INTEGER NOT NULL, finished_unix INTEGER);
+     CREATE TABLE fleet_targets (
+        fleet TEXT NOT NULL, target TEXT NOT NULL, wave INTEGER NOT NULL, position INTEGER NOT NULL,
+        note TEXT NOT NULL DEFAULT '', PRIMARY KEY (fleet, target));",
 ];
 
 pub struct Store {
@@ -128,6 +138,8 @@ pub struct DeploymentRow {
     /// Start and end in ms (rows from before schema 3: the seconds, scaled).
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
+    /// The fleet deploy that made it ("" for one of its own).
+    pub fleet: String,
 }
 
 impl DeploymentRow {
@@ -141,10 +153,28 @@ impl DeploymentRow {
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter<'a> {
     pub target: Option<&'a str>,
+    /// Only these targets (a selector's), when set.
+    pub targets: Option<&'a [String]>,
     pub status: Option<&'a str>,
     pub since_unix: Option<i64>,
     pub until_unix: Option<i64>,
     pub limit: u32,
+}
+
+const FLEET_COLUMNS: &str =
+    "SELECT id, spec, operator, status, reason, wave, created_unix, finished_unix FROM fleet_deploys";
+
+/// A fleet deploy: its spec (JSON), who asked, where it stands.
+#[derive(Debug, Clone)]
+pub struct FleetRow {
+    pub id: String,
+    pub spec: String,
+    pub operator: String,
+    pub status: String,
+    pub reason: String,
+    pub wave: u32,
+    pub created_unix: i64,
+    pub finished_unix: Option<i64>,
 }
 
 /// An operator's bearer token for the REST API (its secret is kept hashed).
@@ -716,8 +746,8 @@ impl Store {
     pub fn add_deployment(&self, d: &DeploymentRow) -> Result<()> {
         self.conn.execute(
             "INSERT INTO deployments (id, target, action, bundle_id, release, version, status, reason, started_unix,
-                operator, sequence, started_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                operator, sequence, started_ms, fleet)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 d.id,
                 d.target,
@@ -730,7 +760,8 @@ impl Store {
                 d.started_unix,
                 d.operator,
                 d.sequence as i64,
-                d.started_ms
+                d.started_ms,
+                d.fleet
             ],
         )?;
         Ok(())
@@ -799,19 +830,108 @@ impl Store {
             sequence: r.get::<_, i64>(13)? as u64,
             started_ms: r.get::<_, Option<i64>>(14)?.unwrap_or(r.get::<_, i64>(9)? * 1000),
             finished_ms: r.get::<_, Option<i64>>(15)?.or(r.get::<_, Option<i64>>(10)?.map(|s| s * 1000)),
+            fleet: r.get(16)?,
         })
     }
 
     /// Deployments newest first, filtered by target, status and start time.
     pub fn history(&self, f: &HistoryFilter<'_>) -> Result<Vec<DeploymentRow>> {
+        // A selector's targets as a JSON array, matched with json_each (one statement, any size).
+        let targets = f.targets.map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
         let mut st = self.conn.prepare(&format!(
             "{DEPLOYMENT_COLUMNS} WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR status = ?2)
                AND (?3 IS NULL OR started_unix >= ?3) AND (?4 IS NULL OR started_unix <= ?4)
+               AND (?6 IS NULL OR target IN (SELECT value FROM json_each(?6)))
              ORDER BY started_unix DESC, rowid DESC LIMIT ?5"
         ))?;
-        let rows =
-            st.query_map(params![f.target, f.status, f.since_unix, f.until_unix, f.limit], Self::deployment_from_row)?;
+        let rows = st.query_map(
+            params![f.target, f.status, f.since_unix, f.until_unix, f.limit, targets],
+            Self::deployment_from_row,
+        )?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    // ---------------------------------------------------------------- fleet deploys
+
+    /// A new fleet deploy and its targets (in wave order), in one transaction.
+    pub fn add_fleet(&mut self, id: &str, spec: &str, operator: &str, targets: &[(String, u32)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO fleet_deploys (id, spec, operator, status, created_unix) VALUES (?1, ?2, ?3, 'running', ?4)",
+            params![id, spec, operator, dockfra_common::now_unix() as i64],
+        )?;
+        for (i, (t, wave)) in targets.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO fleet_targets (fleet, target, wave, position) VALUES (?1, ?2, ?3, ?4)",
+                params![id, t, wave, i as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn fleet(&self, id: &str) -> Result<Option<FleetRow>> {
+        let mut st = self.conn.prepare(&format!("{FLEET_COLUMNS} WHERE id = ?1"))?;
+        Ok(st.query_row([id], Self::fleet_from_row).optional()?)
+    }
+
+    /// Fleet deploys, newest first (`running` ones only, when asked).
+    pub fn fleets(&self, running_only: bool, limit: u32) -> Result<Vec<FleetRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "{FLEET_COLUMNS} WHERE (?1 = 0 OR status = 'running') ORDER BY created_unix DESC, rowid DESC LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![running_only, limit], Self::fleet_from_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn fleet_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
+        Ok(FleetRow {
+            id: r.get(0)?,
+            spec: r.get(1)?,
+            operator: r.get(2)?,
+            status: r.get(3)?,
+            reason: r.get(4)?,
+            wave: r.get(5)?,
+            created_unix: r.get(6)?,
+            finished_unix: r.get(7)?,
+        })
+    }
+
+    /// A fleet deploy's targets in wave order: (target, wave, note).
+    pub fn fleet_targets(&self, id: &str) -> Result<Vec<(String, u32, String)>> {
+        let mut st =
+            self.conn.prepare("SELECT target, wave, note FROM fleet_targets WHERE fleet = ?1 ORDER BY position")?;
+        let rows = st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub fn note_fleet_target(&self, id: &str, target: &str, note: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE fleet_targets SET note = ?3 WHERE fleet = ?1 AND target = ?2",
+            params![id, target, sanitize(note, MAX_EVENT_TEXT)],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_fleet_wave(&self, id: &str, wave: u32) -> Result<()> {
+        self.conn.execute("UPDATE fleet_deploys SET wave = ?2 WHERE id = ?1", params![id, wave])?;
+        Ok(())
+    }
+
+    /// End a fleet deploy (once).
+    pub fn finish_fleet(&self, id: &str, status: &str, reason: &str) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE fleet_deploys SET status = ?2, reason = ?3, finished_unix = ?4 WHERE id = ?1 AND finished_unix IS NULL",
+            params![id, status, sanitize(reason, MAX_EVENT_TEXT), dockfra_common::now_unix() as i64],
+        )? > 0)
+    }
+
+    /// The deployment a fleet deploy made for a target, if it made one.
+    pub fn fleet_deployment(&self, fleet: &str, target: &str) -> Result<Option<DeploymentRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "{DEPLOYMENT_COLUMNS} WHERE fleet = ?1 AND target = ?2 ORDER BY started_unix DESC, rowid DESC LIMIT 1"
+        ))?;
+        Ok(st.query_row(params![fleet, target], Self::deployment_from_row).optional()?)
     }
 
     pub fn deployments(&self, target: Option<&str>, limit: u32) -> Result<Vec<DeploymentRow>> {
@@ -865,6 +985,7 @@ mod tests {
             sequence: 1,
             started_ms: 1000,
             finished_ms: None,
+            fleet: String::new(),
         };
         s.add_deployment(&d).unwrap();
         s.update_deployment("d1", "succeeded", "ok", true, 42).unwrap();

@@ -11,6 +11,8 @@
 //!   over SSH, the declared `os:`, a pull agent behind NAT.
 //! - [`attacks`]: offline bundles, enrollment and authorization refused.
 //! - [`faults`]: `kill -9` mid-deploy, the coordinator down, the disk full.
+//! - [`rollouts`]: fleet deploys by selector in waves, resumed after a restart; production
+//!   confirmation; two operators racing for a target.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
 //!   dashboard in headless Chromium.
 //!
@@ -26,6 +28,7 @@ mod attacks;
 mod containers;
 mod faults;
 mod reach;
+mod rollouts;
 mod spine;
 mod window;
 

@@ -297,8 +297,11 @@ fn the_seed_fleet_loads_and_lists_without_dialling() {
     // Platforms without a driver yet are refused clearly, before anything is queued or dialled.
     let e = w.coord(&["deploy", "prod-k8s"]).fails().stderr();
     assert!(e.contains("platform kubernetes is not supported by this build yet"), "{e}");
-    // A docker_compose target needs a compose file in the app.
+    // prod-vps is labelled env: production: an order for it needs a yes.
     let e = w.coord(&["deploy", "prod-vps"]).fails().stderr();
+    assert!(e.contains("is a production target (env=production)") && e.contains("--yes"), "{e}");
+    // A docker_compose target needs a compose file in the app.
+    let e = w.coord(&["deploy", "prod-vps", "--yes"]).fails().stderr();
     assert!(e.contains("needs a compose.yaml or docker-compose.yml"), "{e}");
     assert_eq!(w.coord(&["history", "--output", "json"]).ok().json(), serde_json::json!([]));
 }

@@ -15,7 +15,7 @@ use dockfra_common::identity;
 use dockfra_common::proto::{self, admin_server};
 
 use super::push::EventStream;
-use super::{compat, facts_json, views, Coordinator, OperatorPeer, CHUNK, MAX_EXPORT_TTL};
+use super::{compat, facts_json, views, Coordinator, OperatorPeer, Order, CHUNK, MAX_EXPORT_TTL};
 use crate::builder;
 use crate::ca::Subject;
 use crate::error::CoordError;
@@ -89,12 +89,13 @@ impl Coordinator {
         &self,
         target_id: &str,
         version: Option<&str>,
-        operator: &str,
+        order: &Order<'_>,
     ) -> Result<(Target, String), Status> {
         let (_, target) = self.target(target_id)?;
+        let _lock = self.take_target(&target, order)?;
         self.check_agent_can_take(&target)?;
         let (row, target) = self.build_release(target_id, version).await?;
-        let id = self.queue(&target, &row, Action::Deploy, row.sequence, true, operator)?;
+        let id = self.queue(&target, &row, Action::Deploy, row.sequence, true, order)?;
         Ok((target, id))
     }
 
@@ -103,9 +104,10 @@ impl Coordinator {
         &self,
         target_id: &str,
         to: Option<&str>,
-        operator: &str,
+        order: &Order<'_>,
     ) -> Result<(Target, String), Status> {
         let (project, target) = self.target(target_id)?;
+        let _lock = self.take_target(&target, order)?;
         self.check_agent_can_take(&target)?;
         let to = match to.filter(|s| !s.is_empty()) {
             Some(t) => t.to_string(),
@@ -129,7 +131,7 @@ impl Coordinator {
             )));
         }
         let seq = self.store().next_sequence(target_id)?;
-        let id = self.queue(&target, &row, Action::Rollback, seq, true, operator)?;
+        let id = self.queue(&target, &row, Action::Rollback, seq, true, order)?;
         Ok((target, id))
     }
 
@@ -143,8 +145,16 @@ impl Coordinator {
     pub(super) fn history_of(&self, r: &proto::HistoryRequest) -> Result<proto::DeploymentList, Status> {
         let opt = |s: &str| (!s.is_empty()).then_some(s.to_string());
         let (target, result) = (opt(&r.target), opt(&r.result));
+        let selected: Option<Vec<String>> = if r.selector.is_empty() {
+            None
+        } else {
+            let sel = dockfra_common::selector::Selector::parse(&r.selector)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Some(self.project()?.targets.iter().filter(|t| sel.matches(&t.labels)).map(|t| t.id.clone()).collect())
+        };
         let filter = HistoryFilter {
             target: target.as_deref(),
+            targets: selected.as_deref(),
             status: result.as_deref(),
             since_unix: (r.since_unix > 0).then_some(r.since_unix.min(i64::MAX as u64) as i64),
             until_unix: (r.until_unix > 0).then_some(r.until_unix.min(i64::MAX as u64) as i64),
@@ -308,8 +318,37 @@ impl admin_server::Admin for Coordinator {
 
     async fn status(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::TargetList>, Status> {
         dockfra_common::fault::hit("coord:admin-status");
-        let t = req.into_inner().target;
-        Ok(Response::new(self.target_list((!t.is_empty()).then_some(t.as_str()))?))
+        let r = req.into_inner();
+        let mut list = self.target_list((!r.target.is_empty()).then_some(r.target.as_str()))?;
+        if !r.selector.is_empty() {
+            let sel = dockfra_common::selector::Selector::parse(&r.selector)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            list.targets.retain(|t| sel.matches(&t.labels));
+            list.counts.values_mut().for_each(|n| *n = 0);
+            for t in &list.targets {
+                *list.counts.entry(t.state.clone()).or_default() += 1;
+            }
+        }
+        Ok(Response::new(list))
+    }
+
+    async fn fleet_deploy(
+        &self,
+        req: Request<proto::FleetDeployRequest>,
+    ) -> Result<Response<proto::FleetDeployInfo>, Status> {
+        let op = OperatorPeer::of(&req)?;
+        Ok(Response::new(self.create_fleet(&req.into_inner(), &op.name)?))
+    }
+
+    async fn fleet_deploys(&self, _req: Request<proto::Empty>) -> Result<Response<proto::FleetDeployList>, Status> {
+        Ok(Response::new(self.fleet_list(100)?))
+    }
+
+    async fn get_fleet_deploy(
+        &self,
+        req: Request<proto::FleetDeployId>,
+    ) -> Result<Response<proto::FleetDeployInfo>, Status> {
+        Ok(Response::new(self.fleet_info(&req.into_inner().id)?))
     }
 
     async fn agents(&self, _req: Request<proto::Empty>) -> Result<Response<proto::AgentList>, Status> {
@@ -343,7 +382,8 @@ impl admin_server::Admin for Coordinator {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
-        let (target, id) = self.start_deploy(&r.target, version, &op.name).await?;
+        let order = Order { confirm: r.confirm, force: r.force, ..Order::by(&op.name) };
+        let (target, id) = self.start_deploy(&r.target, version, &order).await?;
         Ok(Response::new(self.deliver(target, id, r.wait, wait_timeout(r.wait_timeout_ms))))
     }
 
@@ -352,7 +392,8 @@ impl admin_server::Admin for Coordinator {
     async fn rollback(&self, req: Request<proto::RollbackRequest>) -> Result<Response<EventStream>, Status> {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
-        let (target, id) = self.start_rollback(&r.target, Some(&r.to_release), &op.name)?;
+        let order = Order { confirm: r.confirm, force: r.force, ..Order::by(&op.name) };
+        let (target, id) = self.start_rollback(&r.target, Some(&r.to_release), &order)?;
         Ok(Response::new(self.deliver(target, id, r.wait, wait_timeout(r.wait_timeout_ms))))
     }
 
@@ -408,7 +449,7 @@ impl admin_server::Admin for Coordinator {
         let (_, target) = self.target(&r.target)?;
         self.check_agent_can_take(&target)?;
         let (row, target) = self.build_release(&r.target, None).await?;
-        let id = self.queue(&target, &row, Action::Deploy, row.sequence, false, &op.name)?;
+        let id = self.queue(&target, &row, Action::Deploy, row.sequence, false, &Order::by(&op.name))?;
         let assignment = self.sign(&row, Action::Deploy, row.sequence, &id, ttl);
         let m = Manifest::parse(&row.manifest).map_err(CoordError::internal)?;
         let blobs = self.inner.state.blobs();

@@ -355,6 +355,12 @@ pub struct DeployBody {
     /// Version label (default: derived from the content).
     #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
     pub version: Option<String>,
+    /// Required for a production target: the operator's yes.
+    #[serde(default)]
+    pub confirm: bool,
+    /// Take the target over from another operator's open deployment.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -362,6 +368,10 @@ pub struct RollbackBody {
     /// A release the agent keeps (default: the previous one).
     #[schema(pattern = r"^[0-9]{1,20}-[0-9a-f]{1,64}$")]
     pub to_release: Option<String>,
+    #[serde(default)]
+    pub confirm: bool,
+    #[serde(default)]
+    pub force: bool,
 }
 
 fn version_label(v: &str) -> ApiResult<&str> {
@@ -481,11 +491,17 @@ async fn whoami(op: Operator) -> Json<WhoAmI> {
 /// Every target with its live state and a count of each state.
 #[utoipa::path(get, path = "/api/deploy-targets", tag = "targets",
     params(("label" = Option<String>, Query, description = "Only targets with these labels: key=value[,key=value…]",
-        pattern = "^[^=,]+=[^,]*(,[^=,]+=[^,]*)*$")),
+        pattern = "^[^=,]+=[^,]*(,[^=,]+=[^,]*)*$"),
+        ("selector" = Option<String>, Query, description = "Only targets whose labels match (kubectl syntax: k=v, k!=v, k in (a,b), k notin (a,b), k, !k)")),
     responses((status = 200, body = proto::TargetList), (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
 async fn list_targets(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiResult<Json<proto::TargetList>> {
-    q.only(&["label"])?;
+    q.only(&["label", "selector"])?;
+    let selector = q
+        .text("selector")?
+        .map(dockfra_common::selector::Selector::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let mut want = Vec::new();
     for pair in q.text("label")?.map(|s| s.split(',').collect::<Vec<_>>()).unwrap_or_default() {
         let (k, v) = pair
@@ -496,6 +512,9 @@ async fn list_targets(State(c): State<Coordinator>, _op: Operator, q: QueryMap) 
     }
     let mut list = c.target_list(None)?;
     list.targets.retain(|t| want.iter().all(|(k, v)| t.labels.get(k) == Some(v)));
+    if let Some(s) = &selector {
+        list.targets.retain(|t| s.matches(&t.labels));
+    }
     list.counts.values_mut().for_each(|n| *n = 0);
     for t in &list.targets {
         *list.counts.entry(t.state.clone()).or_default() += 1;
@@ -549,7 +568,8 @@ async fn deploy(
     let id = target_id(&id)?;
     let b: DeployBody = body(&bytes)?;
     let version = b.version.as_deref().map(version_label).transpose()?;
-    let (target, dep) = c.start_deploy(id, version, &op.0.name).await?;
+    let order = super::Order { confirm: b.confirm, force: b.force, ..super::Order::by(&op.0.name) };
+    let (target, dep) = c.start_deploy(id, version, &order).await?;
     Ok((StatusCode::ACCEPTED, Json(c.launch(target, dep)?)))
 }
 
@@ -569,7 +589,8 @@ async fn rollback(
     let id = target_id(&id)?;
     let b: RollbackBody = body(&bytes)?;
     let to = b.to_release.as_deref().map(release_name).transpose()?;
-    let (target, dep) = c.start_rollback(id, to, &op.0.name)?;
+    let order = super::Order { confirm: b.confirm, force: b.force, ..super::Order::by(&op.0.name) };
+    let (target, dep) = c.start_rollback(id, to, &order)?;
     Ok((StatusCode::ACCEPTED, Json(c.launch(target, dep)?)))
 }
 
@@ -618,6 +639,7 @@ async fn plugins(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<
 #[utoipa::path(get, path = "/api/deployments", tag = "history",
     params(
         ("target" = Option<String>, Query, description = "Only this target", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+        ("selector" = Option<String>, Query, description = "Only targets whose labels match (kubectl syntax: k=v, k!=v, k in (a,b), k notin (a,b), k, !k)"),
         ("result" = Option<DeployStatus>, Query, description = "Only deployments with this status"),
         ("since" = Option<u64>, Query, description = "Started at or after (unix seconds)"),
         ("until" = Option<u64>, Query, description = "Started at or before (unix seconds)"),
@@ -626,7 +648,7 @@ async fn plugins(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<
     responses((status = 200, body = proto::DeploymentList), (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
 async fn history(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiResult<Json<proto::DeploymentList>> {
-    q.only(&["target", "result", "since", "until", "limit"])?;
+    q.only(&["target", "selector", "result", "since", "until", "limit"])?;
     let target = q.text("target")?.map(target_id).transpose()?.unwrap_or_default().to_string();
     let result = q.text("result")?.unwrap_or_default().to_string();
     if !result.is_empty() && !STATUSES.contains(&result.as_str()) {
@@ -637,6 +659,7 @@ async fn history(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> Ap
         return Err(ApiError::bad("limit=0: ask for at least one"));
     }
     let r = proto::HistoryRequest {
+        selector: q.text("selector")?.unwrap_or_default().to_string(),
         target,
         result,
         since_unix: q.num("since", i64::MAX as u64)?.unwrap_or(0),
@@ -758,6 +781,88 @@ fn sse(rx: mpsc::Receiver<SseEvent>) -> Response {
     r
 }
 
+/// A fleet deploy: the targets a selector names (or all), in waves.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct FleetBody {
+    /// kubectl-style selector over the targets' labels (or `all`).
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    /// deploy (default) or rollback (each target to its previous release).
+    pub action: Option<String>,
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
+    pub version: Option<String>,
+    /// Targets per wave after the canary (0: all of them in one wave).
+    #[serde(default)]
+    #[schema(maximum = 100000)]
+    pub max_parallel: u32,
+    /// "N" or "N%": a first wave that must stay healthy for soak_ms.
+    pub canary: Option<String>,
+    #[serde(default)]
+    #[schema(maximum = 86400000)]
+    pub soak_ms: u64,
+    #[serde(default)]
+    #[schema(maximum = 86400000)]
+    pub wave_timeout_ms: u64,
+    /// Required when production targets are among them.
+    #[serde(default)]
+    pub confirm: bool,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Start a fleet deploy. Answers at once with its plan (202); follow it with
+/// `GET /api/fleet-deploys/{id}`.
+#[utoipa::path(post, path = "/api/fleet-deploys", tag = "deploy",
+    request_body(content = FleetBody, content_type = "application/json"),
+    responses((status = 202, description = "Started", body = proto::FleetDeployInfo), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn fleet_deploy(
+    State(c): State<Coordinator>,
+    op: Operator,
+    RawBody(bytes): RawBody,
+) -> ApiResult<(StatusCode, Json<proto::FleetDeployInfo>)> {
+    let b: FleetBody = body(&bytes)?;
+    let version = b.version.as_deref().map(version_label).transpose()?.unwrap_or_default().to_string();
+    if b.soak_ms > 86_400_000 || b.wave_timeout_ms > 86_400_000 {
+        return Err(ApiError::bad("soak_ms and wave_timeout_ms: at most a day (86400000)"));
+    }
+    let r = proto::FleetDeployRequest {
+        selector: b.selector.unwrap_or_default(),
+        all: b.all,
+        action: b.action.unwrap_or_default(),
+        version,
+        max_parallel: b.max_parallel,
+        canary: b.canary.unwrap_or_default(),
+        soak_ms: b.soak_ms,
+        wave_timeout_ms: b.wave_timeout_ms,
+        confirm: b.confirm,
+        force: b.force,
+    };
+    Ok((StatusCode::ACCEPTED, Json(c.create_fleet(&r, &op.0.name)?)))
+}
+
+/// Fleet deploys, newest first.
+#[utoipa::path(get, path = "/api/fleet-deploys", tag = "deploy",
+    responses((status = 200, body = proto::FleetDeployList), (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn fleet_deploys(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<proto::FleetDeployList>> {
+    Ok(Json(c.fleet_list(100)?))
+}
+
+/// One fleet deploy: its waves and which target runs what.
+#[utoipa::path(get, path = "/api/fleet-deploys/{id}", tag = "deploy",
+    params(("id" = String, Path, description = "Fleet deploy id", pattern = "^[A-Za-z0-9-]{3,64}$")),
+    responses((status = 200, body = proto::FleetDeployInfo), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn get_fleet_deploy(
+    State(c): State<Coordinator>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<proto::FleetDeployInfo>> {
+    Ok(Json(c.fleet_info(deployment_id(&id)?)?))
+}
+
 /// Enrolled agents.
 #[utoipa::path(get, path = "/api/agents", tag = "agents",
     responses((status = 200, body = proto::AgentList), (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
@@ -817,8 +922,9 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         Authenticate with `Authorization: Bearer <token>` (`dockfra-coord operator token` prints one) \
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
-        get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route),
-    components(schemas(ApiErrorBody, DeployStatus, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
+        get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
+        fleet_deploy, fleet_deploys, get_fleet_deploy),
+    components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
     security(("bearer" = [])),
@@ -888,6 +994,8 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/deployments/{id}", get(get_deployment))
         .route("/api/deployments/{id}/stream", get(deployment_stream))
         .route("/api/stream", get(fleet_stream))
+        .route("/api/fleet-deploys", get(fleet_deploys).post(fleet_deploy))
+        .route("/api/fleet-deploys/{id}", get(get_fleet_deploy))
         .route("/api/agents", get(agents))
         .route("/api/agents/{id}/revoke", post(revoke_agent))
         .route("/api/events", get(events))

@@ -45,10 +45,41 @@ mod layers;
 mod metrics;
 mod plan;
 mod push;
+mod rollout;
 mod views;
 mod web;
 
 pub use api::openapi_json;
+
+/// Who asks for an order and on what terms.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Order<'a> {
+    pub operator: &'a str,
+    /// A production target and the operator said yes.
+    pub confirm: bool,
+    /// Take the target over from another operator's open deployment.
+    pub force: bool,
+    /// The fleet deploy this order is part of ("" for none).
+    pub fleet: &'a str,
+}
+
+impl<'a> Order<'a> {
+    pub fn by(operator: &'a str) -> Self {
+        Self { operator, confirm: false, force: false, fleet: "" }
+    }
+}
+
+/// Held while an order for a target is built and queued: a second one waits its turn.
+pub(crate) struct TargetLock {
+    c: Coordinator,
+    target: String,
+}
+
+impl Drop for TargetLock {
+    fn drop(&mut self) {
+        self.c.inner.deploying.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.target);
+    }
+}
 pub use auth::{AgentPeer, OperatorPeer};
 pub use https::HttpOptions;
 
@@ -82,6 +113,10 @@ pub struct Inner {
     blob_lock: Mutex<()>,
     /// Push agents that did not answer their last probe, and why.
     unreachable: Mutex<std::collections::HashMap<String, String>>,
+    /// Targets an order is being built for now, and by whom.
+    deploying: Mutex<std::collections::HashMap<String, String>>,
+    /// Targets whose labels make them production ones (they need a confirmation).
+    production: dockfra_common::selector::Selector,
 }
 
 #[derive(Clone)]
@@ -101,6 +136,8 @@ impl Coordinator {
             store.put_operator("admin", &info.serial_hex, "migration", info.not_after_unix)?;
         }
         let (events, _) = broadcast::channel(1024);
+        let production = dockfra_common::selector::Selector::parse(settings.production_selector())
+            .map_err(|e| anyhow::anyhow!("{}: production_selector: {e}", state.path("coordinator.json").display()))?;
         let keys = Keys { current: Arc::new(state.signing_key()?), rotations: state.signing_chain()? };
         let inner = Inner {
             keys: RwLock::new(keys),
@@ -116,6 +153,8 @@ impl Coordinator {
             project_cache: Mutex::new(None),
             blob_lock: Mutex::new(()),
             unreachable: Mutex::new(Default::default()),
+            deploying: Mutex::new(Default::default()),
+            production,
         };
         // Fail at start-up, naming file/target/key, rather than on the first request.
         config::load(&inner.project_file)?;
@@ -200,6 +239,7 @@ impl Coordinator {
             .client_auth_optional(true); // only Enroll goes without a client cert; every other service checks
         self.spawn_push_reconcile();
         self.spawn_push_probe();
+        self.resume_fleets();
         let router = tonic::transport::Server::builder()
             .tls_config(tls)?
             // Connections whose peer vanished (a cut link, a NAT that forgot them) are
@@ -234,6 +274,39 @@ impl Coordinator {
     }
 
     // ------------------------------------------------------------------ deployments
+
+    /// May `order` go to `target` now? A production target needs the operator's yes; a target
+    /// another operator is deploying is theirs until it ends (or `force`); and one order at a
+    /// time is built for a target. The lock is held until the order is queued.
+    pub(crate) fn take_target(&self, target: &Target, order: &Order<'_>) -> Result<TargetLock> {
+        if self.inner.production.matches(&target.labels) && !order.confirm {
+            return Err(CoordError::Precondition(format!(
+                "target {:?} is a production target ({}): confirm with --yes (REST: \"confirm\": true)",
+                target.id, self.inner.production
+            )));
+        }
+        if !order.force {
+            let open = self.store().open_deployments(Some(&target.id))?;
+            if let Some(d) = open.iter().find(|d| d.status != "exporting" && d.operator != order.operator) {
+                let holder = if d.operator.is_empty() { "another operator" } else { d.operator.as_str() };
+                let age = (dockfra_common::now_unix() as i64 - d.started_unix).max(0);
+                return Err(CoordError::Precondition(format!(
+                    "target {:?} is being deployed by {holder} ({} {}, {} for {age}s): wait for it \
+                     (`dockfra-coord deployment {}`) or take it over with --force",
+                    target.id, d.action, d.id, d.status, d.id
+                )));
+            }
+        }
+        let mut locks = self.inner.deploying.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(holder) = locks.get(&target.id) {
+            return Err(CoordError::Precondition(format!(
+                "target {:?} is locked: {holder} is building an order for it right now; try again when it is queued",
+                target.id
+            )));
+        }
+        locks.insert(target.id.clone(), order.operator.to_string());
+        Ok(TargetLock { c: self.clone(), target: target.id.clone() })
+    }
 
     /// Record an agent's (or our own) event. Idempotent: an event for a deployment that is
     /// already final changes nothing and adds no row (results are re-sent from outboxes).
@@ -331,8 +404,9 @@ impl Coordinator {
         action: Action,
         seq: u64,
         online: bool,
-        operator: &str,
+        order: &Order<'_>,
     ) -> Result<String> {
+        let operator = order.operator;
         let id =
             format!("d-{}-{}", dockfra_common::now_unix_ms(), &dockfra_common::sha256_hex(&seq.to_be_bytes())[..6]);
         let store = self.store();
@@ -358,6 +432,7 @@ impl Coordinator {
             sequence: seq,
             started_ms: dockfra_common::now_unix_ms() as i64,
             finished_ms: None,
+            fleet: order.fleet.to_string(),
         })?;
         if online {
             store.set_desired(
@@ -380,7 +455,8 @@ impl Coordinator {
         )?;
         drop(store);
         for d in superseded {
-            self.finish(&target.id, &d.id, "superseded", format!("replaced by {id} before the agent took it"));
+            let by = if d.operator != operator { format!(" (taken over by {operator})") } else { String::new() };
+            self.finish(&target.id, &d.id, "superseded", format!("replaced by {id} before the agent took it{by}"));
         }
         Ok(id)
     }

@@ -32,6 +32,7 @@ pub fn deployment(d: &DeploymentRow) -> proto::Deployment {
         attempts: d.attempts,
         sequence: d.sequence,
         done: d.finished_unix.is_some(),
+        fleet: d.fleet.clone(),
     }
 }
 
@@ -306,6 +307,7 @@ mod tests {
             sequence: 2,
             started_ms: 1000,
             finished_ms: done.then_some(2000),
+            fleet: String::new(),
         }
     }
 
