@@ -113,6 +113,16 @@ pub struct Project {
     pub app: AppSpec,
     /// Targets in file order.
     pub targets: Vec<Target>,
+    /// Named waves for fleet deploys (`deploy --waves`), in order.
+    pub waves: Vec<WaveSpec>,
+}
+
+/// One named wave (`waves:`): the targets its selector matches that no earlier wave took. A
+/// wave without a selector takes every target left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaveSpec {
+    pub name: String,
+    pub selector: Option<String>,
 }
 
 impl Project {
@@ -666,7 +676,8 @@ pub fn load(file: &Path) -> Result<Project, ConfigError> {
     parse(&text, file)
 }
 
-const TOP_KEYS: &[&str] = &["app", "targets"];
+const TOP_KEYS: &[&str] = &["app", "targets", "waves"];
+const WAVE_KEYS: &[&str] = &["name", "selector"];
 const APP_KEYS: &[&str] = &["name", "path"];
 const TARGET_KEYS: &[&str] =
     &["host", "port", "user", "platform", "os", "labels", "config", "agent", "health", "env", "keep_releases"];
@@ -711,7 +722,49 @@ pub fn parse(text: &str, file: &Path) -> Result<Project, ConfigError> {
         }
         targets.push(parse_target(file, &id, v)?);
     }
-    Ok(Project { file: file.to_path_buf(), app, targets })
+    let waves = match f.get("waves") {
+        Some(v) => parse_waves(&top, v)?,
+        None => Vec::new(),
+    };
+    Ok(Project { file: file.to_path_buf(), app, targets, waves })
+}
+
+fn parse_waves(top: &Cx, v: &Value) -> Result<Vec<WaveSpec>, ConfigError> {
+    let Value::Sequence(seq) = v else {
+        return Err(top.err("waves", format!("expected a list of {{name, selector}}, found {}", describe(v))));
+    };
+    let mut waves: Vec<WaveSpec> = Vec::new();
+    for (i, w) in seq.iter().enumerate() {
+        let at = format!("waves[{i}]");
+        let m = top.mapping(&at, w)?;
+        let f = top.fields(&at, m, WAVE_KEYS, "")?;
+        let name = match f.get("name") {
+            Some(n) => top.string(&format!("{at}.name"), n)?,
+            None => return Err(top.err(format!("{at}.name"), "missing required key")),
+        };
+        if let Err(why) = check_dns_label(&name) {
+            return Err(top.err(format!("{at}.name"), format!("invalid wave name: {why}")));
+        }
+        if waves.iter().any(|x| x.name == name) {
+            return Err(top.err(format!("{at}.name"), format!("duplicate wave name {name:?}")));
+        }
+        let selector = match f.get("selector") {
+            Some(s) => {
+                let s = top.string(&format!("{at}.selector"), s)?;
+                crate::selector::Selector::parse(&s).map_err(|e| top.err(format!("{at}.selector"), e.to_string()))?;
+                Some(s)
+            }
+            None => None,
+        };
+        if let Some(prev) = waves.iter().find(|x| x.selector.is_none()) {
+            return Err(top.err(
+                &at,
+                format!("wave {:?} has no selector, so it takes every target left: it must be the last", prev.name),
+            ));
+        }
+        waves.push(WaveSpec { name, selector });
+    }
+    Ok(waves)
 }
 
 fn yaml_error(text: &str, file: &Path, e: &serde_yaml_ng::Error) -> ConfigError {
@@ -2125,5 +2178,27 @@ targets:
         // Aliases are fine.
         let project = p("targets:\n  a: &x {platform: nomad}\n  b: *x\n").unwrap();
         assert_eq!(project.targets.len(), 2);
+    }
+
+    #[test]
+    fn waves_are_named_groups_in_order_with_a_catch_all_last() {
+        let t = "targets:\n  a: {platform: ssh_raw}\n";
+        let ok = p(&format!("{t}waves:\n  - {{name: eu, selector: 'region=eu'}}\n  - {{name: rest}}\n")).unwrap();
+        assert_eq!(ok.waves.len(), 2);
+        assert_eq!(ok.waves[0].selector.as_deref(), Some("region=eu"));
+        assert_eq!(ok.waves[1].selector, None);
+        let m =
+            bad(&format!("{t}waves:\n  - {{name: eu, selector: 'region in (eu'}}\n"), None, Some("waves[0].selector"));
+        assert!(m.contains("without its `)`"), "{m}");
+        let m = bad(
+            &format!("{t}waves:\n  - {{name: all}}\n  - {{name: eu, selector: region=eu}}\n"),
+            None,
+            Some("waves[1]"),
+        );
+        assert!(m.contains("must be the last"), "{m}");
+        bad(&format!("{t}waves:\n  - {{name: eu}}\n  - {{name: eu}}\n"), None, Some("waves[1].name"));
+        bad(&format!("{t}waves:\n  - {{selector: x}}\n"), None, Some("waves[0].name"));
+        bad(&format!("{t}waves:\n  - {{name: eu, colour: red}}\n"), None, Some("waves[0].colour"));
+        bad(&format!("{t}waves: {{eu: x}}\n"), None, Some("waves"));
     }
 }

@@ -284,6 +284,12 @@ pub struct FleetArgs {
     /// Take targets over from another operator's open deployment.
     #[arg(long)]
     pub force: bool,
+    /// Use the waves deploy-targets.yaml declares (`waves:`), split by --max-parallel.
+    #[arg(long, conflicts_with = "canary")]
+    pub waves: bool,
+    /// When a wave fails, roll its targets that took the release back to their previous one.
+    #[arg(long = "auto-rollback-wave")]
+    pub auto_rollback_wave: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1253,6 +1259,8 @@ async fn run_fleet(
         wave_timeout_ms: f.wave_timeout.as_millis() as u64,
         confirm: f.yes,
         force: f.force,
+        waves: f.waves,
+        auto_rollback: f.auto_rollback_wave,
     };
     let info = match c.fleet_deploy(req.clone()).await {
         Err(e) if needs_confirmation(&e) && confirm_on_terminal(&e, production_count(&e))? => {
@@ -1314,7 +1322,9 @@ fn print_fleet(info: &proto::FleetDeployInfo, output: Output) -> Result<()> {
         .flatten()
         .map(|t| {
             let mut t = t.clone();
-            t["wave"] = serde_json::json!(t["wave"].as_u64().unwrap_or(0) + 1);
+            let w = t["wave"].as_u64().unwrap_or(0) as usize;
+            let name = info.wave_names.get(w).cloned().unwrap_or_else(|| format!("wave {}", w + 1));
+            t["wave"] = serde_json::json!(format!("{}: {name}", w + 1));
             t
         })
         .collect();

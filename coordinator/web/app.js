@@ -100,7 +100,7 @@ function fmtAny(v) {
   }
   return String(v);
 }
-const shortId = (id) => { const m = /^d-\d+-([0-9a-f]+)$/.exec(String(id)); return m ? m[1].slice(0, 8) : String(id); };
+const shortId = (id) => { const m = /^[df]-\d+-([0-9a-f]+)$/.exec(String(id)); return m ? m[1].slice(0, 8) : String(id); };
 const stateLabel = (s) => STATE_LABEL[s] || dash(s);
 function stateEl(s, id, big) {
   return h('span', { class: 'state' },
@@ -120,6 +120,20 @@ function relCell(name, version) {
   if (!name) return sp('muted', '—');
   return sp('rel', sp('mono', name), version ? sp('v', version) : null);
 }
+// Fleet deploys: their status and their targets' (planned | deploying | succeeded | failed | pending | skipped | rolled_back).
+const FD_ORDER = ['succeeded', 'failed', 'deploying', 'pending', 'rolled_back', 'skipped', 'planned'];
+const FD_CLASS = { running: 'info', succeeded: 'ok', failed: 'bad', deploying: 'info', pending: 'warn', rolled_back: 'warn' };
+const fdLabel = (s) => (s ? String(s).replace(/_/g, ' ') : '—');
+function fdBadge(s) { return h('span', { class: 'badge ' + (FD_CLASS[s] || ''), 'data-status': s || '' }, fdLabel(s)); }
+function fdDot(s, big) { return h('span', { class: 'dot' + (big ? ' dot-lg' : ''), 'data-state': s || 'unknown', 'aria-hidden': 'true' }); }
+function fdCounts(counts) {
+  const c = counts || {};
+  const keys = [...FD_ORDER, ...Object.keys(c).filter((k) => !FD_ORDER.includes(k))].filter((k) => c[k]);
+  if (!keys.length) return sp('muted', '—');
+  return sp('fd-counts', keys.map((k) => h('span', { class: 'fd-count', 'data-status': k }, fdDot(k), `${c[k]} ${fdLabel(k)}`)));
+}
+const fdWave = (f) => (f.waves ? `${Math.min((f.wave || 0) + 1, f.waves)}/${f.waves}` : '—');
+
 // Re-render a region while keeping keyboard focus on the "same" control (data-fkey).
 function keepFocus(container, fn) {
   const a = document.activeElement;
@@ -298,7 +312,9 @@ function route() {
   if (!token) { renderLogin(); return; }
   const hash = location.hash.replace(/^#/, '');
   const m = hash.match(/^\/targets\/(.+)$/);
+  const f = hash.match(/^\/fleet-deploys\/(.+)$/);
   if (m) renderTarget(decodeURIComponent(m[1]));
+  else if (f) renderFleetDeploy(decodeURIComponent(f[1]));
   else renderFleet();
 }
 window.addEventListener('hashchange', route);

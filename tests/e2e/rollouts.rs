@@ -45,6 +45,9 @@ targets:
     labels: {{ role: core, region: eu, env: production }}
     agent: {{ mode: pull, poll_interval: 300ms }}
     config: {{ deploy_path: {d}/deploy-e, pre_script: "{pre}" }}
+waves:
+  - {{ name: eu, selector: "region=eu" }}
+  - {{ name: us, selector: "region=us" }}
 "#,
             p0 = ports[0],
             p1 = ports[1],
@@ -57,6 +60,7 @@ struct Fleet {
     w: World,
     _coord: Proc,
     agents: Vec<(Agent, Option<Proc>)>,
+    ports: [u16; 2],
 }
 
 impl Fleet {
@@ -77,7 +81,7 @@ impl Fleet {
             let run = agent.start(&w);
             agents.push((agent, Some(run)));
         }
-        Self { w, _coord: coord, agents }
+        Self { w, _coord: coord, agents, ports }
     }
 
     fn live(&self, t: &str) -> String {
@@ -266,4 +270,34 @@ fn a_coordinator_killed_mid_fleet_deploy_resumes_it_and_deploys_no_target_twice(
         assert_eq!(of_fleet.len(), 1, "{t} was deployed {} times by {id2}: {of_fleet:?}", of_fleet.len());
         wait_until(&format!("{t} to run v2"), Duration::from_secs(30), || f.live(t) == "v2");
     }
+}
+
+#[test]
+fn declared_waves_and_a_failed_wave_rolled_back() {
+    let f = Fleet::start("fleet-declared", false, "");
+    let w = &f.w;
+    w.coord(&["deploy", "--all", "--yes", "--output", "json"]).ok();
+    for t in ["a", "b", "c", "d", "e"] {
+        wait_until(&format!("{t} to run v1"), Duration::from_secs(30), || f.live(t) == "v1");
+    }
+    // v2, where c's health check fails: the eu wave (a, b) takes it, the us wave (c, d) fails
+    // and --auto-rollback-wave brings d back to v1 (c's agent rolled c back itself).
+    fleet_project(w, &f.ports, true, "");
+    w.write("project/app/VERSION", "v2\n");
+    let r = w.coord(&["deploy", "-l", "role=edge", "--waves", "--auto-rollback-wave", "--output", "json"]);
+    assert_eq!(r.code(), 3, "{}\n{}", r.stdout(), r.stderr());
+    let info = r.json();
+    assert_eq!(info["wave_names"], serde_json::json!(["eu", "us"]), "{info}");
+    let t = by_target(&info);
+    assert_eq!((t["a"]["status"].as_str(), t["b"]["status"].as_str()), (Some("succeeded"), Some("succeeded")));
+    assert_eq!(t["c"]["status"], "failed", "{}", t["c"]);
+    assert_eq!(t["d"]["status"], "rolled_back", "{}", t["d"]);
+    assert_eq!(t["d"]["deployment"]["action"], "rollback");
+    assert!(info["reason"].as_str().unwrap().contains("rolled back: d"), "{info}");
+    assert_eq!((f.live("a").as_str(), f.live("b").as_str()), ("v2", "v2"));
+    assert_eq!((f.live("c").as_str(), f.live("d").as_str()), ("v1", "v1"));
+    assert_eq!(f.live("e"), "v1", "e is not role=edge");
+    // --waves needs waves in the file, and not with a canary.
+    let e = w.coord(&["deploy", "--all", "--waves", "--canary", "1"]).fails().stderr();
+    assert!(e.contains("cannot be used with"), "{e}");
 }

@@ -809,6 +809,12 @@ pub struct FleetBody {
     pub confirm: bool,
     #[serde(default)]
     pub force: bool,
+    /// Use the waves deploy-targets.yaml declares (not with canary).
+    #[serde(default)]
+    pub waves: bool,
+    /// A failed wave's targets that took the release roll back.
+    #[serde(default)]
+    pub auto_rollback: bool,
 }
 
 /// Start a fleet deploy. Answers at once with its plan (202); follow it with
@@ -839,6 +845,8 @@ async fn fleet_deploy(
         wave_timeout_ms: b.wave_timeout_ms,
         confirm: b.confirm,
         force: b.force,
+        waves: b.waves,
+        auto_rollback: b.auto_rollback,
     };
     Ok((StatusCode::ACCEPTED, Json(c.create_fleet(&r, &op.0.name)?)))
 }

@@ -41,6 +41,10 @@ struct Spec {
     wave_timeout_ms: u64,
     confirm: bool,
     force: bool,
+    #[serde(default)]
+    wave_names: Vec<String>,
+    #[serde(default)]
+    auto_rollback: bool,
 }
 
 /// `N` or `N%` of `total` targets (a percentage rounds up, to one at least).
@@ -80,8 +84,55 @@ pub fn plan_waves(ids: &[String], canary: u32, max_parallel: u32) -> Vec<(String
     out
 }
 
-/// A target's place in a fleet deploy, from its note and the deployment the fleet made.
-fn target_state(note: &str, dep: Option<&DeploymentRow>) -> (&'static str, String) {
+/// (target, wave) in wave order.
+pub type WavePlan = Vec<(String, u32)>;
+
+/// Waves from the ones `deploy-targets.yaml` declares: each target goes to the first wave
+/// whose selector it matches (one without a selector takes all the rest; targets no wave
+/// takes go last, in `rest`), and a wave larger than `max_parallel` is split. The waves'
+/// names come back with the plan.
+pub fn declared_waves(
+    targets: &[&dockfra_common::config::Target],
+    waves: &[dockfra_common::config::WaveSpec],
+    max_parallel: u32,
+) -> Result<(WavePlan, Vec<String>), String> {
+    let mut groups: Vec<(String, Vec<String>)> = waves.iter().map(|w| (w.name.clone(), Vec::new())).collect();
+    let selectors: Vec<Option<Selector>> = waves
+        .iter()
+        .map(|w| w.selector.as_deref().map(Selector::parse).transpose().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let mut rest = Vec::new();
+    for t in targets {
+        match selectors.iter().position(|s| s.as_ref().is_none_or(|s| s.matches(&t.labels))) {
+            Some(i) => groups[i].1.push(t.id.clone()),
+            None => rest.push(t.id.clone()),
+        }
+    }
+    if !rest.is_empty() {
+        groups.push(("rest".into(), rest));
+    }
+    let per = if max_parallel == 0 { usize::MAX } else { max_parallel as usize };
+    let (mut plan, mut names) = (Vec::new(), Vec::new());
+    for (name, ids) in groups.into_iter().filter(|(_, ids)| !ids.is_empty()) {
+        for (part, chunk) in ids.chunks(per.min(ids.len().max(1))).enumerate() {
+            let wave = names.len() as u32;
+            names.push(if part == 0 { name.clone() } else { format!("{name} ({})", part + 1) });
+            plan.extend(chunk.iter().map(|t| (t.clone(), wave)));
+        }
+    }
+    Ok((plan, names))
+}
+
+/// A target's place in a fleet deploy, from its note and the deployment the fleet made
+/// (`action`: the fleet deploy's own; a rollback of a deploy is its wave's auto-rollback).
+fn target_state(note: &str, dep: Option<&DeploymentRow>, action: &str) -> (&'static str, String) {
+    if let Some(d) = dep.filter(|d| d.action == "rollback" && action == "deploy") {
+        return match (d.finished_unix, d.status.as_str()) {
+            (None, _) => ("deploying", format!("rolling back: {} {}", d.id, d.status)),
+            (Some(_), "succeeded") => ("rolled_back", format!("its wave failed: {} came back", d.release)),
+            _ => ("failed", format!("its wave failed, and the rollback {}: {}", d.status, d.reason)),
+        };
+    }
     match dep {
         Some(d) if d.finished_unix.is_none() && note == "pending" => {
             ("pending", format!("{} is queued: the agent takes it at its next poll", d.id))
@@ -142,7 +193,25 @@ impl Coordinator {
         }
         let canary = canary_count(&r.canary, chosen.len()).map_err(Status::invalid_argument)?;
         let ids: Vec<String> = chosen.iter().map(|t| t.id.clone()).collect();
-        let waves = plan_waves(&ids, canary, r.max_parallel);
+        let (waves, wave_names) = if r.waves {
+            if canary > 0 {
+                return Err(Status::invalid_argument(
+                    "--waves and --canary: the declared waves, or a canary, not both",
+                ));
+            }
+            if project.waves.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "--waves: {} declares no waves (waves: [{{name, selector}}, …])",
+                    project.file.display()
+                )));
+            }
+            declared_waves(&chosen, &project.waves, r.max_parallel).map_err(Status::internal)?
+        } else {
+            let plan = plan_waves(&ids, canary, r.max_parallel);
+            let n = plan.iter().map(|(_, w)| w + 1).max().unwrap_or(0);
+            let names = (0..n).map(|w| if w == 0 && canary > 0 { "canary".into() } else { format!("wave {}", w + 1) });
+            (plan, names.collect())
+        };
         let spec = Spec {
             selector: selector.as_ref().map(|s| s.to_string()).unwrap_or_default(),
             action: action.into(),
@@ -157,6 +226,8 @@ impl Coordinator {
             },
             confirm: r.confirm,
             force: r.force,
+            wave_names,
+            auto_rollback: r.auto_rollback,
         };
         let id = format!(
             "f-{}-{}",
@@ -190,7 +261,7 @@ impl Coordinator {
         let mut waves = 0;
         for (t, wave, note) in store.fleet_targets(id)? {
             let dep = store.fleet_deployment(id, &t)?;
-            let (status, reason) = target_state(&note, dep.as_ref());
+            let (status, reason) = target_state(&note, dep.as_ref(), &spec.action);
             *counts.entry(status.to_string()).or_default() += 1;
             waves = waves.max(wave + 1);
             targets.push(proto::FleetTarget {
@@ -219,6 +290,8 @@ impl Coordinator {
             version: spec.version,
             targets,
             counts,
+            wave_names: spec.wave_names,
+            auto_rollback: spec.auto_rollback,
         })
     }
 
@@ -264,7 +337,7 @@ impl Coordinator {
             for t in &members {
                 let note = self.note_of(id, t)?;
                 let dep = self.store().fleet_deployment(id, t)?;
-                match target_state(&note, dep.as_ref()).0 {
+                match target_state(&note, dep.as_ref(), &spec.action).0 {
                     "failed" => failed.push(t.clone()),
                     "pending" => pending.push(t.clone()),
                     _ => {}
@@ -274,12 +347,19 @@ impl Coordinator {
                 failed = self.soak(&members, Duration::from_millis(spec.soak_ms)).await?;
             }
             if !failed.is_empty() {
+                let rolled = if spec.auto_rollback && spec.action == "deploy" {
+                    self.roll_wave_back(id, &row, &spec, &members, &failed).await?
+                } else {
+                    Vec::new()
+                };
                 let later: Vec<&String> = plan.iter().filter(|(_, w, _)| *w > wave).map(|(t, _, _)| t).collect();
                 for t in &later {
                     self.store().note_fleet_target(id, t, &format!("skipped: wave {} failed", wave + 1))?;
                 }
+                let back =
+                    if rolled.is_empty() { String::new() } else { format!("; rolled back: {}", rolled.join(", ")) };
                 let why = format!(
-                    "wave {}/{waves} failed ({}); {} target(s) in later waves left untouched",
+                    "wave {}/{waves} failed ({}){back}; {} target(s) in later waves left untouched",
                     wave + 1,
                     failed.join(", "),
                     later.len()
@@ -347,6 +427,36 @@ impl Coordinator {
             Err(e) => self.store().note_fleet_target(id, target, &format!("failed: {}", e.message()))?,
         }
         Ok(())
+    }
+
+    /// `--auto-rollback-wave`: the failed wave's targets that took the release go back to
+    /// their previous one (the failed ones were rolled back by their agents already).
+    async fn roll_wave_back(
+        &self,
+        id: &str,
+        row: &FleetRow,
+        spec: &Spec,
+        members: &[String],
+        failed: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        let order = Order { operator: &row.operator, confirm: spec.confirm, force: true, fleet: id };
+        let mut rolled = Vec::new();
+        for t in members.iter().filter(|t| !failed.contains(t)) {
+            let dep = self.store().fleet_deployment(id, t)?;
+            if !dep.is_some_and(|d| d.status == "succeeded" && d.action == "deploy") {
+                continue;
+            }
+            match self.start_rollback(t, None, &order) {
+                Ok((target, dep)) => {
+                    let mut events = self.deliver(target, dep, false, Duration::from_secs(600));
+                    tokio::spawn(async move { while events.next().await.is_some() {} });
+                    rolled.push(t.clone());
+                }
+                Err(e) => tracing::warn!(fleet = %id, target = %t, "auto-rollback: {}", e.message()),
+            }
+        }
+        self.wait_wave(id, &rolled, Duration::from_millis(spec.wave_timeout_ms)).await?;
+        Ok(rolled)
     }
 
     /// Wait until every member's deployment has ended, or the time is up: then the ones still
@@ -428,9 +538,9 @@ mod tests {
 
     #[test]
     fn a_targets_place_in_a_fleet_deploy() {
-        assert_eq!(target_state("", None).0, "planned");
-        assert_eq!(target_state("skipped: wave 2 failed", None).0, "skipped");
-        let (s, why) = target_state("failed: target \"x\" is being deployed by bob", None);
+        assert_eq!(target_state("", None, "deploy").0, "planned");
+        assert_eq!(target_state("skipped: wave 2 failed", None, "deploy").0, "skipped");
+        let (s, why) = target_state("failed: target \"x\" is being deployed by bob", None, "deploy");
         assert_eq!(s, "failed");
         assert!(why.contains("bob"));
     }
