@@ -470,7 +470,19 @@ impl Agent {
             .stderr(std::fs::File::create(&log).unwrap());
         let p = Proc { child: c.spawn().unwrap(), log };
         if let Some(l) = &self.listen {
-            wait_until("the push agent to listen", Duration::from_secs(20), || std::net::TcpStream::connect(l).is_ok());
+            wait_until("the push agent to listen", Duration::from_secs(20), || {
+                if self.prefix.is_empty() {
+                    return std::net::TcpStream::connect(l).is_ok();
+                }
+                // In a network namespace: connect from inside it.
+                let (host, port) = l.rsplit_once(':').unwrap();
+                Command::new(&self.prefix[0])
+                    .args(&self.prefix[1..])
+                    .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
         } else {
             wait_until("the agent to start", Duration::from_secs(20), || self.state.join("agent.pid").exists());
         }

@@ -65,15 +65,27 @@ struct Fleet {
 
 impl Fleet {
     fn start(name: &str, fail_c: bool, pre: &str) -> Self {
-        let w = World::new(name);
+        Self::start_in(name, fail_c, pre, None)
+    }
+
+    /// With `net`: the coordinator and agents a, b, c in namespace `net.c` (on its loopback),
+    /// and the pull agents d and e in `net.a`, reaching the coordinator across the link.
+    fn start_in(name: &str, fail_c: bool, pre: &str, net: Option<&NetPair>) -> Self {
+        let mut w = World::new(name);
         let ports = [free_port(), free_port()];
         fleet_project(&w, &ports, fail_c, pre);
-        w.init("127.0.0.1:0");
+        if let Some(n) = net {
+            w.coord_prefix = NetPair::prefix(&n.c);
+        }
+        w.init(&net.map(|n| format!("{}:0", n.ipc)).unwrap_or_else(|| "127.0.0.1:0".into()));
         let coord = w.serve(&[]);
         let url = format!("https://{}", w.addr());
         let mut agents = Vec::new();
         for (i, t) in ["a", "b", "c", "d", "e"].iter().enumerate() {
             let mut agent = Agent::new(&w, t);
+            if let Some(n) = net {
+                agent.prefix = NetPair::prefix(if i < 3 { &n.c } else { &n.a });
+            }
             if i < 2 {
                 agent.listen = Some(format!("127.0.0.1:{}", ports[i]));
             }
@@ -272,9 +284,15 @@ fn a_coordinator_killed_mid_fleet_deploy_resumes_it_and_deploys_no_target_twice(
     }
 }
 
+/// In network namespaces: the coordinator with a, b and c on one side, the pull agents d and
+/// e on the other.
 #[test]
 fn declared_waves_and_a_failed_wave_rolled_back() {
-    let f = Fleet::start("fleet-declared", false, "");
+    if Needs::new().root("network namespaces").tool("ip", "Debian iproute2").unmet() {
+        return;
+    }
+    let net = NetPair::new("flt", 233);
+    let f = Fleet::start_in("fleet-declared", false, "", Some(&net));
     let w = &f.w;
     w.coord(&["deploy", "--all", "--yes", "--output", "json"]).ok();
     for t in ["a", "b", "c", "d", "e"] {
