@@ -1336,8 +1336,9 @@ fn print_fleet(info: &proto::FleetDeployInfo, output: Output) -> Result<()> {
             ("WAVE", "wave"),
             ("TARGET", "target"),
             ("STATUS", "status"),
-            ("RELEASE", "deployment.release"),
-            ("VERSION", "deployment.version"),
+            ("ORDERED", "deployment.release"),
+            ("RUNS NOW", "current_release"),
+            ("VERSION", "current_version"),
             ("REASON", "reason"),
         ],
     );

@@ -159,6 +159,10 @@ fn a_failed_wave_halts_the_fleet_deploy_and_the_report_says_who_runs_what() {
     assert_eq!((f.live("a").as_str(), f.live("b").as_str()), ("v1", "v1"));
     assert_eq!(f.live("c"), "");
     assert!(!w.path("deploy-d").exists(), "wave 3 was touched");
+    // What each runs now, as its agent reports it.
+    let now = by_target(&w.coord(&["fleet", "show", info["id"].as_str().unwrap(), "--output", "json"]).json());
+    assert_eq!(now["a"]["current_version"], t["a"]["deployment"]["version"], "{:?}", now["a"]);
+    assert_eq!(now["d"]["current_release"], "");
     assert!(f.deployments_of("d").is_empty());
     // The report, in a table, and in the list.
     let id = info["id"].as_str().unwrap();

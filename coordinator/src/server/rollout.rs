@@ -253,6 +253,7 @@ impl Coordinator {
 
     /// Where a fleet deploy stands, target by target.
     pub(super) fn fleet_info(&self, id: &str) -> Result<proto::FleetDeployInfo, Status> {
+        let app = self.project().map(|p| p.app.name).unwrap_or_default();
         let store = self.store();
         let row = store.fleet(id)?.ok_or_else(|| Status::not_found(format!("no fleet deploy {id:?}")))?;
         let spec: Spec = serde_json::from_str(&row.spec).map_err(CoordError::internal)?;
@@ -262,6 +263,14 @@ impl Coordinator {
         for (t, wave, note) in store.fleet_targets(id)? {
             let dep = store.fleet_deployment(id, &t)?;
             let (status, reason) = target_state(&note, dep.as_ref(), &spec.action);
+            // What the agent runs now, as it last reported.
+            let running = store.agent(&t)?.and_then(|a| {
+                let apps = a.status["apps"].as_array()?.clone();
+                let app = apps.into_iter().find(|x| x["app"] == app.as_str())?;
+                let s = |k: &str| app[k].as_str().unwrap_or_default().to_string();
+                Some((s("current_release"), s("current_version")))
+            });
+            let (current_release, current_version) = running.unwrap_or_default();
             *counts.entry(status.to_string()).or_default() += 1;
             waves = waves.max(wave + 1);
             targets.push(proto::FleetTarget {
@@ -270,6 +279,8 @@ impl Coordinator {
                 status: status.into(),
                 reason,
                 deployment: dep.as_ref().map(views::deployment),
+                current_release,
+                current_version,
             });
         }
         Ok(proto::FleetDeployInfo {
