@@ -292,6 +292,28 @@ pub struct FleetArgs {
     pub auto_rollback_wave: bool,
 }
 
+impl FleetArgs {
+    /// One target: the wave flags have nothing to shape; say so rather than ignore them.
+    fn only_one_target(&self) -> Result<()> {
+        let used: Vec<&str> = [
+            (self.max_parallel != 0, "--max-parallel"),
+            (self.canary.is_some(), "--canary"),
+            (self.soak != Duration::from_secs(30), "--soak"),
+            (self.wave_timeout != Duration::from_secs(600), "--wave-timeout"),
+            (self.waves, "--waves"),
+            (self.auto_rollback_wave, "--auto-rollback-wave"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| f)
+        .collect();
+        if !used.is_empty() {
+            bail!("{} shape(s) a fleet deploy: name the targets with --selector or --all", used.join(", "));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum FleetCmd {
     /// Fleet deploys, newest first.
@@ -305,6 +327,8 @@ pub enum FleetCmd {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Stop a running fleet deploy: orders already given run on, no further target is ordered.
+    Cancel { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -660,6 +684,7 @@ async fn admin_command(
             run_fleet(c, "rollback", &fleet, String::new(), output).await
         }
         Command::Deploy { target: Some(target), fleet, wait, timeout, version, output } => {
+            fleet.only_one_target()?;
             let mut req = proto::DeployRequest {
                 target: target.clone(),
                 wait,
@@ -678,6 +703,7 @@ async fn admin_command(
             follow(&target, stream.map_err(status_err)?.into_inner(), output).await
         }
         Command::Rollback { target: Some(target), to, fleet, wait, timeout, output } => {
+            fleet.only_one_target()?;
             let mut req = proto::RollbackRequest {
                 target: target.clone(),
                 to_release: to.unwrap_or_default(),
@@ -697,7 +723,11 @@ async fn admin_command(
         }
         Command::Fleet(FleetCmd::List { output }) => {
             let v = json(c.fleet_deploys(proto::Empty {}).await)?;
-            let rows = v["fleet_deploys"].as_array().cloned().unwrap_or_default();
+            let mut rows = v["fleet_deploys"].as_array().cloned().unwrap_or_default();
+            // Waves are counted from 1 where people read them.
+            for r in &mut rows {
+                r["wave"] = serde_json::json!(r["wave"].as_u64().unwrap_or(0) + 1);
+            }
             print_out(
                 output,
                 &serde_json::json!(rows),
@@ -713,6 +743,11 @@ async fn admin_command(
                     ("REASON", "reason"),
                 ],
             );
+            Ok(exit::OK)
+        }
+        Command::Fleet(FleetCmd::Cancel { id }) => {
+            let info = c.cancel_fleet_deploy(proto::FleetDeployId { id }).await.map_err(status_err)?.into_inner();
+            println!("fleet deploy {} cancelled; targets not ordered yet are skipped", info.id);
             Ok(exit::OK)
         }
         Command::Fleet(FleetCmd::Show { id, output }) => {

@@ -323,3 +323,35 @@ fn declared_waves_and_a_failed_wave_rolled_back() {
     let e = w.coord(&["deploy", "--all", "--waves", "--canary", "1"]).fails().stderr();
     assert!(e.contains("cannot be used with"), "{e}");
 }
+
+#[test]
+fn a_running_fleet_deploy_can_be_cancelled_and_wave_flags_need_a_fleet() {
+    let f = Fleet::start("fleet-cancel", false, "sleep 1");
+    let w = &f.w;
+    let e = w.coord(&["deploy", "a", "--canary", "1"]).fails().stderr();
+    assert!(e.contains("--canary shape(s) a fleet deploy"), "{e}");
+    let token = w.api_token();
+    let body = r#"{"all": true, "confirm": true, "max_parallel": 1}"#;
+    let (code, v) = w.api("POST", "/api/fleet-deploys", Some(&token), Some(body));
+    assert_eq!(code, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_until("the first wave to be under way", Duration::from_secs(30), || {
+        let info = w.coord(&["fleet", "show", &id, "--output", "json"]).json();
+        info["targets"][0]["status"] == "deploying"
+    });
+    w.coord(&["fleet", "cancel", &id]).ok();
+    let e = w.coord(&["fleet", "cancel", &id]).fails().stderr();
+    assert!(e.contains("cancelled already"), "{e}");
+    // The order given runs on; nothing after it is ordered.
+    wait_until("a to finish", Duration::from_secs(30), || f.live("a") == "v1");
+    std::thread::sleep(Duration::from_secs(2));
+    let info = w.coord(&["fleet", "show", &id, "--output", "json"]).json();
+    assert_eq!(info["status"], "cancelled", "{info}");
+    let t = by_target(&info);
+    assert_eq!(t["a"]["status"], "succeeded", "{info}");
+    for x in ["c", "d", "e"] {
+        assert_eq!(t[x]["status"], "skipped", "{x}: {info}");
+        assert!(t[x]["reason"].as_str().unwrap().contains("cancelled"), "{info}");
+        assert!(f.deployments_of(x).is_empty(), "{x} was ordered after the cancel");
+    }
+}

@@ -344,6 +344,14 @@ impl admin_server::Admin for Coordinator {
         Ok(Response::new(self.fleet_list(100)?))
     }
 
+    async fn cancel_fleet_deploy(
+        &self,
+        req: Request<proto::FleetDeployId>,
+    ) -> Result<Response<proto::FleetDeployInfo>, Status> {
+        let op = OperatorPeer::of(&req)?;
+        Ok(Response::new(self.cancel_fleet(&req.into_inner().id, &op.name)?))
+    }
+
     async fn get_fleet_deploy(
         &self,
         req: Request<proto::FleetDeployId>,

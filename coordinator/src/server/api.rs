@@ -871,6 +871,20 @@ async fn get_fleet_deploy(
     Ok(Json(c.fleet_info(deployment_id(&id)?)?))
 }
 
+/// Stop a running fleet deploy: orders already given run on, no further target is ordered.
+#[utoipa::path(post, path = "/api/fleet-deploys/{id}/cancel", tag = "deploy",
+    params(("id" = String, Path, description = "Fleet deploy id", pattern = "^[A-Za-z0-9-]{3,64}$")),
+    responses((status = 200, body = proto::FleetDeployInfo), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn cancel_fleet_deploy(
+    State(c): State<Coordinator>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<proto::FleetDeployInfo>> {
+    Ok(Json(c.cancel_fleet(deployment_id(&id)?, &op.0.name)?))
+}
+
 /// Enrolled agents.
 #[utoipa::path(get, path = "/api/agents", tag = "agents",
     responses((status = 200, body = proto::AgentList), (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
@@ -931,7 +945,7 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
         get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
-        fleet_deploy, fleet_deploys, get_fleet_deploy),
+        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy),
     components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
@@ -1004,6 +1018,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/stream", get(fleet_stream))
         .route("/api/fleet-deploys", get(fleet_deploys).post(fleet_deploy))
         .route("/api/fleet-deploys/{id}", get(get_fleet_deploy))
+        .route("/api/fleet-deploys/{id}/cancel", post(cancel_fleet_deploy))
         .route("/api/agents", get(agents))
         .route("/api/agents/{id}/revoke", post(revoke_agent))
         .route("/api/events", get(events))

@@ -306,6 +306,17 @@ impl Coordinator {
         })
     }
 
+    /// Stop a running fleet deploy: the targets it has not ordered yet are skipped; orders
+    /// already given run on (each is an ordinary deployment).
+    pub(super) fn cancel_fleet(&self, id: &str, operator: &str) -> Result<proto::FleetDeployInfo, Status> {
+        let row = self.store().fleet(id)?.ok_or_else(|| Status::not_found(format!("no fleet deploy {id:?}")))?;
+        if row.status != "running" {
+            return Err(Status::failed_precondition(format!("fleet deploy {id} is {} already", row.status)));
+        }
+        self.end_fleet(id, operator, "cancelled", &format!("cancelled by {operator}")).map_err(CoordError::internal)?;
+        self.fleet_info(id)
+    }
+
     pub(super) fn fleet_list(&self, limit: u32) -> Result<proto::FleetDeployList, Status> {
         let rows = self.store().fleets(false, limit)?;
         let fleet_deploys = rows.iter().map(|r| self.fleet_info(&r.id)).collect::<Result<_, _>>()?;
@@ -338,6 +349,9 @@ impl Coordinator {
         let waves = plan.iter().map(|(_, w, _)| w + 1).max().unwrap_or(0);
         let mut pending = Vec::new();
         for wave in row.wave..waves {
+            if self.cancelled(id, &plan)? {
+                return Ok(());
+            }
             self.store().set_fleet_wave(id, wave)?;
             let members: Vec<String> = plan.iter().filter(|(_, w, _)| *w == wave).map(|(t, _, _)| t.clone()).collect();
             for t in &members {
@@ -392,6 +406,21 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Was the fleet deploy cancelled? Then the targets it has not ordered are skipped.
+    fn cancelled(&self, id: &str, plan: &[(String, u32, String)]) -> anyhow::Result<bool> {
+        let status = self.store().fleet(id)?.map(|r| r.status).unwrap_or_default();
+        if status != "cancelled" {
+            return Ok(false);
+        }
+        for (t, _, _) in plan {
+            let ordered = self.store().fleet_deployment(id, t)?.is_some();
+            if !ordered && self.note_of(id, t)?.is_empty() {
+                self.store().note_fleet_target(id, t, "skipped: the fleet deploy was cancelled")?;
+            }
+        }
+        Ok(true)
+    }
+
     fn note_of(&self, id: &str, target: &str) -> anyhow::Result<String> {
         Ok(self
             .store()
@@ -418,6 +447,9 @@ impl Coordinator {
     /// Order `target` as part of fleet deploy `id`, unless it was ordered already (a resumed
     /// fleet deploy) or refused before.
     async fn start_in_fleet(&self, id: &str, row: &FleetRow, spec: &Spec, target: &str) -> anyhow::Result<()> {
+        if self.store().fleet(id)?.is_some_and(|r| r.status == "cancelled") {
+            return Ok(());
+        }
         // (One store call per statement: its lock is held to the end of the statement.)
         let ordered = self.store().fleet_deployment(id, target)?.is_some();
         if ordered || !self.note_of(id, target)?.is_empty() {
