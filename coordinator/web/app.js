@@ -122,7 +122,7 @@ function relCell(name, version) {
 }
 // Fleet deploys: their status and their targets' (planned | deploying | succeeded | failed | pending | skipped | rolled_back).
 const FD_ORDER = ['succeeded', 'failed', 'deploying', 'pending', 'rolled_back', 'skipped', 'planned'];
-const FD_CLASS = { running: 'info', succeeded: 'ok', failed: 'bad', deploying: 'info', pending: 'warn', rolled_back: 'warn' };
+const FD_CLASS = { running: 'info', succeeded: 'ok', failed: 'bad', deploying: 'info', pending: 'warn', rolled_back: 'warn', cancelled: 'warn' };
 const fdLabel = (s) => (s ? String(s).replace(/_/g, ' ') : '—');
 function fdBadge(s) { return h('span', { class: 'badge ' + (FD_CLASS[s] || ''), 'data-status': s || '' }, fdLabel(s)); }
 function fdDot(s, big) { return h('span', { class: 'dot' + (big ? ' dot-lg' : ''), 'data-state': s || 'unknown', 'aria-hidden': 'true' }); }
@@ -403,10 +403,14 @@ function renderFleet() {
   document.title = 'Fleet · dockfra';
   let data = null;
   let loading = false;
+  let fds = null; // fleet deploys, newest first
+  let fdAll = false;
+  let selMatch = null; // {text, ids: Set} or {text, bad}: the coordinator's reading of the label filter
   const ctrl = new AbortController();
   const sig = { signal: ctrl.signal };
   const counts = h('ul', { class: 'counts', testid: 'state-counts', 'aria-label': 'Targets by state' });
-  const labelIn = h('input', { type: 'text', id: 'f-labels', testid: 'label-filter', placeholder: 'role=edge, env=prod', autocomplete: 'off', spellcheck: 'false', value: fleetUi.labels, 'aria-describedby': 'f-labels-hint' });
+  const labelIn = h('input', { type: 'text', id: 'f-labels', testid: 'label-filter', placeholder: 'role=edge, region in (eu)', autocomplete: 'off', spellcheck: 'false', value: fleetUi.labels, 'aria-describedby': 'f-labels-hint' });
+  const labelHint = h('span', { class: 'hint', id: 'f-labels-hint' }, SEL_HINT);
   const textIn = h('input', { type: 'search', id: 'f-text', testid: 'text-filter', placeholder: 'prod-vps, armv7, v2…', autocomplete: 'off', value: fleetUi.q });
   const shown = h('p', { class: 'shown', role: 'status' });
   const tbody = h('tbody');
@@ -416,18 +420,29 @@ function renderFleet() {
     return th;
   });
   const table = h('table', { class: 'cards fleet', testid: 'fleet-table', 'aria-label': 'Deploy targets' }, h('thead', null, h('tr', null, heads)), tbody);
-  put($main, 
-    h('div', { class: 'page-head' }, h('div', null, h('h1', { tabindex: '-1' }, 'Fleet'), h('p', { class: 'muted' }, 'Every deploy target and what it runs.'))),
+  const rolloutBtn = h('button', { type: 'button', class: 'btn btn-primary', testid: 'rollout-button', 'aria-expanded': 'false', 'aria-controls': 'rollout-panel', onclick: () => (rolloutSlot.firstChild ? closeRollout() : openRollout()) }, 'Roll out…');
+  const rolloutSlot = h('div', { class: 'slot' });
+  const fdBody = h('tbody');
+  const fdMore = h('button', { type: 'button', class: 'btn btn-sm btn-ghost', hidden: true, onclick: () => { fdAll = !fdAll; renderFds(); } });
+  const FD_COLS = ['Status', 'Fleet deploy', 'Started', 'Action', 'Selector', 'Operator', 'Wave', 'Targets'];
+  put($main,
+    h('div', { class: 'page-head' }, h('div', null, h('h1', { tabindex: '-1' }, 'Fleet'), h('p', { class: 'muted' }, 'Every deploy target and what it runs.')),
+      h('div', { class: 'spacer' }), h('div', { class: 'actions' }, rolloutBtn)),
+    rolloutSlot,
     counts,
     h('section', { class: 'card', 'aria-label': 'Targets' },
       h('div', { class: 'filters', role: 'search' },
-        h('div', { class: 'field' }, h('label', { for: 'f-labels' }, 'Label selector'), labelIn,
-          h('span', { class: 'hint', id: 'f-labels-hint' }, 'key=value, comma-separated; all must match')),
+        h('div', { class: 'field' }, h('label', { for: 'f-labels' }, 'Label selector'), labelIn, labelHint),
         h('div', { class: 'field' }, h('label', { for: 'f-text' }, 'Search'), textIn,
           sp('hint', 'id, host, platform, state, release, version')),
         shown),
-      h('div', { class: 'table-wrap' }, table)));
-  labelIn.addEventListener('input', () => { fleetUi.labels = labelIn.value; renderRows(); });
+      h('div', { class: 'table-wrap' }, table)),
+    h('section', { class: 'card fd-section', testid: 'fleet-deploys', 'aria-labelledby': 'h-fds' },
+      h('div', { class: 'card-head' }, h('h2', { id: 'h-fds' }, 'Fleet deploys'), sp('spacer'), fdMore),
+      h('div', { class: 'table-wrap' }, h('table', { class: 'cards fds', 'aria-label': 'Fleet deploys' },
+        h('thead', null, h('tr', null, FD_COLS.map((c) => h('th', { scope: 'col' }, c)))), fdBody))));
+  const selSoon = debounce(() => loadSelector().then(renderRows), 250);
+  labelIn.addEventListener('input', () => { fleetUi.labels = labelIn.value; renderRows(); selSoon(); });
   textIn.addEventListener('input', () => { fleetUi.q = textIn.value.trim(); renderRows(); });
 
   function sortBy(key) {
@@ -450,19 +465,35 @@ function renderFleet() {
     };
     keepFocus(counts, () => put(counts, item('', total, 'Total'), ...keys.map((k) => item(k, c[k] || 0, stateLabel(k)))));
   }
+  // The coordinator's selector (k in (a,b), !k, …) when it takes the filter's text; else key=value pairs here.
+  async function loadSelector() {
+    const text = fleetUi.labels.trim();
+    if (!text) { selMatch = null; return; }
+    try {
+      const d = await api('GET', '/api/deploy-targets?selector=' + enc(text), undefined, sig);
+      if (fleetUi.labels.trim() === text) selMatch = { text, ids: new Set(((d && d.targets) || []).map((t) => t.target)) };
+    } catch (e) {
+      if (e.status === 400) { if (fleetUi.labels.trim() === text) selMatch = { text, bad: e.message }; } else report(e);
+    }
+  }
   function renderRows() {
     const s = fleetUi.sort;
     for (const th of heads) {
       if (th.dataset.col === s.key) th.setAttribute('aria-sort', s.dir > 0 ? 'ascending' : 'descending');
       else th.removeAttribute('aria-sort');
     }
+    const text = fleetUi.labels.trim();
+    const server = selMatch && selMatch.text === text ? selMatch : null;
+    labelHint.textContent = server && server.bad ? 'Matching key=value here: ' + server.bad : SEL_HINT;
+    labelHint.classList.toggle('bad', !!(server && server.bad));
     if (!data) {
       put(tbody, h('tr', null, h('td', { class: 'empty', colspan: COLUMNS.length }, loading ? 'Loading targets…' : 'No data.')));
       return;
     }
-    const sel = parseSelector(fleetUi.labels);
+    const byServer = server && server.ids;
+    const sel = byServer ? [] : parseSelector(fleetUi.labels);
     const col = COLUMNS.find((c) => c.key === s.key) || COLUMNS[1];
-    const rows = data.targets.filter((t) => matches(t, sel, fleetUi.q)).sort((a, b) => {
+    const rows = data.targets.filter((t) => (!byServer || byServer.has(t.target)) && matches(t, sel, fleetUi.q)).sort((a, b) => {
       const x = col.val(a);
       const y = col.val(b);
       const r = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
@@ -492,13 +523,48 @@ function renderFleet() {
       h('td', { 'data-label': 'Current' }, relCell(t.current_release, t.current_version)),
       h('td', { 'data-label': 'Previous' }, relCell(t.previous_release, t.previous_version)));
   }
+  function renderFds() {
+    const all = fds || [];
+    const list = fdAll ? all : all.slice(0, 10);
+    fdMore.hidden = all.length <= 10;
+    fdMore.textContent = fdAll ? 'Show the latest 10' : `Show all ${all.length}`;
+    keepFocus(fdBody, () => {
+      if (!list.length) {
+        put(fdBody, h('tr', null, h('td', { class: 'empty', colspan: FD_COLS.length }, fds ? 'No fleet deploys yet. Roll out… starts one over the targets a selector names.' : 'Loading…')));
+        return;
+      }
+      put(fdBody, ...list.map((f) => h('tr', { testid: 'fleet-deploy-row-' + f.id, 'data-status': f.status },
+        h('td', { 'data-label': 'Status', class: 'state-cell' }, fdBadge(f.status)),
+        h('th', { scope: 'row', class: 'primary', 'data-label': 'Fleet deploy' },
+          h('a', { href: '#/fleet-deploys/' + enc(f.id), class: 'mono', title: f.id, fkey: 'fd-' + f.id, 'aria-label': `Fleet deploy ${f.id}` }, shortId(f.id))),
+        h('td', { 'data-label': 'Started', class: 'nowrap' }, relEl(f.created_unix)),
+        h('td', { 'data-label': 'Action' }, dash(f.action), f.version ? sp('muted', ' ' + f.version) : null),
+        h('td', { 'data-label': 'Selector' }, f.selector ? sp('mono small', f.selector) : sp('muted', 'all targets')),
+        h('td', { 'data-label': 'Operator' }, dash(f.operator)),
+        h('td', { 'data-label': 'Wave', class: 'nowrap' }, fdWave(f)),
+        h('td', { 'data-label': 'Targets' }, fdCounts(f.counts)))));
+    });
+  }
+  let fdTimer = null;
+  async function loadFds() {
+    clearTimeout(fdTimer);
+    try {
+      const d = await api('GET', '/api/fleet-deploys', undefined, sig);
+      if (ctrl.signal.aborted) return;
+      fds = (d && d.fleet_deploys) || [];
+      renderFds();
+      // Waves move on without events (soak, timeouts): look again soon while one runs.
+      if (fds.some((f) => f.status === 'running')) fdTimer = setTimeout(loadFds, 2000);
+    } catch (e) { report(e); }
+  }
   let again = false;
   async function load() {
     if (loading) { again = true; return; }
     loading = true;
     again = false;
+    loadFds();
     try {
-      const d = await api('GET', '/api/deploy-targets', undefined, sig);
+      const [d] = await Promise.all([api('GET', '/api/deploy-targets', undefined, sig), loadSelector()]);
       if (ctrl.signal.aborted) return;
       data = { targets: (d && d.targets) || [], counts: (d && d.counts) || {} };
       renderCounts();
@@ -510,17 +576,156 @@ function renderFleet() {
       if (again && !ctrl.signal.aborted) load();
     }
   }
+
+  // --- Roll out: a fleet deploy over the targets a selector names ---
+  let closePanel = null;
+  function openRollout() {
+    rolloutBtn.setAttribute('aria-expanded', 'true');
+    closePanel = rolloutPanel(rolloutSlot, fleetUi.labels.trim(), sig, closeRollout);
+  }
+  function closeRollout() {
+    if (closePanel) closePanel();
+    closePanel = null;
+    put(rolloutSlot);
+    rolloutBtn.setAttribute('aria-expanded', 'false');
+    rolloutBtn.focus();
+  }
+
   const soon = debounce(load, 300);
   const poll = setInterval(load, 10000);
   renderCounts();
   renderRows();
+  renderFds();
   load();
   focusHeading();
   view = {
     refresh: soon,
     onFleetEvent: soon,
-    cleanup: () => { ctrl.abort(); soon.cancel(); clearInterval(poll); },
+    cleanup: () => { ctrl.abort(); soon.cancel(); selSoon.cancel(); clearInterval(poll); clearTimeout(fdTimer); if (closePanel) closePanel(); },
   };
+}
+const SEL_HINT = 'k=v, k!=v, k in (a,b), k notin (a,b), k, !k; all must match';
+
+// The "Roll out…" form. Returns its cleanup.
+function rolloutPanel(slot, initial, sig, onClose) {
+  let seq = 0;
+  const field = (id, label, input, hint) => h('div', { class: 'field' },
+    h('label', { for: id }, label, hint ? sp('hint', ' ' + hint) : null), input);
+  const selIn = h('input', { type: 'text', id: 'ro-selector', testid: 'rollout-selector', value: initial, placeholder: 'role=edge, region in (eu, us)', autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'ro-match' });
+  const allIn = h('input', { type: 'checkbox', id: 'ro-all', testid: 'rollout-all' });
+  const match = h('p', { class: 'match', id: 'ro-match', testid: 'rollout-match-count', role: 'status', 'data-state': 'idle' });
+  const actionIn = h('select', { id: 'ro-action', testid: 'rollout-action' },
+    h('option', { value: 'deploy' }, 'Deploy'), h('option', { value: 'rollback' }, 'Roll back to previous'));
+  const versionIn = h('input', { type: 'text', id: 'ro-version', testid: 'rollout-version', autocomplete: 'off', spellcheck: 'false', placeholder: 'optional' });
+  const canaryIn = h('input', { type: 'text', id: 'ro-canary', testid: 'rollout-canary', autocomplete: 'off', spellcheck: 'false', placeholder: 'none (1, 10%)', 'aria-describedby': 'ro-canary-hint' });
+  const num = (id, testid, ph, step) => h('input', { type: 'number', id, testid, min: '0', step: step || '1', inputmode: 'decimal', placeholder: ph });
+  const maxIn = num('ro-max', 'rollout-max-parallel', 'all at once');
+  const soakIn = num('ro-soak', 'rollout-soak', '30', 'any');
+  const waveIn = num('ro-wave', 'rollout-wave-timeout', '600', 'any');
+  const forceIn = h('input', { type: 'checkbox', id: 'ro-force', testid: 'rollout-force' });
+  const confirmIn = h('input', { type: 'checkbox', id: 'ro-confirm', testid: 'rollout-confirm' });
+  const confirmMsg = h('p');
+  const confirmBox = h('div', { class: 'notice stack-sm', testid: 'rollout-production', hidden: true, role: 'alert' },
+    confirmMsg, h('label', { class: 'check' }, confirmIn, 'Yes, roll out to these production targets'));
+  const start = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'rollout-start' }, 'Start');
+  const cancel = h('button', { type: 'button', class: 'btn', testid: 'rollout-cancel', onclick: onClose }, 'Cancel');
+  const versionField = field('ro-version', 'Version label', versionIn);
+  const form = h('form', { class: 'card rollout', id: 'rollout-panel', testid: 'rollout-panel', 'aria-labelledby': 'h-rollout', novalidate: true },
+    h('div', { class: 'card-head' }, h('h2', { id: 'h-rollout', tabindex: '-1' }, 'Roll out to the fleet'),
+      sp('muted small', 'Waves: a canary first when asked, then max parallel at a time; the first failed wave halts it.')),
+    h('div', { class: 'card-body rollout-grid' },
+      h('div', { class: 'field wide' }, h('label', { for: 'ro-selector' }, 'Targets: label selector'), selIn,
+        h('div', { class: 'row' }, h('label', { class: 'check' }, allIn, 'All targets'), match)),
+      field('ro-action', 'Action', actionIn),
+      versionField,
+      h('div', { class: 'field' }, h('label', { for: 'ro-canary' }, 'Canary'), canaryIn, h('span', { class: 'hint', id: 'ro-canary-hint' }, 'targets, or a percentage')),
+      field('ro-max', 'Max parallel', maxIn),
+      field('ro-soak', 'Soak', soakIn, '(s)'),
+      field('ro-wave', 'Wave timeout', waveIn, '(s)'),
+      h('div', { class: 'field wide' }, h('label', { class: 'check' }, forceIn, 'Take over targets other operators are deploying'))),
+    h('div', { class: 'plan-foot' }, confirmBox, sp('spacer'), cancel, start));
+
+  function resetConfirm() { confirmBox.hidden = true; confirmIn.checked = false; start.textContent = 'Start'; }
+  const preview = debounce(async () => {
+    const my = ++seq;
+    const text = selIn.value.trim();
+    const all = allIn.checked;
+    if (!all && !text) { setMatch('idle', 'Enter a selector, or choose All targets.'); return; }
+    setMatch('loading', 'Checking…');
+    try {
+      const d = await api('GET', '/api/deploy-targets' + (all ? '' : '?selector=' + enc(text)), undefined, sig);
+      if (my !== seq) return;
+      const ids = ((d && d.targets) || []).map((t) => t.target).sort();
+      const names = ids.length > 6 ? ids.slice(0, 6).join(', ') + ` and ${ids.length - 6} more` : ids.join(', ');
+      setMatch(ids.length ? 'ok' : 'none', `${ids.length} target${ids.length === 1 ? '' : 's'} match${ids.length === 1 ? 'es' : ''}${ids.length ? ': ' + names : ''}`, ids);
+    } catch (e) {
+      if (my !== seq || e.name === 'AbortError') return;
+      if (e.status === 400) setMatch('bad', e.message); else { setMatch('idle', ''); report(e); }
+    }
+  }, 250);
+  function setMatch(state, text, ids) {
+    match.dataset.state = state;
+    if (ids) { match.dataset.count = String(ids.length); match.dataset.targets = ids.join(','); } else { delete match.dataset.count; delete match.dataset.targets; }
+    match.textContent = text;
+  }
+  const changed = () => { selIn.disabled = allIn.checked; resetConfirm(); preview(); };
+  selIn.addEventListener('input', changed);
+  allIn.addEventListener('change', changed);
+  actionIn.addEventListener('change', () => { versionField.hidden = actionIn.value !== 'deploy'; });
+  confirmIn.addEventListener('change', () => { start.textContent = confirmIn.checked ? 'Start on production' : 'Start'; });
+  form.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.preventDefault(); onClose(); } });
+
+  function bad(input, msg) {
+    input.setAttribute('aria-invalid', 'true');
+    showError(msg);
+    input.focus();
+    return null;
+  }
+  function body() {
+    for (const el of form.querySelectorAll('[aria-invalid]')) el.removeAttribute('aria-invalid');
+    const b = { action: actionIn.value, confirm: confirmIn.checked, force: forceIn.checked };
+    if (allIn.checked) b.all = true;
+    else if (selIn.value.trim()) b.selector = selIn.value.trim();
+    else return bad(selIn, 'Name the targets with a label selector, or choose All targets.');
+    const canary = canaryIn.value.trim();
+    if (canary && !/^\d+\s*%?$/.test(canary)) return bad(canaryIn, 'Canary: a number of targets or a percentage (1, 10%).');
+    if (canary) b.canary = canary.replace(/\s+/g, '');
+    const max = maxIn.value.trim();
+    if (max && !/^\d+$/.test(max)) return bad(maxIn, 'Max parallel: a whole number (0 or empty: all at once).');
+    b.max_parallel = Number(max || 0);
+    for (const [input, key, what] of [[soakIn, 'soak_ms', 'Soak'], [waveIn, 'wave_timeout_ms', 'Wave timeout']]) {
+      const v = input.value.trim();
+      const n = Number(v || 0);
+      if (!Number.isFinite(n) || n < 0 || n > 86400 || (input.validity && input.validity.badInput)) return bad(input, `${what}: seconds, from 0 to 86400.`);
+      b[key] = Math.round(n * 1000);
+    }
+    if (b.action === 'deploy' && versionIn.value.trim()) b.version = versionIn.value.trim();
+    return b;
+  }
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    clearError();
+    const b = body();
+    if (!b) return;
+    start.disabled = true;
+    try {
+      const f = await api('POST', '/api/fleet-deploys', b, sig);
+      if (!f || !f.id) { showError('The coordinator accepted the fleet deploy but returned no id.'); return; }
+      location.hash = '#/fleet-deploys/' + enc(f.id);
+    } catch (err) {
+      if (err.status === 409 && /confirm/i.test(err.message) && !b.confirm) {
+        confirmMsg.textContent = err.message;
+        confirmBox.hidden = false;
+        confirmIn.focus();
+      } else report(err);
+    } finally {
+      start.disabled = false;
+    }
+  });
+  put(slot, form);
+  preview();
+  form.querySelector('h2').focus();
+  return () => { seq++; preview.cancel(); };
 }
 
 // ---------- target view ----------
@@ -634,7 +839,10 @@ function renderTarget(id) {
         rows.push(h('tr', { testid: 'history-row-' + d.id, 'data-status': d.status },
           h('th', { scope: 'row' }, h('button', { type: 'button', class: 'btn-link mono nowrap', 'aria-expanded': String(open), fkey: 'ex-' + d.id, title: d.id, 'aria-label': 'Events of deployment ' + d.id, onclick: () => toggle(d.id) }, (open ? '▾ ' : '▸ ') + shortId(d.id))),
           h('td', { class: 'nowrap' }, h('time', { title: relTime(d.started_unix) }, fmtTime(d.started_unix))),
-          h('td', null, dash(d.action)),
+          h('td', null, dash(d.action), d.fleet ? [' ', h('a', {
+            class: 'tag', href: '#/fleet-deploys/' + enc(d.fleet), testid: 'history-fleet-' + d.id, fkey: 'hf-' + d.id,
+            title: 'Part of fleet deploy ' + d.fleet, 'aria-label': 'Fleet deploy ' + d.fleet,
+          }, 'fleet')] : null),
           h('td', null, sp('mono nowrap', dash(d.release))),
           h('td', null, dash(d.version)),
           h('td', null, dash(d.operator)),
@@ -932,6 +1140,140 @@ function renderTarget(id) {
     refresh: refreshSoon,
     onFleetEvent: (ev) => { if (!ev.target || ev.target === id) refreshSoon(); },
     cleanup: () => { ctrl.abort(); refreshSoon.cancel(); clearInterval(poll); },
+  };
+}
+
+// ---------- fleet deploy view ----------
+function renderFleetDeploy(id) {
+  document.title = 'Fleet deploy ' + shortId(id) + ' · dockfra';
+  const ctrl = new AbortController();
+  const sig = { signal: ctrl.signal };
+  let f = null;
+  let timer = null;
+  let loading = false;
+  const dot = fdDot('unknown', true);
+  const badge = h('span', { class: 'badge' }, 'Loading…');
+  const reason = h('p', { class: 'reason', role: 'status' });
+  const facts = h('div', { class: 'kv fd-facts' });
+  const bar = h('div', { class: 'fd-bar', role: 'img', 'aria-label': 'Progress' });
+  const counts = h('div');
+  const waves = h('div', { class: 'stack' });
+  const page = h('div', { testid: 'fleet-deploy', 'data-fleet': id },
+    h('a', { class: 'crumb', href: '#/' }, '← Fleet'),
+    h('div', { class: 'page-head' }, h('div', null,
+      h('div', { class: 'target-title' }, dot, h('h1', { tabindex: '-1' }, 'Fleet deploy ', sp('mono', shortId(id))), badge),
+      reason)),
+    h('div', { class: 'stack' },
+      h('section', { class: 'card', 'aria-label': 'Summary' }, h('div', { class: 'card-body stack' }, facts, bar, counts)),
+      waves));
+  put($main, page);
+
+  const kv = (k, ...v) => h('div', null, sp('k', k), h('span', { class: 'v' }, ...v));
+  function render() {
+    page.dataset.status = f.status;
+    dot.dataset.state = f.status;
+    put(badge, fdLabel(f.status));
+    badge.className = 'badge ' + (FD_CLASS[f.status] || '');
+    reason.textContent = f.reason || (f.status === 'running' ? `Wave ${fdWave(f)} running…` : '');
+    const end = f.finished_unix || (f.status === 'running' ? Date.now() / 1000 : 0);
+    put(facts,
+      kv('Action', dash(f.action), f.version ? sp('muted', ' · ' + f.version) : null),
+      kv('Targets', f.selector ? sp('mono', f.selector) : 'all targets'),
+      kv('Operator', dash(f.operator)),
+      kv('Started', h('time', { title: relTime(f.created_unix) }, fmtTime(f.created_unix))),
+      kv(f.finished_unix ? 'Took' : 'Running for', f.created_unix && end ? fmtDuration(Math.max(0, end - f.created_unix) * 1000) : '—'),
+      kv('Wave', fdWave(f)),
+      kv('Canary', f.canary ? `${f.canary} target${f.canary === 1 ? '' : 's'}, soak ${fmtDuration(f.soak_ms)}` : 'none'),
+      kv('Max parallel', f.max_parallel ? String(f.max_parallel) : 'all at once'),
+      kv('Wave timeout', fmtDuration(f.wave_timeout_ms)),
+      f.auto_rollback ? kv('Auto-rollback', 'yes') : null);
+    const ts = f.targets || [];
+    const c = {};
+    for (const t of ts) c[t.status] = (c[t.status] || 0) + 1;
+    put(bar, ...[...FD_ORDER, ...Object.keys(c).filter((k) => !FD_ORDER.includes(k))].filter((k) => c[k]).map((k) => {
+      const seg = h('span', { 'data-status': k, title: `${c[k]} ${fdLabel(k)}` });
+      seg.style.flexGrow = String(c[k]);
+      return seg;
+    }));
+    bar.setAttribute('aria-label', ts.length ? FD_ORDER.filter((k) => c[k]).map((k) => `${c[k]} ${fdLabel(k)}`).join(', ') : 'No targets');
+    put(counts, fdCounts(f.counts || c));
+    const n = Math.max(f.waves || 0, ...ts.map((t) => (t.wave || 0) + 1));
+    keepFocus(waves, () => put(waves, ...Array.from({ length: n }, (_, w) => wave(w, ts.filter((t) => (t.wave || 0) === w)))));
+  }
+  function waveName(w) {
+    const name = (f.wave_names || [])[w];
+    if (name && !/^wave \d+$/i.test(name)) return `Wave ${w + 1} — ${name}`;
+    return w === 0 && f.canary > 0 ? 'Wave 1 — canary' : `Wave ${w + 1}`;
+  }
+  function waveState(w, ms) {
+    const c = {};
+    for (const t of ms) c[t.status] = (c[t.status] || 0) + 1;
+    const n = ms.length;
+    if (n && c.skipped === n) return 'skipped';
+    if (c.failed) return 'failed';
+    if (f.status === 'running' && w === (f.wave || 0)) return !c.deploying && !c.planned && w === 0 && f.canary > 0 ? 'soaking' : 'running';
+    if (n && c.planned === n) return 'waiting';
+    if (c.pending) return 'pending';
+    if (n && c.succeeded === n) return 'succeeded';
+    return 'done';
+  }
+  function wave(w, ms) {
+    const st = waveState(w, ms);
+    const done = ms.filter((t) => ['succeeded', 'failed', 'skipped', 'rolled_back'].includes(t.status)).length;
+    const label = { soaking: `soaking ${fmtDuration(f.soak_ms)}`, waiting: 'waiting' }[st] || fdLabel(st);
+    const cls = { running: 'info', soaking: 'info', succeeded: 'ok', failed: 'bad', pending: 'warn' }[st] || '';
+    return h('section', { class: 'card wave', testid: 'fleet-wave-' + (w + 1), 'data-wave': w + 1, 'data-state': st, 'aria-labelledby': 'h-wave-' + w },
+      h('div', { class: 'card-head' }, h('h2', { id: 'h-wave-' + w }, waveName(w)),
+        h('span', { class: 'badge ' + cls }, st === 'running' || st === 'soaking' ? h('span', { class: 'spinner spinner-sm', 'aria-hidden': 'true' }) : null, label),
+        sp('spacer'), sp('muted small', `${done} of ${ms.length} done`)),
+      h('ul', { class: 'fd-targets' }, ms.length ? ms.map(target) : h('li', { class: 'muted' }, 'No targets.')));
+  }
+  function target(t) {
+    const d = t.deployment;
+    return h('li', { testid: 'fleet-target-' + t.target, 'data-status': t.status, 'data-wave': (t.wave || 0) + 1 },
+      fdDot(t.status),
+      h('div', { class: 'fd-name' },
+        h('a', { href: '#/targets/' + enc(t.target), fkey: 'ft-' + t.target }, t.target),
+        d && (d.release || d.version) ? sp('v', d.release ? sp('mono', d.release) : null, d.version ? (d.release ? ' · ' : '') + d.version : null) : null,
+        t.current_release && (!d || t.current_release !== d.release)
+          ? sp('v', d ? 'runs now ' : 'runs ', sp('mono', t.current_release), t.current_version ? ' · ' + t.current_version : '') : null),
+      fdBadge(t.status),
+      h('div', { class: 'fd-reason' }, t.reason || '',
+        d && !(t.reason || '').includes(d.id) ? sp('muted small', t.reason ? ' · ' : '', d.action === 'rollback' && f.action === 'deploy' ? 'rollback ' : '',
+          h('span', { class: 'mono', title: d.id }, shortId(d.id)), d.done || FINAL.has(d.status) ? ' · ' + fmtDuration(d.duration_ms) : '') : null));
+  }
+  async function load() {
+    if (loading) return;
+    loading = true;
+    clearTimeout(timer);
+    try {
+      const nf = await api('GET', '/api/fleet-deploys/' + enc(id), undefined, sig);
+      if (ctrl.signal.aborted) return;
+      f = nf;
+      render();
+    } catch (e) {
+      if (e.status === 404 && !f) {
+        ctrl.abort();
+        put($main, h('a', { class: 'crumb', href: '#/' }, '← Fleet'),
+          h('section', { class: 'card' }, h('div', { class: 'card-body stack' },
+            h('h1', { tabindex: '-1' }, 'Fleet deploy ', sp('mono', id)),
+            h('p', { class: 'muted' }, 'The coordinator knows no fleet deploy by this id.'),
+            h('p', null, h('a', { href: '#/' }, 'Back to the fleet')))));
+      }
+      report(e);
+    } finally {
+      loading = false;
+      // Every second while it runs (or until the first answer); stop when it is done.
+      if (!ctrl.signal.aborted && (!f || f.status === 'running')) timer = setTimeout(load, 1000);
+    }
+  }
+  const soon = debounce(() => { if (!f || f.status === 'running') load(); }, 200);
+  load();
+  focusHeading();
+  view = {
+    refresh: soon,
+    onFleetEvent: soon,
+    cleanup: () => { ctrl.abort(); soon.cancel(); clearTimeout(timer); },
   };
 }
 

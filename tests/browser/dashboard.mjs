@@ -4,7 +4,7 @@
 //
 //   DOCKFRA_URL            https://127.0.0.1:PORT (the coordinator's REST/dashboard address)
 //   DOCKFRA_TOKEN          an operator API token (`dockfra-coord operator token`)
-//   DOCKFRA_STEP           login-bad | fleet | deploy | rollback | keyboard (comma-separated for several)
+//   DOCKFRA_STEP           login-bad | fleet | deploy | rollback | keyboard | rollout (comma-separated for several)
 //   DOCKFRA_SHOTS          directory for screenshots (default: current directory)
 //   DOCKFRA_EXPECT_TARGETS ids that must appear in the fleet (fleet, keyboard)
 //   DOCKFRA_FILTER         label selector typed into the filter box (fleet), e.g. role=edge
@@ -14,7 +14,16 @@
 //   DOCKFRA_ROLLBACK_VIA   history | releases: which button the rollback step clicks
 //   DOCKFRA_EXPECT_RESULT  final deployment status expected (default succeeded)
 //   DOCKFRA_EXPECT_STATE   target state expected in the fleet after the deploy (default healthy)
-//   DOCKFRA_TIMEOUT_MS     per-wait limit (default 60000)
+//   DOCKFRA_TIMEOUT_MS     per-wait limit (default 60000; rollout: for the fleet deploy to end, default 120000)
+//   rollout: a fleet deploy from the fleet page's "Roll out…" panel, followed to its end
+//   DOCKFRA_SELECTOR       label selector typed into the panel (kubectl syntax), e.g. role=edge,region in (eu)
+//   DOCKFRA_CANARY         canary: 1 or 10% (optional)
+//   DOCKFRA_MAX_PARALLEL   targets per wave after the canary (optional)
+//   DOCKFRA_SOAK_S, DOCKFRA_WAVE_TIMEOUT_S  soak and wave timeout in seconds (optional)
+//   DOCKFRA_ACTION         deploy (default) | rollback; DOCKFRA_VERSION: the version label (also deploy)
+//   DOCKFRA_CONFIRM        1: production targets are among them: expect the confirmation, give it
+//   DOCKFRA_EXPECT_STATUS  the fleet deploy's final status (default succeeded)
+//   DOCKFRA_EXPECT_TARGETS (rollout) id=status,… each target's final status in it, e.g. a=succeeded,b=skipped
 //   DOCKFRA_CHROMIUM       browser binary (default /usr/bin/chromium)
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
@@ -27,7 +36,7 @@ const SHOTS = env.DOCKFRA_SHOTS || '.';
 const STEPS = (env.DOCKFRA_STEP || '').split(',').map((s) => s.trim()).filter(Boolean);
 const TIMEOUT = Number(env.DOCKFRA_TIMEOUT_MS || 60000);
 const list = (v) => (v || '').split(',').map((s) => s.trim()).filter(Boolean);
-const EXPECT_TARGETS = list(env.DOCKFRA_EXPECT_TARGETS);
+const EXPECT_TARGETS = list(env.DOCKFRA_EXPECT_TARGETS).map((e) => e.split('=')[0].trim()); // rollout: id=status
 const TARGET = env.DOCKFRA_TARGET || '';
 const RELEASE = env.DOCKFRA_RELEASE || '';
 const EXPECT_RESULT = env.DOCKFRA_EXPECT_RESULT || 'succeeded';
@@ -291,6 +300,101 @@ const steps = {
     if (r.result !== EXPECT_RESULT) fail(`rollback ${r.deployment_id} ended ${r.result}, expected ${EXPECT_RESULT}: ${r.result_text}`);
     checkProblems(page);
     return { target: TARGET, release: RELEASE, via, deployment_id: r.deployment_id, result: r.result, phases: r.phases };
+  },
+
+  async rollout(browser) {
+    const selector = env.DOCKFRA_SELECTOR || '';
+    need('DOCKFRA_SELECTOR', selector);
+    const wait = Number(env.DOCKFRA_TIMEOUT_MS || 120000);
+    const expectStatus = env.DOCKFRA_EXPECT_STATUS || 'succeeded';
+    const expect = Object.fromEntries(list(env.DOCKFRA_EXPECT_TARGETS).map((e) => {
+      const i = e.indexOf('=');
+      return i < 0 ? [e, null] : [e.slice(0, i).trim(), e.slice(i + 1).trim()];
+    }));
+    const errText = async (page) => (await tid(page, 'error').innerText()).replace(/\s*Dismiss$/, '').trim();
+    const errShown = (page) => tid(page, 'error').filter({ hasText: /\S/ }).waitFor({ state: 'visible' });
+    const page = await newPage(browser);
+    await loginOk(page);
+    await tid(page, 'rollout-button').click();
+    await tid(page, 'rollout-panel').waitFor({ state: 'visible' });
+    if (!(await page.evaluate(() => !!document.activeElement.closest('[data-testid="rollout-panel"]')))) fail('focus did not move into the rollout panel when it opened');
+    await tid(page, 'rollout-selector').fill(selector);
+    // The panel asks the coordinator which targets the selector names.
+    const mc = tid(page, 'rollout-match-count');
+    await page.waitForFunction(() => {
+      const m = document.querySelector('[data-testid="rollout-match-count"]');
+      return m && ['ok', 'none', 'bad'].includes(m.dataset.state);
+    }).catch(() => fail('the rollout panel shows no match count for the selector'));
+    const match = await mc.evaluate((m) => ({ state: m.dataset.state, text: m.textContent.trim(), ids: (m.dataset.targets || '').split(',').filter(Boolean) }));
+    if (match.state !== 'ok') fail(`selector ${selector}: ${match.text}`);
+    const missing = Object.keys(expect).filter((id) => !match.ids.includes(id));
+    if (missing.length) fail(`selector ${selector} does not name ${missing.join(', ')} (it matches ${match.ids.join(', ')})`);
+    if (env.DOCKFRA_ACTION) await tid(page, 'rollout-action').selectOption(env.DOCKFRA_ACTION);
+    if (env.DOCKFRA_VERSION && (env.DOCKFRA_ACTION || 'deploy') === 'deploy') await tid(page, 'rollout-version').fill(env.DOCKFRA_VERSION);
+    if (env.DOCKFRA_CANARY) await tid(page, 'rollout-canary').fill(env.DOCKFRA_CANARY);
+    if (env.DOCKFRA_MAX_PARALLEL) await tid(page, 'rollout-max-parallel').fill(env.DOCKFRA_MAX_PARALLEL);
+    if (env.DOCKFRA_SOAK_S) await tid(page, 'rollout-soak').fill(env.DOCKFRA_SOAK_S);
+    if (env.DOCKFRA_WAVE_TIMEOUT_S) await tid(page, 'rollout-wave-timeout').fill(env.DOCKFRA_WAVE_TIMEOUT_S);
+    await shot(page, 'rollout-panel.png', false);
+    await tid(page, 'rollout-start').click();
+    const started = () => page.waitForFunction(() => /^#\/fleet-deploys\/./.test(location.hash), null, { timeout: TIMEOUT });
+    const refused = () => errShown(page).then(async () => fail('the fleet deploy was refused: ' + (await errText(page))));
+    const confirm = tid(page, 'rollout-confirm');
+    let confirmText = null;
+    if (env.DOCKFRA_CONFIRM === '1') {
+      await Promise.race([confirm.waitFor({ state: 'visible' }), refused(),
+        started().then(() => fail('the fleet deploy started without asking to confirm production targets'))]);
+      confirmText = (await tid(page, 'rollout-production').innerText()).trim().split('\n')[0];
+      if (!/confirm/i.test(confirmText)) fail('the production confirmation does not say what to confirm: ' + confirmText);
+      await shot(page, 'rollout-confirm.png', false);
+      await confirm.check();
+      await tid(page, 'rollout-start').click();
+    }
+    await Promise.race([started(), refused(), confirmText !== null ? null
+      : confirm.waitFor({ state: 'visible' }).then(async () => fail('production confirmation asked (DOCKFRA_CONFIRM is not 1): ' + (await tid(page, 'rollout-production').innerText()).trim().split('\n')[0]))]);
+    const id = await page.evaluate(() => decodeURIComponent(location.hash.replace(/^#\/fleet-deploys\//, '')));
+    const fd = tid(page, 'fleet-deploy');
+    await fd.waitFor({ state: 'visible' });
+    await page.waitForFunction(() => {
+      const s = document.querySelector('[data-testid="fleet-deploy"]')?.dataset.status;
+      return s && s !== 'running';
+    }, null, { timeout: wait }).catch(async () => {
+      fail(`fleet deploy ${id} still ${await fd.getAttribute('data-status')} after ${wait} ms`);
+    });
+    const r = await page.evaluate(() => {
+      const el = document.querySelector('[data-testid="fleet-deploy"]');
+      const rows = [...document.querySelectorAll('[data-testid^="fleet-target-"]')];
+      return {
+        status: el.dataset.status,
+        reason: (document.querySelector('.reason')?.textContent || '').trim(),
+        targets: Object.fromEntries(rows.map((x) => [x.dataset.testid.slice(13), x.dataset.status])),
+        waves: Object.fromEntries(rows.map((x) => [x.dataset.testid.slice(13), Number(x.dataset.wave)])),
+      };
+    });
+    await page.waitForTimeout(300);
+    await shot(page, 'rollout.png');
+    if (r.status !== expectStatus) fail(`fleet deploy ${id} ended ${r.status}, expected ${expectStatus}: ${r.reason}`);
+    for (const [t, want] of Object.entries(expect)) {
+      if (!(t in r.targets)) fail(`target ${t} is not in fleet deploy ${id} (${Object.keys(r.targets).join(', ')})`);
+      if (want && r.targets[t] !== want) fail(`target ${t} ended ${r.targets[t]} in fleet deploy ${id}, expected ${want}`);
+    }
+    // The fleet page lists it with the same status.
+    await page.evaluate(() => { location.hash = '#/'; });
+    await page.waitForFunction(([fid, st]) => document.querySelector(`[data-testid="fleet-deploy-row-${CSS.escape(fid)}"]`)?.dataset.status === st,
+      [id, r.status], { timeout: 10000 }).catch(() => fail(`fleet deploy ${id} is not listed as ${r.status} on the fleet page`));
+    checkProblems(page);
+    await page.context().close();
+
+    const phone = await newPage(browser, { viewport: PHONE, colorScheme: 'dark' });
+    await loginOk(phone);
+    await phone.evaluate((h) => { location.hash = h; }, '#/fleet-deploys/' + encodeURIComponent(id));
+    await phone.waitForFunction(() => document.querySelector('[data-testid="fleet-deploy"]')?.dataset.status);
+    await phone.waitForTimeout(300);
+    const sw = await phone.evaluate(() => document.documentElement.scrollWidth);
+    if (sw > PHONE.width + 1) fail(`at ${PHONE.width} px the fleet deploy page scrolls sideways (scrollWidth ${sw})`);
+    await shot(phone, 'rollout-phone.png');
+    checkProblems(phone);
+    return { fleet_id: id, status: r.status, reason: r.reason, targets: r.targets, waves: r.waves, matched: match.ids, confirm: confirmText };
   },
 
   async keyboard(browser) {

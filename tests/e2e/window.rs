@@ -547,6 +547,22 @@ fn dashboard_in_chromium_deploys_streams_fails_red_and_rolls_back() {
     // Keyboard only.
     browser_step(&w, &token, "keyboard", &[("DOCKFRA_TARGET", "edge-push")]);
 
+    // A fleet deploy from the page: the env=test targets (edge-push only), in one wave.
+    w.write("project/app/health.txt", "ok\n");
+    w.write("project/app/VERSION", "v4\n");
+    let out = browser_step(
+        &w,
+        &token,
+        "rollout",
+        &[("DOCKFRA_SELECTOR", "env=test"), ("DOCKFRA_EXPECT_TARGETS", "edge-push=succeeded")],
+    );
+    let fleet_id = out.last().unwrap()["fleet_id"].as_str().unwrap().to_string();
+    assert_eq!(live_version(&w, "deploy-push"), "v4");
+    assert_eq!(live_version(&w, "deploy-pull"), "v2", "edge-pull is not env=test");
+    let (_, fd) = w.api("GET", "/api/fleet-deploys", t, None);
+    assert_eq!(fd["fleet_deploys"][0]["status"], "succeeded", "{fd}");
+    assert_eq!(fd["fleet_deploys"][0]["id"], fleet_id.as_str());
+
     // The fleet after all that (docs/img/dashboard-fleet.png is one of these).
     let after = workspace().join("target/artifacts/dashboard/after");
     browser_step(
