@@ -69,6 +69,11 @@ function fmtDuration(ms) {
   const s = Math.round(ms / 1000);
   return Math.floor(s / 60) + ' min ' + pad(s % 60) + ' s';
 }
+// Whole seconds (times the coordinator stores in unix seconds): "0 s", "42 s", "3 min 05 s".
+function fmtSeconds(s) {
+  s = Math.max(0, Math.round(Number(s) || 0));
+  return s < 60 ? s + ' s' : Math.floor(s / 60) + ' min ' + pad(s % 60) + ' s';
+}
 function fmtTime(unix) {
   if (!unix) return '—';
   const d = new Date(unix * 1000);
@@ -122,7 +127,7 @@ function relCell(name, version) {
 }
 // Fleet deploys: their status and their targets' (planned | deploying | succeeded | failed | pending | skipped | rolled_back).
 const FD_ORDER = ['succeeded', 'failed', 'deploying', 'pending', 'rolled_back', 'skipped', 'planned'];
-const FD_CLASS = { running: 'info', succeeded: 'ok', failed: 'bad', deploying: 'info', pending: 'warn', rolled_back: 'warn', cancelled: 'warn' };
+const FD_CLASS = { running: 'info', succeeded: 'ok', failed: 'bad', deploying: 'info', pending: 'warn', rolled_back: 'warn', cancelled: 'grey' };
 const fdLabel = (s) => (s ? String(s).replace(/_/g, ' ') : '—');
 function fdBadge(s) { return h('span', { class: 'badge ' + (FD_CLASS[s] || ''), 'data-status': s || '' }, fdLabel(s)); }
 function fdDot(s, big) { return h('span', { class: 'dot' + (big ? ' dot-lg' : ''), 'data-state': s || 'unknown', 'aria-hidden': 'true' }); }
@@ -132,6 +137,9 @@ function fdCounts(counts) {
   if (!keys.length) return sp('muted', '—');
   return sp('fd-counts', keys.map((k) => h('span', { class: 'fd-count', 'data-status': k }, fdDot(k), `${c[k]} ${fdLabel(k)}`)));
 }
+// A cancelled fleet deploy whose targets are still moving: orders given run on, the rest becomes skipped.
+const unsettled = (f) => !!f && f.status === 'cancelled' && (f.targets || []).some((t) => t.status === 'planned' || t.status === 'deploying');
+const watching = (f) => !f || f.status === 'running' || unsettled(f);
 const fdWave = (f) => (f.waves ? `${Math.min((f.wave || 0) + 1, f.waves)}/${f.waves}` : '—');
 
 // Re-render a region while keeping keyboard focus on the "same" control (data-fkey).
@@ -553,8 +561,9 @@ function renderFleet() {
       if (ctrl.signal.aborted) return;
       fds = (d && d.fleet_deploys) || [];
       renderFds();
-      // Waves move on without events (soak, timeouts): look again soon while one runs.
-      if (fds.some((f) => f.status === 'running')) fdTimer = setTimeout(loadFds, 2000);
+      // Waves move on without events (soak, timeouts): look again soon while one runs, or a
+      // cancelled one's orders still do.
+      if (fds.some((f) => f.status === 'running' || unsettled(f))) fdTimer = setTimeout(loadFds, 2000);
     } catch (e) { report(e); }
   }
   let again = false;
@@ -623,6 +632,9 @@ function rolloutPanel(slot, initial, sig, onClose) {
   const soakIn = num('ro-soak', 'rollout-soak', '30', 'any');
   const waveIn = num('ro-wave', 'rollout-wave-timeout', '600', 'any');
   const forceIn = h('input', { type: 'checkbox', id: 'ro-force', testid: 'rollout-force' });
+  const wavesIn = h('input', { type: 'checkbox', id: 'ro-waves', testid: 'rollout-waves', 'aria-describedby': 'ro-waves-hint' });
+  const autoRbIn = h('input', { type: 'checkbox', id: 'ro-auto-rollback', testid: 'rollout-auto-rollback', 'aria-describedby': 'ro-auto-rollback-hint' });
+  const canaryHint = h('span', { class: 'hint', id: 'ro-canary-hint' }, 'targets, or a percentage');
   const confirmIn = h('input', { type: 'checkbox', id: 'ro-confirm', testid: 'rollout-confirm' });
   const confirmMsg = h('p');
   const confirmBox = h('div', { class: 'notice stack-sm', testid: 'rollout-production', hidden: true, role: 'alert' },
@@ -630,19 +642,25 @@ function rolloutPanel(slot, initial, sig, onClose) {
   const start = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'rollout-start' }, 'Start');
   const cancel = h('button', { type: 'button', class: 'btn', testid: 'rollout-cancel', onclick: onClose }, 'Cancel');
   const versionField = field('ro-version', 'Version label', versionIn);
+  const autoRbRow = h('div', { class: 'check-row' }, h('label', { class: 'check' }, autoRbIn, 'Auto-rollback a failed wave'),
+    h('span', { class: 'hint', id: 'ro-auto-rollback-hint' }, 'its targets that took the release go back to their previous one'));
   const form = h('form', { class: 'card rollout', id: 'rollout-panel', testid: 'rollout-panel', 'aria-labelledby': 'h-rollout', novalidate: true },
     h('div', { class: 'card-head' }, h('h2', { id: 'h-rollout', tabindex: '-1' }, 'Roll out to the fleet'),
-      sp('muted small', 'Waves: a canary first when asked, then max parallel at a time; the first failed wave halts it.')),
+      sp('muted small', 'Waves: a canary first when asked, or the ones deploy-targets.yaml declares, each max parallel at a time; the first failed wave halts it.')),
     h('div', { class: 'card-body rollout-grid' },
       h('div', { class: 'field wide' }, h('label', { for: 'ro-selector' }, 'Targets: label selector'), selIn,
         h('div', { class: 'row' }, h('label', { class: 'check' }, allIn, 'All targets'), match)),
       field('ro-action', 'Action', actionIn),
       versionField,
-      h('div', { class: 'field' }, h('label', { for: 'ro-canary' }, 'Canary'), canaryIn, h('span', { class: 'hint', id: 'ro-canary-hint' }, 'targets, or a percentage')),
+      h('div', { class: 'field' }, h('label', { for: 'ro-canary' }, 'Canary'), canaryIn, canaryHint),
       field('ro-max', 'Max parallel', maxIn),
       field('ro-soak', 'Soak', soakIn, '(s)'),
       field('ro-wave', 'Wave timeout', waveIn, '(s)'),
-      h('div', { class: 'field wide' }, h('label', { class: 'check' }, forceIn, 'Take over targets other operators are deploying'))),
+      h('div', { class: 'field wide stack-sm' },
+        h('div', { class: 'check-row' }, h('label', { class: 'check' }, wavesIn, 'Use the waves from deploy-targets.yaml'),
+          h('span', { class: 'hint', id: 'ro-waves-hint' }, 'instead of a canary; max parallel splits a large wave')),
+        autoRbRow,
+        h('div', { class: 'check-row' }, h('label', { class: 'check' }, forceIn, 'Take over targets other operators are deploying')))),
     h('div', { class: 'plan-foot' }, confirmBox, sp('spacer'), cancel, start));
 
   function resetConfirm() { confirmBox.hidden = true; confirmIn.checked = false; start.textContent = 'Start'; }
@@ -671,7 +689,18 @@ function rolloutPanel(slot, initial, sig, onClose) {
   const changed = () => { selIn.disabled = allIn.checked; resetConfirm(); preview(); };
   selIn.addEventListener('input', changed);
   allIn.addEventListener('change', changed);
-  actionIn.addEventListener('change', () => { versionField.hidden = actionIn.value !== 'deploy'; });
+  actionIn.addEventListener('change', () => {
+    const deploy = actionIn.value === 'deploy';
+    versionField.hidden = !deploy;
+    autoRbRow.hidden = !deploy; // a fleet rollback has nothing to roll back to
+  });
+  // The server takes the declared waves or a canary, not both.
+  let canaryKept = '';
+  wavesIn.addEventListener('change', () => {
+    if (wavesIn.checked) { canaryKept = canaryIn.value; canaryIn.value = ''; canaryIn.removeAttribute('aria-invalid'); } else if (!canaryIn.value) canaryIn.value = canaryKept;
+    canaryIn.disabled = wavesIn.checked;
+    canaryHint.textContent = wavesIn.checked ? 'not with the declared waves' : 'targets, or a percentage';
+  });
   confirmIn.addEventListener('change', () => { start.textContent = confirmIn.checked ? 'Start on production' : 'Start'; });
   form.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.preventDefault(); onClose(); } });
 
@@ -687,7 +716,7 @@ function rolloutPanel(slot, initial, sig, onClose) {
     if (allIn.checked) b.all = true;
     else if (selIn.value.trim()) b.selector = selIn.value.trim();
     else return bad(selIn, 'Name the targets with a label selector, or choose All targets.');
-    const canary = canaryIn.value.trim();
+    const canary = wavesIn.checked ? '' : canaryIn.value.trim();
     if (canary && !/^\d+\s*%?$/.test(canary)) return bad(canaryIn, 'Canary: a number of targets or a percentage (1, 10%).');
     if (canary) b.canary = canary.replace(/\s+/g, '');
     const max = maxIn.value.trim();
@@ -700,6 +729,8 @@ function rolloutPanel(slot, initial, sig, onClose) {
       b[key] = Math.round(n * 1000);
     }
     if (b.action === 'deploy' && versionIn.value.trim()) b.version = versionIn.value.trim();
+    if (wavesIn.checked) b.waves = true;
+    if (b.action === 'deploy' && autoRbIn.checked) b.auto_rollback = true;
     return b;
   }
   form.addEventListener('submit', async (e) => {
@@ -1151,6 +1182,7 @@ function renderFleetDeploy(id) {
   let f = null;
   let timer = null;
   let loading = false;
+  let gen = 0; // answers of loads started before the cancel's are stale
   const dot = fdDot('unknown', true);
   const badge = h('span', { class: 'badge' }, 'Loading…');
   const reason = h('p', { class: 'reason', role: 'status' });
@@ -1158,11 +1190,22 @@ function renderFleetDeploy(id) {
   const bar = h('div', { class: 'fd-bar', role: 'img', 'aria-label': 'Progress' });
   const counts = h('div');
   const waves = h('div', { class: 'stack' });
+  // Cancel: a first click asks, in the page; "Yes, cancel it" sends it.
+  const cancelBtn = h('button', { type: 'button', class: 'btn btn-danger', testid: 'fleet-cancel', hidden: true, 'aria-expanded': 'false', 'aria-controls': 'fd-cancel-ask', onclick: () => arm() }, 'Cancel…');
+  const yesBtn = h('button', { type: 'button', class: 'btn btn-danger btn-solid', testid: 'fleet-cancel-confirm', onclick: () => doCancel() }, 'Yes, cancel it');
+  const keepBtn = h('button', { type: 'button', class: 'btn', testid: 'fleet-cancel-keep', onclick: () => disarm(true) }, 'Keep it running');
+  const ask = h('div', { class: 'notice fd-cancel-ask', id: 'fd-cancel-ask', testid: 'fleet-cancel-ask', role: 'group', 'aria-labelledby': 'fd-cancel-q', hidden: true },
+    h('p', { id: 'fd-cancel-q' }, h('b', null, 'Cancel this fleet deploy? '), 'The orders it gave run on; the targets it has not ordered yet are skipped.'),
+    h('div', { class: 'actions' }, yesBtn, keepBtn));
+  ask.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.preventDefault(); disarm(true); } });
   const page = h('div', { testid: 'fleet-deploy', 'data-fleet': id },
     h('a', { class: 'crumb', href: '#/' }, '← Fleet'),
     h('div', { class: 'page-head' }, h('div', null,
       h('div', { class: 'target-title' }, dot, h('h1', { tabindex: '-1' }, 'Fleet deploy ', sp('mono', shortId(id))), badge),
-      reason)),
+      reason),
+    h('div', { class: 'spacer' }),
+    h('div', { class: 'actions', role: 'group', 'aria-label': 'Fleet deploy actions' }, cancelBtn)),
+    ask,
     h('div', { class: 'stack' },
       h('section', { class: 'card', 'aria-label': 'Summary' }, h('div', { class: 'card-body stack' }, facts, bar, counts)),
       waves));
@@ -1174,14 +1217,20 @@ function renderFleetDeploy(id) {
     dot.dataset.state = f.status;
     put(badge, fdLabel(f.status));
     badge.className = 'badge ' + (FD_CLASS[f.status] || '');
-    reason.textContent = f.reason || (f.status === 'running' ? `Wave ${fdWave(f)} running…` : '');
+    const open = (f.targets || []).filter((t) => t.status === 'deploying').length;
+    reason.textContent = [f.reason || (f.status === 'running' ? `Wave ${fdWave(f)} running…` : ''),
+      unsettled(f) ? (open ? `${open} order${open === 1 ? '' : 's'} given still run${open === 1 ? 's' : ''}` : 'the targets not ordered are being skipped') + '…' : '']
+      .filter(Boolean).join(' — ');
+    if (f.status !== 'running' && document.activeElement === cancelBtn) page.querySelector('h1').focus({ preventScroll: true });
+    cancelBtn.hidden = f.status !== 'running';
+    if (f.status !== 'running' && !ask.hidden) disarm(false);
     const end = f.finished_unix || (f.status === 'running' ? Date.now() / 1000 : 0);
     put(facts,
       kv('Action', dash(f.action), f.version ? sp('muted', ' · ' + f.version) : null),
       kv('Targets', f.selector ? sp('mono', f.selector) : 'all targets'),
       kv('Operator', dash(f.operator)),
       kv('Started', h('time', { title: relTime(f.created_unix) }, fmtTime(f.created_unix))),
-      kv(f.finished_unix ? 'Took' : 'Running for', f.created_unix && end ? fmtDuration(Math.max(0, end - f.created_unix) * 1000) : '—'),
+      kv(f.finished_unix ? 'Took' : 'Running for', f.created_unix && end ? fmtSeconds(end - f.created_unix) : '—'),
       kv('Wave', fdWave(f)),
       kv('Canary', f.canary ? `${f.canary} target${f.canary === 1 ? '' : 's'}, soak ${fmtDuration(f.soak_ms)}` : 'none'),
       kv('Max parallel', f.max_parallel ? String(f.max_parallel) : 'all at once'),
@@ -1212,6 +1261,7 @@ function renderFleetDeploy(id) {
     if (n && c.skipped === n) return 'skipped';
     if (c.failed) return 'failed';
     if (f.status === 'running' && w === (f.wave || 0)) return !c.deploying && !c.planned && w === 0 && f.canary > 0 ? 'soaking' : 'running';
+    if (c.deploying) return 'running'; // after a cancel, the orders given run on
     if (n && c.planned === n) return 'waiting';
     if (c.pending) return 'pending';
     if (n && c.succeeded === n) return 'succeeded';
@@ -1220,7 +1270,7 @@ function renderFleetDeploy(id) {
   function wave(w, ms) {
     const st = waveState(w, ms);
     const done = ms.filter((t) => ['succeeded', 'failed', 'skipped', 'rolled_back'].includes(t.status)).length;
-    const label = { soaking: `soaking ${fmtDuration(f.soak_ms)}`, waiting: 'waiting' }[st] || fdLabel(st);
+    const label = { soaking: `soaking ${fmtDuration(f.soak_ms)}`, waiting: f.status === 'cancelled' ? 'not ordered' : 'waiting' }[st] || fdLabel(st);
     const cls = { running: 'info', soaking: 'info', succeeded: 'ok', failed: 'bad', pending: 'warn' }[st] || '';
     return h('section', { class: 'card wave', testid: 'fleet-wave-' + (w + 1), 'data-wave': w + 1, 'data-state': st, 'aria-labelledby': 'h-wave-' + w },
       h('div', { class: 'card-head' }, h('h2', { id: 'h-wave-' + w }, waveName(w)),
@@ -1242,13 +1292,50 @@ function renderFleetDeploy(id) {
         d && !(t.reason || '').includes(d.id) ? sp('muted small', t.reason ? ' · ' : '', d.action === 'rollback' && f.action === 'deploy' ? 'rollback ' : '',
           h('span', { class: 'mono', title: d.id }, shortId(d.id)), d.done || FINAL.has(d.status) ? ' · ' + fmtDuration(d.duration_ms) : '') : null));
   }
+  function arm() {
+    if (!f || f.status !== 'running') return;
+    ask.hidden = false;
+    cancelBtn.hidden = true;
+    cancelBtn.setAttribute('aria-expanded', 'true');
+    yesBtn.disabled = false;
+    yesBtn.textContent = 'Yes, cancel it';
+    keepBtn.focus(); // a double click or a second Enter keeps it running
+  }
+  function disarm(refocus) {
+    const had = ask.contains(document.activeElement);
+    ask.hidden = true;
+    cancelBtn.setAttribute('aria-expanded', 'false');
+    cancelBtn.hidden = !f || f.status !== 'running';
+    if (refocus || had) (cancelBtn.hidden ? page.querySelector('h1') : cancelBtn).focus({ preventScroll: true });
+  }
+  async function doCancel() {
+    yesBtn.disabled = true;
+    yesBtn.textContent = 'Cancelling…';
+    clearError();
+    try {
+      const nf = await api('POST', '/api/fleet-deploys/' + enc(id) + '/cancel', undefined, sig);
+      if (ctrl.signal.aborted) return;
+      gen++;
+      if (nf && nf.id) { f = nf; render(); }
+      disarm(true);
+      load();
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+      if (e.status === 409) { showError('Not cancelled: ' + e.message); disarm(true); load(); return; }
+      yesBtn.disabled = false;
+      yesBtn.textContent = 'Yes, cancel it';
+      report(e);
+    }
+  }
   async function load() {
     if (loading) return;
     loading = true;
     clearTimeout(timer);
+    const my = gen;
     try {
       const nf = await api('GET', '/api/fleet-deploys/' + enc(id), undefined, sig);
       if (ctrl.signal.aborted) return;
+      if (my !== gen) return;
       f = nf;
       render();
     } catch (e) {
@@ -1263,11 +1350,12 @@ function renderFleetDeploy(id) {
       report(e);
     } finally {
       loading = false;
-      // Every second while it runs (or until the first answer); stop when it is done.
-      if (!ctrl.signal.aborted && (!f || f.status === 'running')) timer = setTimeout(load, 1000);
+      // Every second while it runs (or until the first answer); after a cancel, until the
+      // orders given have ended and the rest is skipped; stop when it is done.
+      if (!ctrl.signal.aborted && watching(f)) timer = setTimeout(load, my !== gen ? 0 : f && f.status !== 'running' ? 2000 : 1000);
     }
   }
-  const soon = debounce(() => { if (!f || f.status === 'running') load(); }, 200);
+  const soon = debounce(() => { if (watching(f)) load(); }, 200);
   load();
   focusHeading();
   view = {

@@ -22,7 +22,11 @@
 //   DOCKFRA_SOAK_S, DOCKFRA_WAVE_TIMEOUT_S  soak and wave timeout in seconds (optional)
 //   DOCKFRA_ACTION         deploy (default) | rollback; DOCKFRA_VERSION: the version label (also deploy)
 //   DOCKFRA_CONFIRM        1: production targets are among them: expect the confirmation, give it
-//   DOCKFRA_EXPECT_STATUS  the fleet deploy's final status (default succeeded)
+//   DOCKFRA_WAVES          1: tick "Use the waves from deploy-targets.yaml" (the canary field must then be off)
+//   DOCKFRA_AUTO_ROLLBACK  1: tick "Auto-rollback a failed wave" (deploy only)
+//   DOCKFRA_CANCEL         1: click Cancel on the fleet deploy page as soon as it shows it running, confirm it,
+//                          and wait for the orders given to end and the rest to be skipped
+//   DOCKFRA_EXPECT_STATUS  the fleet deploy's final status (default succeeded; cancelled with DOCKFRA_CANCEL=1)
 //   DOCKFRA_EXPECT_TARGETS (rollout) id=status,… each target's final status in it, e.g. a=succeeded,b=skipped
 //   DOCKFRA_CHROMIUM       browser binary (default /usr/bin/chromium)
 import { chromium } from 'playwright-core';
@@ -306,7 +310,8 @@ const steps = {
     const selector = env.DOCKFRA_SELECTOR || '';
     need('DOCKFRA_SELECTOR', selector);
     const wait = Number(env.DOCKFRA_TIMEOUT_MS || 120000);
-    const expectStatus = env.DOCKFRA_EXPECT_STATUS || 'succeeded';
+    const cancel = env.DOCKFRA_CANCEL === '1';
+    const expectStatus = env.DOCKFRA_EXPECT_STATUS || (cancel ? 'cancelled' : 'succeeded');
     const expect = Object.fromEntries(list(env.DOCKFRA_EXPECT_TARGETS).map((e) => {
       const i = e.indexOf('=');
       return i < 0 ? [e, null] : [e.slice(0, i).trim(), e.slice(i + 1).trim()];
@@ -335,6 +340,17 @@ const steps = {
     if (env.DOCKFRA_MAX_PARALLEL) await tid(page, 'rollout-max-parallel').fill(env.DOCKFRA_MAX_PARALLEL);
     if (env.DOCKFRA_SOAK_S) await tid(page, 'rollout-soak').fill(env.DOCKFRA_SOAK_S);
     if (env.DOCKFRA_WAVE_TIMEOUT_S) await tid(page, 'rollout-wave-timeout').fill(env.DOCKFRA_WAVE_TIMEOUT_S);
+    if (env.DOCKFRA_WAVES === '1') {
+      await tid(page, 'rollout-waves').check();
+      // The coordinator takes the declared waves or a canary, not both: the canary field goes off.
+      const c = await tid(page, 'rollout-canary').evaluate((i) => ({ disabled: i.disabled, value: i.value }));
+      if (!c.disabled || c.value) fail(`with the declared waves ticked the canary field is still ${c.disabled ? 'filled (' + c.value + ')' : 'enabled'}`);
+    }
+    if (env.DOCKFRA_AUTO_ROLLBACK === '1') {
+      const ar = tid(page, 'rollout-auto-rollback');
+      if (!(await ar.isVisible())) fail('no "Auto-rollback a failed wave" box in the rollout panel' + (env.DOCKFRA_ACTION ? ` (action ${env.DOCKFRA_ACTION})` : ''));
+      await ar.check();
+    }
     await shot(page, 'rollout-panel.png', false);
     await tid(page, 'rollout-start').click();
     const started = () => page.waitForFunction(() => /^#\/fleet-deploys\/./.test(location.hash), null, { timeout: TIMEOUT });
@@ -355,12 +371,41 @@ const steps = {
     const id = await page.evaluate(() => decodeURIComponent(location.hash.replace(/^#\/fleet-deploys\//, '')));
     const fd = tid(page, 'fleet-deploy');
     await fd.waitFor({ state: 'visible' });
+    let cancelError = null;
+    if (cancel) {
+      // As soon as the page shows it running: Cancel, then the confirmation in the page.
+      await page.waitForFunction(() => {
+        const s = document.querySelector('[data-testid="fleet-deploy"]')?.dataset.status;
+        return s && s !== 'running' ? true : !!document.querySelector('[data-testid="fleet-cancel"]:not([hidden])');
+      }, null, { timeout: wait, polling: 50 });
+      const st = await fd.getAttribute('data-status');
+      if (st !== 'running') fail(`fleet deploy ${id} ended ${st} before the page showed it running, so there was nothing to cancel`);
+      await tid(page, 'fleet-cancel').click();
+      const ask = tid(page, 'fleet-cancel-ask');
+      await ask.waitFor({ state: 'visible', timeout: 5000 }).catch(() => fail('Cancel asked for no confirmation in the page'));
+      if (!(await page.evaluate(() => !!document.activeElement.closest('[data-testid="fleet-cancel-ask"]')))) fail('focus did not move into the cancel confirmation');
+      await shot(page, 'rollout-cancel-ask.png', false);
+      await tid(page, 'fleet-cancel-confirm').click();
+      await Promise.race([
+        page.waitForFunction(() => document.querySelector('[data-testid="fleet-deploy"]')?.dataset.status !== 'running', null, { timeout: wait }),
+        errShown(page),
+      ]).catch(() => {});
+      if (await tid(page, 'error').filter({ hasText: /\S/ }).count()) cancelError = await errText(page);
+    }
     await page.waitForFunction(() => {
       const s = document.querySelector('[data-testid="fleet-deploy"]')?.dataset.status;
       return s && s !== 'running';
     }, null, { timeout: wait }).catch(async () => {
       fail(`fleet deploy ${id} still ${await fd.getAttribute('data-status')} after ${wait} ms`);
     });
+    // Cancelled: the orders given run on, the targets not ordered yet become skipped.
+    if ((await fd.getAttribute('data-status')) === 'cancelled') {
+      await page.waitForFunction(() => ![...document.querySelectorAll('[data-testid^="fleet-target-"]')].some((x) => ['planned', 'deploying'].includes(x.dataset.status)),
+        null, { timeout: wait }).catch(async () => {
+        const left = await page.locator('[data-testid^="fleet-target-"]').evaluateAll((els) => els.filter((x) => ['planned', 'deploying'].includes(x.dataset.status)).map((x) => `${x.dataset.testid.slice(13)} ${x.dataset.status}`));
+        fail(`fleet deploy ${id} was cancelled but after ${wait} ms these targets have not ended: ${left.join(', ')}`);
+      });
+    }
     const r = await page.evaluate(() => {
       const el = document.querySelector('[data-testid="fleet-deploy"]');
       const rows = [...document.querySelectorAll('[data-testid^="fleet-target-"]')];
@@ -369,11 +414,16 @@ const steps = {
         reason: (document.querySelector('.reason')?.textContent || '').trim(),
         targets: Object.fromEntries(rows.map((x) => [x.dataset.testid.slice(13), x.dataset.status])),
         waves: Object.fromEntries(rows.map((x) => [x.dataset.testid.slice(13), Number(x.dataset.wave)])),
+        wave_names: [...document.querySelectorAll('[data-testid^="fleet-wave-"] h2')].map((x) => x.textContent.trim()),
+        skipped: Object.fromEntries(rows.filter((x) => x.dataset.status === 'skipped')
+          .map((x) => [x.dataset.testid.slice(13), (x.querySelector('.fd-reason')?.textContent || '').trim()])),
       };
     });
+    const noReason = Object.entries(r.skipped).filter(([, why]) => !why).map(([t]) => t);
+    if (noReason.length) fail(`fleet deploy ${id}: skipped target(s) ${noReason.join(', ')} show no reason`);
     await page.waitForTimeout(300);
     await shot(page, 'rollout.png');
-    if (r.status !== expectStatus) fail(`fleet deploy ${id} ended ${r.status}, expected ${expectStatus}: ${r.reason}`);
+    if (r.status !== expectStatus) fail(`fleet deploy ${id} ended ${r.status}, expected ${expectStatus}: ${r.reason}${cancelError ? ` (cancel: ${cancelError})` : ''}`);
     for (const [t, want] of Object.entries(expect)) {
       if (!(t in r.targets)) fail(`target ${t} is not in fleet deploy ${id} (${Object.keys(r.targets).join(', ')})`);
       if (want && r.targets[t] !== want) fail(`target ${t} ended ${r.targets[t]} in fleet deploy ${id}, expected ${want}`);
@@ -394,7 +444,11 @@ const steps = {
     if (sw > PHONE.width + 1) fail(`at ${PHONE.width} px the fleet deploy page scrolls sideways (scrollWidth ${sw})`);
     await shot(phone, 'rollout-phone.png');
     checkProblems(phone);
-    return { fleet_id: id, status: r.status, reason: r.reason, targets: r.targets, waves: r.waves, matched: match.ids, confirm: confirmText };
+    return {
+      fleet_id: id, status: r.status, reason: r.reason, targets: r.targets, waves: r.waves, matched: match.ids, confirm: confirmText,
+      wave_names: r.wave_names, skipped: r.skipped, declared_waves: env.DOCKFRA_WAVES === '1', auto_rollback: env.DOCKFRA_AUTO_ROLLBACK === '1',
+      cancelled: cancel ? cancelError === null : null, cancel_error: cancelError,
+    };
   },
 
   async keyboard(browser) {

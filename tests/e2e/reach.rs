@@ -197,6 +197,51 @@ fn homebrew_formula_and_launchd_plists_check() {
     assert!(r.stdout().contains("check-brew: all checks passed"), "{}", r.stdout());
 }
 
+/// The macOS agents from `cross/build` (zig, no Apple SDK): built and checked, not run —
+/// Mach-O for the right CPU, macOS 11 at least, only libSystem linked, and on arm64 an ad-hoc
+/// code signature whose page hashes match. A binary with one byte changed fails the check.
+#[test]
+fn macos_agents_are_mach_o_for_macos_11_linking_only_libsystem_and_signed() {
+    let dist = workspace().join("target/cross/dist");
+    let arm = dist.join("dockfra-agent-aarch64-apple-darwin");
+    let intel = dist.join("dockfra-agent-x86_64-apple-darwin");
+    if Needs::new()
+        .file(&arm, "cross/build --install makes it")
+        .file(&intel, "cross/build --install makes it")
+        .tool("python3", "Debian's python3")
+        .unmet()
+    {
+        return;
+    }
+    let check = |bin: &std::path::Path, arch: &str| {
+        let mut c = std::process::Command::new(workspace().join("cross/check-macho"));
+        c.arg(bin).args(["--arch", arch, "--min-os", "11.0"]);
+        run(c)
+    };
+    let r = check(&arm, "arm64");
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert!(r.stdout().contains("page hashes (SHA-256, 4096-byte pages) match"), "{}", r.stdout());
+    let r = check(&intel, "x86_64");
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    assert!(r.stdout().contains("links only /usr/lib/libSystem.B.dylib"), "{}", r.stdout());
+    // The wrong architecture, and a changed byte in the signed code, are caught.
+    assert_ne!(check(&intel, "arm64").code(), 0);
+    let w = World::new("macho");
+    let mut bytes = std::fs::read(&arm).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    let tampered = w.path("tampered");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let r = check(&tampered, "arm64");
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(r.stdout().contains("does not match the CodeDirectory"), "{}", r.stdout());
+    // Small, as the agent must be.
+    for b in [&arm, &intel] {
+        let size = std::fs::metadata(b).unwrap().len();
+        assert!(size < 6 << 20, "{}: {size} bytes", b.display());
+    }
+}
+
 /// Where cargo-deb comes from (scripts/setup installs this version).
 const CARGO_DEB: &str = "cargo install cargo-deb --locked --version 3.8.0";
 
