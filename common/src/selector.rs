@@ -10,6 +10,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The selector language as a regular expression (ECMA-262, for the OpenAPI document):
+/// exactly the texts [`Selector::parse`] accepts (only spaces count as whitespace).
+pub const PATTERN: &str = "^( *! *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? *| *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? *(==|=|!=) *([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)? *| *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? +(in|notin) *\\( *[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?( *, *[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)* *\\) *| *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? *)(,( *! *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? *| *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? *(==|=|!=) *([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)? *| *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? +(in|notin) *\\( *[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?( *, *[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)* *\\) *| *([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])? *))*$";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
     Eq(String),
@@ -83,13 +87,18 @@ fn split_top(s: &str) -> Result<Vec<&str>, String> {
     Ok(out)
 }
 
+/// Spaces around a token go (only spaces: a tab or a newline is part of it, and wrong).
+fn sp(s: &str) -> &str {
+    s.trim_matches(' ')
+}
+
 fn parse_set(rest: &str) -> Result<Vec<String>, String> {
-    let rest = rest.trim();
+    let rest = sp(rest);
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| format!("{rest:?}: a set is written (a, b, …)"))?;
-    let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
+    let values: Vec<String> = inner.split(',').map(|v| sp(v).to_string()).collect();
     if values.iter().any(|v| v.is_empty()) {
         return Err(format!("({inner}): an empty value in the set"));
     }
@@ -102,16 +111,16 @@ fn parse_set(rest: &str) -> Result<Vec<String>, String> {
 }
 
 fn parse_requirement(part: &str) -> Result<Requirement, String> {
-    let p = part.trim();
+    let p = part.trim_matches(' ');
     if p.is_empty() {
         return Err("an empty requirement (two commas in a row, or one at an end)".into());
     }
     let req = if let Some(key) = p.strip_prefix('!') {
-        Requirement { key: key.trim().to_string(), op: Op::NotExists }
+        Requirement { key: sp(key).to_string(), op: Op::NotExists }
     } else if let Some((k, v)) = p.split_once("!=") {
-        Requirement { key: k.trim().to_string(), op: Op::NotEq(v.trim().to_string()) }
+        Requirement { key: sp(k).to_string(), op: Op::NotEq(sp(v).to_string()) }
     } else if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
-        Requirement { key: k.trim().to_string(), op: Op::Eq(v.trim().to_string()) }
+        Requirement { key: sp(k).to_string(), op: Op::Eq(sp(v).to_string()) }
     } else if let Some((k, rest)) = split_word(p, "notin") {
         Requirement { key: k.to_string(), op: Op::NotIn(parse_set(rest)?) }
     } else if let Some((k, rest)) = split_word(p, "in") {
@@ -135,19 +144,19 @@ fn split_word<'a>(p: &'a str, word: &str) -> Option<(&'a str, &'a str)> {
     let pad = format!(" {word} ");
     let pad_paren = format!(" {word}(");
     if let Some(i) = p.find(&pad) {
-        return Some((p[..i].trim(), &p[i + pad.len()..]));
+        return Some((sp(&p[..i]), &p[i + pad.len()..]));
     }
-    p.find(&pad_paren).map(|i| (p[..i].trim(), &p[i + word.len() + 1..]))
+    p.find(&pad_paren).map(|i| (sp(&p[..i]), &p[i + word.len() + 1..]))
 }
 
 impl Selector {
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
         let err = |why: String| SelectorError { text: text.to_string(), why };
-        if text.trim().is_empty() {
+        if sp(text).is_empty() {
             return Err(err("empty: name labels (env=prod), or use --all for every target".into()));
         }
         let reqs = split_top(text).map_err(err)?.into_iter().map(parse_requirement).collect::<Result<_, _>>();
-        Ok(Self { text: text.trim().to_string(), reqs: reqs.map_err(err)? })
+        Ok(Self { text: sp(text).to_string(), reqs: reqs.map_err(err)? })
     }
 
     /// Do these labels meet every requirement?
@@ -202,6 +211,66 @@ mod tests {
             let s = Selector::parse(text).unwrap_or_else(|e| panic!("{e}"));
             let got = [s.matches(&eu_prod), s.matches(&us_dev), s.matches(&bare)];
             assert_eq!(&got, want, "{text}");
+        }
+    }
+
+    /// [`PATTERN`] says yes exactly where the parser does: hand-picked texts, then many made
+    /// of the selector alphabet at random.
+    #[test]
+    fn the_pattern_is_the_parser() {
+        let re = regex::Regex::new(PATTERN).unwrap();
+        let same = |t: &str| {
+            assert_eq!(
+                re.is_match(t),
+                Selector::parse(t).is_ok(),
+                "{t:?}: pattern {}, parser {:?}",
+                re.is_match(t),
+                Selector::parse(t)
+            );
+        };
+        for t in [
+            "env=prod",
+            "a=",
+            "a!=",
+            "!a",
+            "! a",
+            "in",
+            "a in",
+            "a in ()",
+            "a in (b",
+            "a in (b=c)",
+            "a=b=c",
+            "=b",
+            "a//b=c",
+            "x.y/z",
+            "-/z",
+            "a notin(b)",
+            "anotin (b)",
+            "a  in  ( b , c ) ",
+            " a = b ",
+            "a\t=b",
+            "a,,b",
+            "",
+            " ",
+            "(a)",
+            "a in (b), c",
+            "A.b-C_d=0",
+        ] {
+            same(t);
+        }
+        let alphabet: Vec<char> = "ab0.-_/=!(), in\t".chars().collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut t = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 14) as usize;
+            for i in 0..len {
+                let x = seed.rotate_left(5 * i as u32 + 3);
+                t.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            same(&t);
         }
     }
 

@@ -781,6 +781,14 @@ fn sse(rx: mpsc::Receiver<SseEvent>) -> Response {
     r
 }
 
+/// What a fleet deploy does to each target.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetAction {
+    Deploy,
+    Rollback,
+}
+
 /// A fleet deploy: the targets a selector names (or all), in waves.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct FleetBody {
@@ -789,7 +797,7 @@ pub struct FleetBody {
     #[serde(default)]
     pub all: bool,
     /// deploy (default) or rollback (each target to its previous release).
-    pub action: Option<String>,
+    pub action: Option<FleetAction>,
     #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
     pub version: Option<String>,
     /// Targets per wave after the canary (0: all of them in one wave).
@@ -797,6 +805,7 @@ pub struct FleetBody {
     #[schema(maximum = 100000)]
     pub max_parallel: u32,
     /// "N" or "N%": a first wave that must stay healthy for soak_ms.
+    #[schema(pattern = r"^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$")]
     pub canary: Option<String>,
     #[serde(default)]
     #[schema(maximum = 86400000)]
@@ -831,13 +840,30 @@ async fn fleet_deploy(
 ) -> ApiResult<(StatusCode, Json<proto::FleetDeployInfo>)> {
     let b: FleetBody = body(&bytes)?;
     let version = b.version.as_deref().map(version_label).transpose()?.unwrap_or_default().to_string();
+    if let Some(c) = &b.canary {
+        // As the schema says: 1-999999, or 1%-100%.
+        let (num, pct) = c.strip_suffix('%').map(|n| (n, true)).unwrap_or((c.as_str(), false));
+        let digits = !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) && !num.starts_with('0');
+        let ok = digits && if pct { num.len() <= 2 || num == "100" } else { num.len() <= 6 };
+        if !ok {
+            return Err(ApiError::bad(format!(
+                "canary {c:?}: a number of targets (1-999999) or a percentage (1%-100%)"
+            )));
+        }
+    }
+    if b.max_parallel > 100_000 {
+        return Err(ApiError::bad("max_parallel: at most 100000"));
+    }
     if b.soak_ms > 86_400_000 || b.wave_timeout_ms > 86_400_000 {
         return Err(ApiError::bad("soak_ms and wave_timeout_ms: at most a day (86400000)"));
     }
     let r = proto::FleetDeployRequest {
         selector: b.selector.unwrap_or_default(),
         all: b.all,
-        action: b.action.unwrap_or_default(),
+        action: match b.action {
+            Some(FleetAction::Rollback) => "rollback".into(),
+            _ => "deploy".into(),
+        },
         version,
         max_parallel: b.max_parallel,
         canary: b.canary.unwrap_or_default(),
@@ -964,6 +990,27 @@ impl utoipa::Modify for Security {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         openapi.info.version = dockfra_common::VERSION.to_string();
+        // Every selector (query parameters and the fleet deploy's body) with the language's
+        // exact pattern, from the parser's own crate.
+        let selector = || {
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .min_length(Some(1))
+                .pattern(Some(dockfra_common::selector::PATTERN))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                for p in op.parameters.iter_mut().flatten().filter(|p| p.name == "selector") {
+                    p.schema = Some(selector().into());
+                }
+            }
+        }
+        if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(body))) =
+            openapi.components.as_mut().and_then(|c| c.schemas.get_mut("FleetBody"))
+        {
+            body.properties.insert("selector".into(), selector().into());
+        }
     }
 }
 
