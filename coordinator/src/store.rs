@@ -905,6 +905,17 @@ impl Store {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
+    /// One target's note in a fleet deploy ("" when none, or not in it).
+    pub fn fleet_note(&self, id: &str, target: &str) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("SELECT note FROM fleet_targets WHERE fleet = ?1 AND target = ?2", params![id, target], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+
     pub fn note_fleet_target(&self, id: &str, target: &str, note: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE fleet_targets SET note = ?3 WHERE fleet = ?1 AND target = ?2",
@@ -943,7 +954,8 @@ impl Store {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compare secrets' hashes without a timing side channel.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -228,10 +228,7 @@ impl Coordinator {
         if ttl > MAX_API_TOKEN_TTL {
             return Err(Status::invalid_argument("--ttl: an API token may live for 365d at most"));
         }
-        let mut raw = [0u8; 24];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-            .map_err(|_| CoordError::internal(anyhow::anyhow!("RNG failed")))?;
-        let (id, secret) = (hex::encode(&raw[..8]), hex::encode(&raw[8..]));
+        let (id, secret) = id_and_secret()?;
         let expires = dockfra_common::now_unix() + ttl.as_secs();
         let store = self.store();
         store.add_api_token(&id, &dockfra_common::sha256_hex(secret.as_bytes()), operator, label, expires as i64)?;
@@ -244,6 +241,15 @@ impl Coordinator {
             expires_unix: expires,
         })
     }
+}
+
+/// A fresh token's public id (64 bits, hex) and secret (128 bits, hex) from the system RNG:
+/// join tokens and API tokens alike; only the secret's hash is stored.
+fn id_and_secret() -> Result<(String, String), CoordError> {
+    let mut raw = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| CoordError::internal(anyhow::anyhow!("RNG failed")))?;
+    Ok((hex::encode(&raw[..8]), hex::encode(&raw[8..])))
 }
 
 fn api_token_info(t: &crate::store::ApiTokenRow) -> proto::ApiTokenInfo {
@@ -300,10 +306,7 @@ impl admin_server::Admin for Coordinator {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
         self.target(&r.target)?;
-        let mut raw = [0u8; 24];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-            .map_err(|_| CoordError::internal(anyhow::anyhow!("RNG failed")))?;
-        let (id, secret) = (hex::encode(&raw[..8]), hex::encode(&raw[8..]));
+        let (id, secret) = id_and_secret()?;
         let ttl = if r.ttl_ms == 0 { 3_600_000 } else { r.ttl_ms };
         let expires = dockfra_common::now_unix() + ttl.div_ceil(1000);
         let pin = identity::ca_pin(&self.inner.ca_pem).map_err(CoordError::internal)?;
@@ -319,17 +322,12 @@ impl admin_server::Admin for Coordinator {
     async fn status(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::TargetList>, Status> {
         dockfra_common::fault::hit("coord:admin-status");
         let r = req.into_inner();
-        let mut list = self.target_list((!r.target.is_empty()).then_some(r.target.as_str()))?;
-        if !r.selector.is_empty() {
-            let sel = dockfra_common::selector::Selector::parse(&r.selector)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            list.targets.retain(|t| sel.matches(&t.labels));
-            list.counts.values_mut().for_each(|n| *n = 0);
-            for t in &list.targets {
-                *list.counts.entry(t.state.clone()).or_default() += 1;
-            }
-        }
-        Ok(Response::new(list))
+        let sel = (!r.selector.is_empty())
+            .then(|| dockfra_common::selector::Selector::parse(&r.selector))
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let only = (!r.target.is_empty()).then_some(r.target.as_str());
+        Ok(Response::new(self.target_list(only, |l| sel.as_ref().is_none_or(|s| s.matches(l)))?))
     }
 
     async fn fleet_deploy(

@@ -198,7 +198,7 @@ impl Coordinator {
         let store = self.store();
         let row = store.api_token(id)?.ok_or_else(bad)?;
         let want = dockfra_common::sha256_hex(secret.as_bytes());
-        if !constant_time_eq(want.as_bytes(), row.secret_sha256.as_bytes()) {
+        if !crate::store::constant_time_eq(want.as_bytes(), row.secret_sha256.as_bytes()) {
             return Err(bad());
         }
         if row.revoked_unix.is_some() {
@@ -214,10 +214,6 @@ impl Coordinator {
             _ => Err(ApiError::unauthenticated(format!("operator {:?} was revoked", row.operator))),
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A request, as the Admin service's handlers take it, on behalf of `op`.
@@ -510,16 +506,10 @@ async fn list_targets(State(c): State<Coordinator>, _op: Operator, q: QueryMap) 
             .ok_or_else(|| ApiError::bad(format!("label {pair:?}: key=value expected")))?;
         want.push((k.to_string(), v.to_string()));
     }
-    let mut list = c.target_list(None)?;
-    list.targets.retain(|t| want.iter().all(|(k, v)| t.labels.get(k) == Some(v)));
-    if let Some(s) = &selector {
-        list.targets.retain(|t| s.matches(&t.labels));
-    }
-    list.counts.values_mut().for_each(|n| *n = 0);
-    for t in &list.targets {
-        *list.counts.entry(t.state.clone()).or_default() += 1;
-    }
-    Ok(Json(list))
+    let keep = |l: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| l.get(k) == Some(v)) && selector.as_ref().is_none_or(|s| s.matches(l))
+    };
+    Ok(Json(c.target_list(None, keep)?))
 }
 
 /// One target: its config, its agent's facts and report, its releases and last deployment.
@@ -533,7 +523,7 @@ async fn get_target(
     _op: Operator,
     Path(id): Path<String>,
 ) -> ApiResult<Json<proto::TargetStatus>> {
-    let list = c.target_list(Some(target_id(&id)?))?;
+    let list = c.target_list(Some(target_id(&id)?), |_| true)?;
     list.targets.into_iter().next().map(Json).ok_or_else(|| ApiError::from(tonic::Status::not_found(id)))
 }
 

@@ -68,7 +68,7 @@ pub fn render(c: &Coordinator) -> Result<String> {
     );
     out.push_str(&seen);
 
-    let list = c.target_list(None)?;
+    let list = c.target_list(None, |_| true)?;
     head(&mut out, "dockfra_targets", "gauge", "Targets per state (the dashboard's dots).");
     for (state, n) in &list.counts {
         let _ = writeln!(out, "dockfra_targets{{state=\"{}\"}} {n}", esc(state));

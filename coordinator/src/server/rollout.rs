@@ -422,13 +422,7 @@ impl Coordinator {
     }
 
     fn note_of(&self, id: &str, target: &str) -> anyhow::Result<String> {
-        Ok(self
-            .store()
-            .fleet_targets(id)?
-            .into_iter()
-            .find(|(t, _, _)| t == target)
-            .map(|(_, _, n)| n)
-            .unwrap_or_default())
+        Ok(self.store().fleet_note(id, target)?)
     }
 
     fn end_fleet(&self, id: &str, operator: &str, status: &str, why: &str) -> anyhow::Result<()> {

@@ -234,17 +234,24 @@ impl Coordinator {
         })
     }
 
-    /// Every target (or one), with the count of each state.
-    pub(super) fn target_list(&self, only: Option<&str>) -> Result<proto::TargetList> {
+    /// Every target (or one) whose labels `keep` accepts, with the count of each state. The
+    /// others are left out before their status is read.
+    pub(super) fn target_list(
+        &self,
+        only: Option<&str>,
+        keep: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+    ) -> Result<proto::TargetList> {
         let project = self.project()?;
         let mut targets = Vec::new();
         match only {
             Some(id) => {
                 let (_, t) = self.target(id)?;
-                targets.push(self.target_status(&project, &t)?);
+                if keep(&t.labels) {
+                    targets.push(self.target_status(&project, &t)?);
+                }
             }
             None => {
-                for t in &project.targets {
+                for t in project.targets.iter().filter(|t| keep(&t.labels)) {
                     targets.push(self.target_status(&project, t)?);
                 }
             }
