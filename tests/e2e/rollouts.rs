@@ -246,8 +246,11 @@ fn production_targets_need_a_yes_and_racing_operators_are_told_who_holds_a_targe
 
 #[test]
 fn a_coordinator_killed_mid_fleet_deploy_resumes_it_and_deploys_no_target_twice() {
-    // Each activation takes a second: the coordinator is killed while wave 1 runs.
-    let mut f = Fleet::start("fleet-resume", false, "sleep 1");
+    // Each activation takes a second and leaves a mark: the coordinator is killed once both
+    // agents of wave 1 have taken their orders and are at work on them.
+    let marks = std::env::temp_dir().join(format!("dkf-fleet-resume-marks-{}", std::process::id()));
+    let pre = format!("mkdir -p {m} && touch {m}/$$; sleep 1", m = marks.display());
+    let mut f = Fleet::start("fleet-resume", false, &pre);
     let addr = f.w.addr();
     let w = &f.w;
     // A first fleet deploy, followed to its end by the CLI.
@@ -256,6 +259,7 @@ fn a_coordinator_killed_mid_fleet_deploy_resumes_it_and_deploys_no_target_twice(
     let first = by_target(&w.coord(&["fleet", "show", &id, "--output", "json"]).ok().json());
     assert_eq!(first.values().filter(|t| t["status"] == "succeeded").count(), 5, "{first:?}");
     // Now again, killed mid-way.
+    let _ = std::fs::remove_dir_all(&marks);
     w.write("project/app/VERSION", "v2\n");
     let mut cli = std::process::Command::new(bin("dockfra-coord"));
     cli.arg("--state-dir")
@@ -269,6 +273,9 @@ fn a_coordinator_killed_mid_fleet_deploy_resumes_it_and_deploys_no_target_twice(
         let l = w.coord(&["fleet", "list", "--output", "json"]).ok().json();
         id2 = l[0]["id"].as_str().unwrap_or_default().to_string();
         id2 != id && l[0]["targets"].as_array().unwrap().iter().any(|t| t["status"] == "deploying")
+    });
+    wait_until("both agents of wave 1 to be at work", Duration::from_secs(30), || {
+        std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0) >= 2
     });
     f._coord.kill9();
     let _ = cli.kill();
