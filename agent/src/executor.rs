@@ -181,14 +181,38 @@ impl Executor {
         }
     }
 
+    /// The newest release installed of each app this agent hosts: the max of `state.json`,
+    /// `floor.json` and the app's release dirs. A floor from before agents kept one per app
+    /// lends its single release floor to the apps `state.json` knows.
+    fn release_floors(&self, p: &crate::state::Persisted) -> BTreeMap<String, u64> {
+        let floor = self.state.floor().unwrap_or_default();
+        let legacy = if floor.apps.is_empty() { floor.release_sequence } else { 0 };
+        let mut out: BTreeMap<String, u64> = floor.apps.clone();
+        for (app, a) in &p.apps {
+            let seq = out.entry(app.clone()).or_default();
+            *seq = (*seq).max(a.current_sequence).max(legacy);
+        }
+        for base in self.state.app_bases() {
+            if let Some(app) = base.file_name().and_then(|n| n.to_str()) {
+                out.entry(app.to_string()).or_default();
+            }
+        }
+        for (app, seq) in out.iter_mut() {
+            *seq = (*seq).max(self.state.release_dir_floor_of(app));
+        }
+        out
+    }
+
     /// Verify an assignment against this agent's pinned key, target, floor and limits.
     pub fn verify(&self, a: &proto::Assignment) -> Result<Verified, Refusal> {
         let mark = self.watermark()?;
+        let floors = self.release_floors(&self.state.persisted()?);
         let key = self.state.signing_key().map_err(|e| Refusal::Key(format!("{e:#}")))?;
         let policy = bundle::Policy {
             me: &self.target,
             signing_key: &key,
             mark,
+            release_floors: Some(&floors),
             now: dockfra_common::now_unix(),
             max_order_lifetime: self.limits.max_order_lifetime.map(|d| d.as_secs()),
             max_order_age: self.limits.max_order_age.map(|d| d.as_secs()),

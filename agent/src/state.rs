@@ -153,6 +153,11 @@ pub struct Floor {
     pub release_sequence: u64,
     #[serde(default)]
     pub bases: BTreeSet<PathBuf>,
+    /// The newest release installed per app (an agent may host several apps; each one's
+    /// deploys must bring a newer release than its own). Empty in floors written before
+    /// agents kept it: then `release_sequence` holds for the apps `state.json` knows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apps: BTreeMap<String, u64>,
 }
 
 /// The deploy in flight. `phase` is written (fsynced) before each step is taken.
@@ -346,8 +351,13 @@ impl StateDir {
             last_desired_sequence: old.last_desired_sequence.max(p.last_desired_sequence),
             release_sequence: old.release_sequence.max(p.apps.values().map(|a| a.current_sequence).max().unwrap_or(0)),
             bases: old.bases.clone(),
+            apps: old.apps.clone(),
         };
         floor.bases.extend(p.apps.values().filter_map(|a| a.base.clone()));
+        for (app, a) in &p.apps {
+            let seq = floor.apps.entry(app.clone()).or_default();
+            *seq = (*seq).max(a.current_sequence);
+        }
         if floor != old {
             write(&self.floor_file(), &serde_json::to_vec_pretty(&floor)?, 0o644)?;
         }
@@ -399,8 +409,17 @@ impl StateDir {
     /// The highest sequence any release dir of any app carries (kept or quarantined): the
     /// floor's independent source on disk.
     pub fn release_dir_floor(&self) -> u64 {
+        self.release_dir_floor_where(|_| true)
+    }
+
+    /// The same, for one app's release dirs (an app's base dir is named after it).
+    pub fn release_dir_floor_of(&self, app: &str) -> u64 {
+        self.release_dir_floor_where(|base| base.file_name().is_some_and(|n| n == app))
+    }
+
+    fn release_dir_floor_where(&self, keep: impl Fn(&Path) -> bool) -> u64 {
         let mut max = 0;
-        for base in self.app_bases() {
+        for base in self.app_bases().into_iter().filter(|b| keep(b)) {
             for sub in ["releases", "quarantine"] {
                 for e in std::fs::read_dir(base.join(sub)).into_iter().flatten().flatten() {
                     if let Some(seq) = e.file_name().to_str().and_then(crate::releases::sequence_of) {
@@ -596,6 +615,29 @@ mod tests {
         let notes = repair(&s).unwrap();
         assert!(notes.iter().any(|n| n.contains("moved aside")), "{notes:?}");
         assert_eq!(s.persisted().unwrap().last_desired_sequence, 12, "the release dirs raise the floor");
+        std::fs::remove_dir_all(&s.root).unwrap();
+    }
+
+    #[test]
+    fn the_release_floor_is_kept_per_app_and_never_goes_down() {
+        let s = tmp("per-app");
+        let app = |seq: u64| AppState { current_sequence: seq, ..Default::default() };
+        let mut p = Persisted::default();
+        p.apps.insert("web".into(), app(9));
+        p.apps.insert("shop".into(), app(4));
+        s.save_persisted(&p).unwrap();
+        let f = s.floor().unwrap();
+        assert_eq!((f.apps["web"], f.apps["shop"], f.release_sequence), (9, 4, 9));
+        // A state written back lower does not lower an app's floor.
+        p.apps.insert("web".into(), app(2));
+        s.save_persisted(&p).unwrap();
+        assert_eq!(s.floor().unwrap().apps["web"], 9);
+        // Release dirs count for their own app only.
+        std::fs::create_dir_all(s.root.join("apps/shop/releases/6-abcdefabcdef")).unwrap();
+        std::fs::create_dir_all(s.root.join("apps/web/quarantine/11-abcdefabcdef")).unwrap();
+        assert_eq!((s.release_dir_floor_of("shop"), s.release_dir_floor_of("web")), (6, 11));
+        assert_eq!(s.release_dir_floor_of("other"), 0);
+        assert_eq!(s.release_dir_floor(), 11);
         std::fs::remove_dir_all(&s.root).unwrap();
     }
 

@@ -165,6 +165,13 @@ pub struct Target {
     pub keep_releases: u32,
 }
 
+impl Target {
+    /// The agent this target deploys through: `agent.name`, or the target's own id.
+    pub fn agent_name(&self) -> &str {
+        self.agent.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
 /// Default for [`Target::keep_releases`].
 pub const DEFAULT_KEEP_RELEASES: u32 = 5;
 /// Default for [`AgentSpec::port`].
@@ -310,11 +317,14 @@ pub struct AgentSpec {
     pub port: u16,
     /// Default 30s; must be > 0.
     pub poll_interval: Duration,
+    /// The name the agent is enrolled under (`agent: {name: …}`); `None`: the target's id.
+    /// Targets of several projects that name one agent deploy their apps side by side on it.
+    pub name: Option<String>,
 }
 
 impl Default for AgentSpec {
     fn default() -> Self {
-        AgentSpec { mode: Mode::Push, port: DEFAULT_AGENT_PORT, poll_interval: Duration::from_secs(30) }
+        AgentSpec { mode: Mode::Push, port: DEFAULT_AGENT_PORT, poll_interval: Duration::from_secs(30), name: None }
     }
 }
 
@@ -681,7 +691,7 @@ const WAVE_KEYS: &[&str] = &["name", "selector"];
 const APP_KEYS: &[&str] = &["name", "path"];
 const TARGET_KEYS: &[&str] =
     &["host", "port", "user", "platform", "os", "labels", "config", "agent", "health", "env", "keep_releases"];
-const AGENT_KEYS: &[&str] = &["mode", "port", "poll_interval"];
+const AGENT_KEYS: &[&str] = &["name", "mode", "port", "poll_interval"];
 const HEALTH_KEYS: &[&str] = &["checks", "retries", "interval", "timeout", "start_period"];
 const CHECK_KINDS: &[&str] = &["http", "tcp", "command"];
 const HTTP_KEYS: &[&str] = &["url", "status", "body"];
@@ -726,7 +736,141 @@ pub fn parse(text: &str, file: &Path) -> Result<Project, ConfigError> {
         Some(v) => parse_waves(&top, v)?,
         None => Vec::new(),
     };
+    // An agent keeps one release store per app: two targets of one project (one app) cannot
+    // share it.
+    for (i, t) in targets.iter().enumerate() {
+        if let Some(other) = targets[..i].iter().find(|o| o.agent_name() == t.agent_name()) {
+            return Err(Cx { file, target: Some(&t.id) }.err(
+                "agent.name",
+                format!(
+                    "target {:?} already deploys app {:?} through agent {:?}: an agent hosts one release of an app                      (two targets of one project need two agents)",
+                    other.id,
+                    app.name,
+                    t.agent_name()
+                ),
+            ));
+        }
+    }
     Ok(Project { file: file.to_path_buf(), app, targets, waves })
+}
+
+/// The projects one coordinator serves (`serve --root A --root B`), checked as a whole: app
+/// names and target ids are unique across them, and targets of several projects that name one
+/// agent agree on how it is reached (mode, port, host). With one project this is that project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projects {
+    pub list: Vec<Project>,
+}
+
+impl Projects {
+    /// Load and check every file.
+    pub fn load(files: &[PathBuf]) -> Result<Projects, ConfigError> {
+        Projects::check(files.iter().map(|f| load(f)).collect::<Result<_, _>>()?)
+    }
+
+    /// Check projects that were parsed one by one against each other.
+    pub fn check(list: Vec<Project>) -> Result<Projects, ConfigError> {
+        for (i, p) in list.iter().enumerate() {
+            let invalid = |target: Option<&str>, key: &str, message: String| ConfigError::Invalid {
+                file: p.file.clone(),
+                target: target.map(String::from),
+                key: (!key.is_empty()).then(|| key.to_string()),
+                message,
+            };
+            if let Some(o) = list[..i].iter().find(|o| o.app.name == p.app.name) {
+                return Err(invalid(
+                    None,
+                    "app.name",
+                    format!(
+                        "app {:?} is also served from {}: each project needs its own app name                          (an agent keeps one release store per app)",
+                        p.app.name,
+                        o.file.display()
+                    ),
+                ));
+            }
+            for t in &p.targets {
+                for o in &list[..i] {
+                    if o.target(&t.id).is_some() {
+                        return Err(invalid(
+                            Some(&t.id),
+                            "",
+                            format!(
+                                "target id {:?} is also defined in {}: target ids are unique across the projects                                  one coordinator serves (to deploy both apps to one agent, give the targets their                                  own ids and the same `agent: {{name: …}}`)",
+                                t.id,
+                                o.file.display()
+                            ),
+                        ));
+                    }
+                    let Some(s) = o.targets.iter().find(|s| s.agent_name() == t.agent_name()) else { continue };
+                    let also = format!(
+                        "agent {:?} is also the agent of target {:?} ({})",
+                        t.agent_name(),
+                        s.id,
+                        o.file.display()
+                    );
+                    if s.agent.mode != t.agent.mode {
+                        return Err(invalid(
+                            Some(&t.id),
+                            "agent.mode",
+                            format!("{also}, in {} mode: one agent runs in one mode", s.agent.mode.as_str()),
+                        ));
+                    }
+                    if t.agent.mode == Mode::Push && (s.agent.port != t.agent.port || s.host != t.host) {
+                        return Err(invalid(
+                            Some(&t.id),
+                            if s.host != t.host { "host" } else { "agent.port" },
+                            format!(
+                                "{also}, dialled at {}:{}: targets sharing a push agent name the same host and port",
+                                s.host.as_deref().unwrap_or("(no host)"),
+                                s.agent.port
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let all = Projects { list };
+        // An agent name must not be the id of a target that deploys through another agent:
+        // `token create X` and `agents revoke X` would not know which is meant.
+        for (p, t) in all.targets() {
+            let name = t.agent_name();
+            if let Some((q, u)) = all.target(name).filter(|(_, u)| u.agent_name() != name) {
+                return Err(ConfigError::Invalid {
+                    file: p.file.clone(),
+                    target: Some(t.id.clone()),
+                    key: Some("agent.name".into()),
+                    message: format!(
+                        "agent name {name:?} is the id of target {:?} ({}), which deploys through agent {:?}: \
+                         choose another name",
+                        u.id,
+                        q.file.display(),
+                        u.agent_name()
+                    ),
+                });
+            }
+        }
+        Ok(all)
+    }
+
+    /// Every target with its project, in file order.
+    pub fn targets(&self) -> impl Iterator<Item = (&Project, &Target)> {
+        self.list.iter().flat_map(|p| p.targets.iter().map(move |t| (p, t)))
+    }
+
+    /// The target with this id and its project.
+    pub fn target(&self, id: &str) -> Option<(&Project, &Target)> {
+        self.targets().find(|(_, t)| t.id == id)
+    }
+
+    /// The targets that deploy through the agent `name` (one per app).
+    pub fn of_agent<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a Project, &'a Target)> + 'a {
+        self.targets().filter(move |(_, t)| t.agent_name() == name)
+    }
+
+    /// The project files, for messages ("no target x in a.yaml, b.yaml").
+    pub fn files(&self) -> String {
+        self.list.iter().map(|p| p.file.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
 }
 
 fn parse_waves(top: &Cx, v: &Value) -> Result<Vec<WaveSpec>, ConfigError> {
@@ -1086,6 +1230,13 @@ fn parse_agent(cx: &Cx, v: &Value) -> Result<AgentSpec, ConfigError> {
         if agent.poll_interval.is_zero() {
             return Err(cx.err("agent.poll_interval", "must be greater than 0"));
         }
+    }
+    if let Some(v) = f.get("name") {
+        let name = cx.string("agent.name", v)?;
+        if let Err(why) = check_dns_label(&name) {
+            return Err(cx.err("agent.name", format!("invalid agent name: {why}")));
+        }
+        agent.name = Some(name);
     }
     Ok(agent)
 }
@@ -1572,6 +1723,69 @@ mod tests {
         parse(text, Path::new("/srv/proj/deploy-targets.yaml"))
     }
 
+    fn in_file(file: &str, text: &str) -> Project {
+        parse(text, Path::new(file)).unwrap()
+    }
+
+    #[test]
+    fn targets_of_several_projects_share_an_agent_by_name() {
+        let web = in_file(
+            "/srv/web/deploy-targets.yaml",
+            "app: {name: web}\ntargets:\n  web-pi:\n    platform: ssh_raw\n    host: pi\n    agent: {name: pi, port: 7000}\n  solo:\n    platform: ssh_raw\n",
+        );
+        assert_eq!(web.targets[0].agent_name(), "pi");
+        assert_eq!(web.targets[1].agent_name(), "solo");
+        let shop = |extra: &str| {
+            in_file(
+                "/srv/shop/deploy-targets.yaml",
+                &format!("app: {{name: shop}}\ntargets:\n  shop-pi:\n    platform: ssh_raw\n    host: pi\n    agent: {{name: pi, port: 7000{extra}}}\n"),
+            )
+        };
+        let both = Projects::check(vec![web.clone(), shop("")]).unwrap();
+        let on_pi: Vec<&str> = both.of_agent("pi").map(|(_, t)| t.id.as_str()).collect();
+        assert_eq!(on_pi, ["web-pi", "shop-pi"]);
+        assert_eq!(both.target("shop-pi").unwrap().0.app.name, "shop");
+        assert!(both.files().contains("/srv/web/") && both.files().contains("/srv/shop/"));
+
+        let err = |list: Vec<Project>| Projects::check(list).unwrap_err().to_string();
+        let e = err(vec![web.clone(), shop(", mode: pull")]);
+        assert!(
+            e.contains("/srv/shop/deploy-targets.yaml") && e.contains("shop-pi") && e.contains("agent.mode"),
+            "{e}"
+        );
+        assert!(e.contains("one agent runs in one mode") && e.contains("/srv/web/"), "{e}");
+        let mut elsewhere = shop("");
+        elsewhere.targets[0].agent.port = 7001;
+        let e = err(vec![web.clone(), elsewhere]);
+        assert!(e.contains("agent.port") && e.contains("dialled at pi:7000"), "{e}");
+        let e = err(vec![web.clone(), web.clone()]);
+        assert!(e.contains("app.name") && e.contains("is also served from"), "{e}");
+        let mut same_id = shop("");
+        same_id.targets[0].id = "solo".into();
+        let e = err(vec![web.clone(), same_id]);
+        assert!(e.contains("target id \"solo\" is also defined in /srv/web/"), "{e}");
+        // An agent name that is another target's id, when that target has its own agent.
+        let mut taken = shop("");
+        taken.targets[0].agent.name = Some("web-pi".into());
+        let e = err(vec![web.clone(), taken]);
+        assert!(
+            e.contains("agent name \"web-pi\" is the id of target \"web-pi\"") && e.contains("agent \"pi\""),
+            "{e}"
+        );
+        // A target's own id shared as an agent name is fine: that is the agent it has.
+        let mut on_solo = shop("");
+        on_solo.targets[0].agent.name = Some("solo".into());
+        on_solo.targets[0].host = None;
+        on_solo.targets[0].agent.port = DEFAULT_AGENT_PORT;
+        assert_eq!(Projects::check(vec![web.clone(), on_solo]).unwrap().of_agent("solo").count(), 2);
+        // Within one project two targets (one app) cannot share an agent.
+        let e = p("targets:\n  a:\n    platform: ssh_raw\n  b:\n    platform: ssh_raw\n    agent: {name: a}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("already deploys app") && e.target() == Some("b"), "{e}");
+        let e = p("targets:\n  a:\n    platform: ssh_raw\n    agent: {name: Not_A_Label}\n").unwrap_err();
+        assert!(e.to_string().contains("agent.name") && e.to_string().contains("invalid agent name"), "{e}");
+    }
+
     /// Parse `text` (one target `t1`), expect an error naming file, target
     /// and key; return its Display.
     #[track_caller]
@@ -1735,7 +1949,10 @@ targets:
         let t = &project.targets[0];
         assert_eq!(t.labels["gen"], "3");
         assert_eq!(t.labels["fast"], "false");
-        assert_eq!(t.agent, AgentSpec { mode: Mode::Pull, port: 7555, poll_interval: Duration::from_secs(90) });
+        assert_eq!(
+            t.agent,
+            AgentSpec { mode: Mode::Pull, port: 7555, poll_interval: Duration::from_secs(90), name: None }
+        );
         let h = t.health.as_ref().unwrap();
         assert_eq!(h.retries, 5);
         assert_eq!(h.interval, Duration::from_secs(1));

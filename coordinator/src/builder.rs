@@ -708,7 +708,8 @@ pub fn build(
     let manifest = Manifest {
         format: FORMAT,
         requires: Vec::new(),
-        target: target.id.clone(),
+        // The agent it is for: the name it is enrolled under checks it.
+        target: target.agent_name().to_string(),
         app: project.app.name.clone(),
         version: version.map(String::from).unwrap_or_else(|| content_id[..12].to_string()),
         sequence,

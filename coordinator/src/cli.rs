@@ -82,10 +82,14 @@ pub enum Command {
     #[command(
         after_help = "The dashboard and the REST API:\n  dockfra-coord serve --root ./myproject --http-listen 0.0.0.0:8443 --http-name deploy.example.lan\n  dockfra-coord operator token          # a bearer token to log in with\n  curl --cacert STATE/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:8443/api/deploy-targets\nThe certificate is issued by the coordinator's CA (STATE/ca.crt): trust that file in the\nbrowser, or put a reverse proxy with your own certificate in front."
     )]
+    #[command(
+        after_help = "Several projects (one app each) on one coordinator:\n  dockfra-coord serve --root /srv/shop --root /srv/metrics\nTarget ids and app names are unique across them; targets of two projects that name one\nagent (`agent: {name: pi-7}`) deploy both apps to it, each in its own release store."
+    )]
     Serve {
-        /// Project dir holding deploy-targets.yaml and the app.
-        #[arg(long, default_value = ".")]
-        root: PathBuf,
+        /// Project dir holding deploy-targets.yaml and the app. Repeat to serve several
+        /// projects (apps) from one coordinator.
+        #[arg(long = "root", default_value = ".")]
+        roots: Vec<PathBuf>,
         /// Override the listen address chosen at init.
         #[arg(long)]
         listen: Option<String>,
@@ -193,7 +197,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Enrolled agents; `agents revoke TARGET` cuts one off at its next call.
+    /// Enrolled agents and the targets each serves; `agents revoke AGENT` cuts one off at its
+    /// next call.
     Agents {
         #[command(subcommand)]
         cmd: Option<AgentsCmd>,
@@ -390,8 +395,10 @@ pub enum SigningKeyCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCmd {
-    /// Print a one-time join token for TARGET (only the token goes to stdout).
+    /// Print a one-time join token for an agent (only the token goes to stdout). AGENT is an
+    /// agent's name (`agent: {name: …}`) or the id of a target that deploys through it.
     Create {
+        #[arg(value_name = "AGENT")]
         target: String,
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
@@ -400,8 +407,12 @@ pub enum TokenCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum AgentsCmd {
-    /// Revoke TARGET's agent certificate (effective at its next call).
-    Revoke { target: String },
+    /// Revoke an agent's certificate (effective at its next call): its name, or the id of a
+    /// target that deploys through it.
+    Revoke {
+        #[arg(value_name = "AGENT")]
+        target: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -512,8 +523,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let _ = writeln!(std::io::stdout(), "{}", crate::server::openapi_json());
             Ok(exit::OK)
         }
-        Command::Serve { root, listen, http_listen, http_names } => {
-            let project = project_file(&root)?;
+        Command::Serve { roots, listen, http_listen, http_names } => {
+            let mut projects: Vec<PathBuf> = Vec::new();
+            for root in &roots {
+                let f = project_file(root)?;
+                if projects.contains(&f) {
+                    bail!("--root {}: that project is already served (named twice)", root.display());
+                }
+                projects.push(f);
+            }
             let settings = state.settings()?;
             let listen = listen.unwrap_or(settings.listen);
             let http_listen =
@@ -526,7 +544,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     .with_context(|| format!("--http-listen {http_listen:?} is not ADDR:PORT (or `off`)"))?;
                 Some(crate::server::HttpOptions { listen: http_listen, names: http_names })
             };
-            let coord = crate::server::Coordinator::open(state, project)?;
+            let coord = crate::server::Coordinator::open(state, projects)?;
             // One shutdown path: the signal stops accepting and drains open calls; after a
             // grace period we leave anyway (agents retry, deploys are journaled on their side).
             let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
@@ -989,8 +1007,8 @@ async fn admin_command(
             }
         }
         Command::Agents { cmd: Some(AgentsCmd::Revoke { target }), .. } => {
-            json(c.revoke_agent(proto::TargetRequest { target: target.clone(), ..Default::default() }).await)?;
-            println!("revoked the agent of {target}; its next call is refused");
+            let v = json(c.revoke_agent(proto::TargetRequest { target: target.clone(), ..Default::default() }).await)?;
+            println!("revoked agent {}; its next call is refused", v["target"].as_str().unwrap_or(&target));
             Ok(exit::OK)
         }
         Command::Agents { cmd: None, output } => {
@@ -1001,11 +1019,12 @@ async fn admin_command(
                 &serde_json::json!(rows),
                 &rows,
                 &[
-                    ("TARGET", "target"),
+                    ("AGENT", "target"),
+                    ("TARGETS", "targets"),
                     ("SERIAL", "serial"),
                     ("REVOKED", "revoked"),
                     ("LAST SEEN", "last_seen_unix"),
-                    ("AGENT", "agent_version"),
+                    ("VERSION", "agent_version"),
                     ("OS", "os"),
                     ("ARCH", "arch"),
                 ],
@@ -1442,6 +1461,8 @@ fn cell(v: &serde_json::Value) -> String {
         serde_json::Value::Null => "-".into(),
         serde_json::Value::String(s) if s.is_empty() => "-".into(),
         serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) if a.is_empty() => "-".into(),
+        serde_json::Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }

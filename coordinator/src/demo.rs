@@ -79,7 +79,7 @@ async fn demo(base: &Path) -> Result<u8> {
     state.init("127.0.0.1:0", Duration::from_secs(86400), "admin")?;
     println!("state dir {}", state.root.display());
 
-    let coord = crate::server::Coordinator::open(StateDir::new(&state.root), cli::project_file(&project)?)?;
+    let coord = crate::server::Coordinator::open(StateDir::new(&state.root), vec![cli::project_file(&project)?])?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         coord

@@ -650,6 +650,29 @@ impl Store {
         Ok((next - 1) as u64)
     }
 
+    /// A fresh sequence for `agent` above `floor`: for an order another app's order overtook
+    /// on the same agent before it was handed out.
+    pub fn next_sequence_above(&self, agent: &str, floor: u64) -> Result<u64> {
+        let at_least = floor.saturating_add(1).min(i64::MAX as u64) as i64;
+        self.conn.execute(
+            "INSERT INTO sequences (target, next) VALUES (?1, ?2) ON CONFLICT(target) DO UPDATE SET next = max(next, ?2)",
+            params![agent, at_least],
+        )?;
+        self.next_sequence(agent)
+    }
+
+    /// Give a queued order (not handed out yet) a new sequence.
+    pub fn resequence(&self, target: &str, deployment_id: &str, sequence: u64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE desired SET sequence = ?1 WHERE target = ?2 AND deployment_id = ?3",
+            params![sequence as i64, target, deployment_id],
+        )?;
+        tx.execute("UPDATE deployments SET sequence = ?1 WHERE id = ?2", params![sequence as i64, deployment_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn add_release(&self, r: &ReleaseRow) -> Result<()> {
         self.conn.execute(
             "INSERT OR IGNORE INTO releases (bundle_id, target, app, sequence, version, release, manifest, created_unix)

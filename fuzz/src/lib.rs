@@ -46,6 +46,7 @@ pub fn policy(pinned: &[u8]) -> Policy<'_> {
         me: ME,
         signing_key: pinned,
         mark: Watermark { last_desired_sequence: 1, current_release_sequence: 1 },
+        release_floors: None,
         now: NOW,
         max_order_lifetime: Some(30 * 86_400),
         max_order_age: Some(86_400),

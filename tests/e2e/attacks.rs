@@ -251,7 +251,7 @@ fn enrollment_and_authorization_refusals() {
     assert!(r.stderr().contains("did not present a CA whose SHA-256"), "{}", r.stderr());
     // Unknown target.
     let r = w.coord(&["token", "create", "nope"]).fails();
-    assert!(r.stderr().contains("no target \"nope\""), "{}", r.stderr());
+    assert!(r.stderr().contains("no target or agent \"nope\""), "{}", r.stderr());
 
     // A second, foreign coordinator and its agent.
     let w2 = World::new("authz-foreign");
@@ -294,7 +294,7 @@ fn enrollment_and_authorization_refusals() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-        assert!(e.message().contains("is not for target \"edge-pull\""), "{}", e.message());
+        assert!(e.message().contains("is not for agent \"edge-pull\""), "{}", e.message());
         // A push agent serves only the coordinator: another agent's certificate, though issued
         // by the same CA, is refused.
         {

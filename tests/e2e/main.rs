@@ -11,6 +11,7 @@
 //!   over SSH, the declared `os:`, a pull agent behind NAT.
 //! - [`attacks`]: offline bundles, enrollment and authorization refused.
 //! - [`faults`]: `kill -9` mid-deploy, the coordinator down, the disk full.
+//! - [`apps`]: several projects on one coordinator, their targets sharing agents.
 //! - [`rollouts`]: fleet deploys by selector in waves, resumed after a restart; production
 //!   confirmation; two operators racing for a target.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use dockfra_e2e::*;
 
+mod apps;
 mod attacks;
 mod containers;
 mod faults;

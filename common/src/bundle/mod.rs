@@ -574,6 +574,10 @@ pub struct Policy<'a> {
     /// The pinned signing key (raw Ed25519).
     pub signing_key: &'a [u8],
     pub mark: Watermark,
+    /// The newest release installed per app (an agent hosting several apps): a deploy must
+    /// bring a release newer than its own app's. `None`: `mark.current_release_sequence`
+    /// holds for every app.
+    pub release_floors: Option<&'a std::collections::BTreeMap<String, u64>>,
     pub now: u64,
     /// Refuse an order signed to stay valid longer than this (seconds).
     pub max_order_lifetime: Option<u64>,
@@ -651,7 +655,15 @@ pub(crate) mod testkit {
     }
 
     pub(crate) fn policy(pk: &[u8], mark: Watermark, now: u64) -> Policy<'_> {
-        Policy { me: "t1", signing_key: pk, mark, now, max_order_lifetime: None, max_order_age: None }
+        Policy {
+            me: "t1",
+            signing_key: pk,
+            mark,
+            release_floors: None,
+            now,
+            max_order_lifetime: None,
+            max_order_age: None,
+        }
     }
 }
 

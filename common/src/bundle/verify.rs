@@ -149,8 +149,12 @@ pub fn verify_assignment(a: &proto::Assignment, policy: &Policy<'_>) -> Result<V
     if manifest.sequence > desired.sequence {
         return Err(BundleError::FastForward { manifest: manifest.sequence, desired: desired.sequence });
     }
-    if desired.action == Action::Deploy && manifest.sequence <= mark.current_release_sequence {
-        return Err(BundleError::OldRelease { got: manifest.sequence, last: mark.current_release_sequence });
+    let release_floor = match policy.release_floors {
+        Some(floors) => floors.get(&manifest.app).copied().unwrap_or(0),
+        None => mark.current_release_sequence,
+    };
+    if desired.action == Action::Deploy && manifest.sequence <= release_floor {
+        return Err(BundleError::OldRelease { got: manifest.sequence, last: release_floor });
     }
     manifest.validate()?;
     let signed = SignedDocs {
@@ -194,6 +198,13 @@ mod tests {
         assert!(matches!(verify_assignment(&a, &policy(&pk, newer, 50)), Err(BundleError::OldRelease { .. })));
         let rb = signed(&key, 6, Action::Rollback, 100);
         verify_assignment(&rb, &policy(&pk, newer, 50)).unwrap();
+        // An agent hosting several apps holds a deploy to its own app's newest release only.
+        let floors = std::collections::BTreeMap::from([("app".to_string(), 0), ("other".to_string(), 9)]);
+        let per_app = Policy { release_floors: Some(&floors), ..policy(&pk, newer, 50) };
+        verify_assignment(&a, &per_app).unwrap();
+        let floors = std::collections::BTreeMap::from([("app".to_string(), 1)]);
+        let per_app = Policy { release_floors: Some(&floors), ..policy(&pk, mark, 50) };
+        assert!(matches!(verify_assignment(&a, &per_app), Err(BundleError::OldRelease { got: 1, last: 1 })));
         let mut tampered = a.clone();
         tampered.manifest.as_mut().unwrap().manifest[10] ^= 1;
         assert!(matches!(verify_assignment(&tampered, &policy(&pk, mark, 50)), Err(BundleError::Signature(_))));

@@ -130,7 +130,7 @@ impl Coordinator {
                  (`dockfra-agent rollback` on the host can still use a copy the agent kept)"
             )));
         }
-        let seq = self.store().next_sequence(target_id)?;
+        let seq = self.store().next_sequence(target.agent_name())?;
         let id = self.queue(&target, &row, Action::Rollback, seq, true, order)?;
         Ok((target, id))
     }
@@ -150,7 +150,9 @@ impl Coordinator {
         } else {
             let sel = dockfra_common::selector::Selector::parse(&r.selector)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            Some(self.project()?.targets.iter().filter(|t| sel.matches(&t.labels)).map(|t| t.id.clone()).collect())
+            Some(
+                self.projects()?.targets().filter(|(_, t)| sel.matches(&t.labels)).map(|(_, t)| t.id.clone()).collect(),
+            )
         };
         let filter = HistoryFilter {
             target: target.as_deref(),
@@ -164,19 +166,23 @@ impl Coordinator {
         Ok(proto::DeploymentList { deployments: rows.iter().map(views::deployment).collect() })
     }
 
-    pub(super) fn revoke_agent_by(&self, t: &str, operator: &str) -> Result<proto::AgentInfo, Status> {
+    pub(super) fn revoke_agent_by(&self, name: &str, operator: &str) -> Result<proto::AgentInfo, Status> {
+        // An agent's name, or the id of a target it serves.
+        let known = self.store().agent(name)?.is_some();
+        let t = if known { name.to_string() } else { self.agent_of(name) };
+        let t = t.as_str();
         let store = self.store();
         if !store.revoke_agent(t)? {
-            return Err(Status::not_found(format!("no agent enrolled for target {t:?}")));
+            return Err(Status::not_found(format!("no agent {t:?} enrolled (see `agents`)")));
         }
         store.event_by(t, "revoked", "agent revoked", operator)?;
-        let row = store.agent(t)?.ok_or_else(|| Status::not_found(format!("no agent enrolled for target {t:?}")))?;
-        Ok(views::agent_info(&row))
+        let row = store.agent(t)?.ok_or_else(|| Status::not_found(format!("no agent {t:?} enrolled")))?;
+        Ok(views::agent_info(&row, self.projects().ok().as_ref()))
     }
 
     pub(super) async fn deploy_test_of(&self, target_id: &str) -> Result<proto::DeployTestReport, Status> {
         let (_, target) = self.target(target_id)?;
-        let agent = self.store().agent(&target.id)?;
+        let agent = self.store().agent(target.agent_name())?;
         match target.agent.mode {
             Mode::Push => {
                 let started = std::time::Instant::now();
@@ -184,7 +190,7 @@ impl Coordinator {
                 let facts = c.detect(proto::DetectRequest {}).await?.into_inner();
                 let rtt = started.elapsed().as_millis() as u64;
                 let f = facts_json(&facts);
-                let _ = self.store().touch_agent(&target.id, None, Some(&f));
+                let _ = self.store().touch_agent(target.agent_name(), None, Some(&f));
                 Ok(proto::DeployTestReport {
                     target: target.id.clone(),
                     mode: "push".into(),
@@ -305,14 +311,20 @@ impl admin_server::Admin for Coordinator {
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let op = OperatorPeer::of(&req)?;
         let r = req.into_inner();
-        self.target(&r.target)?;
+        // A token names the agent (a target's id stands for the agent it deploys through).
+        let (agent, _) = self.resolve_agent(&r.target)?;
         let (id, secret) = id_and_secret()?;
         let ttl = if r.ttl_ms == 0 { 3_600_000 } else { r.ttl_ms };
         let expires = dockfra_common::now_unix() + ttl.div_ceil(1000);
         let pin = identity::ca_pin(&self.inner.ca_pem).map_err(CoordError::internal)?;
         let store = self.store();
-        store.add_token(&id, &dockfra_common::sha256_hex(secret.as_bytes()), &r.target, expires)?;
-        store.event_by(&r.target, "token", &format!("join token {id} created, expires at {expires}"), &op.name)?;
+        store.add_token(&id, &dockfra_common::sha256_hex(secret.as_bytes()), &agent, expires)?;
+        store.event_by(
+            &agent,
+            "token",
+            &format!("join token {id} for agent {agent} created, expires at {expires}"),
+            &op.name,
+        )?;
         Ok(Response::new(proto::CreateTokenResponse {
             token: format!("dkf1.{id}.{secret}.{pin}"),
             expires_unix: expires,
@@ -358,7 +370,8 @@ impl admin_server::Admin for Coordinator {
     }
 
     async fn agents(&self, _req: Request<proto::Empty>) -> Result<Response<proto::AgentList>, Status> {
-        let agents = self.store().agents()?.iter().map(views::agent_info).collect();
+        let projects = self.projects().ok();
+        let agents = self.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_ref())).collect();
         Ok(Response::new(proto::AgentList { agents }))
     }
 

@@ -905,7 +905,10 @@ async fn cancel_fleet_deploy(
 #[utoipa::path(get, path = "/api/agents", tag = "agents",
     responses((status = 200, body = proto::AgentList), (status = 401, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
 async fn agents(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<proto::AgentList>> {
-    Ok(Json(proto::AgentList { agents: c.store().agents()?.iter().map(views::agent_info).collect() }))
+    let projects = c.projects().ok();
+    Ok(Json(proto::AgentList {
+        agents: c.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_ref())).collect(),
+    }))
 }
 
 /// Revoke a target's agent: its certificate stops working at its next call.

@@ -18,8 +18,8 @@ impl Coordinator {
     /// how many were left out in the next one written).
     fn enroll_refused(&self, expected: Option<&str>, why: &str) {
         let Some(suppressed) = self.inner.enroll_limit.refusal_event() else { return };
-        // The target an unauthenticated caller names is only recorded if it is a real one.
-        let target = expected.filter(|t| self.project().ok().is_some_and(|p| p.target(t).is_some())).unwrap_or("-");
+        // The agent an unauthenticated caller names is only recorded if it is a real one.
+        let target = expected.filter(|t| self.resolve_agent(t).is_ok()).unwrap_or("-");
         let more = if suppressed > 0 { format!(" ({suppressed} more refusals not logged)") } else { String::new() };
         let _ = self.store().event(target, "enroll-refused", &format!("{why}{more}"));
     }
@@ -45,21 +45,25 @@ impl enrollment_server::Enrollment for Coordinator {
         // still exist and the CSR must be good. Only then is it used (once, atomically).
         let named = self.store().peek_token(id)?;
         let named = named.ok_or_else(|| refuse(TokenRefusal::Unknown))?;
-        let (_, target) = self.target(&named)?;
+        // The agent the token names (a token from before agents had names names a target).
+        let (agent, target) = self.resolve_agent(&named)?;
         let ttl = Duration::from_secs(self.inner.settings.agent_cert_ttl_secs);
         let issued = self
             .inner
             .ca
-            .issue_for_csr(&r.csr_pem, Subject::Agent { target: &named }, ttl)
+            .issue_for_csr(&r.csr_pem, Subject::Agent { target: &agent }, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The agent may name the target it is for, or its own name.
+        let expected_agent = expected.map(|e| self.resolve_agent(e).map(|(a, _)| a).unwrap_or_else(|_| e.to_string()));
         // (Bind the verdict first: `refuse` takes the store lock again.)
         let verdict = self.store().use_token(
             id,
             &dockfra_common::sha256_hex(secret.as_bytes()),
-            expected,
+            expected_agent.as_deref(),
             dockfra_common::now_unix(),
         )?;
-        let target_id = verdict.map_err(refuse)?;
+        verdict.map_err(refuse)?;
+        let target_id = agent;
         let not_after = (dockfra_common::now_unix() + ttl.as_secs()) as i64;
         let facts = r.facts.as_ref().map(facts_json).unwrap_or_default();
         {

@@ -18,18 +18,32 @@ use crate::ca::Subject;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::BlobChunk, Status>> + Send>>;
 
 impl Coordinator {
-    /// What to hand a polling agent, if anything (see the module doc).
-    fn order_for(&self, target: &str, st: &proto::AgentStatus) -> Result<Option<proto::Assignment>, Status> {
-        let Some(d) = self.store().desired(target)? else { return Ok(None) };
-        let Some(dep) = self.store().deployment(&d.deployment_id)? else { return Ok(None) };
-        if dep.finished_unix.is_some() || d.sequence <= st.last_desired_sequence {
+    /// What to hand a polling agent, if anything (see the module doc). An agent hosting
+    /// several apps gets their orders one at a time, the lowest sequence first, so none
+    /// overtakes another; an order overtaken before it was ever handed out gets a fresh
+    /// sequence above the agent's floor.
+    fn order_for(&self, agent: &str, st: &proto::AgentStatus) -> Result<Option<proto::Assignment>, Status> {
+        let projects = self.projects()?;
+        let mut pending = Vec::new();
+        for (_, t) in projects.of_agent(agent) {
+            let Some(d) = self.store().desired(&t.id)? else { continue };
+            let Some(dep) = self.store().deployment(&d.deployment_id)? else { continue };
+            if dep.finished_unix.is_some() || d.sequence <= st.last_desired_sequence && dep.attempts > 0 {
+                continue;
+            }
+            pending.push((d, dep, t.clone()));
+        }
+        pending.sort_by_key(|(d, _, _)| d.sequence);
+        let Some((d, dep, t)) = pending.into_iter().next() else { return Ok(None) };
+        let target = t.id.as_str();
+        if let Err(why) = can_take(&t, st) {
+            self.finish(target, &dep.id, "refused", why);
             return Ok(None);
         }
-        if let Ok((_, t)) = self.target(target) {
-            if let Err(why) = can_take(&t, st) {
-                self.finish(target, &dep.id, "refused", why);
-                return Ok(None);
-            }
+        if d.sequence <= st.last_desired_sequence {
+            let store = self.store();
+            let seq = store.next_sequence_above(agent, st.last_desired_sequence)?;
+            store.resequence(target, &dep.id, seq)?;
         }
         let attempt = self.store().bump_attempts(&dep.id)?;
         if attempt > MAX_ATTEMPTS {
@@ -43,14 +57,41 @@ impl Coordinator {
         }
         let Some((_, a)) = self.assignment_for(target, DESIRED_TTL)? else { return Ok(None) };
         let again = if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+        let by = if agent != target { format!(" (agent {agent})") } else { String::new() };
         let ev = Self::event(
             &d.deployment_id,
             "Delivering",
-            format!("{target} polled and picked up the order{again}"),
+            format!("{target}{by} polled and picked up the order{again}"),
             None,
         );
         self.record_event(target, &ev);
         Ok(Some(a))
+    }
+
+    /// The target an agent's event is about: its deployment's target when that target deploys
+    /// through this agent; the agent itself otherwise (an event of no deployment).
+    fn event_target(&self, agent: &str, ev: &proto::DeployEvent) -> String {
+        if !ev.deployment_id.is_empty() {
+            if let Ok(Some(d)) = self.store().deployment(&ev.deployment_id) {
+                if self.agent_of(&d.target) == agent {
+                    return d.target;
+                }
+            }
+        }
+        agent.to_string()
+    }
+
+    /// An agent's status, recorded and settled against every target it serves.
+    pub(super) fn agent_reported(&self, agent: &str, st: &proto::AgentStatus) -> Result<(), Status> {
+        self.store().touch_agent(agent, Some(&status_json(st)), st.facts.as_ref().map(facts_json).as_ref())?;
+        let targets: Vec<String> = match self.projects() {
+            Ok(p) => p.of_agent(agent).map(|(_, t)| t.id.clone()).collect(),
+            Err(_) => vec![agent.to_string()],
+        };
+        for t in targets {
+            self.settle_with_status(&t, st);
+        }
+        Ok(())
     }
 }
 
@@ -73,12 +114,16 @@ impl fleet_server::Fleet for Coordinator {
     }
 
     async fn poll(&self, req: Request<proto::PollRequest>) -> Result<Response<proto::PollResponse>, Status> {
-        let target = AgentPeer::of(&req)?.target;
+        let agent = AgentPeer::of(&req)?.target;
         let st = req.into_inner().status.unwrap_or_default();
-        self.store().touch_agent(&target, Some(&status_json(&st)), st.facts.as_ref().map(facts_json).as_ref())?;
-        self.settle_with_status(&target, &st);
-        let poll_ms = self.target(&target).map(|(_, t)| t.agent.poll_interval.as_millis() as u64).unwrap_or(30_000);
-        let assignment = self.order_for(&target, &st)?;
+        self.agent_reported(&agent, &st)?;
+        // The shortest interval of the targets it serves.
+        let poll_ms = self
+            .projects()
+            .ok()
+            .and_then(|p| p.of_agent(&agent).map(|(_, t)| t.agent.poll_interval.as_millis() as u64).min())
+            .unwrap_or(30_000);
+        let assignment = self.order_for(&agent, &st)?;
         Ok(Response::new(proto::PollResponse { assignment, poll_interval_ms: poll_ms }))
     }
 
@@ -104,14 +149,13 @@ impl fleet_server::Fleet for Coordinator {
     }
 
     async fn report(&self, req: Request<proto::ReportRequest>) -> Result<Response<proto::ReportResponse>, Status> {
-        let target = AgentPeer::of(&req)?.target;
+        let agent = AgentPeer::of(&req)?.target;
         let r = req.into_inner();
         for ev in &r.events {
-            self.record_event(&target, ev);
+            self.record_event(&self.event_target(&agent, ev), ev);
         }
         if let Some(st) = &r.status {
-            self.store().touch_agent(&target, Some(&status_json(st)), st.facts.as_ref().map(facts_json).as_ref())?;
-            self.settle_with_status(&target, st);
+            self.agent_reported(&agent, st)?;
         }
         Ok(Response::new(proto::ReportResponse {}))
     }

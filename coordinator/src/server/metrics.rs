@@ -22,9 +22,9 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 pub fn render(c: &Coordinator) -> Result<String> {
-    let project = c.project()?;
+    let projects = c.projects()?;
     let platform_of: BTreeMap<&str, &str> =
-        project.targets.iter().map(|t| (t.id.as_str(), t.platform.as_str())).collect();
+        projects.targets().map(|(_, t)| (t.id.as_str(), t.platform.as_str())).collect();
     let platform = |t: &str| platform_of.get(t).copied().unwrap_or("unknown");
     let (agents, counts, durations) = {
         let store = c.store();
@@ -43,7 +43,8 @@ pub fn render(c: &Coordinator) -> Result<String> {
     for a in &agents {
         let Some(last) = a.last_seen_unix else { continue };
         let _ = writeln!(seen, "dockfra_agent_last_seen_timestamp_seconds{{target=\"{}\"}} {last}", esc(&a.target));
-        let limit = match project.target(&a.target) {
+        // (An agent serving several targets is silent for as long as the most patient allows.)
+        let limit = match projects.of_agent(&a.target).map(|(_, t)| t).max_by_key(|t| t.agent.poll_interval) {
             Some(t) if t.agent.mode == Mode::Pull => views::pull_silence_limit(t),
             _ => 300,
         };

@@ -25,7 +25,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::Status;
 
 use dockfra_common::bundle::{self, Action, DesiredState, Manifest};
-use dockfra_common::config::{self, Project, Target};
+use dockfra_common::config::{self, Project, Projects, Target};
 use dockfra_common::proto::{self, admin_server, enrollment_server, fleet_server};
 use dockfra_common::sign::SigningKey;
 
@@ -99,7 +99,8 @@ struct Keys {
 
 pub struct Inner {
     state: StateDir,
-    project_file: PathBuf,
+    /// The projects served (`serve --root`, once or more), each a `deploy-targets.yaml`.
+    project_files: Vec<PathBuf>,
     store: Mutex<Store>,
     keys: RwLock<Keys>,
     ca: Ca,
@@ -107,7 +108,7 @@ pub struct Inner {
     settings: CoordSettings,
     coord_identity: (String, String),
     events: broadcast::Sender<(String, proto::DeployEvent)>,
-    project_cache: Mutex<Option<((std::time::SystemTime, u64), Project)>>,
+    project_cache: Mutex<Option<(Vec<FileStamp>, Projects)>>,
     enroll_limit: auth::RateLimiter,
     /// Held by a build (which writes blobs before its release row exists) and by GC.
     blob_lock: Mutex<()>,
@@ -117,7 +118,13 @@ pub struct Inner {
     deploying: Mutex<std::collections::HashMap<String, String>>,
     /// Targets whose labels make them production ones (they need a confirmation).
     production: dockfra_common::selector::Selector,
+    /// One push session at a time per agent (an agent hosting several apps takes their
+    /// orders one after the other, in sequence order).
+    agent_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Modification time and length: a cheap fingerprint of a project file.
+type FileStamp = Option<(std::time::SystemTime, u64)>;
 
 #[derive(Clone)]
 pub struct Coordinator {
@@ -125,7 +132,8 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn open(state: StateDir, project_file: PathBuf) -> anyhow::Result<Self> {
+    pub fn open(state: StateDir, project_files: Vec<PathBuf>) -> anyhow::Result<Self> {
+        anyhow::ensure!(!project_files.is_empty(), "no project to serve");
         let settings = state.settings()?;
         let store = Store::open(&state.db())?;
         // A state dir from before operators had names: its admin certificate is operator
@@ -147,7 +155,7 @@ impl Coordinator {
             enroll_limit: auth::RateLimiter::new(settings.enroll_burst(), settings.enroll_refill()),
             settings,
             store: Mutex::new(store),
-            project_file,
+            project_files,
             state,
             events,
             project_cache: Mutex::new(None),
@@ -155,9 +163,10 @@ impl Coordinator {
             unreachable: Mutex::new(Default::default()),
             deploying: Mutex::new(Default::default()),
             production,
+            agent_gates: Mutex::new(Default::default()),
         };
         // Fail at start-up, naming file/target/key, rather than on the first request.
-        config::load(&inner.project_file)?;
+        Projects::load(&inner.project_files)?;
         let this = Self { inner: Arc::new(inner) };
         this.settle_after_restart()?;
         Ok(this)
@@ -172,29 +181,53 @@ impl Coordinator {
         (k.current.clone(), k.rotations.clone())
     }
 
-    /// The project's config, re-read only when the file changed (every poll of every agent
+    /// The projects' config, re-read only when a file changed (every poll of every agent
     /// asks for it; an operator's edit still applies at the next call).
-    fn project(&self) -> Result<Project> {
-        let file = &self.inner.project_file;
-        // Modification time and length: a cheap fingerprint of the file.
-        let stamp = std::fs::metadata(file).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+    fn projects(&self) -> Result<Projects> {
+        let files = &self.inner.project_files;
+        let stamps: Vec<FileStamp> =
+            files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect();
         let mut cache = self.inner.project_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(stamp), Some((at, project))) = (stamp, cache.as_ref()) {
-            if *at == stamp {
-                return Ok(project.clone());
+        if let Some((at, projects)) = cache.as_ref() {
+            if *at == stamps && stamps.iter().all(Option::is_some) {
+                return Ok(projects.clone());
             }
         }
-        let project = config::load(file).map_err(|e| CoordError::Precondition(e.to_string()))?;
-        *cache = stamp.map(|s| (s, project.clone()));
-        Ok(project)
+        let projects = Projects::load(files).map_err(|e| CoordError::Precondition(e.to_string()))?;
+        *cache = Some((stamps, projects.clone()));
+        Ok(projects)
     }
 
     fn target(&self, id: &str) -> Result<(Project, Target)> {
-        let project = self.project()?;
-        let t = project.target(id).cloned().ok_or_else(|| {
-            CoordError::NotFound(format!("no target {id:?} in {}", self.inner.project_file.display()))
-        })?;
-        Ok((project, t))
+        let projects = self.projects()?;
+        let (p, t) = projects
+            .target(id)
+            .ok_or_else(|| CoordError::NotFound(format!("no target {id:?} in {}", projects.files())))?;
+        Ok((p.clone(), t.clone()))
+    }
+
+    /// The agent a target deploys through (its own id when the target is gone from the config).
+    fn agent_of(&self, target_id: &str) -> String {
+        self.projects()
+            .ok()
+            .and_then(|p| p.target(target_id).map(|(_, t)| t.agent_name().to_string()))
+            .unwrap_or_else(|| target_id.to_string())
+    }
+
+    /// An agent by its name or by the id of a target that deploys through it, with the
+    /// first target it serves (whose `agent:` says how it runs).
+    fn resolve_agent(&self, name: &str) -> Result<(String, Target)> {
+        let projects = self.projects()?;
+        let t = projects.target(name).or_else(|| projects.of_agent(name).next()).map(|(_, t)| t.clone());
+        let t =
+            t.ok_or_else(|| CoordError::NotFound(format!("no target or agent {name:?} in {}", projects.files())))?;
+        Ok((t.agent_name().to_string(), t))
+    }
+
+    /// The gate an agent's push sessions take turns at.
+    fn agent_gate(&self, agent: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.inner.agent_gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.entry(agent.to_string()).or_default().clone()
     }
 
     /// Serve until `shutdown` resolves: gRPC on `listen` (its bound address written to
@@ -375,7 +408,7 @@ impl Coordinator {
         let (project, target) = self.target(target_id)?;
         let _blobs = self.inner.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
         let blobs = self.inner.state.blobs();
-        let seq = self.store().next_sequence(target_id)?;
+        let seq = self.store().next_sequence(target.agent_name())?;
         let built = builder::build(&project, &target, &blobs, seq, version, builder::Mode::Store)
             .map_err(|e| CoordError::Precondition(format!("{e:#}")))?;
         let m = built.manifest;
@@ -487,7 +520,7 @@ impl Coordinator {
         let desired = DesiredState {
             format: bundle::FORMAT,
             requires: Vec::new(),
-            target: rel.target.clone(),
+            target: self.agent_of(&rel.target),
             app: rel.app.clone(),
             action,
             sequence,
@@ -500,12 +533,12 @@ impl Coordinator {
         bundle::sign_assignment(&key, &desired, rel.manifest.clone(), &rotations)
     }
 
-    /// Allowed digests of a bundle for a target (authorization for blob fetches).
-    fn bundle_digests(&self, target: &str, bundle_id: &str) -> Result<BTreeSet<String>> {
+    /// Allowed digests of a bundle for an agent (authorization for blob fetches).
+    fn bundle_digests(&self, agent: &str, bundle_id: &str) -> Result<BTreeSet<String>> {
         let rel =
             self.store().release(bundle_id)?.ok_or_else(|| CoordError::NotFound(format!("no bundle {bundle_id}")))?;
-        if rel.target != target {
-            return Err(CoordError::Denied(format!("bundle {bundle_id} is not for target {target:?}")));
+        if self.agent_of(&rel.target) != agent {
+            return Err(CoordError::Denied(format!("bundle {bundle_id} is not for agent {agent:?}")));
         }
         if rel.pruned_unix.is_some() {
             return Err(CoordError::Precondition(format!("bundle {bundle_id} was garbage-collected")));
@@ -588,7 +621,10 @@ impl Coordinator {
             if d.status == "exporting" || d.id == st.in_flight || d.status == "queued" && d.id == desired_id {
                 continue;
             }
-            if d.sequence > 0 && d.sequence <= st.last_desired_sequence {
+            // Lost: handed out, and the agent's floor passed it. (An order never handed out may
+            // lie below the floor when another app's order on the same agent overtook it; it
+            // gets a fresh sequence when it is handed out.)
+            if d.attempts > 0 && d.sequence > 0 && d.sequence <= st.last_desired_sequence {
                 self.finish(
                     target,
                     &d.id,
@@ -643,25 +679,26 @@ impl Coordinator {
     /// the agent reports having.
     fn collect_garbage(&self, dry_run: bool) -> Result<proto::GcReport> {
         let _blobs = self.inner.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let project = self.project()?;
+        let projects = self.projects()?;
         let store = self.store();
         let live = store.live_releases()?;
         let mut protected: BTreeSet<String> = BTreeSet::new();
         for d in store.open_deployments(None)? {
             protected.insert(d.bundle_id);
         }
-        for a in store.agents()? {
-            if let Some(d) = store.desired(&a.target)? {
+        for (p, t) in projects.targets() {
+            if let Some(d) = store.desired(&t.id)? {
                 protected.insert(d.bundle_id);
             }
-            for app in a.status["apps"].as_array().into_iter().flatten() {
+            let Some(a) = store.agent(t.agent_name())? else { continue };
+            for app in a.status["apps"].as_array().into_iter().flatten().filter(|x| x["app"] == p.app.name.as_str()) {
                 let names = app["releases"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .chain([&app["current_release"], &app["previous_release"]]);
                 for n in names.filter_map(|n| n.as_str()) {
-                    protected.insert(format!("{}/{n}", a.target));
+                    protected.insert(format!("{}/{n}", t.id));
                 }
             }
         }
@@ -669,8 +706,8 @@ impl Coordinator {
         let mut kept: Vec<&ReleaseRow> = Vec::new();
         let mut per_target: std::collections::BTreeMap<&str, usize> = Default::default();
         for r in &live {
-            let keep =
-                project.target(&r.target).map(|t| t.keep_releases).unwrap_or(config::DEFAULT_KEEP_RELEASES) as usize;
+            let keep = projects.target(&r.target).map(|(_, t)| t.keep_releases).unwrap_or(config::DEFAULT_KEEP_RELEASES)
+                as usize;
             let n = per_target.entry(r.target.as_str()).or_default();
             *n += 1;
             let named = protected.contains(&r.bundle_id) || protected.contains(&format!("{}/{}", r.target, r.release));

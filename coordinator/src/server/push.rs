@@ -59,18 +59,20 @@ impl Coordinator {
     pub(super) async fn dial_agent(&self, target: &Target) -> Result<Client> {
         let url = Self::agent_url(target)?;
         let (cert, key) = &self.inner.coord_identity;
+        let name = target.agent_name();
         let mut last = String::new();
         for attempt in 0..4 {
-            let agent = match self.store().agent(&target.id)? {
+            let agent = match self.store().agent(name)? {
                 None => {
+                    let which = if name == target.id { String::new() } else { format!(" ({name:?})") };
                     return Err(CoordError::Precondition(format!(
-                        "target {:?} has no enrolled agent (create a token with `dockfra-coord token create {}`)",
+                        "target {:?} has no enrolled agent{which} (create a token with `dockfra-coord token create {}`)",
                         target.id, target.id
-                    )))
+                    )));
                 }
                 Some(a) if a.revoked => {
                     return Err(CoordError::Denied(format!(
-                        "the agent of {:?} is revoked: not dialling it (re-enroll with a new token)",
+                        "the agent of {:?} ({name:?}) is revoked: not dialling it (re-enroll with a new token)",
                         target.id
                     )))
                 }
@@ -81,7 +83,7 @@ impl Coordinator {
                 &self.inner.ca_pem,
                 cert,
                 key,
-                &identity::agent_dns(&target.id),
+                &identity::agent_dns(name),
                 &agent.serial,
                 Duration::from_secs(5),
             )
@@ -89,8 +91,8 @@ impl Coordinator {
             match dial {
                 Ok(ch) => {
                     // The agent is using its newest certificate: older ones of the target die now.
-                    let _ = self.store().note_use(&target.id, &agent.serial);
-                    self.note_reach(&target.id, None);
+                    let _ = self.store().note_use(name, &agent.serial);
+                    self.note_reach(name, None);
                     return Ok(agent_client::AgentClient::new(ch).max_decoding_message_size(64 << 20));
                 }
                 Err(e @ PinnedError::Serial { .. }) => {
@@ -101,13 +103,13 @@ impl Coordinator {
                 }
                 Err(PinnedError::Connect(m)) => {
                     let why = format!("cannot reach the agent of {:?} at {url}: {m}", target.id);
-                    self.note_reach(&target.id, Some(why.clone()));
+                    self.note_reach(name, Some(why.clone()));
                     return Err(CoordError::Unavailable(why));
                 }
             }
         }
         let why = format!("refusing the agent of {:?}: {last}", target.id);
-        self.note_reach(&target.id, Some(why.clone()));
+        self.note_reach(name, Some(why.clone()));
         Err(CoordError::Denied(why))
     }
 
@@ -115,6 +117,9 @@ impl Coordinator {
     /// after a lost connection (see the module doc).
     async fn push(&self, target: Target, out: Out) {
         let tid = target.id.clone();
+        // One push at a time per agent: the orders of the apps it hosts take turns.
+        let gate = self.agent_gate(target.agent_name());
+        let _turn = gate.lock().await;
         let Ok(Some((d, _))) = self.assignment_for(&tid, DESIRED_TTL) else {
             let _ = out.send(Err(Status::internal("no desired state to push"))).await;
             return;
@@ -174,13 +179,25 @@ impl Coordinator {
     /// requests, forward its events.
     async fn push_once(&self, target: &Target, dep: &str, mut client: Client, out: &Out) -> Session {
         let tid = &target.id;
+        let agent = target.agent_name();
         // The agent's status carries its facts as of its start (what it can take) and whether it
         // can trust its own state; unlike `Detect` it runs no programs.
-        let Some(st) = self.refresh_status(tid, &mut client).await else {
+        let Some(st) = self.refresh_status(agent, &mut client).await else {
             return Session::Lost("the agent did not answer its status".into());
         };
         if let Err(why) = can_take(target, &st) {
             return Session::Final(self.finish(tid, dep, "refused", why));
+        }
+        // Another app's order on this agent overtook this one before it was ever sent.
+        let fresh = self.store().deployment(dep).ok().flatten().is_some_and(|d| d.attempts == 0);
+        let desired = self.store().desired(tid).ok().flatten();
+        if let Some(d) = desired {
+            if fresh && d.deployment_id == dep && d.sequence <= st.last_desired_sequence {
+                let store = self.store();
+                if let Ok(seq) = store.next_sequence_above(agent, st.last_desired_sequence) {
+                    let _ = store.resequence(tid, dep, seq);
+                }
+            }
         }
         let attempt = self.store().bump_attempts(dep).unwrap_or(0);
         if attempt > MAX_ATTEMPTS {
@@ -201,7 +218,7 @@ impl Coordinator {
             Ok(r) => r.into_inner(),
             Err(e) => return Session::Lost(format!("the agent refused the deploy stream: {}", e.message())),
         };
-        let allowed = self.bundle_digests(tid, &d.bundle_id).unwrap_or_default();
+        let allowed = self.bundle_digests(agent, &d.bundle_id).unwrap_or_default();
         loop {
             match stream.message().await {
                 Ok(Some(proto::AgentMsg { msg: Some(proto::agent_msg::Msg::Need(need)) })) => {
@@ -222,7 +239,7 @@ impl Coordinator {
                     if ev.r#final {
                         // Refresh what we know of the agent before the caller hears the result,
                         // so a `status` right after `deploy` shows the new release.
-                        self.refresh_status(tid, &mut client).await;
+                        self.refresh_status(agent, &mut client).await;
                         self.record_event(tid, &ev);
                         return Session::Final(ev);
                     }
@@ -235,10 +252,10 @@ impl Coordinator {
         }
     }
 
-    async fn refresh_status(&self, tid: &str, client: &mut Client) -> Option<proto::AgentStatus> {
+    async fn refresh_status(&self, agent: &str, client: &mut Client) -> Option<proto::AgentStatus> {
         let st = client.status(proto::StatusRequest {}).await.ok()?.into_inner();
         let facts = st.facts.as_ref().map(facts_json);
-        let _ = self.store().touch_agent(tid, Some(&status_json(&st)), facts.as_ref());
+        let _ = self.store().touch_agent(agent, Some(&status_json(&st)), facts.as_ref());
         Some(st)
     }
 
@@ -249,7 +266,9 @@ impl Coordinator {
         let waited = Instant::now();
         loop {
             let Ok(mut client) = self.dial_agent(target).await else { return Settled::Unreachable };
-            let Some(st) = self.refresh_status(&target.id, &mut client).await else { return Settled::Unreachable };
+            let Some(st) = self.refresh_status(target.agent_name(), &mut client).await else {
+                return Settled::Unreachable;
+            };
             if st.in_flight == dep && waited.elapsed() < RETRY_WINDOW {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -320,9 +339,11 @@ impl Coordinator {
     /// asked again for a while, then the deployment is `interrupted` too.
     pub(super) fn spawn_push_reconcile(&self) {
         let open = self.store().open_deployments(None).unwrap_or_default();
-        let Ok(project) = self.project() else { return };
+        let Ok(projects) = self.projects() else { return };
         for d in open {
-            let Some(target) = project.target(&d.target).filter(|t| t.agent.mode == Mode::Push).cloned() else {
+            let Some(target) =
+                projects.target(&d.target).map(|(_, t)| t).filter(|t| t.agent.mode == Mode::Push).cloned()
+            else {
                 continue;
             };
             let this = self.clone();
@@ -366,12 +387,15 @@ impl Coordinator {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Ok(project) = this.project() else { continue };
-                let targets: Vec<Target> = project
-                    .targets
-                    .iter()
+                let Ok(projects) = this.projects() else { continue };
+                // One probe per agent (an agent may serve several targets).
+                let mut seen = std::collections::BTreeSet::new();
+                let targets: Vec<Target> = projects
+                    .targets()
+                    .map(|(_, t)| t)
                     .filter(|t| t.agent.mode == Mode::Push && t.host.is_some())
-                    .filter(|t| this.store().agent(&t.id).ok().flatten().is_some_and(|a| !a.revoked))
+                    .filter(|t| seen.insert(t.agent_name().to_string()))
+                    .filter(|t| this.store().agent(t.agent_name()).ok().flatten().is_some_and(|a| !a.revoked))
                     .cloned()
                     .collect();
                 futures_util::stream::iter(targets)
@@ -380,7 +404,7 @@ impl Coordinator {
                         async move {
                             let probe = async {
                                 let mut c = this.dial_agent(&t).await.map_err(|e| e.to_string())?;
-                                this.refresh_status(&t.id, &mut c)
+                                this.refresh_status(t.agent_name(), &mut c)
                                     .await
                                     .map(|_| ())
                                     .ok_or_else(|| "the agent did not answer a status call".to_string())
@@ -390,7 +414,7 @@ impl Coordinator {
                                 Ok(Err(e)) => Some(e),
                                 Err(_) => Some(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
                             };
-                            this.note_reach(&t.id, why);
+                            this.note_reach(t.agent_name(), why);
                         }
                     })
                     .await;
@@ -399,7 +423,8 @@ impl Coordinator {
     }
 
     /// Remember whether a push agent answered its last probe (`why`: it did not).
-    pub(super) fn note_reach(&self, target: &str, why: Option<String>) {
+    pub(super) fn note_reach(&self, agent: &str, why: Option<String>) {
+        let target = agent;
         let mut m = self.inner.unreachable.lock().unwrap_or_else(|p| p.into_inner());
         match why {
             None => {
@@ -412,8 +437,8 @@ impl Coordinator {
     }
 
     /// Why a push agent did not answer its last probe, if it did not.
-    pub(super) fn unreachable_reason(&self, target: &str) -> Option<String> {
-        self.inner.unreachable.lock().unwrap_or_else(|p| p.into_inner()).get(target).cloned()
+    pub(super) fn unreachable_reason(&self, agent: &str) -> Option<String> {
+        self.inner.unreachable.lock().unwrap_or_else(|p| p.into_inner()).get(agent).cloned()
     }
 }
 

@@ -170,13 +170,14 @@ impl Coordinator {
             (_, true) => None,
             (s, false) => Some(Selector::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))?),
         };
-        let project = self.project()?;
-        let chosen: Vec<&dockfra_common::config::Target> =
-            project.targets.iter().filter(|t| selector.as_ref().is_none_or(|s| s.matches(&t.labels))).collect();
+        let projects = self.projects()?;
+        let picked: Vec<(&dockfra_common::config::Project, &dockfra_common::config::Target)> =
+            projects.targets().filter(|(_, t)| selector.as_ref().is_none_or(|s| s.matches(&t.labels))).collect();
+        let chosen: Vec<&dockfra_common::config::Target> = picked.iter().map(|(_, t)| *t).collect();
         if chosen.is_empty() {
             return Err(Status::not_found(format!(
                 "no target in {} matches {}",
-                project.file.display(),
+                projects.files(),
                 selector.as_ref().map(|s| format!("selector {s:?}")).unwrap_or_else(|| "--all".into())
             )));
         }
@@ -199,6 +200,17 @@ impl Coordinator {
                     "--waves and --canary: the declared waves, or a canary, not both",
                 ));
             }
+            let mut files: Vec<&std::path::Path> = picked.iter().map(|(p, _)| p.file.as_path()).collect();
+            files.dedup();
+            if files.len() > 1 {
+                return Err(Status::invalid_argument(format!(
+                    "--waves: the chosen targets belong to {} projects ({}); waves are declared per project: \
+                     choose one project's targets with the selector",
+                    files.len(),
+                    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            let project = picked[0].0;
             if project.waves.is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "--waves: {} declares no waves (waves: [{{name, selector}}, …])",
@@ -253,7 +265,7 @@ impl Coordinator {
 
     /// Where a fleet deploy stands, target by target.
     pub(super) fn fleet_info(&self, id: &str) -> Result<proto::FleetDeployInfo, Status> {
-        let app = self.project().map(|p| p.app.name).unwrap_or_default();
+        let projects = self.projects().ok();
         let store = self.store();
         let row = store.fleet(id)?.ok_or_else(|| Status::not_found(format!("no fleet deploy {id:?}")))?;
         let spec: Spec = serde_json::from_str(&row.spec).map_err(CoordError::internal)?;
@@ -264,7 +276,11 @@ impl Coordinator {
             let dep = store.fleet_deployment(id, &t)?;
             let (status, reason) = target_state(&note, dep.as_ref(), &spec.action);
             // What the agent runs now, as it last reported.
-            let running = store.agent(&t)?.and_then(|a| {
+            let (app, agent) = match projects.as_ref().and_then(|p| p.target(&t)) {
+                Some((p, x)) => (p.app.name.clone(), x.agent_name().to_string()),
+                None => (String::new(), t.clone()),
+            };
+            let running = store.agent(&agent)?.and_then(|a| {
                 let apps = a.status["apps"].as_array()?.clone();
                 let app = apps.into_iter().find(|x| x["app"] == app.as_str())?;
                 let s = |k: &str| app[k].as_str().unwrap_or_default().to_string();
@@ -527,11 +543,11 @@ impl Coordinator {
     /// that are not.
     async fn soak(&self, members: &[String], soak: Duration) -> anyhow::Result<Vec<String>> {
         tokio::time::sleep(soak).await;
-        let project = self.project()?;
+        let projects = self.projects()?;
         let mut bad = Vec::new();
         for t in members {
-            let Some(target) = project.target(t) else { continue };
-            let st = self.target_status(&project, target)?;
+            let Some((project, target)) = projects.target(t) else { continue };
+            let st = self.target_status(project, target)?;
             if st.state != "healthy" && st.state != "unreachable" {
                 bad.push(format!("{t} ({}: {})", st.state, st.state_reason));
             } else if st.state == "unreachable" && target.agent.mode == dockfra_common::config::Mode::Push {

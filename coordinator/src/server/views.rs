@@ -47,9 +47,10 @@ pub fn event(e: &EventRow) -> proto::Event {
     }
 }
 
-pub fn agent_info(a: &AgentRow) -> proto::AgentInfo {
+pub fn agent_info(a: &AgentRow, projects: Option<&dockfra_common::config::Projects>) -> proto::AgentInfo {
     let s = |k: &str| a.facts[k].as_str().unwrap_or_default().to_string();
     proto::AgentInfo {
+        targets: projects.map(|p| p.of_agent(&a.target).map(|(_, t)| t.id.clone()).collect()).unwrap_or_default(),
         target: a.target.clone(),
         serial: a.serial.clone(),
         cert_not_after_unix: a.cert_not_after.max(0) as u64,
@@ -138,7 +139,7 @@ impl Coordinator {
     /// One target's status: the config, the agent's facts and report, the last deployment.
     pub(super) fn target_status(&self, project: &Project, t: &Target) -> Result<proto::TargetStatus> {
         let store = self.store();
-        let agent = store.agent(&t.id)?;
+        let agent = store.agent(t.agent_name())?;
         let last = store.deployments(Some(&t.id), 1)?.into_iter().next();
         let app = agent
             .as_ref()
@@ -179,7 +180,7 @@ impl Coordinator {
         }
         releases.sort_by(|a, b| b.sequence.cmp(&a.sequence).then_with(|| a.name.cmp(&b.name)));
         drop(store);
-        let probe = self.unreachable_reason(&t.id);
+        let probe = self.unreachable_reason(t.agent_name());
         let (state, state_reason) = state_of(
             t,
             agent.as_ref(),
@@ -241,18 +242,18 @@ impl Coordinator {
         only: Option<&str>,
         keep: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
     ) -> Result<proto::TargetList> {
-        let project = self.project()?;
+        let projects = self.projects()?;
         let mut targets = Vec::new();
         match only {
             Some(id) => {
-                let (_, t) = self.target(id)?;
+                let (project, t) = self.target(id)?;
                 if keep(&t.labels) {
                     targets.push(self.target_status(&project, &t)?);
                 }
             }
             None => {
-                for t in project.targets.iter().filter(|t| keep(&t.labels)) {
-                    targets.push(self.target_status(&project, t)?);
+                for (project, t) in projects.targets().filter(|(_, t)| keep(&t.labels)) {
+                    targets.push(self.target_status(project, t)?);
                 }
             }
         }
@@ -265,7 +266,7 @@ impl Coordinator {
 
     /// Refuse an order up front when the agent's last known facts say it cannot take it.
     pub(super) fn check_agent_can_take(&self, target: &Target) -> Result<()> {
-        if let Some(a) = self.store().agent(&target.id)? {
+        if let Some(a) = self.store().agent(target.agent_name())? {
             compat(target, &a.facts)
                 .map_err(|why| crate::error::CoordError::Precondition(format!("refused by the coordinator: {why}")))?;
         }
