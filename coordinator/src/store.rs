@@ -661,6 +661,17 @@ impl Store {
         self.next_sequence(agent)
     }
 
+    /// Has `target` a deployment other than `id` with a sequence above `sequence` (an order or
+    /// an export of its own made after it)?
+    pub fn newer_deployment_of(&self, target: &str, sequence: u64, id: &str) -> Result<bool> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM deployments WHERE target = ?1 AND sequence > ?2 AND id != ?3",
+            params![target, sequence as i64, id],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
     /// Give a queued order (not handed out yet) a new sequence.
     pub fn resequence(&self, target: &str, deployment_id: &str, sequence: u64) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;

@@ -522,7 +522,7 @@ function renderFleet() {
       h('td', { 'data-label': 'State', class: 'state-cell', title: t.state_reason || null }, stateEl(t.state, t.target)),
       h('th', { scope: 'row', class: 'primary', 'data-label': 'Target' },
         sp('rel', h('a', { href: '#/targets/' + enc(t.target), fkey: 'link-' + t.target }, t.target),
-          t.host ? sp('v', t.host) : null)),
+          t.app || t.host ? sp('v', [t.app, t.host].filter(Boolean).join(' · ')) : null)),
       h('td', { 'data-label': 'Platform' }, dash(t.platform)),
       h('td', { 'data-label': 'Mode' }, dash(t.mode)),
       h('td', { 'data-label': 'Labels', class: 'labels' }, labelChips(t.labels)),

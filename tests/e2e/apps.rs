@@ -153,3 +153,50 @@ fn projects_that_clash_are_refused_at_start_naming_both_files() {
     // Nothing was written: no serve.addr.
     assert!(!w.coord_state.join("serve.addr").exists());
 }
+
+/// Orders of two apps for one pull agent that is offline, while an offline bundle raises its
+/// floor: the other app's queued order is not lost (it takes a fresh sequence and is
+/// delivered), while the app whose own export came after its queued order has that order
+/// settled as lost, as with one app.
+#[test]
+fn an_order_overtaken_by_another_apps_bundle_is_still_delivered() {
+    let w = World::new("apps-overtaken");
+    let port = free_port();
+    app_project(&w, "project", "web", ["web-p", "web-q"], port);
+    app_project(&w, "shop", "shop", ["shop-p", "shop-q"], port);
+    w.init("127.0.0.1:0");
+    let shop = w.path("shop");
+    let _coord = w.serve(&["--root", shop.to_str().unwrap()]);
+    let url = format!("https://{}", w.addr());
+    let q1 = Agent::new(&w, "q1");
+    q1.enroll(&url, &w.token("q1")).ok();
+
+    // Offline: web's deploy and shop's deploy queue; then a shop bundle made after both is
+    // applied by hand, which lifts the agent's floor past both orders.
+    let (code, web) = deploy_json(&w, &["web-q"]);
+    assert_eq!((code, web["result"].as_str()), (0, Some("queued")), "{web}");
+    let (_, shop_order) = deploy_json(&w, &["shop-q"]);
+    assert_eq!(shop_order["result"], "queued", "{shop_order}");
+    w.write("shop/app/VERSION", "shop-offline\n");
+    let file = w.path("shop.tar");
+    w.coord(&["bundle", "export", "shop-q", "-o", file.to_str().unwrap()]).ok();
+    q1.run_cmd(&["apply", file.to_str().unwrap()]).ok();
+    assert_eq!(live(&w, "q", "shop"), "shop-offline");
+
+    let _run = q1.start(&w);
+    let id = web["deployment_id"].as_str().unwrap().to_string();
+    let detail = |id: &str| w.coord(&["deployment", id, "--output", "json"]).ok().json();
+    let ended =
+        |d: &serde_json::Value| !matches!(d["deployment"]["status"].as_str(), Some("queued" | "running" | "retrying"));
+    wait_until("web's order to end", std::time::Duration::from_secs(30), || ended(&detail(&id)));
+    let d = detail(&id);
+    assert_eq!(d["deployment"]["status"], "succeeded", "{d}");
+    assert_eq!(live(&w, "q", "web"), "web-v1");
+    // Shop's own export came after its queued order: that order is lost, the export stays.
+    let sid = shop_order["deployment_id"].as_str().unwrap().to_string();
+    wait_until("shop's overtaken order to be settled", std::time::Duration::from_secs(30), || ended(&detail(&sid)));
+    let s = detail(&sid);
+    assert_eq!(s["deployment"]["status"], "failed", "{s}");
+    assert!(s["deployment"]["reason"].as_str().unwrap().contains("lost"), "{s}");
+    assert_eq!(live(&w, "q", "shop"), "shop-offline");
+}

@@ -28,7 +28,21 @@ impl Coordinator {
         for (_, t) in projects.of_agent(agent) {
             let Some(d) = self.store().desired(&t.id)? else { continue };
             let Some(dep) = self.store().deployment(&d.deployment_id)? else { continue };
-            if dep.finished_unix.is_some() || d.sequence <= st.last_desired_sequence && dep.attempts > 0 {
+            if dep.finished_unix.is_some() {
+                continue;
+            }
+            let floor = st.last_desired_sequence;
+            if d.sequence <= floor && !self.may_resequence(&dep, floor) {
+                // The agent's floor passed it (it took it, or its own target's export came
+                // after it) and it reports no result for it.
+                if dep.id != st.in_flight {
+                    self.finish(
+                        &t.id,
+                        &dep.id,
+                        "failed",
+                        format!("lost: the agent's floor ({floor}) is past this order and it reports no result for it"),
+                    );
+                }
                 continue;
             }
             pending.push((d, dep, t.clone()));

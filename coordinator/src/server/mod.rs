@@ -224,6 +224,15 @@ impl Coordinator {
         Ok((t.agent_name().to_string(), t))
     }
 
+    /// Was this order overtaken on its agent by another app's order only, before it was ever
+    /// handed out? Then it may take a fresh sequence above the agent's floor. (Overtaken by an
+    /// order or export of its own target, it is lost, as before.)
+    fn may_resequence(&self, d: &DeploymentRow, floor: u64) -> bool {
+        d.attempts == 0
+            && d.sequence <= floor
+            && !self.store().newer_deployment_of(&d.target, d.sequence, &d.id).unwrap_or(true)
+    }
+
     /// The gate an agent's push sessions take turns at.
     fn agent_gate(&self, agent: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut gates = self.inner.agent_gates.lock().unwrap_or_else(|p| p.into_inner());
@@ -621,10 +630,13 @@ impl Coordinator {
             if d.status == "exporting" || d.id == st.in_flight || d.status == "queued" && d.id == desired_id {
                 continue;
             }
-            // Lost: handed out, and the agent's floor passed it. (An order never handed out may
-            // lie below the floor when another app's order on the same agent overtook it; it
-            // gets a fresh sequence when it is handed out.)
-            if d.attempts > 0 && d.sequence > 0 && d.sequence <= st.last_desired_sequence {
+            // Lost: the agent's floor passed it. (Not an order another app's order overtook on
+            // the same agent before it was ever handed out: that one gets a fresh sequence
+            // when it is handed out.)
+            if d.sequence > 0
+                && d.sequence <= st.last_desired_sequence
+                && !self.may_resequence(&d, st.last_desired_sequence)
+            {
                 self.finish(
                     target,
                     &d.id,

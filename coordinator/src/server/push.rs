@@ -189,10 +189,11 @@ impl Coordinator {
             return Session::Final(self.finish(tid, dep, "refused", why));
         }
         // Another app's order on this agent overtook this one before it was ever sent.
-        let fresh = self.store().deployment(dep).ok().flatten().is_some_and(|d| d.attempts == 0);
+        let row = self.store().deployment(dep).ok().flatten();
+        let fresh = row.is_some_and(|d| self.may_resequence(&d, st.last_desired_sequence));
         let desired = self.store().desired(tid).ok().flatten();
         if let Some(d) = desired {
-            if fresh && d.deployment_id == dep && d.sequence <= st.last_desired_sequence {
+            if fresh && d.deployment_id == dep {
                 let store = self.store();
                 if let Ok(seq) = store.next_sequence_above(agent, st.last_desired_sequence) {
                     let _ = store.resequence(tid, dep, seq);
