@@ -1,27 +1,71 @@
-# Homebrew formula for the dockfra agent (macOS; Linuxbrew too). Builds from source. Homebrew
-# installs formulae from a tap only, so put this file in one, e.g. a local tap:
+# Homebrew formula for the dockfra agent (macOS; Linuxbrew too). Installs the prebuilt static
+# binary of a GitHub release, checked against its sha256; `--HEAD` builds from git instead.
+# Homebrew installs formulae from a tap only, so put this file in one, e.g. a local tap:
 #   brew tap-new "$USER/dockfra"
-#   cp packaging/homebrew/dockfra-agent.rb "$(brew --repository "$USER/dockfra")/Formula/"
-#   brew install --build-from-source "$USER/dockfra/dockfra-agent"    (--HEAD: from git)
+#   packaging/homebrew/render-formula target/cross/dist/SHA256SUMS \
+#     --base-url https://github.com/OWNER/dockfra/releases/download \
+#     -o "$(brew --repository "$USER/dockfra")/Formula/dockfra-agent.rb"
+#   brew install "$USER/dockfra/dockfra-agent"           (--HEAD: cargo build from git)
 #   dockfra-agent --config "$(brew --prefix)/etc/dockfra/agent.yaml" enroll \
 #     --coordinator https://COORD:7443 --token dkf1....
 #   brew services start dockfra-agent        # launchd agent of this user (Docker Desktop is per user)
 #   sudo brew services start dockfra-agent   # or a LaunchDaemon as root, started at boot
-# OWNER, url and sha256 are placeholders: set them to this repository and the sha256 of a
-# release tarball when publishing the tap.
+# No bottles: the binaries are static (on macOS they link only libSystem), so there is nothing
+# to build or relocate. They come from cross/build (target/cross/dist and its SHA256SUMS); the
+# macOS ones are cross-built on Linux with zig and checked there (cross/check-macho,
+# packaging/check-brew), never run there.
+# This checked-in file is the template: OWNER is a placeholder and every sha256 is 0. For a
+# release, render it with the real sums (packaging/homebrew/render-formula SHA256SUMS; it also
+# sets version, the download base URL and the tag v<version>) and upload the binaries as the
+# release's assets under their dist names.
 class DockfraAgent < Formula
   desc "Agent that verifies signed bundles and carries out releases on this host"
   homepage "https://github.com/OWNER/dockfra"
-  url "https://github.com/OWNER/dockfra/archive/refs/tags/v0.2.0.tar.gz"
-  sha256 "0000000000000000000000000000000000000000000000000000000000000000"
+  version "0.2.0"
   license "Apache-2.0"
-  head "https://github.com/OWNER/dockfra.git", branch: "main"
 
-  # protoc comes from the protoc-bin-vendored crate: no protobuf dependency.
-  depends_on "rust" => :build
+  head do
+    url "https://github.com/OWNER/dockfra.git", branch: "main"
+    # protoc comes from the protoc-bin-vendored crate: no protobuf dependency.
+    depends_on "rust" => :build
+  end
+
+  # Each url is one raw binary: Homebrew stages a download that is not an archive as is, under
+  # its basename, in the build directory. Homebrew has no 32-bit ARM, so armv7 is not here.
+  on_macos do
+    on_arm do
+      url "https://github.com/OWNER/dockfra/releases/download/v0.2.0/dockfra-agent-aarch64-apple-darwin"
+      sha256 "0000000000000000000000000000000000000000000000000000000000000000"
+    end
+    on_intel do
+      url "https://github.com/OWNER/dockfra/releases/download/v0.2.0/dockfra-agent-x86_64-apple-darwin"
+      sha256 "0000000000000000000000000000000000000000000000000000000000000000"
+    end
+  end
+
+  on_linux do
+    on_arm do
+      url "https://github.com/OWNER/dockfra/releases/download/v0.2.0/dockfra-agent-aarch64-unknown-linux-gnu"
+      sha256 "0000000000000000000000000000000000000000000000000000000000000000"
+    end
+    on_intel do
+      url "https://github.com/OWNER/dockfra/releases/download/v0.2.0/dockfra-agent-x86_64-unknown-linux-musl"
+      sha256 "0000000000000000000000000000000000000000000000000000000000000000"
+    end
+  end
 
   def install
-    system "cargo", "install", *std_cargo_args(path: "agent")
+    if build.head?
+      system "cargo", "install", *std_cargo_args(path: "agent")
+    else
+      staged = Dir["dockfra-agent-*"]
+      if staged.length != 1
+        odie "expected one downloaded dockfra-agent-<triple> in #{buildpath}, found #{staged.inspect}"
+      end
+      # A raw download is staged without the executable bit.
+      chmod 0755, staged.first
+      bin.install staged.first => "dockfra-agent"
+    end
 
     (buildpath/"agent.yaml").write <<~YAML
       # dockfra-agent configuration (`dockfra-agent --config #{etc}/dockfra/agent.yaml ...`;
@@ -72,7 +116,9 @@ class DockfraAgent < Formula
   end
 
   test do
-    assert_match version.to_s, shell_output("#{bin}/dockfra-agent --version")
+    # A --HEAD install's version is HEAD-<commit>; its binary reports the crate's version.
+    assert_match(version.head? ? "dockfra-agent " : version.to_s,
+                 shell_output("#{bin}/dockfra-agent --version"))
     (testpath/"agent.yaml").write "state_dir: #{testpath}/state\n"
     output = shell_output("#{bin}/dockfra-agent --config #{testpath}/agent.yaml status 2>&1", 78)
     assert_match "not enrolled", output

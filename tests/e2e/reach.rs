@@ -179,22 +179,31 @@ fn deb_package_installs_upgrades_removes_and_purges_under_systemd() {
 
 /// The Homebrew formula and the launchd plists, as far as Linux can check them
 /// (packaging/check-brew: `ruby -c`, the formula against a stand-in of Homebrew's DSL, plist
-/// parsing); macOS, brew and launchd themselves are not here.
+/// parsing); macOS, brew and launchd themselves are not here. The formula installs the
+/// prebuilt agents of `cross/build`: rendered from their SHA256SUMS, it installs each
+/// platform's binary byte for byte, and a wrong sum stops the install.
 #[test]
 fn homebrew_formula_and_launchd_plists_check() {
+    let dist = workspace().join("target/cross/dist");
     if Needs::new()
         .tool("ruby", "Debian's ruby")
         .tool("plistutil", "Debian's libplist-utils")
         .tool("python3", "Debian's python3")
+        .file(&dist.join("SHA256SUMS"), "cross/build --install makes it")
         .unmet()
     {
         return;
     }
     let mut c = std::process::Command::new(workspace().join("packaging/check-brew"));
-    c.arg(bin("dockfra-agent"));
+    c.arg("--dist").arg(&dist).arg(bin("dockfra-agent"));
     let r = run(c);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
-    assert!(r.stdout().contains("check-brew: all checks passed"), "{}", r.stdout());
+    let out = r.stdout();
+    assert!(out.contains("check-brew: all checks passed"), "{out}");
+    for platform in ["macos/arm", "macos/intel", "linux/arm", "linux/intel"] {
+        assert!(out.contains(&format!("ok - {platform} installs dockfra-agent-")), "{platform}: {out}");
+    }
+    assert!(out.contains("SHA256 mismatch"), "{out}");
 }
 
 /// The macOS agents from `cross/build` (zig, no Apple SDK): built and checked, not run —
