@@ -129,6 +129,19 @@ pub fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
         .with(filter)
         .try_init();
+    // `run`: an upgrade on trial is supervised (or the committed binary runs) before anything
+    // else starts (crate::upgrade).
+    if matches!(cli.command, Command::Run { .. }) {
+        if let Ok(dir) = state_dir_of(&cli) {
+            let state = StateDir::new(&dir);
+            if state.is_enrolled() {
+                if let crate::upgrade::Launch::Exit(code) = crate::upgrade::launch(&state) {
+                    return ExitCode::from(code);
+                }
+            }
+        }
+        crate::upgrade::watch_supervisor();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -136,7 +149,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    drop(rt);
+    if crate::upgrade::restart_requested() {
+        return crate::upgrade::reexec();
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -234,6 +252,17 @@ impl AgentFile {
 /// `RestartPreventExitStatus=78`).
 pub const NOT_ENROLLED: u8 = 78;
 
+/// The state dir: `--state-dir`, else the config file's `state_dir`, else the default; made
+/// absolute (paths under it end up in symlinks and in the journal).
+fn state_dir_of(cli: &Cli) -> Result<std::path::PathBuf> {
+    let from_file = match &cli.config {
+        Some(p) => AgentFile::load(p).ok().and_then(|f| f.state_dir),
+        None => None,
+    };
+    let dir = cli.state_dir.clone().or(from_file).unwrap_or_else(|| dockfra_common::default_state_dir("dockfra-agent"));
+    std::path::absolute(&dir).with_context(|| format!("bad --state-dir {}", dir.display()))
+}
+
 pub async fn run(cli: Cli) -> Result<u8> {
     let file = match &cli.config {
         Some(p) => match AgentFile::load(p) {
@@ -245,14 +274,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         },
         None => AgentFile::default(),
     };
-    let dir = cli
-        .state_dir
-        .clone()
-        .or(file.state_dir.clone())
-        .unwrap_or_else(|| dockfra_common::default_state_dir("dockfra-agent"));
-    // Absolute: paths under it end up in symlinks (shared/) and in the journal.
-    let state =
-        StateDir::new(&std::path::absolute(&dir).with_context(|| format!("bad --state-dir {}", dir.display()))?);
+    let state = StateDir::new(&state_dir_of(&cli)?);
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let limits = file.limits()?;
     let needs_identity =
@@ -461,6 +483,7 @@ async fn run_agent(state: &StateDir, runner: Arc<dyn Runner>, limits: Limits, li
     crate::state::write(&state.pid_file(), std::process::id().to_string().as_bytes(), 0o644)?;
     let facts = crate::facts::detect(runner.as_ref()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    crate::upgrade::set_stopper(stop_tx.clone());
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

@@ -146,6 +146,15 @@ impl Emitter<'_> {
         ev
     }
 
+    /// Not final, and the last this process says about the deployment (another one ends it).
+    fn progress(&self, phase: &str, message: impl Into<String>) -> proto::DeployEvent {
+        let message = message.into();
+        tracing::info!(phase, "{message}");
+        let ev = self.event(phase, message);
+        let _ = self.tx.send(ev.clone());
+        ev
+    }
+
     /// Not final: the transfer broke; the same order may come again.
     fn retry(&self, message: impl Into<String>) -> proto::DeployEvent {
         let message = message.into();
@@ -385,6 +394,9 @@ impl Executor {
             return self.abandon(v, em, format!("cannot write the journal: {e:#}"));
         }
         em.send("Materialized", format!("release dir {}", rel.dir(&name).display()));
+        if m.requires.iter().any(|f| f == bundle::AGENT_UPGRADE) {
+            return self.stage_upgrade(v, em, &rel, previous).await;
+        }
 
         let driver = drivers::for_spec(&m.platform);
         let ctx = self.ctx(m, &rel, &name, previous.as_deref());
@@ -454,6 +466,61 @@ impl Executor {
         let _ = step(&mut journal, Phase::Pruned);
         let _ = self.state.clear_journal();
         em.finish("succeeded", &name, message)
+    }
+
+    /// An agent upgrade (crate::upgrade): check the binary is for this host, stage it on
+    /// trial, use up the order's sequence, and restart into the trial. The result comes from
+    /// the trial: the new agent reports success once it reaches the coordinator, the old one
+    /// the failure.
+    async fn stage_upgrade(
+        &self,
+        v: &Verified,
+        em: &mut Emitter<'_>,
+        rel: &AppReleases,
+        previous: Option<String>,
+    ) -> proto::DeployEvent {
+        let m = &v.manifest;
+        let name = v.release_name();
+        let binary = rel.dir(&name).join(bundle::AGENT_FILE);
+        if let Err(why) = crate::upgrade::check_binary(&binary) {
+            let _ = rel.remove(&name);
+            return self.abandon(v, em, format!("refused: {why}"));
+        }
+        let deadline = m.health.as_ref().map(|h| h.start_period).filter(|d| !d.is_zero());
+        let deadline = deadline.unwrap_or(crate::upgrade::DEFAULT_DEADLINE);
+        let trial = crate::upgrade::Trial {
+            deployment_id: v.desired.deployment_id.clone(),
+            desired_sequence: v.desired.sequence,
+            base: rel.base().to_path_buf(),
+            release: name.clone(),
+            previous,
+            manifest_sequence: m.sequence,
+            version: m.version.clone(),
+            binary,
+            sha256: m.files[0].sha256.clone(),
+            deadline_unix: dockfra_common::now_unix() + deadline.as_secs().max(1),
+            attempts: 0,
+        };
+        if let Err(e) = crate::upgrade::stage(&self.state, &trial) {
+            return self.abandon(v, em, format!("cannot stage the upgrade: {e:#}"));
+        }
+        // The order is taken: its sequence is used up whatever the trial says.
+        let mut p = match self.state.persisted() {
+            Ok(p) => p,
+            Err(e) => return self.abandon(v, em, format!("{e}")),
+        };
+        p.last_desired_sequence = p.last_desired_sequence.max(v.desired.sequence);
+        if let Err(e) = self.state.save_persisted(&p) {
+            return self.abandon(v, em, format!("cannot save state: {e:#}"));
+        }
+        let _ = self.state.clear_journal();
+        let message = format!(
+            "restarting into dockfra-agent {} (release {name}); it has {}s to reach the coordinator, or this one comes back",
+            m.version,
+            deadline.as_secs()
+        );
+        crate::upgrade::request_restart();
+        em.progress("Restarting", message)
     }
 
     /// Update the state for a final result (under the lock), remembering the outcome.
@@ -768,7 +835,11 @@ impl Executor {
             }
         };
         let (in_flight, state_error) = match self.state.journal() {
-            Ok(j) => (j.map(|j| j.deployment_id).unwrap_or_default(), String::new()),
+            // An upgrade on trial is in flight until the new agent or the old one ends it.
+            Ok(j) => (
+                j.map(|j| j.deployment_id).or_else(|| crate::upgrade::pending(&self.state)).unwrap_or_default(),
+                String::new(),
+            ),
             Err(e) => (String::new(), e.to_string()),
         };
         proto::AgentStatus {

@@ -125,6 +125,7 @@ pub async fn detect(runner: &dyn Runner) -> proto::Facts {
         manifest_formats: dockfra_common::bundle::FORMATS.to_vec(),
         platforms: crate::drivers::platforms(),
         features: dockfra_common::bundle::FEATURES.iter().map(|f| f.to_string()).collect(),
+        binary_sha256: crate::upgrade::own_sha256().to_string(),
     }
 }
 

@@ -13,3 +13,4 @@ pub mod net;
 pub mod releases;
 pub mod runner;
 pub mod state;
+pub mod upgrade;

@@ -224,6 +224,10 @@ pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) 
         .map_err(|s| anyhow::anyhow!("poll refused: {}", s.message()))?
         .into_inner();
     let next = (r.poll_interval_ms > 0).then_some(r.poll_interval_ms);
+    // A new agent on trial has reached the coordinator: the upgrade stays, and says so now.
+    if crate::upgrade::confirm(state)? {
+        flush_outbox(&mut client, state, Some(exec.status(Some(facts.clone())).await)).await?;
+    }
     let Some(a) = r.assignment else { return Ok(next) };
     let (tx, mut rx) = mpsc::unbounded_channel::<proto::DeployEvent>();
     // Forward progress as it happens; the final event goes with the status, below.
@@ -277,7 +281,11 @@ pub async fn pull_loop(
     let mut failures = 0u32;
     loop {
         let _ = renew_if_due(&state).await.map_err(|e| tracing::warn!("renewal: {e:#}"));
-        let wait = match poll_once(&exec, &state, &facts).await {
+        let polled = poll_once(&exec, &state, &facts).await;
+        if crate::upgrade::restart_requested() {
+            return Ok(());
+        }
+        let wait = match polled {
             Ok(next) => {
                 if failures > 0 {
                     tracing::info!("coordinator reachable again");
@@ -387,6 +395,11 @@ impl agent_server::Agent for PushService {
 
     async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::AgentStatus>, Status> {
         coordinator_only(&req)?;
+        // A new agent on trial has been reached by the coordinator: the upgrade stays (its
+        // result is in this very status).
+        if let Err(e) = crate::upgrade::confirm(&self.exec.state) {
+            tracing::error!("confirming the upgrade: {e:#}");
+        }
         Ok(Response::new(self.exec.status(Some(self.facts.clone())).await))
     }
 

@@ -59,6 +59,9 @@ impl AppReleases {
     pub fn new(base: PathBuf) -> Self {
         Self { base }
     }
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
     pub fn releases_dir(&self) -> PathBuf {
         self.base.join("releases")
     }

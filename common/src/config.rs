@@ -1011,6 +1011,12 @@ fn parse_app(top: &Cx, f: &Fields) -> Result<AppSpec, ConfigError> {
             derived
         }
     };
+    if name == crate::bundle::AGENT_APP {
+        return Err(top.err(
+            "app.name",
+            format!("{name:?} is the name under which agents keep their own upgrades: choose another app name"),
+        ));
+    }
     Ok(AppSpec { name, path: path.unwrap_or(dir) })
 }
 

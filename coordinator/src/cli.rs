@@ -449,6 +449,30 @@ pub enum AgentCmd {
         #[arg(long)]
         agent_coordinator: Option<String>,
     },
+    /// Upgrade the agents of TARGETs (or of --selector / --all) to a new dockfra-agent binary,
+    /// in waves like a fleet deploy. Each agent gets the binary for its OS and CPU from
+    /// --binaries (checked against its SHA256SUMS), signed; it verifies it, keeps the old
+    /// binary, restarts into the new one, and the new one must reach the coordinator within
+    /// --trial-timeout, or the old one comes back by itself. An agent that already runs the
+    /// binary is left alone.
+    #[command(
+        after_help = "Examples:\n  cross/build && dockfra-coord agent upgrade --all --canary 1 --binaries target/cross/dist\n  dockfra-coord agent upgrade -l 'site=lab' --max-parallel 10 --trial-timeout 5m\n  dockfra-coord agent upgrade edge-rpi3\nA canary or wave whose agents do not come back halts the rest (they stay on their old binary)."
+    )]
+    Upgrade {
+        /// Target ids whose agents to upgrade (instead of --selector or --all).
+        targets: Vec<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Dir with dockfra-agent-<triple> binaries and their SHA256SUMS (cross/build's
+        /// dist), read by the coordinator.
+        #[arg(long, default_value = "target/cross/dist")]
+        binaries: PathBuf,
+        /// How long a new agent has to reach the coordinator before the old one comes back.
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        trial_timeout: Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -696,10 +720,10 @@ async fn admin_command(
             Ok(exit::OK)
         }
         Command::Deploy { target: None, fleet, version, output, .. } => {
-            run_fleet(c, "deploy", &fleet, version.unwrap_or_default(), output).await
+            run_fleet(c, "deploy", &fleet, version.unwrap_or_default(), output, |_| {}).await
         }
         Command::Rollback { target: None, fleet, output, .. } => {
-            run_fleet(c, "rollback", &fleet, String::new(), output).await
+            run_fleet(c, "rollback", &fleet, String::new(), output, |_| {}).await
         }
         Command::Deploy { target: Some(target), fleet, wait, timeout, version, output } => {
             fleet.only_one_target()?;
@@ -912,6 +936,23 @@ async fn admin_command(
                 ],
             );
             Ok(exit::OK)
+        }
+        Command::Agent(AgentCmd::Upgrade { targets, fleet, binaries, trial_timeout, output }) => {
+            if targets.is_empty() && fleet.selector.is_none() && !fleet.all {
+                bail!("name the targets whose agents to upgrade, or --selector, or --all");
+            }
+            if fleet.auto_rollback_wave {
+                bail!("--auto-rollback-wave is for deploys: an agent whose upgrade fails goes back to its old binary by itself");
+            }
+            let dir = std::fs::canonicalize(&binaries).with_context(|| {
+                format!("--binaries {}: no such dir (cross/build writes target/cross/dist)", binaries.display())
+            })?;
+            run_fleet(c, "upgrade", &fleet, String::new(), output, |r| {
+                r.targets = targets;
+                r.binaries = dir.display().to_string();
+                r.trial_timeout_ms = trial_timeout.as_millis() as u64;
+            })
+            .await
         }
         Command::Agent(AgentCmd::Install {
             target,
@@ -1301,6 +1342,7 @@ async fn run_fleet(
     f: &FleetArgs,
     version: String,
     output: Output,
+    more: impl FnOnce(&mut proto::FleetDeployRequest),
 ) -> Result<u8> {
     let mut req = proto::FleetDeployRequest {
         selector: f.selector.clone().unwrap_or_default(),
@@ -1315,7 +1357,9 @@ async fn run_fleet(
         force: f.force,
         waves: f.waves,
         auto_rollback: f.auto_rollback_wave,
+        ..Default::default()
     };
+    more(&mut req);
     let info = match c.fleet_deploy(req.clone()).await {
         Err(e) if needs_confirmation(&e) && confirm_on_terminal(&e, production_count(&e))? => {
             req.confirm = true;

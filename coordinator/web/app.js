@@ -624,7 +624,8 @@ function rolloutPanel(slot, initial, sig, onClose) {
   const allIn = h('input', { type: 'checkbox', id: 'ro-all', testid: 'rollout-all' });
   const match = h('p', { class: 'match', id: 'ro-match', testid: 'rollout-match-count', role: 'status', 'data-state': 'idle' });
   const actionIn = h('select', { id: 'ro-action', testid: 'rollout-action' },
-    h('option', { value: 'deploy' }, 'Deploy'), h('option', { value: 'rollback' }, 'Roll back to previous'));
+    h('option', { value: 'deploy' }, 'Deploy'), h('option', { value: 'rollback' }, 'Roll back to previous'),
+    h('option', { value: 'upgrade' }, 'Upgrade the agents (from the coordinator\u2019s agent-binaries)'));
   const versionIn = h('input', { type: 'text', id: 'ro-version', testid: 'rollout-version', autocomplete: 'off', spellcheck: 'false', placeholder: 'optional' });
   const canaryIn = h('input', { type: 'text', id: 'ro-canary', testid: 'rollout-canary', autocomplete: 'off', spellcheck: 'false', placeholder: 'none (1, 10%)', 'aria-describedby': 'ro-canary-hint' });
   const num = (id, testid, ph, step) => h('input', { type: 'number', id, testid, min: '0', step: step || '1', inputmode: 'decimal', placeholder: ph });

@@ -14,6 +14,8 @@
 //! - [`apps`]: several projects on one coordinator, their targets sharing agents.
 //! - [`rollouts`]: fleet deploys by selector in waves, resumed after a restart; production
 //!   confirmation; two operators racing for a target.
+//! - [`upgrade`]: agents that upgrade themselves in waves (static x86_64 and armv7 agents),
+//!   and a broken binary that gives the old one back.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
 //!   dashboard in headless Chromium.
 //!
@@ -32,6 +34,7 @@ mod faults;
 mod reach;
 mod rollouts;
 mod spine;
+mod upgrade;
 mod window;
 
 /// A project with a push target, a pull target and an offline target, all `ssh_raw`.

@@ -270,6 +270,77 @@ fn build_deb(w: &World, out: &std::path::Path, version: &str) -> String {
     deb
 }
 
+/// The .deb's agent upgrades itself under its systemd unit: the unit's process (the
+/// package's `/usr/bin/dockfra-agent`, as user dockfra) starts the static x86_64 agent on
+/// trial; it reaches the coordinator and stays, deploys, and after a restart of the unit is
+/// what the unit runs. A broken binary is tried, fails, and the unit goes on with the binary
+/// it had, still active and deploying.
+fn upgrade_under_systemd(w: &World, sbox: &SystemdBox) {
+    let musl = workspace().join("target/cross/dist/dockfra-agent-x86_64-unknown-linux-musl");
+    if Needs::new().file(&musl, "cross/build --install makes it").unmet() {
+        return;
+    }
+    let bins = |name: &str, bytes: Vec<u8>| {
+        let dir = w.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dockfra-agent-x86_64-unknown-linux-musl"), &bytes).unwrap();
+        let sums = format!("{}  dockfra-agent-x86_64-unknown-linux-musl\n", dockfra_common::sha256_hex(&bytes));
+        std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+        (dir.display().to_string(), dockfra_common::sha256_hex(&bytes))
+    };
+    let main_pid = || sbox.sh("systemctl show -p MainPID --value dockfra-agent").1;
+    let exe = |pid: &str| sbox.sh(&format!("readlink /proc/{pid}/exe")).1;
+    let children = |pid: &str| {
+        sbox.sh(&format!(
+            "for p in /proc/[0-9]*; do [ \"$(awk '/^PPid/{{print $2}}' $p/status 2>/dev/null)\" = {pid} ] && echo ${{p#/proc/}}; done"
+        ))
+        .1
+    };
+    let agent_sha = || {
+        let a = w.coord(&["agents", "--output", "json"]).ok().json();
+        a[0]["binary_sha256"].as_str().unwrap_or_default().to_string()
+    };
+    let installed = agent_sha();
+
+    let (good, good_sha) = bins("good-bins", {
+        let mut b = std::fs::read(&musl).unwrap();
+        b.extend_from_slice(b"\0under-systemd");
+        b
+    });
+    let r = w.coord(&["agent", "upgrade", "box", "--binaries", &good, "--trial-timeout", "60s", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert_eq!(agent_sha(), good_sha);
+    let main = main_pid();
+    assert_eq!(exe(&main), "/usr/bin/dockfra-agent", "the unit's process is the package's binary, supervising");
+    let child = children(&main);
+    assert!(exe(&child).starts_with("/var/lib/dockfra/apps/dockfra-agent/releases/"), "child {child}: {}", exe(&child));
+    assert_eq!(sbox.sh(&format!("stat -c %U /proc/{child}")).1, "dockfra", "the new agent runs as the unit's user");
+    w.write("project/app/VERSION", "up1\n");
+    let (code, v) = deploy_json(w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.sh("cat /var/lib/dockfra/apps/web/current/VERSION").1, "up1");
+
+    // Restarted, the unit runs the committed binary itself.
+    assert!(sbox.sh("systemctl restart dockfra-agent").0);
+    wait_until("the upgraded unit to answer", Duration::from_secs(30), || w.coord(&["deploy-test", "box"]).code() == 0);
+    let main = main_pid();
+    assert!(exe(&main).starts_with("/var/lib/dockfra/apps/dockfra-agent/releases/"), "{}", exe(&main));
+    assert_eq!(agent_sha(), good_sha);
+
+    // A broken binary: tried, failed, the unit goes on with what it had.
+    let (broken, _) = bins("broken-bins", std::fs::read(&musl).unwrap()[..4096].to_vec());
+    let r = w.coord(&["agent", "upgrade", "box", "--binaries", &broken, "--trial-timeout", "30s", "--output", "json"]);
+    assert_eq!(r.code(), 3, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("runs again"), "{}", r.stdout());
+    assert_eq!(sbox.sh("systemctl is-active dockfra-agent").1, "active");
+    wait_until("the agent to answer after the failed trial", Duration::from_secs(30), || agent_sha() == good_sha);
+    w.write("project/app/VERSION", "up2\n");
+    let (code, v) = deploy_json(w, &["box"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.sh("cat /var/lib/dockfra/apps/web/current/VERSION").1, "up2");
+    assert_ne!(installed, good_sha);
+}
+
 /// `dockfra-coord agent install` against a real sshd: a Debian 12 container booting systemd,
 /// in a network namespace of its own (the coordinator joins it with nsenter). A wrong host
 /// key fingerprint is refused before anything is uploaded; the right one installs the .deb,
@@ -351,6 +422,8 @@ fn agent_install_over_ssh_into_a_systemd_host() {
     let (code, v) = deploy_json(&w, &["box"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(sbox.sh("cat /var/lib/dockfra/apps/web/current/VERSION").1, "v1");
+
+    upgrade_under_systemd(&w, &sbox);
 
     // Again: the package is reinstalled, the enrollment kept.
     let r = install(&fingerprint);

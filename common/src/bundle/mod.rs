@@ -34,9 +34,17 @@ pub use verify::*;
 pub const FORMAT: u32 = 2;
 /// The formats this build reads.
 pub const FORMATS: &[u32] = &[2];
-/// Optional features this build understands when a document `requires` them. None exist yet
-/// in format 2; the next behaviour-changing field will add the first.
-pub const FEATURES: &[&str] = &[];
+/// Optional features this build understands when a document `requires` them.
+/// - [`AGENT_UPGRADE`]: the release is a new `dockfra-agent` binary for the agent itself
+///   (app [`AGENT_APP`], one file [`AGENT_FILE`]); the agent starts it on trial instead of
+///   running a driver.
+pub const FEATURES: &[&str] = &[AGENT_UPGRADE];
+/// The feature an agent-upgrade manifest requires.
+pub const AGENT_UPGRADE: &str = "agent-upgrade";
+/// The app under which an agent keeps its own upgrades (no project may use the name).
+pub const AGENT_APP: &str = "dockfra-agent";
+/// The one file of an agent-upgrade release.
+pub const AGENT_FILE: &str = "dockfra-agent";
 /// Limits a manifest must respect (a bundle is refused whole when over).
 pub const MAX_FILES: usize = 20_000;
 pub const MAX_FILE_SIZE: u64 = 4 << 30;
@@ -377,6 +385,25 @@ impl Manifest {
             return Err(BundleError::Feature { what: "manifest", feature: f.clone() });
         }
         check_component(&self.app).map_err(|e| BundleError::Path { path: self.app.clone(), source: e })?;
+        // An agent upgrade is exactly one executable file under the agent's own app name, and
+        // that app name carries nothing else.
+        let upgrade = self.requires.iter().any(|f| f == AGENT_UPGRADE);
+        if upgrade != (self.app == AGENT_APP) {
+            return Err(BundleError::Malformed {
+                what: "manifest",
+                reason: format!(
+                    "app {AGENT_APP:?} is for agent upgrades only, and an agent upgrade is app {AGENT_APP:?}"
+                ),
+            });
+        }
+        if upgrade
+            && !matches!(self.files.as_slice(), [f] if f.path == AGENT_FILE && f.kind == EntryKind::File && f.mode & 0o100 != 0)
+        {
+            return Err(BundleError::Malformed {
+                what: "manifest",
+                reason: format!("an agent upgrade carries one executable file, {AGENT_FILE:?}"),
+            });
+        }
         if self.keep_releases == 0 {
             return Err(BundleError::Malformed { what: "manifest", reason: "keep_releases must be at least 1".into() });
         }
@@ -701,6 +728,29 @@ mod tests {
         let many: Vec<FileEntry> = (0..=MAX_FILES).map(|i| file(&format!("f{i}"))).collect();
         assert!(matches!(manifest(many).validate(), Err(BundleError::Limit(_))));
         assert!(manifest(vec![file("a/b"), link("l", "a/b"), file(".dockfra/compose.yaml")]).validate().is_ok());
+    }
+
+    /// An agent upgrade is one executable file named `dockfra-agent` of the app
+    /// `dockfra-agent`; that app carries nothing else, and nothing else is an upgrade.
+    #[test]
+    fn agent_upgrades_have_one_shape() {
+        let exe = FileEntry { mode: 0o755, ..file(AGENT_FILE) };
+        let upgrade = |files: Vec<FileEntry>| Manifest {
+            requires: vec![AGENT_UPGRADE.into()],
+            app: AGENT_APP.into(),
+            ..manifest(files)
+        };
+        upgrade(vec![exe.clone()]).validate().unwrap();
+        for (what, m) in [
+            ("two files", upgrade(vec![exe.clone(), file("x")])),
+            ("not executable", upgrade(vec![file(AGENT_FILE)])),
+            ("another name", upgrade(vec![FileEntry { mode: 0o755, ..file("sh") }])),
+            ("a symlink", upgrade(vec![link(AGENT_FILE, "x")])),
+            ("the agent's app, not an upgrade", Manifest { requires: vec![], ..upgrade(vec![exe.clone()]) }),
+            ("an upgrade of another app", Manifest { app: "web".into(), ..upgrade(vec![exe.clone()]) }),
+        ] {
+            assert!(matches!(m.validate(), Err(BundleError::Malformed { .. })), "{what} accepted");
+        }
     }
 
     /// The compatibility rule: unknown fields are ignored, an unknown `requires` entry, a

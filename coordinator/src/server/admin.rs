@@ -300,6 +300,7 @@ fn facts_from_json(f: &serde_json::Value) -> proto::Facts {
             .collect(),
         platforms: strings("platforms"),
         features: strings("features"),
+        binary_sha256: s("binary_sha256"),
     }
 }
 

@@ -777,6 +777,9 @@ fn sse(rx: mpsc::Receiver<SseEvent>) -> Response {
 pub enum FleetAction {
     Deploy,
     Rollback,
+    /// Each chosen target's agent to the dockfra-agent binary for it in the coordinator's
+    /// `agent-binaries` dir (its SHA256SUMS checked).
+    Upgrade,
 }
 
 /// A fleet deploy: the targets a selector names (or all), in waves.
@@ -786,8 +789,18 @@ pub struct FleetBody {
     pub selector: Option<String>,
     #[serde(default)]
     pub all: bool,
-    /// deploy (default) or rollback (each target to its previous release).
+    /// deploy (default), rollback (each target to its previous release) or upgrade (each
+    /// target's agent to a new dockfra-agent binary).
     pub action: Option<FleetAction>,
+    /// These target ids instead of a selector.
+    #[serde(default)]
+    #[schema(max_items = 10000, value_type = Vec<String>)]
+    pub targets: Vec<String>,
+    /// upgrade: how long a new agent has to reach the coordinator before the old one comes
+    /// back (0: 2 min).
+    #[serde(default)]
+    #[schema(maximum = 86400000)]
+    pub trial_timeout_ms: u64,
     #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
     pub version: Option<String>,
     /// Targets per wave after the canary (0: all of them in one wave).
@@ -844,16 +857,23 @@ async fn fleet_deploy(
     if b.max_parallel > 100_000 {
         return Err(ApiError::bad("max_parallel: at most 100000"));
     }
-    if b.soak_ms > 86_400_000 || b.wave_timeout_ms > 86_400_000 {
-        return Err(ApiError::bad("soak_ms and wave_timeout_ms: at most a day (86400000)"));
+    if b.soak_ms > 86_400_000 || b.wave_timeout_ms > 86_400_000 || b.trial_timeout_ms > 86_400_000 {
+        return Err(ApiError::bad("soak_ms, wave_timeout_ms and trial_timeout_ms: at most a day (86400000)"));
+    }
+    if b.targets.len() > 10_000 {
+        return Err(ApiError::bad("targets: at most 10000"));
     }
     let r = proto::FleetDeployRequest {
         selector: b.selector.unwrap_or_default(),
         all: b.all,
         action: match b.action {
             Some(FleetAction::Rollback) => "rollback".into(),
+            Some(FleetAction::Upgrade) => "upgrade".into(),
             _ => "deploy".into(),
         },
+        targets: b.targets,
+        binaries: String::new(),
+        trial_timeout_ms: b.trial_timeout_ms,
         version,
         max_parallel: b.max_parallel,
         canary: b.canary.unwrap_or_default(),

@@ -46,6 +46,7 @@ mod metrics;
 mod plan;
 mod push;
 mod rollout;
+mod upgrade;
 mod views;
 mod web;
 
@@ -449,6 +450,8 @@ impl Coordinator {
         order: &Order<'_>,
     ) -> Result<String> {
         let operator = order.operator;
+        // An agent upgrade travels as a deploy of the agent's own app; its history says so.
+        let label = if row.app == bundle::AGENT_APP { "upgrade" } else { action.as_str() };
         let id =
             format!("d-{}-{}", dockfra_common::now_unix_ms(), &dockfra_common::sha256_hex(&seq.to_be_bytes())[..6]);
         let store = self.store();
@@ -460,7 +463,7 @@ impl Coordinator {
         store.add_deployment(&DeploymentRow {
             id: id.clone(),
             target: target.id.clone(),
-            action: action.as_str().into(),
+            action: label.into(),
             bundle_id: row.bundle_id.clone(),
             release: row.release.clone(),
             version: row.version.clone(),
@@ -490,7 +493,7 @@ impl Coordinator {
         let what = if online { "queued" } else { "exporting" };
         store.event_of(
             &target.id,
-            action.as_str(),
+            label,
             &format!("{what} {} (version {}) as {id}", row.release, row.version),
             operator,
             &id,
@@ -716,11 +719,11 @@ impl Coordinator {
         }
         let mut report = proto::GcReport::default();
         let mut kept: Vec<&ReleaseRow> = Vec::new();
-        let mut per_target: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut per_target: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
         for r in &live {
             let keep = projects.target(&r.target).map(|(_, t)| t.keep_releases).unwrap_or(config::DEFAULT_KEEP_RELEASES)
                 as usize;
-            let n = per_target.entry(r.target.as_str()).or_default();
+            let n = per_target.entry((r.target.as_str(), r.app.as_str())).or_default();
             *n += 1;
             let named = protected.contains(&r.bundle_id) || protected.contains(&format!("{}/{}", r.target, r.release));
             if *n <= keep || named {
@@ -827,6 +830,7 @@ fn facts_json(f: &proto::Facts) -> serde_json::Value {
         "hostname": f.hostname, "wsl": f.wsl,
         "runtimes": f.runtimes.iter().map(|r| serde_json::json!({"name": r.name, "version": r.version, "path": r.path})).collect::<Vec<_>>(),
         "manifest_formats": f.manifest_formats, "platforms": f.platforms, "features": f.features,
+        "binary_sha256": f.binary_sha256,
     })
 }
 

@@ -142,6 +142,13 @@ impl Coordinator {
                 }
                 Session::Lost(why) => why,
             };
+            // An agent upgrade ends its stream by restarting: follow it, never push it again.
+            let upgrade = self.store().deployment(&dep).ok().flatten().is_some_and(|d| d.action == "upgrade");
+            if upgrade {
+                let ev = self.follow_upgrade(&target, &dep, RETRY_WINDOW).await;
+                let _ = out.send(Ok(ev)).await;
+                return;
+            }
             // Did the agent finish, is it at it, or did it stop with nothing changed?
             match self.settle_push(&target, &dep).await {
                 Settled::Final(ev) => {
@@ -253,7 +260,7 @@ impl Coordinator {
         }
     }
 
-    async fn refresh_status(&self, agent: &str, client: &mut Client) -> Option<proto::AgentStatus> {
+    pub(super) async fn refresh_status(&self, agent: &str, client: &mut Client) -> Option<proto::AgentStatus> {
         let st = client.status(proto::StatusRequest {}).await.ok()?.into_inner();
         let facts = st.facts.as_ref().map(facts_json);
         let _ = self.store().touch_agent(agent, Some(&status_json(&st)), facts.as_ref());

@@ -45,6 +45,11 @@ struct Spec {
     wave_names: Vec<String>,
     #[serde(default)]
     auto_rollback: bool,
+    /// upgrade: where the agent binaries are, and how long a new agent has to come back.
+    #[serde(default)]
+    binaries: String,
+    #[serde(default)]
+    trial_timeout_ms: u64,
 }
 
 /// `N` or `N%` of `total` targets (a percentage rounds up, to one at least).
@@ -142,6 +147,7 @@ fn target_state(note: &str, dep: Option<&DeploymentRow>, action: &str) -> (&'sta
         Some(d) => ("failed", format!("{}: {}", d.status, d.reason)),
         None => match note.split_once(": ") {
             Some(("failed", why)) => ("failed", why.to_string()),
+            Some(("succeeded", why)) => ("succeeded", why.to_string()),
             Some(("skipped", why)) => ("skipped", why.to_string()),
             _ => ("planned", String::new()),
         },
@@ -158,9 +164,14 @@ impl Coordinator {
         let action = match r.action.as_str() {
             "" | "deploy" => "deploy",
             "rollback" => "rollback",
-            other => return Err(Status::invalid_argument(format!("action {other:?}: deploy or rollback"))),
+            "upgrade" => "upgrade",
+            other => return Err(Status::invalid_argument(format!("action {other:?}: deploy, rollback or upgrade"))),
         };
+        if !r.targets.is_empty() && (r.all || !r.selector.trim().is_empty()) {
+            return Err(Status::invalid_argument("name targets, or a --selector, or --all: one of them"));
+        }
         let selector = match (r.selector.trim(), r.all) {
+            ("", false) if !r.targets.is_empty() => None,
             ("", false) => {
                 return Err(Status::invalid_argument("name the targets with --selector (env=prod,region=eu) or --all"))
             }
@@ -171,8 +182,38 @@ impl Coordinator {
             (s, false) => Some(Selector::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))?),
         };
         let projects = self.projects()?;
-        let picked: Vec<(&dockfra_common::config::Project, &dockfra_common::config::Target)> =
-            projects.targets().filter(|(_, t)| selector.as_ref().is_none_or(|s| s.matches(&t.labels))).collect();
+        if let Some(unknown) = r.targets.iter().find(|t| projects.target(t).is_none()) {
+            return Err(Status::not_found(format!("no target {unknown:?} in {}", projects.files())));
+        }
+        let mut picked: Vec<(&dockfra_common::config::Project, &dockfra_common::config::Target)> = projects
+            .targets()
+            .filter(|(_, t)| {
+                if r.targets.is_empty() {
+                    selector.as_ref().is_none_or(|s| s.matches(&t.labels))
+                } else {
+                    r.targets.contains(&t.id)
+                }
+            })
+            .collect();
+        let binaries = if action == "upgrade" {
+            if r.auto_rollback {
+                return Err(Status::invalid_argument(
+                    "--auto-rollback-wave is for deploys: an agent whose upgrade fails goes back to its old binary by itself",
+                ));
+            }
+            // An agent is upgraded once, through the first target chosen that uses it.
+            let mut agents = std::collections::BTreeSet::new();
+            picked.retain(|(_, t)| agents.insert(t.agent_name().to_string()));
+            let dir = if r.binaries.is_empty() {
+                self.inner.state.path("agent-binaries")
+            } else {
+                std::path::PathBuf::from(&r.binaries)
+            };
+            super::upgrade::read_sums(&dir).map_err(|e| Status::failed_precondition(e.to_string()))?;
+            dir.display().to_string()
+        } else {
+            String::new()
+        };
         let chosen: Vec<&dockfra_common::config::Target> = picked.iter().map(|(_, t)| *t).collect();
         if chosen.is_empty() {
             return Err(Status::not_found(format!(
@@ -240,6 +281,8 @@ impl Coordinator {
             force: r.force,
             wave_names,
             auto_rollback: r.auto_rollback,
+            binaries,
+            trial_timeout_ms: r.trial_timeout_ms,
         };
         let id = format!(
             "f-{}-{}",
@@ -280,11 +323,21 @@ impl Coordinator {
                 Some((p, x)) => (p.app.name.clone(), x.agent_name().to_string()),
                 None => (String::new(), t.clone()),
             };
+            // An upgrade: what the agent runs is the binary (its upgrade release, its version).
+            let upgrade = spec.action == "upgrade";
+            let app = if upgrade { dockfra_common::bundle::AGENT_APP.to_string() } else { app };
             let running = store.agent(&agent)?.and_then(|a| {
                 let apps = a.status["apps"].as_array()?.clone();
-                let app = apps.into_iter().find(|x| x["app"] == app.as_str())?;
-                let s = |k: &str| app[k].as_str().unwrap_or_default().to_string();
-                Some((s("current_release"), s("current_version")))
+                let found = apps.into_iter().find(|x| x["app"] == app.as_str());
+                let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+                if upgrade {
+                    let release = found.as_ref().map(|f| s(f, "current_release")).unwrap_or_default();
+                    let sha = s(&a.facts, "binary_sha256");
+                    let version = format!("{} ({})", s(&a.facts, "agent_version"), &sha[..sha.len().min(12)]);
+                    return Some((release, version));
+                }
+                let found = found?;
+                Some((s(&found, "current_release"), s(&found, "current_version")))
             });
             let (current_release, current_version) = running.unwrap_or_default();
             *counts.entry(status.to_string()).or_default() += 1;
@@ -466,7 +519,18 @@ impl Coordinator {
             return Ok(());
         }
         let order = Order { operator: &row.operator, confirm: spec.confirm, force: spec.force, fleet: id };
-        let started = if spec.action == "rollback" {
+        let started = if spec.action == "upgrade" {
+            let trial = Duration::from_millis(spec.trial_timeout_ms);
+            match self.start_upgrade(target, std::path::Path::new(&spec.binaries), trial, &order).await {
+                Ok(Some(started)) => Ok(started),
+                Ok(None) => {
+                    let note = "succeeded: its agent already runs this binary (nothing to do)";
+                    self.store().note_fleet_target(id, target, note)?;
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            }
+        } else if spec.action == "rollback" {
             self.start_rollback(target, None, &order)
         } else {
             let version = (!spec.version.is_empty()).then_some(spec.version.as_str());

@@ -61,6 +61,7 @@ pub fn agent_info(a: &AgentRow, projects: Option<&dockfra_common::config::Projec
         os: s("os"),
         arch: s("arch"),
         hostname: s("hostname"),
+        binary_sha256: s("binary_sha256"),
     }
 }
 
