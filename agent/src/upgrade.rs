@@ -122,18 +122,7 @@ pub fn pending(state: &StateDir) -> Option<String> {
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
+    dockfra_common::sha256_file(path).map(|(h, _)| h)
 }
 
 /// The sha256 of the running binary ("" when it cannot be read), computed once.

@@ -537,20 +537,7 @@ pub enum Mode {
 
 /// Hash a file without storing it (a plan).
 fn hash_file(src: &Path) -> Result<(String, u64)> {
-    use sha2::Digest as _;
-    let mut f = std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", src.display()))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((hex::encode(h.finalize()), size))
+    dockfra_common::sha256_file(src).with_context(|| format!("cannot read {}", src.display()))
 }
 
 /// Build the manifest for `target` (sequence and version filled by the caller's arguments).

@@ -225,6 +225,23 @@ pub struct ReleaseRow {
     pub pruned_unix: Option<i64>,
 }
 
+impl ReleaseRow {
+    /// The row of a manifest just built for `target`.
+    pub fn of(target: &str, m: &dockfra_common::bundle::Manifest) -> Self {
+        let manifest = m.canonical_bytes();
+        ReleaseRow {
+            bundle_id: dockfra_common::sha256_hex(&manifest),
+            target: target.to_string(),
+            app: m.app.clone(),
+            sequence: m.sequence,
+            version: m.version.clone(),
+            release: m.release_name(),
+            manifest,
+            pruned_unix: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DesiredRow {
     pub sequence: u64,

@@ -33,6 +33,19 @@ targets:
     w.write(&format!("{dir}/app/VERSION"), &format!("{app}-v1\n"));
 }
 
+/// Projects `web` and `shop`, served by one coordinator: its push port for `p1`, the
+/// coordinator and its URL.
+fn serve_web_and_shop(w: &World) -> (u16, Proc, String) {
+    let port = free_port();
+    app_project(w, "project", "web", ["web-p", "web-q"], port);
+    app_project(w, "shop", "shop", ["shop-p", "shop-q"], port);
+    w.init("127.0.0.1:0");
+    let shop = w.path("shop");
+    let coord = w.serve(&["--root", shop.to_str().unwrap()]);
+    let url = format!("https://{}", w.addr());
+    (port, coord, url)
+}
+
 fn live(w: &World, agent: &str, app: &str) -> String {
     std::fs::read_to_string(w.path(&format!("deploy-{agent}/{app}/current/VERSION"))).unwrap_or_default().trim().into()
 }
@@ -40,13 +53,7 @@ fn live(w: &World, agent: &str, app: &str) -> String {
 #[test]
 fn two_projects_share_agents_each_app_in_its_own_release_store_with_its_own_history() {
     let w = World::new("apps-shared");
-    let port = free_port();
-    app_project(&w, "project", "web", ["web-p", "web-q"], port);
-    app_project(&w, "shop", "shop", ["shop-p", "shop-q"], port);
-    w.init("127.0.0.1:0");
-    let shop = w.path("shop");
-    let _coord = w.serve(&["--root", shop.to_str().unwrap()]);
-    let url = format!("https://{}", w.addr());
+    let (port, _coord, url) = serve_web_and_shop(&w);
 
     // A token names the agent, by its name or by a target that deploys through it.
     let mut p1 = Agent::new(&w, "p1");
@@ -161,13 +168,7 @@ fn projects_that_clash_are_refused_at_start_naming_both_files() {
 #[test]
 fn an_order_overtaken_by_another_apps_bundle_is_still_delivered() {
     let w = World::new("apps-overtaken");
-    let port = free_port();
-    app_project(&w, "project", "web", ["web-p", "web-q"], port);
-    app_project(&w, "shop", "shop", ["shop-p", "shop-q"], port);
-    w.init("127.0.0.1:0");
-    let shop = w.path("shop");
-    let _coord = w.serve(&["--root", shop.to_str().unwrap()]);
-    let url = format!("https://{}", w.addr());
+    let (_port, _coord, url) = serve_web_and_shop(&w);
     let q1 = Agent::new(&w, "q1");
     q1.enroll(&url, &w.token("q1")).ok();
 

@@ -57,7 +57,9 @@ pub(crate) fn check_archive(
     img: &dockfra_common::bundle::ImageRef,
     archive: &std::path::Path,
 ) -> Result<(), DriverError> {
-    let actual = hash_file(archive).map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
+    let actual = dockfra_common::sha256_file(archive)
+        .map(|(h, _)| h)
+        .map_err(|e| DriverError::Invalid(format!("image {}: {e}", img.name)))?;
     if actual != img.sha256 {
         return Err(DriverError::Invalid(format!(
             "image {}: archive {} does not match its hash (got {actual}); refused",
@@ -65,21 +67,6 @@ pub(crate) fn check_archive(
         )));
     }
     Ok(())
-}
-
-fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::Digest as _;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
 }
 
 async fn run(ctx: &StepCtx<'_>, step: &'static str, args: &[&str]) -> Result<(), DriverError> {

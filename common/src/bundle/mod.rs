@@ -77,7 +77,7 @@ pub struct FileEntry {
 }
 
 /// What the `ssh_raw` driver needs, copied from the target's config at build time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SshRawSpec {
     pub deploy_path: Option<String>,
     pub service_manager: ServiceManager,

@@ -421,18 +421,7 @@ impl Coordinator {
         let seq = self.store().next_sequence(target.agent_name())?;
         let built = builder::build(&project, &target, &blobs, seq, version, builder::Mode::Store)
             .map_err(|e| CoordError::Precondition(format!("{e:#}")))?;
-        let m = built.manifest;
-        let bytes = m.canonical_bytes();
-        let row = ReleaseRow {
-            bundle_id: dockfra_common::sha256_hex(&bytes),
-            target: target_id.to_string(),
-            app: m.app.clone(),
-            sequence: m.sequence,
-            version: m.version.clone(),
-            release: m.release_name(),
-            manifest: bytes,
-            pruned_unix: None,
-        };
+        let row = ReleaseRow::of(target_id, &built.manifest);
         self.store().add_release(&row)?;
         Ok((row, target))
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tonic::Status;
 
 use dockfra_common::bundle::{self, Action, EntryKind, FileEntry, Manifest, PlatformSpec, SshRawSpec, AGENT_APP};
-use dockfra_common::config::{HealthSpec, ServiceManager, Target};
+use dockfra_common::config::{HealthSpec, Target};
 use dockfra_common::proto;
 
 use super::{Coordinator, Order};
@@ -51,21 +51,6 @@ pub fn read_sums(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(sums)
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 /// The binary for an agent with these facts: its path and sha256, checked against
 /// SHA256SUMS. `Err` says what is missing or wrong.
 fn binary_for(dir: &Path, facts: &serde_json::Value) -> std::result::Result<(std::path::PathBuf, String), String> {
@@ -86,7 +71,7 @@ fn binary_for(dir: &Path, facts: &serde_json::Value) -> std::result::Result<(std
         ));
     };
     let path = dir.join(&name);
-    let actual = sha256_of(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let actual = dockfra_common::sha256_file(&path).map(|(h, _)| h).map_err(|e| format!("{}: {e}", path.display()))?;
     if actual != sum {
         return Err(format!("{}: sha256 {actual}, but SHA256SUMS says {sum}: not sending it", path.display()));
     }
@@ -157,13 +142,7 @@ impl Coordinator {
             version: format!("sha256:{}", &sha[..12]),
             sequence: seq,
             created_unix: dockfra_common::now_unix(),
-            platform: PlatformSpec::SshRaw(SshRawSpec {
-                deploy_path: None,
-                service_manager: ServiceManager::None,
-                service_name: None,
-                pre_script: None,
-                post_script: None,
-            }),
+            platform: PlatformSpec::SshRaw(SshRawSpec::default()),
             files: vec![FileEntry {
                 path: bundle::AGENT_FILE.to_string(),
                 kind: EntryKind::File,
@@ -178,17 +157,7 @@ impl Coordinator {
             os: None,
         };
         m.validate().map_err(CoordError::internal)?;
-        let bytes = m.canonical_bytes();
-        let row = ReleaseRow {
-            bundle_id: dockfra_common::sha256_hex(&bytes),
-            target: target.id.clone(),
-            app: m.app.clone(),
-            sequence: m.sequence,
-            version: m.version.clone(),
-            release: m.release_name(),
-            manifest: bytes,
-            pruned_unix: None,
-        };
+        let row = ReleaseRow::of(&target.id, &m);
         self.store().add_release(&row)?;
         Ok(row)
     }
