@@ -281,9 +281,16 @@ pub fn confirm(state: &StateDir) -> Result<bool> {
     app.health = "healthy".into();
     app.last_result = "succeeded".into();
     app.base = Some(t.base.clone());
+    let previous = app.previous.clone();
     p.remember(outcome.clone());
     state.save_persisted(&p)?;
     state.push_outbox(outcome)?;
+    // Keep this binary and the one before it; older upgrades go (their blobs at the next GC).
+    let protect: Vec<&str> = previous.iter().map(String::as_str).collect();
+    let pruned = rel.prune(2, &protect);
+    if !pruned.is_empty() {
+        tracing::info!("pruned older agent upgrades: {}", pruned.join(", "));
+    }
     write(
         &confirmed_file(state),
         &Confirmed {
