@@ -765,14 +765,16 @@ async fn admin_command(
         }
         Command::Fleet(FleetCmd::List { output }) => {
             let v = json(c.fleet_deploys(proto::Empty {}).await)?;
-            let mut rows = v["fleet_deploys"].as_array().cloned().unwrap_or_default();
-            // Waves are counted from 1 where people read them.
+            let whole = v["fleet_deploys"].clone();
+            let mut rows = whole.as_array().cloned().unwrap_or_default();
+            // Waves are counted from 1 where people read them (the JSON keeps the API's count
+            // from 0, as `fleet show --output json` does).
             for r in &mut rows {
                 r["wave"] = serde_json::json!(r["wave"].as_u64().unwrap_or(0) + 1);
             }
             print_out(
                 output,
-                &serde_json::json!(rows),
+                &whole,
                 &rows,
                 &[
                     ("ID", "id"),

@@ -611,6 +611,16 @@ impl Coordinator {
         let mut bad = Vec::new();
         for t in members {
             let Some((project, target)) = projects.target(t) else { continue };
+            // A push agent is asked now (a pull agent's last poll is at most one interval old).
+            if target.agent.mode == dockfra_common::config::Mode::Push {
+                let asked = async {
+                    let mut c = self.dial_agent(target).await.ok()?;
+                    self.refresh_status(target.agent_name(), &mut c).await
+                };
+                if tokio::time::timeout(Duration::from_secs(10), asked).await.ok().flatten().is_none() {
+                    self.note_reach(target.agent_name(), Some("no status at the end of the soak".into()));
+                }
+            }
             let st = self.target_status(project, target)?;
             if st.state != "healthy" && st.state != "unreachable" {
                 bad.push(format!("{t} ({}: {})", st.state, st.state_reason));
