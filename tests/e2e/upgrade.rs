@@ -255,4 +255,13 @@ fn agent_upgrade_refuses_unchecked_binaries() {
     assert!(why.contains("but SHA256SUMS says abab") && why.contains("not sending it"), "{why}");
     let h = w.coord(&["history", "box", "--output", "json"]).ok().json();
     assert!(h.as_array().unwrap().is_empty(), "no order was made: {h}");
+    // A target with an open order: the upgrade would replace it, so it waits its turn.
+    let (code, queued) = crate::deploy_json(&w, &["pi"]);
+    assert_eq!((code, queued["result"].as_str()), (0, Some("queued")), "{queued}");
+    let r = w.coord(&["agent", "upgrade", "pi", "--binaries", bad.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(r.code(), 3, "{}", r.stderr());
+    let why = by_target(&r.json())["pi"]["reason"].as_str().unwrap().to_string();
+    assert!(why.contains("has an open deploy") && why.contains("once it has ended"), "{why}");
+    let h = w.coord(&["history", "pi", "--output", "json"]).ok().json();
+    assert_eq!((h[0]["action"].as_str(), h[0]["status"].as_str()), (Some("deploy"), Some("queued")), "{h}");
 }

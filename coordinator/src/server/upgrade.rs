@@ -90,6 +90,16 @@ impl Coordinator {
     ) -> std::result::Result<Option<(Target, String)>, Status> {
         let (_, target) = self.target(target_id)?;
         let _lock = self.take_target(&target, order)?;
+        // An upgrade takes the target's desired state: it must not silently replace an order
+        // that is still open.
+        let open = self.store().open_deployments(Some(&target.id))?;
+        if let Some(d) = open.iter().find(|d| d.status != "exporting") {
+            return Err(CoordError::Precondition(format!(
+                "target {target_id:?} has an open {} ({}, {}): upgrade its agent once it has ended",
+                d.action, d.id, d.status
+            ))
+            .into());
+        }
         let agent = target.agent_name().to_string();
         let row = self.store().agent(&agent)?.ok_or_else(|| {
             CoordError::Precondition(format!("target {target_id:?} has no enrolled agent ({agent:?}) to upgrade"))
