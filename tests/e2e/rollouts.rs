@@ -296,14 +296,14 @@ fn a_coordinator_killed_mid_fleet_deploy_resumes_it_and_deploys_no_target_twice(
 }
 
 /// In network namespaces: the coordinator with a, b and c on one side, the pull agents d and
-/// e on the other.
+/// e on the other. Then a second project whose app shares agents a (push) and d (pull).
 #[test]
 fn declared_waves_and_a_failed_wave_rolled_back() {
     if Needs::new().root("network namespaces").tool("ip", "Debian iproute2").unmet() {
         return;
     }
     let net = NetPair::new("flt", 233);
-    let f = Fleet::start_in("fleet-declared", false, "", Some(&net));
+    let mut f = Fleet::start_in("fleet-declared", false, "", Some(&net));
     let w = &f.w;
     w.coord(&["deploy", "--all", "--yes", "--output", "json"]).ok();
     for t in ["a", "b", "c", "d", "e"] {
@@ -329,6 +329,50 @@ fn declared_waves_and_a_failed_wave_rolled_back() {
     // --waves needs waves in the file, and not with a canary.
     let e = w.coord(&["deploy", "--all", "--waves", "--canary", "1"]).fails().stderr();
     assert!(e.contains("cannot be used with"), "{e}");
+
+    // A second app on two of these agents: push `a` here, pull `d` across the link. The
+    // coordinator restarts serving both projects; one fleet deploy over both apps lands
+    // `metrics` beside `web` on each, and touches no `web` release.
+    let d = w.dir.display();
+    w.write(
+        "metrics/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: metrics, path: ./app }}
+targets:
+  m-a:
+    host: 127.0.0.1
+    platform: ssh_raw
+    labels: {{ app: metrics }}
+    agent: {{ name: a, mode: push, port: {p0} }}
+    config: {{ deploy_path: {d}/deploy-a }}
+  m-d:
+    platform: ssh_raw
+    labels: {{ app: metrics }}
+    agent: {{ name: d, mode: pull, poll_interval: 300ms }}
+    config: {{ deploy_path: {d}/deploy-d }}
+"#,
+            p0 = f.ports[0]
+        ),
+    );
+    w.write("metrics/app/VERSION", "m1\n");
+    let addr = w.addr();
+    f._coord.kill9();
+    let metrics = w.path("metrics");
+    let _coord = f.w.serve(&["--listen", &addr, "--root", metrics.to_str().unwrap()]);
+    let w = &f.w;
+    let web_a = std::fs::read_link(w.path("deploy-a/web/current")).unwrap();
+    let r = w.coord(&["deploy", "-l", "app=metrics", "--output", "json"]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let app_live = |agent: &str, app: &str| {
+        std::fs::read_to_string(w.path(&format!("deploy-{agent}/{app}/current/VERSION"))).unwrap_or_default()
+    };
+    assert_eq!((app_live("a", "metrics").trim(), app_live("d", "metrics").trim()), ("m1", "m1"));
+    assert_eq!(std::fs::read_link(w.path("deploy-a/web/current")).unwrap(), web_a, "web on a is untouched");
+    assert_eq!((f.live("a").as_str(), f.live("d").as_str()), ("v2", "v1"));
+    let agents = w.coord(&["agents", "--output", "json"]).ok().json();
+    let of = |n: &str| agents.as_array().unwrap().iter().find(|x| x["target"] == n).unwrap()["targets"].clone();
+    assert_eq!((of("a"), of("d")), (serde_json::json!(["a", "m-a"]), serde_json::json!(["d", "m-d"])));
+    assert_eq!(f.deployments_of("m-d").len(), 1, "m-d has its own history");
 }
 
 #[test]
