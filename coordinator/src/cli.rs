@@ -104,6 +104,21 @@ pub enum Command {
     },
     /// Print the REST API's OpenAPI document (what `GET /api/openapi.json` serves).
     Openapi,
+    /// Print shell completions for dockfra-coord (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Load them:\n  bash:  source <(dockfra-coord completions bash)    (or save to /etc/bash_completion.d/dockfra-coord)\n  zsh:   dockfra-coord completions zsh > \"${fpath[1]}/_dockfra-coord\"\n  fish:  dockfra-coord completions fish > ~/.config/fish/completions/dockfra-coord.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page dockfra-coord(1) in roff; with --out DIR, write it and a page per
+    /// command (dockfra-coord-deploy(1), …) into DIR.
+    #[command(after_help = "Read it:  dockfra-coord man | man -l -")]
+    Man {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Join tokens for agents.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -205,7 +220,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Put an agent on a target over SSH (`agent install TARGET`).
+    /// Agents on targets: `agent install TARGET` puts one there over SSH, `agent upgrade`
+    /// moves agents to a new binary in waves.
     #[command(subcommand)]
     Agent(AgentCmd),
     /// Check a target's agent: reachability, agent version, detected OS and runtimes.
@@ -539,6 +555,37 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 state.root.display(),
                 state.operators_dir().display()
             );
+            Ok(exit::OK)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "dockfra-coord", &mut buf);
+            if shell == clap_complete::Shell::Bash {
+                // clap_complete 4.6 spells a hyphenated bin name one way in its dispatch loop and
+                // another in its case arms, so nothing past the first word completes
+                // (clap-rs/clap#6421): spell the arms as the loop does.
+                let script = String::from_utf8_lossy(&buf).replace("dockfra__subcmd__coord", "dockfra__coord");
+                buf = script.into_bytes();
+            }
+            write_stdout(&buf)?;
+            Ok(exit::OK)
+        }
+        Command::Man { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match out {
+                None => {
+                    // As `--out` writes it (no page for `help`).
+                    let mut buf = Vec::new();
+                    clap_mangen::Man::new(cmd.disable_help_subcommand(true)).render(&mut buf)?;
+                    write_stdout(&buf)?;
+                }
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir).with_context(|| format!("cannot write {}", dir.display()))?;
+                    println!("man pages written to {}", dir.display());
+                }
+            }
             Ok(exit::OK)
         }
         Command::Openapi => {
@@ -1268,9 +1315,21 @@ async fn admin_command(
         | Command::Serve { .. }
         | Command::Config { .. }
         | Command::Demo { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Openapi => {
             unreachable!("handled before connecting")
         }
+    }
+}
+
+/// Write `bytes` to stdout; a reader that stopped early (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -405,3 +405,50 @@ fn blobs_no_kept_release_names_are_collected_and_disk_use_is_reported() {
     assert_eq!(r.json()["result"], "succeeded");
     assert_eq!(live_version(&w, "deploy-push"), "v3");
 }
+
+/// The CLI's shell completions load in bash and complete commands and flags; its man pages,
+/// generated from the same definition, render with `man -l`.
+#[test]
+fn completions_load_in_bash_and_the_man_pages_render() {
+    if Needs::new().tool("bash", "Debian's bash").tool("man", "Debian's man-db").unmet() {
+        return;
+    }
+    let w = World::new("cli-docs");
+    let script = w.coord(&["completions", "bash"]).ok().stdout();
+    w.write("completion.bash", &script);
+    // What bash offers after `dockfra-coord agent up` and `dockfra-coord agent upgrade --tri`.
+    let offer = |words: &str| {
+        let mut c = std::process::Command::new("bash");
+        c.arg("-c").arg(format!(
+            "source {}; complete -p dockfra-coord >/dev/null || exit 9; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _dockfra__coord dockfra-coord \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            w.path("completion.bash").display()
+        ));
+        let r = run(c);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        r.stdout()
+    };
+    let top = offer("dockfra-coord dep");
+    assert!(top.lines().any(|l| l == "deploy") && top.lines().any(|l| l == "deploy-test"), "{top}");
+    assert_eq!(offer("dockfra-coord agent up").trim(), "upgrade");
+    assert!(offer("dockfra-coord agent upgrade --tri").contains("--trial-timeout"));
+
+    let dir = w.path("man");
+    w.coord(&["man", "--out", dir.to_str().unwrap()]).ok();
+    let render = |page: &str| {
+        let mut c = std::process::Command::new("man");
+        c.arg("-l").arg(dir.join(page)).env("MANWIDTH", "100").env("MAN_KEEP_FORMATTING", "");
+        let r = run(c);
+        assert_eq!(r.code(), 0, "man -l {page}: {}", r.stderr());
+        r.stdout()
+    };
+    let main = render("dockfra-coord.1");
+    let flat = main.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("NAME dockfra-coord - dockfra coordinator"), "{main}");
+    assert!(main.contains("dockfra-coord-deploy(1)"), "the main page lists the commands' pages:\n{main}");
+    let upgrade = render("dockfra-coord-agent-upgrade.1");
+    assert!(upgrade.contains("--trial-timeout") && upgrade.contains("--binaries"), "{upgrade}");
+    // The page on stdout is the main one.
+    let stdout = w.coord(&["man"]).ok().stdout();
+    assert_eq!(stdout, std::fs::read_to_string(dir.join("dockfra-coord.1")).unwrap());
+}
