@@ -201,21 +201,20 @@ impl Executor {
             let seq = out.entry(app.clone()).or_default();
             *seq = (*seq).max(a.current_sequence).max(legacy);
         }
-        for base in self.state.app_bases() {
-            if let Some(app) = base.file_name().and_then(|n| n.to_str()) {
-                out.entry(app.to_string()).or_default();
-            }
-        }
-        for (app, seq) in out.iter_mut() {
-            *seq = (*seq).max(self.state.release_dir_floor_of(app));
+        for (app, dirs) in self.state.release_dir_floors() {
+            let seq = out.entry(app).or_default();
+            *seq = (*seq).max(dirs);
         }
         out
     }
 
     /// Verify an assignment against this agent's pinned key, target, floor and limits.
     pub fn verify(&self, a: &proto::Assignment) -> Result<Verified, Refusal> {
-        let mark = self.watermark()?;
-        let floors = self.release_floors(&self.state.persisted()?);
+        // One read of the state for both floors (as `watermark` reads it).
+        let p = self.state.persisted()?;
+        self.state.journal()?;
+        let mark = self.floor_of(&p);
+        let floors = self.release_floors(&p);
         let key = self.state.signing_key().map_err(|e| Refusal::Key(format!("{e:#}")))?;
         let policy = bundle::Policy {
             me: &self.target,

@@ -409,26 +409,30 @@ impl StateDir {
     /// The highest sequence any release dir of any app carries (kept or quarantined): the
     /// floor's independent source on disk.
     pub fn release_dir_floor(&self) -> u64 {
-        self.release_dir_floor_where(|_| true)
+        self.release_dir_floors().into_values().max().unwrap_or(0)
     }
 
-    /// The same, for one app's release dirs (an app's base dir is named after it).
+    /// The same, for one app's release dirs.
     pub fn release_dir_floor_of(&self, app: &str) -> u64 {
-        self.release_dir_floor_where(|base| base.file_name().is_some_and(|n| n == app))
+        self.release_dir_floors().get(app).copied().unwrap_or(0)
     }
 
-    fn release_dir_floor_where(&self, keep: impl Fn(&Path) -> bool) -> u64 {
-        let mut max = 0;
-        for base in self.app_bases().into_iter().filter(|b| keep(b)) {
+    /// Per app (an app's base dir is named after it), the highest sequence its release dirs
+    /// carry, kept or quarantined; every app base known appears, with 0 when it has none.
+    pub fn release_dir_floors(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for base in self.app_bases() {
+            let Some(app) = base.file_name().and_then(|n| n.to_str()) else { continue };
+            let max = out.entry(app.to_string()).or_insert(0u64);
             for sub in ["releases", "quarantine"] {
                 for e in std::fs::read_dir(base.join(sub)).into_iter().flatten().flatten() {
                     if let Some(seq) = e.file_name().to_str().and_then(crate::releases::sequence_of) {
-                        max = max.max(seq);
+                        *max = (*max).max(seq);
                     }
                 }
             }
         }
-        max
+        out
     }
 
     /// The deploy in flight, if any. An unreadable journal is an error like an unreadable

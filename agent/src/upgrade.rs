@@ -262,29 +262,16 @@ pub fn confirm(state: &StateDir) -> Result<bool> {
         own_sha256(),
         t.release
     );
-    let outcome = Outcome {
-        deployment_id: t.deployment_id.clone(),
-        result: "succeeded".into(),
-        release: t.release.clone(),
-        message,
-        phase: "Done".into(),
-        bytes: 0,
-        unix_ms: dockfra_common::now_unix_ms(),
-    };
-    let mut p = state.persisted()?;
-    p.last_desired_sequence = p.last_desired_sequence.max(t.desired_sequence);
-    let app = p.apps.entry(AGENT_APP.to_string()).or_default();
-    app.previous = rel.current().filter(|c| *c != t.release).or(t.previous.clone());
-    app.current = Some(t.release.clone());
-    app.current_sequence = t.manifest_sequence;
-    app.current_version = t.version.clone();
-    app.health = "healthy".into();
-    app.last_result = "succeeded".into();
-    app.base = Some(t.base.clone());
-    let previous = app.previous.clone();
-    p.remember(outcome.clone());
-    state.save_persisted(&p)?;
-    state.push_outbox(outcome)?;
+    // (`current` points at the new release already: the previous one is the trial's.)
+    let previous = t.previous.clone();
+    record(state, &t, "succeeded", &t.release, message, |app| {
+        app.previous = previous.clone();
+        app.current = Some(t.release.clone());
+        app.current_sequence = t.manifest_sequence;
+        app.current_version = t.version.clone();
+        app.health = "healthy".into();
+        app.base = Some(t.base.clone());
+    })?;
     // Keep this binary and the one before it; older upgrades go (their blobs at the next GC).
     let protect: Vec<&str> = previous.iter().map(String::as_str).collect();
     let pruned = rel.prune(2, &protect);
@@ -430,34 +417,46 @@ fn supervise(state: &StateDir, mut t: Trial) -> Launch {
     give_up(state, &t, why)
 }
 
-/// The trial failed: record it for the coordinator and go on as the old agent.
-fn give_up(state: &StateDir, t: &Trial, why: String) -> Launch {
-    eprintln!("dockfra-agent: upgrade {} failed: {why}; the previous binary runs again", t.release);
+/// The trial's result, for the coordinator: in the state (the order's sequence used up, the
+/// agent's app updated, the outcome remembered) and in the outbox. The caller holds the lock.
+fn record(
+    state: &StateDir,
+    t: &Trial,
+    result: &str,
+    release: &str,
+    message: String,
+    update: impl FnOnce(&mut crate::state::AppState),
+) -> Result<()> {
     let outcome = Outcome {
         deployment_id: t.deployment_id.clone(),
-        result: "failed".into(),
-        release: t.previous.clone().unwrap_or_default(),
-        message: format!(
-            "upgrade to {} failed: {why}; dockfra-agent {} (sha256 {}) runs again",
-            t.release,
-            dockfra_common::VERSION,
-            own_sha256()
-        ),
-        phase: "Failed".into(),
+        result: result.into(),
+        release: release.into(),
+        message,
+        phase: if result == "succeeded" { "Done" } else { "Failed" }.into(),
         bytes: 0,
         unix_ms: dockfra_common::now_unix_ms(),
     };
-    let recorded = (|| -> Result<()> {
-        let _lock = state.lock()?;
-        let mut p = state.persisted()?;
-        p.last_desired_sequence = p.last_desired_sequence.max(t.desired_sequence);
-        let app = p.apps.entry(AGENT_APP.to_string()).or_default();
-        app.last_result = "failed".into();
-        p.remember(outcome.clone());
-        state.save_persisted(&p)?;
-        state.push_outbox(outcome)?;
-        Ok(())
-    })();
+    let mut p = state.persisted()?;
+    p.last_desired_sequence = p.last_desired_sequence.max(t.desired_sequence);
+    let app = p.apps.entry(AGENT_APP.to_string()).or_default();
+    app.last_result = result.into();
+    update(app);
+    p.remember(outcome.clone());
+    state.save_persisted(&p)?;
+    state.push_outbox(outcome)
+}
+
+/// The trial failed: record it for the coordinator and go on as the old agent.
+fn give_up(state: &StateDir, t: &Trial, why: String) -> Launch {
+    eprintln!("dockfra-agent: upgrade {} failed: {why}; the previous binary runs again", t.release);
+    let message = format!(
+        "upgrade to {} failed: {why}; dockfra-agent {} (sha256 {}) runs again",
+        t.release,
+        dockfra_common::VERSION,
+        own_sha256()
+    );
+    let release = t.previous.clone().unwrap_or_default();
+    let recorded = state.lock().and_then(|_lock| record(state, t, "failed", &release, message, |_| {}));
     if let Err(e) = recorded {
         eprintln!("dockfra-agent: cannot record the failed upgrade: {e:#}");
     }

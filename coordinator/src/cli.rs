@@ -589,9 +589,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Openapi => {
-            use std::io::Write as _;
-            // A reader that stops early (`| head`) is not an error.
-            let _ = writeln!(std::io::stdout(), "{}", crate::server::openapi_json());
+            write_stdout(format!("{}\n", crate::server::openapi_json()).as_bytes())?;
             Ok(exit::OK)
         }
         Command::Serve { roots, listen, http_listen, http_names } => {

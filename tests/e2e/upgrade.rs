@@ -74,6 +74,27 @@ fn shas(w: &World) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// `agent upgrade --all` from `binaries`, a canary first (soaked 1 s), as JSON.
+fn canary_upgrade(w: &World, binaries: &str, trial: &str, wave_timeout: &str) -> Run {
+    w.coord(&[
+        "agent",
+        "upgrade",
+        "--all",
+        "--canary",
+        "1",
+        "--soak",
+        "1s",
+        "--binaries",
+        binaries,
+        "--trial-timeout",
+        trial,
+        "--wave-timeout",
+        wave_timeout,
+        "--output",
+        "json",
+    ])
+}
+
 fn live(w: &World, t: &str) -> String {
     std::fs::read_to_string(w.path(&format!("deploy-{t}/web/current/VERSION"))).unwrap_or_default().trim().into()
 }
@@ -121,23 +142,7 @@ fn agents_upgrade_in_waves_and_a_broken_binary_gives_the_old_one_back() {
         b
     });
     let g = good.to_str().unwrap();
-    let r = w.coord(&[
-        "agent",
-        "upgrade",
-        "--all",
-        "--canary",
-        "1",
-        "--soak",
-        "1s",
-        "--binaries",
-        g,
-        "--trial-timeout",
-        "90s",
-        "--wave-timeout",
-        "4m",
-        "--output",
-        "json",
-    ]);
+    let r = canary_upgrade(&w, g, "90s", "4m");
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     let info = r.json();
     assert_eq!((info["status"].as_str(), info["action"].as_str()), (Some("succeeded"), Some("upgrade")), "{info}");
@@ -179,23 +184,7 @@ fn agents_upgrade_in_waves_and_a_broken_binary_gives_the_old_one_back() {
         b
     });
     let b = broken.to_str().unwrap();
-    let r = w.coord(&[
-        "agent",
-        "upgrade",
-        "--all",
-        "--canary",
-        "1",
-        "--soak",
-        "1s",
-        "--binaries",
-        b,
-        "--trial-timeout",
-        "30s",
-        "--wave-timeout",
-        "3m",
-        "--output",
-        "json",
-    ]);
+    let r = canary_upgrade(&w, b, "30s", "3m");
     assert_eq!(r.code(), 3, "{}\n{}", r.stdout(), r.stderr());
     let info = r.json();
     assert_eq!(info["status"], "failed", "{info}");

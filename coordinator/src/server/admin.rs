@@ -177,7 +177,7 @@ impl Coordinator {
         }
         store.event_by(t, "revoked", "agent revoked", operator)?;
         let row = store.agent(t)?.ok_or_else(|| Status::not_found(format!("no agent {t:?} enrolled")))?;
-        Ok(views::agent_info(&row, self.projects().ok().as_ref()))
+        Ok(views::agent_info(&row, self.projects().ok().as_deref()))
     }
 
     pub(super) async fn deploy_test_of(&self, target_id: &str) -> Result<proto::DeployTestReport, Status> {
@@ -372,7 +372,7 @@ impl admin_server::Admin for Coordinator {
 
     async fn agents(&self, _req: Request<proto::Empty>) -> Result<Response<proto::AgentList>, Status> {
         let projects = self.projects().ok();
-        let agents = self.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_ref())).collect();
+        let agents = self.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_deref())).collect();
         Ok(Response::new(proto::AgentList { agents }))
     }
 

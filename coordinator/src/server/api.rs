@@ -927,7 +927,7 @@ async fn cancel_fleet_deploy(
 async fn agents(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<proto::AgentList>> {
     let projects = c.projects().ok();
     Ok(Json(proto::AgentList {
-        agents: c.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_ref())).collect(),
+        agents: c.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_deref())).collect(),
     }))
 }
 

@@ -55,9 +55,7 @@ impl Coordinator {
             return Ok(None);
         }
         if d.sequence <= st.last_desired_sequence {
-            let store = self.store();
-            let seq = store.next_sequence_above(agent, st.last_desired_sequence)?;
-            store.resequence(target, &dep.id, seq)?;
+            self.resequence(target, &dep.id, agent, st.last_desired_sequence)?;
         }
         let attempt = self.store().bump_attempts(&dep.id)?;
         if attempt > MAX_ATTEMPTS {

@@ -109,7 +109,7 @@ pub struct Inner {
     settings: CoordSettings,
     coord_identity: (String, String),
     events: broadcast::Sender<(String, proto::DeployEvent)>,
-    project_cache: Mutex<Option<(Vec<FileStamp>, Projects)>>,
+    project_cache: Mutex<Option<(Vec<FileStamp>, Arc<Projects>)>>,
     enroll_limit: auth::RateLimiter,
     /// Held by a build (which writes blobs before its release row exists) and by GC.
     blob_lock: Mutex<()>,
@@ -183,8 +183,8 @@ impl Coordinator {
     }
 
     /// The projects' config, re-read only when a file changed (every poll of every agent
-    /// asks for it; an operator's edit still applies at the next call).
-    fn projects(&self) -> Result<Projects> {
+    /// asks for it, shared, not copied; an operator's edit still applies at the next call).
+    fn projects(&self) -> Result<Arc<Projects>> {
         let files = &self.inner.project_files;
         let stamps: Vec<FileStamp> =
             files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect();
@@ -194,7 +194,7 @@ impl Coordinator {
                 return Ok(projects.clone());
             }
         }
-        let projects = Projects::load(files).map_err(|e| CoordError::Precondition(e.to_string()))?;
+        let projects = Arc::new(Projects::load(files).map_err(|e| CoordError::Precondition(e.to_string()))?);
         *cache = Some((stamps, projects.clone()));
         Ok(projects)
     }
@@ -232,6 +232,14 @@ impl Coordinator {
         d.attempts == 0
             && d.sequence <= floor
             && !self.store().newer_deployment_of(&d.target, d.sequence, &d.id).unwrap_or(true)
+    }
+
+    /// Give an overtaken order ([`Self::may_resequence`]) a fresh sequence above `floor`.
+    fn resequence(&self, target: &str, dep: &str, agent: &str, floor: u64) -> Result<()> {
+        let store = self.store();
+        let seq = store.next_sequence_above(agent, floor)?;
+        store.resequence(target, dep, seq)?;
+        Ok(())
     }
 
     /// The gate an agent's push sessions take turns at.

@@ -145,7 +145,7 @@ impl Coordinator {
             // An agent upgrade ends its stream by restarting: follow it, never push it again.
             let upgrade = self.store().deployment(&dep).ok().flatten().is_some_and(|d| d.action == "upgrade");
             if upgrade {
-                let ev = self.follow_upgrade(&target, &dep, RETRY_WINDOW).await;
+                let ev = self.follow_upgrade(&target, &dep).await;
                 let _ = out.send(Ok(ev)).await;
                 return;
             }
@@ -197,15 +197,8 @@ impl Coordinator {
         }
         // Another app's order on this agent overtook this one before it was ever sent.
         let row = self.store().deployment(dep).ok().flatten();
-        let fresh = row.is_some_and(|d| self.may_resequence(&d, st.last_desired_sequence));
-        let desired = self.store().desired(tid).ok().flatten();
-        if let Some(d) = desired {
-            if fresh && d.deployment_id == dep {
-                let store = self.store();
-                if let Ok(seq) = store.next_sequence_above(agent, st.last_desired_sequence) {
-                    let _ = store.resequence(tid, dep, seq);
-                }
-            }
+        if row.is_some_and(|d| self.may_resequence(&d, st.last_desired_sequence)) {
+            let _ = self.resequence(tid, dep, agent, st.last_desired_sequence);
         }
         let attempt = self.store().bump_attempts(dep).unwrap_or(0);
         if attempt > MAX_ATTEMPTS {
@@ -282,16 +275,38 @@ impl Coordinator {
                 continue;
             }
             self.settle_with_status(&target.id, &st);
-            let Some(row) = self.store().deployment(dep).ok().flatten() else { return Settled::Open };
-            if row.finished_unix.is_some() {
-                let result = if row.status.is_empty() { "failed".to_string() } else { row.status.clone() };
-                let mut ev =
-                    Self::event(dep, if result == "succeeded" { "Done" } else { "Failed" }, row.reason, Some(&result));
-                ev.release = row.release;
-                ev.bytes_received = row.bytes;
-                return Settled::Final(ev);
+            return self.final_event(dep).map_or(Settled::Open, Settled::Final);
+        }
+    }
+
+    /// The final event of a deployment that ended, from its row.
+    fn final_event(&self, dep: &str) -> Option<proto::DeployEvent> {
+        let row = self.store().deployment(dep).ok().flatten()?;
+        row.finished_unix?;
+        let result = if row.status.is_empty() { "failed".to_string() } else { row.status.clone() };
+        let mut ev = Self::event(dep, if result == "succeeded" { "Done" } else { "Failed" }, row.reason, Some(&result));
+        ev.release = row.release;
+        ev.bytes_received = row.bytes;
+        Some(ev)
+    }
+
+    /// After a push of an upgrade: the agent restarts into the trial, so the stream ends
+    /// without a result. Ask its status (which is what the new agent waits for) until the
+    /// new agent or the old one has said how it ended; never push it again.
+    async fn follow_upgrade(&self, target: &Target, dep: &str) -> proto::DeployEvent {
+        let start = Instant::now();
+        loop {
+            if let Settled::Final(ev) = self.settle_push(target, dep).await {
+                return ev;
             }
-            return Settled::Open;
+            if start.elapsed() > RETRY_WINDOW {
+                let why = format!(
+                    "the agent restarted for its upgrade and has not said how it ended within {}",
+                    config::format_duration(RETRY_WINDOW)
+                );
+                return self.finish(&target.id, dep, "failed", why);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

@@ -4,16 +4,15 @@
 //! of the app [`AGENT_APP`], ordered like a deploy. The agent stages it on trial and restarts
 //! into it (agent/src/upgrade.rs); the deployment ends when the new agent reports success
 //! once it reached us, or the old one reports that it came back. A push delivery follows that
-//! through the agent's status and never sends the order again.
+//! through the agent's status and never sends the order again (`push.rs`).
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::Status;
 
 use dockfra_common::bundle::{self, Action, EntryKind, FileEntry, Manifest, PlatformSpec, SshRawSpec, AGENT_APP};
 use dockfra_common::config::{HealthSpec, Target};
-use dockfra_common::proto;
 
 use super::{Coordinator, Order};
 use crate::builder;
@@ -170,46 +169,6 @@ impl Coordinator {
         let row = ReleaseRow::of(&target.id, &m);
         self.store().add_release(&row)?;
         Ok(row)
-    }
-
-    /// After a push of an upgrade: the agent restarts into the trial, so the stream ends
-    /// without a result. Ask its status (which is what the new agent waits for) until the
-    /// new agent or the old one has said how it ended; never push it again.
-    pub(super) async fn follow_upgrade(&self, target: &Target, dep: &str, window: Duration) -> proto::DeployEvent {
-        let start = Instant::now();
-        loop {
-            if let Some(ev) = self.final_event(dep) {
-                return ev;
-            }
-            if start.elapsed() > window {
-                return self.finish(
-                    &target.id,
-                    dep,
-                    "failed",
-                    format!(
-                        "the agent restarted for its upgrade and has not said how it ended within {}s",
-                        window.as_secs()
-                    ),
-                );
-            }
-            if let Ok(mut c) = self.dial_agent(target).await {
-                if let Some(st) = self.refresh_status(target.agent_name(), &mut c).await {
-                    self.settle_with_status(&target.id, &st);
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// The final event of a deployment that ended, from its row.
-    pub(super) fn final_event(&self, dep: &str) -> Option<proto::DeployEvent> {
-        let row = self.store().deployment(dep).ok().flatten()?;
-        row.finished_unix?;
-        let result = if row.status.is_empty() { "failed".to_string() } else { row.status.clone() };
-        let mut ev = Self::event(dep, if result == "succeeded" { "Done" } else { "Failed" }, row.reason, Some(&result));
-        ev.release = row.release;
-        ev.bytes_received = row.bytes;
-        Some(ev)
     }
 }
 
