@@ -743,7 +743,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Project, ConfigError> {
             return Err(Cx { file, target: Some(&t.id) }.err(
                 "agent.name",
                 format!(
-                    "target {:?} already deploys app {:?} through agent {:?}: an agent hosts one release of an app                      (two targets of one project need two agents)",
+                    "target {:?} already deploys app {:?} through agent {:?}: an agent hosts one release of an app (two targets of one project need two agents)",
                     other.id,
                     app.name,
                     t.agent_name()

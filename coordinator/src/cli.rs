@@ -24,6 +24,8 @@ pub mod exit {
     pub const DEPLOY_FAILED: u8 = 3;
     /// Gave up waiting for a pull agent's report; the deploy stays queued.
     pub const TIMEOUT: u8 = 4;
+    /// `validate` found errors (or warnings, with --strict).
+    pub const INVALID: u8 = 5;
 }
 
 #[derive(Parser, Debug)]
@@ -253,6 +255,29 @@ pub enum Command {
         /// Say what would go, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Check the project before a deploy, without dialing anything: deploy-targets.yaml, and
+    /// per target the compose file resolved with its variables. Errors and warnings name the
+    /// file, the target(s), the service and the key.
+    #[command(after_help = "What it checks: host ports published twice (in one app, or by two apps on one agent),\n\
+variables nothing sets, volumes/networks/configs/secrets used but not defined, missing secret\n\
+and env files, secrets written as plain environment values, images without a tag or digest,\n\
+compose keys the target's platform ignores, `platform:` the target cannot run.\n\n\
+Exit status: 0 valid (warnings allowed), 5 errors found (or warnings, with --strict), 1 could not run.\n\n\
+In CI:  dockfra-coord validate --root . --strict --output json > validate.json")]
+    Validate {
+        /// Project dir holding deploy-targets.yaml (repeat for projects served together). A
+        /// dir without one is validated as a bare compose project.
+        #[arg(long = "root", default_value = ".")]
+        roots: Vec<PathBuf>,
+        /// Validate this compose file alone (no targets).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Warnings fail too (exit 5).
+        #[arg(long)]
+        strict: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -635,6 +660,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             print!("{}", resolve_compose(&root, file.as_deref(), target.as_deref())?);
             Ok(exit::OK)
         }
+        Command::Validate { roots, file, strict, output } => validate(&roots, file.as_deref(), strict, output),
         Command::Demo { keep } => crate::demo::run(keep).await,
         cmd => {
             let url = coordinator_url(&state, cli.coordinator.as_deref())?;
@@ -688,6 +714,65 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
         eprintln!("warning: {w}");
     }
     Ok(project.to_yaml())
+}
+
+fn validate(roots: &[PathBuf], file: Option<&Path>, strict: bool, output: Output) -> Result<u8> {
+    use crate::validate;
+    let report = match file {
+        Some(f) => {
+            if !f.is_file() {
+                bail!("-f {}: no such file", f.display());
+            }
+            validate::compose_file(f)
+        }
+        None => match roots {
+            [one] if !one.join("deploy-targets.yaml").is_file() => {
+                if !one.is_dir() {
+                    bail!("--root {}: no such directory", one.display());
+                }
+                let f = dockfra_common::compose::find_compose_file(one).with_context(|| {
+                    format!(
+                        "{}: neither deploy-targets.yaml nor a compose file here (run `dockfra-coord setup`)",
+                        one.display()
+                    )
+                })?;
+                validate::compose_file(&f)
+            }
+            _ => validate::projects(&roots.iter().map(|r| project_file(r)).collect::<Result<Vec<_>>>()?),
+        },
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            for f in &report.findings {
+                let mut at = f.file.display().to_string();
+                if !f.targets.is_empty() {
+                    at.push_str(&format!(": target {}", f.targets.join(", ")));
+                }
+                if let Some(s) = &f.service {
+                    at.push_str(&format!(": service {s}"));
+                }
+                if let Some(k) = &f.key {
+                    at.push_str(&format!(": {k}"));
+                }
+                let sev = match f.severity {
+                    validate::Severity::Error => "error",
+                    validate::Severity::Warning => "warning",
+                };
+                println!("{sev}: {at}: {}", f.message);
+                if let Some(fix) = &f.fix {
+                    println!("  fix: {fix}");
+                }
+            }
+            println!(
+                "{}: {} error(s), {} warning(s)",
+                if report.errors == 0 { "valid" } else { "invalid" },
+                report.errors,
+                report.warnings
+            );
+        }
+    }
+    Ok(if report.errors > 0 || (strict && report.warnings > 0) { exit::INVALID } else { exit::OK })
 }
 
 /// The address of the running coordinator: --coordinator, else what `serve` bound, else init's.
@@ -1312,6 +1397,7 @@ async fn admin_command(
         Command::Init { .. }
         | Command::Serve { .. }
         | Command::Config { .. }
+        | Command::Validate { .. }
         | Command::Demo { .. }
         | Command::Completions { .. }
         | Command::Man { .. }

@@ -11,3 +11,4 @@ pub mod error;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod validate;

@@ -541,6 +541,19 @@ async fn plan(
     Ok(Json(c.plan(target_id(&id)?).await?))
 }
 
+/// Validate the served projects as `dockfra-coord validate` does: deploy-targets.yaml and,
+/// per target, its compose file; findings name file, targets, service and key.
+#[utoipa::path(get, path = "/api/validate", tag = "deploy",
+    responses((status = 200, body = crate::validate::Report), (status = 401, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn validate(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<crate::validate::Report>> {
+    let files = c.inner.project_files.clone();
+    let report = tokio::task::spawn_blocking(move || crate::validate::projects(&files))
+        .await
+        .map_err(|e| ApiError::from(tonic::Status::internal(e.to_string())))?;
+    Ok(Json(report))
+}
+
 /// Build a release and deliver it. Answers once the deployment is queued; follow it with
 /// `GET /api/deployments/{id}/stream`.
 #[utoipa::path(post, path = "/api/deploy/{id}", tag = "deploy",
@@ -984,7 +997,7 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
         get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
-        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy),
+        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate),
     components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
@@ -1082,6 +1095,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/agents", get(agents))
         .route("/api/agents/{id}/revoke", post(revoke_agent))
         .route("/api/events", get(events))
+        .route("/api/validate", get(validate))
         .route("/metrics", get(metrics_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
