@@ -258,6 +258,44 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Write a first deploy-targets.yaml for the app in DIR: detects how it deploys (compose
+    /// file, compose with Quadlet units, plain files with a systemd unit, plain files), takes
+    /// the targets from --target (or asks, on a terminal), and checks the result as `validate`.
+    #[command(
+        after_help = "Examples:\n  dockfra-coord setup                                   # asks, on a terminal\n  \
+dockfra-coord setup ./shop --target vps=203.0.113.7 --target edge-rpi3 --mode pull --label env=prod\n  \
+dockfra-coord setup --non-interactive                 # one target `local` on 127.0.0.1\n\
+An existing deploy-targets.yaml is kept unless --force."
+    )]
+    Setup {
+        /// The app's directory (where deploy-targets.yaml is written).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// A target, as ID or ID=HOST (repeatable).
+        #[arg(long = "target", value_name = "ID[=HOST]")]
+        targets: Vec<String>,
+        /// The platform, instead of the detected one (docker_compose, podman, swarm, ssh_raw).
+        #[arg(long)]
+        platform: Option<config::Platform>,
+        /// How the targets' agents get their work: push (the coordinator dials) or pull.
+        #[arg(long, default_value = "push")]
+        mode: config::Mode,
+        /// The targets' OS (linux, macos, windows, wsl).
+        #[arg(long)]
+        os: Option<String>,
+        /// A label for every target, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The app's name (default: the directory's name).
+        #[arg(long)]
+        app: Option<String>,
+        /// Overwrite an existing deploy-targets.yaml.
+        #[arg(long)]
+        force: bool,
+        /// Never ask, even on a terminal.
+        #[arg(long)]
+        non_interactive: bool,
+    },
     /// Check the project before a deploy, without dialing anything: deploy-targets.yaml, and
     /// per target the compose file resolved with its variables. Errors and warnings name the
     /// file, the target(s), the service and the key.
@@ -660,6 +698,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             print!("{}", resolve_compose(&root, file.as_deref(), target.as_deref())?);
             Ok(exit::OK)
         }
+        Command::Setup { dir, targets, platform, mode, os, labels, app, force, non_interactive } => {
+            setup(&dir, &targets, platform, mode, os, &labels, app, force, non_interactive)
+        }
         Command::Validate { roots, file, strict, output } => validate(&roots, file.as_deref(), strict, output),
         Command::Demo { keep } => crate::demo::run(keep).await,
         cmd => {
@@ -714,6 +755,106 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
         eprintln!("warning: {w}");
     }
     Ok(project.to_yaml())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn setup(
+    dir: &Path,
+    targets: &[String],
+    platform: Option<config::Platform>,
+    mode: config::Mode,
+    os: Option<String>,
+    labels: &[String],
+    app: Option<String>,
+    force: bool,
+    non_interactive: bool,
+) -> Result<u8> {
+    use crate::setup::{self, Plan, TargetPlan};
+    use config::Platform;
+    if !dir.is_dir() {
+        bail!("{}: no such directory", dir.display());
+    }
+    let file = dir.join("deploy-targets.yaml");
+    if file.exists() && !force {
+        bail!("{} exists: it is kept (run with --force to replace it)", file.display());
+    }
+    if let Some(os) = &os {
+        if !config::OS_IDS.contains(&os.as_str()) {
+            bail!("--os {os:?}: expected one of {}", config::OS_IDS.join(", "));
+        }
+    }
+    let mut label_map = std::collections::BTreeMap::new();
+    for l in labels {
+        let (k, v) = setup::parse_label(l).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+        label_map.insert(k, v);
+    }
+    let mut plans = Vec::new();
+    for t in targets {
+        let (id, host) = setup::parse_target(t).map_err(|e| anyhow::anyhow!("--target: {e}"))?;
+        if plans.iter().any(|p: &TargetPlan| p.id == id) {
+            bail!("--target {id}: named twice");
+        }
+        plans.push(TargetPlan { id, host, mode, labels: label_map.clone() });
+    }
+    let mut detected = setup::detect(dir)?;
+    if let Some(p) = platform {
+        match p {
+            Platform::Kubernetes | Platform::Nomad => {
+                bail!("--platform {p}: this build cannot deploy to it yet (docker_compose, podman, swarm, ssh_raw)")
+            }
+            Platform::DockerCompose | Platform::Podman | Platform::Swarm if detected.compose.is_none() => {
+                bail!("--platform {p} needs a compose.yaml or docker-compose.yml in {}", dir.display())
+            }
+            _ => {}
+        }
+        detected.why = format!("{}; --platform {p}", detected.why);
+        detected.platform = p;
+    }
+    if plans.is_empty() {
+        plans = if setup::interactive(non_interactive) {
+            println!("Setting up {} ({})", dir.display(), detected.why);
+            setup::ask_targets(mode)?
+        } else {
+            vec![TargetPlan { id: "local".into(), host: Some("127.0.0.1".into()), mode, labels: label_map.clone() }]
+        };
+        if plans.is_empty() {
+            bail!("no target given: nothing written");
+        }
+    }
+    let app = match app {
+        Some(a) => a,
+        None => {
+            let abs = std::fs::canonicalize(dir)?;
+            let base = abs.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "app".into());
+            let safe: String =
+                base.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+            if safe.trim_matches('.').is_empty() {
+                "app".to_string()
+            } else {
+                safe
+            }
+        }
+    };
+    let plan = Plan { app, platform: detected.platform, os, targets: plans, detected };
+    let project = setup::write(&file, &setup::render(&plan))?;
+    println!(
+        "wrote {} ({}; {} target(s): {})",
+        file.display(),
+        plan.detected.why,
+        project.targets.len(),
+        project.targets.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let report = crate::validate::projects(&[std::fs::canonicalize(&file)?]);
+    println!(
+        "validate: {} error(s), {} warning(s){}",
+        report.errors,
+        report.warnings,
+        if report.findings.is_empty() { "" } else { " (dockfra-coord validate lists them)" }
+    );
+    for f in report.findings.iter().filter(|f| f.severity == crate::validate::Severity::Error) {
+        println!("  error: {}: {}: {}", f.file.display(), f.key.as_deref().unwrap_or("-"), f.message);
+    }
+    Ok(exit::OK)
 }
 
 fn validate(roots: &[PathBuf], file: Option<&Path>, strict: bool, output: Output) -> Result<u8> {
@@ -1398,6 +1539,7 @@ async fn admin_command(
         | Command::Serve { .. }
         | Command::Config { .. }
         | Command::Validate { .. }
+        | Command::Setup { .. }
         | Command::Demo { .. }
         | Command::Completions { .. }
         | Command::Man { .. }

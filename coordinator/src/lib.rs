@@ -9,6 +9,7 @@ pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod server;
+pub mod setup;
 pub mod state;
 pub mod store;
 pub mod validate;

@@ -16,6 +16,7 @@
 //!   confirmation; two operators racing for a target.
 //! - [`upgrade`]: agents that upgrade themselves in waves (static x86_64 and armv7 agents),
 //!   and a broken binary that gives the old one back.
+//! - [`tools`]: the daily tools: `setup`, `validate`.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
 //!   dashboard in headless Chromium.
 //!
@@ -34,6 +35,7 @@ mod faults;
 mod reach;
 mod rollouts;
 mod spine;
+mod tools;
 mod upgrade;
 mod window;
 
