@@ -229,7 +229,7 @@ fn render_json(model: &serde_yaml_ng::Value) -> Vec<u8> {
 }
 
 /// Resolve the app's compose file for a `docker_compose` target: interpolated with the app
-/// dir's `.env` and the target's `env:` (never the coordinator's own environment, so a bundle
+/// dir's `.env`, `.env.<environment>` and the target's `env:` (`envs`; never the coordinator's own environment, so a bundle
 /// does not depend on who built it), the target's `restart_policy`/`pull_policy` applied to
 /// services that set none, the project named by `compose_project`, the file's `name:`, or
 /// the app.
@@ -258,7 +258,8 @@ fn render_compose(
         None if raw.get("name").is_some() => None,
         None => Some(compose::normalize_project_name(&project.app.name)),
     };
-    let opts = compose::LoadOptions { project_name: name.as_deref(), overrides: &target.env, use_process_env: false };
+    let over = crate::envs::overrides(project, target).with_context(|| format!("target {:?}", target.id))?;
+    let opts = compose::LoadOptions { project_name: name.as_deref(), overrides: &over, use_process_env: false };
     let (cp, warnings) = compose::load_with_warnings(&file, &opts)
         .with_context(|| format!("target {:?}: cannot resolve {}", target.id, file.display()))?;
     for w in warnings {
@@ -652,7 +653,24 @@ pub fn build(
         std::fs::create_dir_all(blobs)?;
     }
     let mut files = Vec::new();
+    // Another environment's `.env.<environment>` stays off this target (its secrets are not
+    // this target's).
+    let env_rel = crate::envs::env_dir(project)
+        .strip_prefix(app_dir)
+        .map(|p| p.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let own = crate::envs::environment(target);
+    let others: Vec<String> = project
+        .targets
+        .iter()
+        .filter_map(crate::envs::environment)
+        .filter(|e| Some(*e) != own)
+        .map(|e| if env_rel.is_empty() { format!(".env.{e}") } else { format!("{env_rel}/.env.{e}") })
+        .collect();
     for (rel, abs) in walk(app_dir, &project.file)? {
+        if others.contains(&rel) {
+            continue;
+        }
         SafeRelPath::new(&rel).with_context(|| format!("app file {}", abs.display()))?;
         if rel == RENDERED_DIR || rel.starts_with(&format!("{RENDERED_DIR}/")) {
             bail!("app file {}: {RENDERED_DIR}/ is reserved for what dockfra renders", abs.display());

@@ -296,6 +296,27 @@ An existing deploy-targets.yaml is kept unless --force."
         #[arg(long)]
         non_interactive: bool,
     },
+    /// The resolved environment per target: each variable the compose file can use, with its
+    /// value and where it comes from (.env, .env.<environment>, the target's env:), and each
+    /// service's container environment. Values of secret-looking names are masked.
+    #[command(
+        after_help = "Precedence, highest first: the target's env:, .env.<environment> (the target's `env` label:\n\
+labels: {env: production} reads .env.production), .env. The coordinator's own environment is never used.\n\
+Example:  dockfra-coord env --target prod-vps --root ./shop"
+    )]
+    Env {
+        /// Only this target (default: every target).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only targets whose labels match (kubectl syntax).
+        #[arg(long, short = 'l', conflicts_with = "target")]
+        selector: Option<String>,
+        /// Project dir holding deploy-targets.yaml.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Check the project before a deploy, without dialing anything: deploy-targets.yaml, and
     /// per target the compose file resolved with its variables. Errors and warnings name the
     /// file, the target(s), the service and the key.
@@ -701,6 +722,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Setup { dir, targets, platform, mode, os, labels, app, force, non_interactive } => {
             setup(&dir, &targets, platform, mode, os, &labels, app, force, non_interactive)
         }
+        Command::Env { target, selector, root, output } => {
+            env_command(&root, target.as_deref(), selector.as_deref(), output)
+        }
         Command::Validate { roots, file, strict, output } => validate(&roots, file.as_deref(), strict, output),
         Command::Demo { keep } => crate::demo::run(keep).await,
         cmd => {
@@ -739,7 +763,7 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
         (Some(t), _) => {
             let p = config::load(&project_file(root)?)?;
             let tg = p.target(t).with_context(|| format!("no target {t:?} in {}", p.file.display()))?;
-            (tg.env.clone(), p.app.path.clone())
+            (crate::envs::overrides(&p, tg)?, p.app.path.clone())
         }
         (None, true) => (Default::default(), config::load(&project_file(root)?)?.app.path),
         (None, false) => (Default::default(), root.to_path_buf()),
@@ -755,6 +779,33 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
         eprintln!("warning: {w}");
     }
     Ok(project.to_yaml())
+}
+
+fn env_command(root: &Path, target: Option<&str>, selector: Option<&str>, output: Output) -> Result<u8> {
+    let p = config::load(&project_file(root)?)?;
+    let selector = selector.map(dockfra_common::selector::Selector::parse).transpose()?;
+    let targets: Vec<&config::Target> = match target {
+        Some(t) => vec![p.target(t).with_context(|| format!("no target {t:?} in {}", p.file.display()))?],
+        None => p.targets.iter().filter(|t| selector.as_ref().is_none_or(|s| s.matches(&t.labels))).collect(),
+    };
+    if targets.is_empty() {
+        bail!("no target of {} matches the selector", p.file.display());
+    }
+    let envs = targets.iter().map(|t| crate::envs::resolve(&p, t)).collect::<Result<Vec<_>>>()?;
+    let mut rows = Vec::new();
+    for e in &envs {
+        for v in &e.variables {
+            rows.push(serde_json::json!({"target": e.target, "scope": "variables", "name": v.name, "value": v.value, "source": v.source}));
+        }
+        for s in &e.services {
+            for v in &s.environment {
+                rows.push(serde_json::json!({"target": e.target, "scope": format!("service {}", s.service), "name": v.name, "value": v.value, "source": v.source}));
+            }
+        }
+    }
+    let cols = [("TARGET", "target"), ("SCOPE", "scope"), ("NAME", "name"), ("VALUE", "value"), ("SOURCE", "source")];
+    print_out(output, &serde_json::to_value(&envs)?, &rows, &cols);
+    Ok(exit::OK)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1540,6 +1591,7 @@ async fn admin_command(
         | Command::Config { .. }
         | Command::Validate { .. }
         | Command::Setup { .. }
+        | Command::Env { .. }
         | Command::Demo { .. }
         | Command::Completions { .. }
         | Command::Man { .. }

@@ -7,6 +7,7 @@ pub mod ca;
 pub mod cli;
 pub mod convert;
 pub mod demo;
+pub mod envs;
 pub mod error;
 pub mod server;
 pub mod setup;

@@ -245,9 +245,26 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
                 _ if has_name(&file) => None,
                 _ => Some(compose::normalize_project_name(&project.app.name)),
             };
+            let env = match crate::envs::overrides(project, target) {
+                Ok(e) => e,
+                Err(e) => {
+                    let file = crate::envs::env_dir(project)
+                        .join(format!(".env.{}", crate::envs::environment(target).unwrap_or("")));
+                    found.out.push(Finding {
+                        severity: Severity::Error,
+                        file,
+                        targets: vec![target.id.clone()],
+                        service: None,
+                        key: None,
+                        message: format!("{e:#}"),
+                        fix: Some("KEY=VALUE lines, `#` comments (the .env syntax of Compose)".into()),
+                    });
+                    return (found.out, Vec::new());
+                }
+            };
             let mut inner = Found { file: &file, target: Some(&target.id), out: Vec::new() };
             let ports =
-                compose_checks(&mut inner, &file, named.as_deref(), &target.env, Some(target), Some(ships || registry));
+                compose_checks(&mut inner, &file, named.as_deref(), &env, Some(target), Some(ships || registry));
             found.out.extend(inner.out);
             ports
         }
@@ -522,7 +539,7 @@ fn compose_checks(
 }
 
 /// Whether the compose file names its project (`name:`).
-fn has_name(file: &Path) -> bool {
+pub(crate) fn has_name(file: &Path) -> bool {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     serde_yaml_ng::from_str::<Value>(&text).map(|v| v.get("name").is_some()).unwrap_or(false)
 }
@@ -575,7 +592,7 @@ fn env_mapping(v: &Value) -> Value {
 }
 
 /// Names that hold secrets by convention; `*_FILE` names a file (Docker's secrets idiom).
-fn looks_secret(key: &str) -> bool {
+pub(crate) fn looks_secret(key: &str) -> bool {
     let k = key.to_ascii_uppercase();
     if k.ends_with("_FILE") || k.ends_with("_PATH") || k.ends_with("_USER") || k.ends_with("_USERNAME") {
         return false;

@@ -121,3 +121,40 @@ fn validate_exit_codes_and_json_name_the_defect() {
     assert_eq!(r.code(), 1);
     assert!(r.stderr().contains("dockfra-coord setup"), "{}", r.stderr());
 }
+
+/// `env`: each variable with its value and source, the precedence documented, secrets masked,
+/// in the table and in JSON; an unknown target is an error naming it.
+#[test]
+fn env_resolves_each_target_with_sources_and_masks_secrets() {
+    let w = World::new("env-cli");
+    w.write(
+        "project/deploy-targets.yaml",
+        "targets:\n  prod:\n    platform: docker_compose\n    labels: {env: production}\n    env: {TAG: '1.25'}\n  dev:\n    platform: docker_compose\n",
+    );
+    w.write("project/.env", "TAG=latest\nREGION=eu\nDB_PASSWORD=hunter2\n");
+    w.write("project/.env.production", "REGION=eu-central\n");
+    w.write(
+        "project/compose.yaml",
+        "services:\n  web:\n    image: nginx:${TAG}\n    environment:\n      REGION: ${REGION}\n      DB_PASSWORD: ${DB_PASSWORD}\n",
+    );
+    let root = w.project.to_str().unwrap();
+    let (code, all) = w.coord_json(&["env", "--root", root, "--output", "json"]);
+    assert_eq!(code, 0);
+    let var = |t: usize, name: &str| {
+        let v = all[t]["variables"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned().unwrap();
+        (v["value"].as_str().unwrap().to_string(), v["source"].as_str().unwrap().to_string())
+    };
+    assert_eq!(all[0]["target"], "prod");
+    assert_eq!(var(0, "TAG"), ("1.25".into(), "target env:".into()));
+    assert_eq!(var(0, "REGION"), ("eu-central".into(), ".env.production".into()));
+    assert_eq!(var(1, "REGION"), ("eu".into(), ".env".into()));
+    assert_eq!(var(1, "DB_PASSWORD"), ("********".into(), ".env".into()));
+    let table = w.coord(&["env", "--root", root, "--target", "prod"]).ok().stdout();
+    assert!(!table.contains("hunter2"), "a secret never printed:\n{table}");
+    assert!(
+        table.lines().any(|l| l.contains("service web") && l.contains("REGION") && l.contains("eu-central")),
+        "{table}"
+    );
+    let r = w.coord(&["env", "--root", root, "--target", "nope"]).fails();
+    assert!(r.stderr().contains("\"nope\""), "{}", r.stderr());
+}

@@ -541,6 +541,27 @@ async fn plan(
     Ok(Json(c.plan(target_id(&id)?).await?))
 }
 
+/// The target's resolved environment (`dockfra-coord env --target ID`): its variables with
+/// their sources and each service's container environment; secret-looking values masked.
+#[utoipa::path(get, path = "/api/deploy-targets/{id}/env", tag = "targets",
+    params(("id" = String, Path, description = "Target id", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses((status = 200, body = crate::envs::TargetEnv), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn target_env(
+    State(c): State<Coordinator>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<Json<crate::envs::TargetEnv>> {
+    let id = target_id(&id)?.to_string();
+    let projects = c.projects()?;
+    let (project, target) =
+        projects.target(&id).ok_or_else(|| ApiError::from(tonic::Status::not_found(format!("no target {id:?}"))))?;
+    let env = crate::envs::resolve(project, target)
+        .map_err(|e| ApiError::from(tonic::Status::failed_precondition(format!("{e:#}"))))?;
+    Ok(Json(env))
+}
+
 /// Validate the served projects as `dockfra-coord validate` does: deploy-targets.yaml and,
 /// per target, its compose file; findings name file, targets, service and key.
 #[utoipa::path(get, path = "/api/validate", tag = "deploy",
@@ -997,7 +1018,7 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
         get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
-        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate),
+        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env),
     components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
@@ -1081,6 +1102,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/deploy-targets", get(list_targets))
         .route("/api/deploy-targets/{id}", get(get_target))
         .route("/api/deploy-targets/{id}/plan", get(plan))
+        .route("/api/deploy-targets/{id}/env", get(target_env))
         .route("/api/deploy/{id}", post(deploy))
         .route("/api/rollback/{id}", post(rollback))
         .route("/api/deploy-test/{id}", post(deploy_test))
