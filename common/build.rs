@@ -24,6 +24,9 @@ const API_MESSAGES: &[&str] = &[
     "FleetTarget",
     "FleetDeployInfo",
     "FleetDeployList",
+    "CheckReport",
+    "TargetCheck",
+    "CheckItem",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -829,6 +829,7 @@ impl Executor {
                     facts,
                     state_error: e.to_string(),
                     disk: Some(proto::DiskUsage { free_bytes: free, total_bytes: total, ..Default::default() }),
+                    host: Some(crate::facts::host_usage()),
                     ..Default::default()
                 }
             }
@@ -872,6 +873,7 @@ impl Executor {
                 total_bytes: total,
             }),
             state_error,
+            host: Some(crate::facts::host_usage()),
         }
     }
 }

@@ -129,9 +129,94 @@ pub async fn detect(runner: &dyn Runner) -> proto::Facts {
     }
 }
 
+/// The host's memory and bound ports now (Linux: from /proc; elsewhere unknown).
+pub fn host_usage() -> proto::HostUsage {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let (total, available) = parse_meminfo(&meminfo);
+    let mut listening = Vec::new();
+    let mut known = false;
+    for (file, protocol, v6) in
+        [("tcp", "tcp", false), ("tcp6", "tcp", true), ("udp", "udp", false), ("udp6", "udp", true)]
+    {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/net/{file}")) {
+            known = true;
+            for (address, port) in parse_proc_net(&text, protocol == "tcp", v6) {
+                let p = proto::ListeningPort { protocol: protocol.into(), address, port: port.into() };
+                if !listening.contains(&p) {
+                    listening.push(p);
+                }
+            }
+        }
+    }
+    proto::HostUsage { memory_total_bytes: total, memory_available_bytes: available, listening, ports_known: known }
+}
+
+/// (MemTotal, MemAvailable) in bytes from /proc/meminfo's text.
+fn parse_meminfo(text: &str) -> (u64, u64) {
+    let kib = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (kib("MemTotal:"), kib("MemAvailable:"))
+}
+
+/// Listening TCP sockets (state 0A) or bound UDP sockets (state 07) of a /proc/net/{tcp,udp}[6]
+/// table: (address, port).
+fn parse_proc_net(text: &str, tcp: bool, v6: bool) -> Vec<(String, u16)> {
+    let want = if tcp { "0A" } else { "07" };
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state)) = (f.get(1), f.get(3)) else { continue };
+        // UDP sockets connected to a peer are not what a published port collides with.
+        if *state != want || (!tcp && f.get(2).is_some_and(|r| !r.ends_with(":0000"))) {
+            continue;
+        }
+        let Some((addr, port)) = local.split_once(':') else { continue };
+        let Ok(port) = u16::from_str_radix(port, 16) else { continue };
+        // The kernel prints each 32-bit word of the address as a number in host byte order.
+        let words: Vec<u32> =
+            (0..addr.len() / 8).filter_map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok()).collect();
+        let address = match (v6, words.as_slice()) {
+            (false, [w]) => std::net::Ipv4Addr::from(w.to_ne_bytes()).to_string(),
+            (true, [_, _, _, _]) => {
+                let mut bytes = [0u8; 16];
+                for (i, w) in words.iter().enumerate() {
+                    bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+                }
+                std::net::Ipv6Addr::from(bytes).to_string()
+            }
+            _ => continue,
+        };
+        out.push((address, port));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_tables_and_meminfo() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  0 0 1 1 0\n\
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000  0 0 2 1 0\n\
+   2: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  0 0 3 1 0\n";
+        assert_eq!(parse_proc_net(tcp, true, false), [("127.0.0.1".to_string(), 8080), ("0.0.0.0".to_string(), 22)]);
+        let tcp6 = "  sl  local_address remote_address st\n\
+   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0\n\
+   1: 00000000000000000000000000000000:01BB 00000000000000000000000000000000:0000 0A 0\n";
+        assert_eq!(parse_proc_net(tcp6, true, true), [("::1".to_string(), 80), ("::".to_string(), 443)]);
+        let udp = "  sl  local_address rem_address   st\n   0: 00000000:0035 00000000:0000 07 0\n   1: 0100007F:0036 0100007F:0035 01 0\n";
+        assert_eq!(parse_proc_net(udp, false, false), [("0.0.0.0".to_string(), 53)]);
+        assert_eq!(
+            parse_meminfo("MemTotal:        1000 kB\nMemFree: 5 kB\nMemAvailable:     500 kB\n"),
+            (1024000, 512000)
+        );
+    }
 
     #[test]
     fn os_release_and_wsl() {

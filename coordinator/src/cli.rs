@@ -24,7 +24,7 @@ pub mod exit {
     pub const DEPLOY_FAILED: u8 = 3;
     /// Gave up waiting for a pull agent's report; the deploy stays queued.
     pub const TIMEOUT: u8 = 4;
-    /// `validate` found errors (or warnings, with --strict).
+    /// `validate` found errors (or warnings, with --strict); `check` found a blocker.
     pub const INVALID: u8 = 5;
 }
 
@@ -226,6 +226,26 @@ pub enum Command {
     /// moves agents to a new binary in waves.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Pre-flight for a deploy, through the agent's report of its host: free disk against the
+    /// bundle, memory, host ports already taken, the runtime and its version, OS, driver.
+    /// Builds nothing into the store and sends nothing.
+    #[command(
+        after_help = "Examples:\n  dockfra-coord check edge-rpi3\n  dockfra-coord check -l env=prod --output json\n\
+A push agent is asked now; a pull agent's last report is used (its age is shown).\n\
+Exit status: 0 when nothing fails (warnings allowed), 5 when a check fails."
+    )]
+    Check {
+        #[arg(required_unless_present_any = ["selector", "all"], conflicts_with_all = ["selector", "all"])]
+        target: Option<String>,
+        /// The targets whose labels match (kubectl syntax).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        /// Every target.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Check a target's agent: reachability, agent version, detected OS and runtimes.
     DeployTest {
         target: String,
@@ -1395,6 +1415,43 @@ async fn admin_command(
                 ],
             );
             Ok(exit::OK)
+        }
+        Command::Check { target, selector, all, output } => {
+            let req =
+                proto::CheckRequest { target: target.unwrap_or_default(), selector: selector.unwrap_or_default(), all };
+            let r = c.check(req).await.map_err(status_err)?.into_inner();
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let rows: Vec<serde_json::Value> = r
+                    .targets
+                    .iter()
+                    .flat_map(|t| {
+                        t.checks.iter().map(move |c| {
+                            serde_json::json!({"target": t.target, "check": c.name, "result": c.result,
+                                "category": c.category, "message": c.message})
+                        })
+                    })
+                    .collect();
+                let cols = [
+                    ("TARGET", "target"),
+                    ("CHECK", "check"),
+                    ("RESULT", "result"),
+                    ("CATEGORY", "category"),
+                    ("MESSAGE", "message"),
+                ];
+                print_out(output, &serde_json::Value::Null, &rows, &cols);
+                for t in &r.targets {
+                    if t.reported_seconds_ago > 0 {
+                        println!("{}: figures from the agent's report {}s ago", t.target, t.reported_seconds_ago);
+                    }
+                    for c in t.checks.iter().filter(|c| !c.fix.is_empty()) {
+                        println!("fix {} {} ({}): {}", t.target, c.name, c.category, c.fix);
+                    }
+                }
+                println!("{}", r.result);
+            }
+            Ok(if r.result == "fail" { exit::INVALID } else { exit::OK })
         }
         Command::DeployTest { target, output } => {
             let v = json(c.deploy_test(proto::TargetRequest { target, ..Default::default() }).await)?;

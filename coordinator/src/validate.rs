@@ -274,15 +274,41 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
 
 /// A host port a service publishes.
 #[derive(Debug, Clone)]
-struct Published {
-    file: PathBuf,
-    service: String,
-    key: String,
-    ip: String,
-    first: u16,
-    last: u16,
-    protocol: String,
-    profiles: Vec<String>,
+pub(crate) struct Published {
+    pub file: PathBuf,
+    pub service: String,
+    pub key: String,
+    pub ip: String,
+    pub first: u16,
+    pub last: u16,
+    pub protocol: String,
+    pub profiles: Vec<String>,
+}
+
+/// The host ports a resolved compose model publishes (entries that do not parse are left
+/// out: `validate` reports them).
+pub(crate) fn published_ports(model: &Value) -> Vec<Published> {
+    let mut out = Vec::new();
+    let Some(Value::Mapping(services)) = model.get("services") else { return out };
+    for (name, svc) in services {
+        let Some(name) = name.as_str() else { continue };
+        let Some(Value::Sequence(ports)) = svc.get("ports") else { continue };
+        for (i, p) in ports.iter().enumerate() {
+            if let Ok(Some((ip, first, last, protocol))) = parse_port(p) {
+                out.push(Published {
+                    file: PathBuf::new(),
+                    service: name.to_string(),
+                    key: format!("services.{name}.ports[{i}]"),
+                    ip,
+                    first,
+                    last,
+                    protocol,
+                    profiles: Vec::new(),
+                });
+            }
+        }
+    }
+    out
 }
 
 impl Published {
@@ -297,7 +323,7 @@ impl Published {
             && (self.ip == o.ip || any(&self.ip) || any(&o.ip))
             && together
     }
-    fn shown(&self) -> String {
+    pub(crate) fn shown(&self) -> String {
         let ports =
             if self.first == self.last { self.first.to_string() } else { format!("{}-{}", self.first, self.last) };
         let ip = if self.ip.is_empty() { String::new() } else { format!("{}:", self.ip) };

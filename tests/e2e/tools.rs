@@ -158,3 +158,91 @@ fn env_resolves_each_target_with_sources_and_masks_secrets() {
     let r = w.coord(&["env", "--root", root, "--target", "nope"]).fails();
     assert!(r.stderr().contains("\"nope\""), "{}", r.stderr());
 }
+
+/// Unmounts a tmpfs the test mounted, whatever happens.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `check` against real agents: a push agent whose state dir is a 1 MiB tmpfs cannot take a
+/// 2 MiB release (disk fails, category resource), and a host port the app publishes that
+/// something else holds fails on both the push and the pull agent; released, it passes.
+#[test]
+fn check_catches_a_taken_host_port_and_a_too_small_disk() {
+    if Needs::new().root("mount a tmpfs as an agent's state dir").unmet() {
+        return;
+    }
+    let w = World::new("check");
+    let (port, agent_port) = (free_port(), free_port());
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            "targets:\n  small:\n    host: 127.0.0.1\n    platform: docker_compose\n    agent: {{ port: {agent_port} }}\n  roomy:\n    platform: docker_compose\n    agent: {{ mode: pull, poll_interval: 1s }}\n"
+        ),
+    );
+    w.write(
+        "project/compose.yaml",
+        &format!("services:\n  web:\n    image: busybox:1.36\n    ports: [\"{port}:80\"]\n    mem_reservation: 1m\n"),
+    );
+    w.write("project/big.bin", &"x".repeat(2 << 20));
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let coordinator = format!("https://{}", w.addr());
+
+    let mut small = Agent::new(&w, "small");
+    std::fs::create_dir_all(&small.state).unwrap();
+    sh(&format!("mount -t tmpfs -o size=1m tmpfs {}", small.state.display()));
+    let _mounted = Mounted(small.state.clone());
+    small.listen = Some(format!("127.0.0.1:{agent_port}"));
+    small.enroll(&coordinator, &w.token("small")).ok();
+    let _small = small.start(&w);
+    let roomy = Agent::new(&w, "roomy");
+    roomy.enroll(&coordinator, &w.token("roomy")).ok();
+    let _roomy = roomy.start(&w);
+
+    let hold = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let item = |r: &serde_json::Value, target: &str, name: &str| -> serde_json::Value {
+        let t = r["targets"].as_array().unwrap().iter().find(|t| t["target"] == target).cloned().unwrap();
+        t["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or(serde_json::Value::Null)
+    };
+    // The pull agent has reported since the port was taken.
+    wait_until("the pull agent's report to show the taken port", std::time::Duration::from_secs(20), || {
+        let (_, r) = w.coord_json(&["check", "roomy", "--output", "json"]);
+        item(&r, "roomy", "ports")["result"] == "fail"
+    });
+
+    let (code, r) = w.coord_json(&["check", "--all", "--output", "json"]);
+    assert_eq!(code, 5, "{r:#}");
+    assert_eq!(r["result"], "fail");
+    let disk = item(&r, "small", "disk");
+    assert_eq!((disk["result"].as_str(), disk["category"].as_str()), (Some("fail"), Some("resource")), "{r:#}");
+    assert!(disk["message"].as_str().unwrap().contains("not enough disk"), "{disk:#}");
+    assert!(!disk["fix"].as_str().unwrap().is_empty());
+    assert_eq!(item(&r, "roomy", "disk")["result"], "ok", "{r:#}");
+    for t in ["small", "roomy"] {
+        let ports = item(&r, t, "ports");
+        assert_eq!(ports["result"], "fail", "{t}: {r:#}");
+        assert!(ports["message"].as_str().unwrap().contains(&format!("{port}/tcp")), "{t}: {ports:#}");
+        assert_eq!(item(&r, t, "agent")["result"], "ok", "{t}: {r:#}");
+        assert_eq!(item(&r, t, "memory")["result"], "ok", "{t}: {r:#}");
+    }
+    // The table says the same, with the fixes.
+    let table = w.coord(&["check", "small"]);
+    assert_eq!(table.code(), 5);
+    assert!(table.stdout().contains("fix small disk (resource)"), "{}", table.stdout());
+
+    drop(hold);
+    let (_, r) = w.coord_json(&["check", "small", "--output", "json"]);
+    assert_eq!(item(&r, "small", "ports")["result"], "ok", "the push agent is asked now: {r:#}");
+    wait_until("the pull agent's report to show the port free", std::time::Duration::from_secs(20), || {
+        let (_, r) = w.coord_json(&["check", "roomy", "--output", "json"]);
+        item(&r, "roomy", "ports")["result"] == "ok"
+    });
+    // A selector no target matches is an error, not an empty success.
+    let none = w.coord(&["check", "-l", "env=nowhere"]);
+    assert_eq!(none.code(), 1, "{}", none.stderr());
+}

@@ -424,6 +424,10 @@ impl admin_server::Admin for Coordinator {
         Ok(Response::new(self.deploy_test_of(&req.into_inner().target).await?))
     }
 
+    async fn check(&self, req: Request<proto::CheckRequest>) -> Result<Response<proto::CheckReport>, Status> {
+        Ok(Response::new(self.check_of(&req.into_inner()).await?))
+    }
+
     async fn create_api_token(
         &self,
         req: Request<proto::ApiTokenRequest>,

@@ -562,6 +562,31 @@ async fn target_env(
     Ok(Json(env))
 }
 
+/// Pre-flight for a deploy (`dockfra-coord check`): per target, ok/warn/fail for the agent,
+/// its driver and OS, the runtime, disk against the bundle, memory and host ports, each
+/// warning or failure with a category and a fix. Sends nothing to an agent but questions.
+#[utoipa::path(get, path = "/api/check", tag = "deploy",
+    params(("target" = Option<String>, Query, description = "One target", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+        ("selector" = Option<String>, Query, description = "The targets whose labels match (kubectl syntax)"),
+        ("all" = Option<bool>, Query, description = "Every target")),
+    responses((status = 200, body = proto::CheckReport), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn check(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiResult<Json<proto::CheckReport>> {
+    q.only(&["target", "selector", "all"])?;
+    let all = match q.text("all")? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad(format!("all={other:?}: expected true or false"))),
+    };
+    let target = match q.text("target")? {
+        Some(t) => target_id(t)?.to_string(),
+        None => String::new(),
+    };
+    let req = proto::CheckRequest { target, selector: q.text("selector")?.unwrap_or("").to_string(), all };
+    Ok(Json(c.check_of(&req).await?))
+}
+
 /// Validate the served projects as `dockfra-coord validate` does: deploy-targets.yaml and,
 /// per target, its compose file; findings name file, targets, service and key.
 #[utoipa::path(get, path = "/api/validate", tag = "deploy",
@@ -1018,7 +1043,7 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
         get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
-        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env),
+        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env, check),
     components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
@@ -1118,6 +1143,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/agents/{id}/revoke", post(revoke_agent))
         .route("/api/events", get(events))
         .route("/api/validate", get(validate))
+        .route("/api/check", get(check))
         .route("/metrics", get(metrics_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

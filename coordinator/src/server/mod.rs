@@ -38,6 +38,7 @@ use crate::store::{DeploymentRow, DesiredRow, ReleaseRow, Store};
 mod admin;
 mod api;
 mod auth;
+mod check;
 mod enroll;
 mod fleet;
 mod https;
@@ -813,6 +814,11 @@ fn status_json(st: &proto::AgentStatus) -> serde_json::Value {
         "in_flight": st.in_flight,
         "disk": {"blobs": disk.blobs, "blobs_bytes": disk.blobs_bytes, "releases_bytes": disk.releases_bytes,
             "free_bytes": disk.free_bytes, "total_bytes": disk.total_bytes},
+        "host": st.host.as_ref().map(|h| serde_json::json!({
+            "memory_total_bytes": h.memory_total_bytes, "memory_available_bytes": h.memory_available_bytes,
+            "ports_known": h.ports_known,
+            "listening": h.listening.iter().map(|p| serde_json::json!({"protocol": p.protocol, "address": p.address, "port": p.port})).collect::<Vec<_>>(),
+        })),
         "apps": st.apps.iter().map(|a| serde_json::json!({
             "app": a.app, "current_release": a.current_release, "previous_release": a.previous_release,
             "current_sequence": a.current_sequence, "current_version": a.current_version, "health": a.health,

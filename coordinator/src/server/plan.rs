@@ -132,6 +132,12 @@ impl Coordinator {
     }
 
     fn plan_blocking(&self, target_id: &str) -> Result<proto::DeployPlan> {
+        Ok(self.plan_parts(target_id)?.plan)
+    }
+
+    /// The plan, with the compose file a deploy would render and the one the current
+    /// release runs (for `check`).
+    pub(super) fn plan_parts(&self, target_id: &str) -> Result<PlanParts> {
         let (project, target) = self.target(target_id)?;
         let status = self.target_status(&project, &target)?;
         let blobs = self.inner.state.blobs();
@@ -164,20 +170,19 @@ impl Coordinator {
             plan.notes.push("nothing is deployed yet: this is the first release".into());
         }
         diff_files(old.as_ref(), &new, &mut plan);
+        let mut parts = PlanParts::default();
         if let Some(file) = compose_file(&new.platform) {
-            let new_services =
-                built.rendered.iter().find(|(p, _)| p == file).map(|(_, b)| services(b)).unwrap_or_default();
-            let old_services = old
-                .as_ref()
-                .and_then(|m| {
-                    let f = compose_file(&m.platform)?;
-                    let entry = m.files.iter().find(|e| e.path == f)?;
-                    let (_, mut fh) = builder::open_blob(&blobs, &entry.sha256).ok()?;
-                    let mut bytes = Vec::new();
-                    fh.read_to_end(&mut bytes).ok()?;
-                    Some(services(&bytes))
-                })
-                .unwrap_or_default();
+            parts.compose = built.rendered.iter().find(|(p, _)| p == file).map(|(_, b)| b.clone());
+            parts.old_compose = old.as_ref().and_then(|m| {
+                let f = compose_file(&m.platform)?;
+                let entry = m.files.iter().find(|e| e.path == f)?;
+                let (_, mut fh) = builder::open_blob(&blobs, &entry.sha256).ok()?;
+                let mut bytes = Vec::new();
+                fh.read_to_end(&mut bytes).ok()?;
+                Some(bytes)
+            });
+            let new_services = parts.compose.as_deref().map(services).unwrap_or_default();
+            let old_services = parts.old_compose.as_deref().map(services).unwrap_or_default();
             plan.services = diff_services(&old_services, &new_services);
             if ships_images(&target.config) {
                 plan.notes.push(
@@ -191,8 +196,17 @@ impl Coordinator {
         if !plan.changes {
             plan.notes.push(format!("{} already runs this content: a deploy would change nothing", target.id));
         }
-        Ok(plan)
+        parts.plan = plan;
+        Ok(parts)
     }
+}
+
+/// A plan and the rendered compose files behind it (JSON, as the bundle carries them).
+#[derive(Default)]
+pub(super) struct PlanParts {
+    pub plan: proto::DeployPlan,
+    pub compose: Option<Vec<u8>>,
+    pub old_compose: Option<Vec<u8>>,
 }
 
 #[cfg(test)]
