@@ -115,6 +115,9 @@ pub struct Project {
     pub targets: Vec<Target>,
     /// Named waves for fleet deploys (`deploy --waves`), in order.
     pub waves: Vec<WaveSpec>,
+    /// Where every deploy, rollback and fleet wave of the project is announced
+    /// (`notifications:`); a target's own are added to these.
+    pub notifications: Vec<Notification>,
 }
 
 /// One named wave (`waves:`): the targets its selector matches that no earlier wave took. A
@@ -163,7 +166,108 @@ pub struct Target {
     /// How many releases to keep on the target (>= 1, default
     /// [`DEFAULT_KEEP_RELEASES`]).
     pub keep_releases: u32,
+    /// This target's own notifications, besides the project's.
+    pub notifications: Vec<Notification>,
 }
+
+/// One place deploys are announced (`notifications:` entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub channel: Channel,
+    /// Which events: `deploy`, `rollback`, `upgrade`, `wave` (default: all).
+    pub events: Vec<String>,
+    /// Only what did not succeed.
+    pub failures_only: bool,
+}
+
+/// A secret given in the file, or the name of a variable of the coordinator's environment.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretValue {
+    Literal(String),
+    Env(String),
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretValue::Literal(_) => f.write_str("Literal(\"********\")"),
+            SecretValue::Env(n) => write!(f, "Env({n:?})"),
+        }
+    }
+}
+
+impl SecretValue {
+    /// The value: the literal, or the variable (an error naming it when unset).
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretValue::Literal(s) => Ok(s.clone()),
+            SecretValue::Env(n) => std::env::var(n).map_err(|_| format!("the coordinator's environment has no {n}")),
+        }
+    }
+}
+
+/// How SMTP is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (port 587); the default.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS at all: only for a relay on loopback or a trusted network.
+    None,
+}
+
+/// Where a notification goes, and in which format.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// A JSON body, signed with HMAC-SHA256 when `secret` is set.
+    Webhook { url: String, secret: Option<SecretValue> },
+    /// A Slack incoming webhook (`{"text": …}`).
+    Slack { url: String },
+    /// A Discord webhook (`{"content": …}`).
+    Discord { url: String },
+    /// Mail over SMTP.
+    Email {
+        host: String,
+        port: u16,
+        tls: SmtpTls,
+        username: Option<String>,
+        password: Option<SecretValue>,
+        from: String,
+        to: Vec<String>,
+    },
+}
+
+impl Channel {
+    /// How it is named in logs: never a URL's path or query (webhook URLs carry tokens).
+    pub fn shown(&self) -> String {
+        match self {
+            Channel::Webhook { url, .. } => format!("webhook {}", redact_url(url)),
+            Channel::Slack { url } => format!("slack {}", redact_url(url)),
+            Channel::Discord { url } => format!("discord {}", redact_url(url)),
+            Channel::Email { host, port, to, .. } => format!("email to {} via {host}:{port}", to.join(", ")),
+        }
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+/// `scheme://host[:port]/…`: what a log may say of a URL.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // user:password@host
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let tail = if rest.len() > authority.len() { "/…" } else { "" };
+    format!("{scheme}://{host}{tail}")
+}
+
+/// Event kinds a notification may ask for.
+pub const NOTIFY_EVENTS: &[&str] = &["deploy", "rollback", "upgrade", "wave"];
 
 impl Target {
     /// The agent this target deploys through: `agent.name`, or the target's own id.
@@ -686,11 +790,38 @@ pub fn load(file: &Path) -> Result<Project, ConfigError> {
     parse(&text, file)
 }
 
-const TOP_KEYS: &[&str] = &["app", "targets", "waves"];
+const TOP_KEYS: &[&str] = &["app", "targets", "waves", "notifications"];
+const NOTIFY_KEYS: &[&str] = &[
+    "type",
+    "url",
+    "secret",
+    "secret_env",
+    "events",
+    "failures_only",
+    "smtp",
+    "tls",
+    "username",
+    "password",
+    "password_env",
+    "from",
+    "to",
+];
 const WAVE_KEYS: &[&str] = &["name", "selector"];
 const APP_KEYS: &[&str] = &["name", "path"];
-const TARGET_KEYS: &[&str] =
-    &["host", "port", "user", "platform", "os", "labels", "config", "agent", "health", "env", "keep_releases"];
+const TARGET_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "user",
+    "platform",
+    "os",
+    "labels",
+    "config",
+    "agent",
+    "health",
+    "env",
+    "keep_releases",
+    "notifications",
+];
 const AGENT_KEYS: &[&str] = &["name", "mode", "port", "poll_interval"];
 const HEALTH_KEYS: &[&str] = &["checks", "retries", "interval", "timeout", "start_period"];
 const CHECK_KINDS: &[&str] = &["http", "tcp", "command"];
@@ -736,6 +867,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Project, ConfigError> {
         Some(v) => parse_waves(&top, v)?,
         None => Vec::new(),
     };
+    let notifications = match f.get("notifications") {
+        Some(v) => parse_notifications(&top, "notifications", v)?,
+        None => Vec::new(),
+    };
     // An agent keeps one release store per app: two targets of one project (one app) cannot
     // share it.
     for (i, t) in targets.iter().enumerate() {
@@ -751,7 +886,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Project, ConfigError> {
             ));
         }
     }
-    Ok(Project { file: file.to_path_buf(), app, targets, waves })
+    Ok(Project { file: file.to_path_buf(), app, targets, waves, notifications })
 }
 
 /// The projects one coordinator serves (`serve --root A --root B`), checked as a whole: app
@@ -1090,7 +1225,172 @@ fn parse_target(file: &Path, id: &str, v: &Value) -> Result<Target, ConfigError>
             n as u32
         }
     };
-    Ok(Target { id: id.to_string(), host, port, user, platform, os, labels, config, agent, health, env, keep_releases })
+    let notifications = match f.get("notifications") {
+        Some(v) => parse_notifications(&cx, "notifications", v)?,
+        None => Vec::new(),
+    };
+    Ok(Target {
+        id: id.to_string(),
+        host,
+        port,
+        user,
+        platform,
+        os,
+        labels,
+        config,
+        agent,
+        health,
+        env,
+        keep_releases,
+        notifications,
+    })
+}
+
+fn parse_notifications(cx: &Cx, key: &str, v: &Value) -> Result<Vec<Notification>, ConfigError> {
+    let Value::Sequence(items) = v else {
+        return Err(cx.err(key, format!("expected a list of notifications, found {}", describe(v))));
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        let m = cx.mapping(&at, item)?;
+        let f = cx.fields(&at, m, NOTIFY_KEYS, " of a notification")?;
+        let s = |k: &str| f.get(k).map(|v| cx.string(&format!("{at}.{k}"), v)).transpose();
+        let kind = s("type")?
+            .ok_or_else(|| cx.err(format!("{at}.type"), "missing required key (webhook, slack, discord or email)"))?;
+        let secret = |lit: &str, env: &str| -> Result<Option<SecretValue>, ConfigError> {
+            match (s(lit)?, s(env)?) {
+                (Some(_), Some(_)) => Err(cx.err(format!("{at}.{env}"), format!("give {lit} or {env}, not both"))),
+                (Some(v), None) => Ok(Some(SecretValue::Literal(v))),
+                (None, Some(n)) if is_env_name(&n) => Ok(Some(SecretValue::Env(n))),
+                (None, Some(n)) => Err(cx.err(format!("{at}.{env}"), format!("{n:?} is not a variable name"))),
+                (None, None) => Ok(None),
+            }
+        };
+        let url = || -> Result<String, ConfigError> {
+            let u = s("url")?
+                .ok_or_else(|| cx.err(format!("{at}.url"), format!("missing required key for type {kind}")))?;
+            let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://"));
+            match rest {
+                Some(r) if !r.is_empty() && !r.starts_with('/') && !u.contains(char::is_whitespace) => Ok(u),
+                // The URL may carry a token: the message does not repeat it.
+                _ => Err(cx.err(format!("{at}.url"), "expected an http:// or https:// URL")),
+            }
+        };
+        let only = |keys: &[&str]| -> Result<(), ConfigError> {
+            for (k, _) in &f.items {
+                if !["type", "events", "failures_only"].contains(k) && !keys.contains(k) {
+                    return Err(cx.err(format!("{at}.{k}"), format!("not a key of a {kind} notification")));
+                }
+            }
+            Ok(())
+        };
+        let channel = match kind.as_str() {
+            "webhook" => {
+                only(&["url", "secret", "secret_env"])?;
+                Channel::Webhook { url: url()?, secret: secret("secret", "secret_env")? }
+            }
+            "slack" => {
+                only(&["url"])?;
+                Channel::Slack { url: url()? }
+            }
+            "discord" => {
+                only(&["url"])?;
+                Channel::Discord { url: url()? }
+            }
+            "email" => {
+                only(&["smtp", "tls", "username", "password", "password_env", "from", "to"])?;
+                let smtp =
+                    s("smtp")?.ok_or_else(|| cx.err(format!("{at}.smtp"), "missing required key (HOST[:PORT])"))?;
+                let tls = match s("tls")?.as_deref() {
+                    None | Some("starttls") => SmtpTls::StartTls,
+                    Some("tls") => SmtpTls::Tls,
+                    Some("none") => SmtpTls::None,
+                    Some(o) => {
+                        return Err(
+                            cx.err(format!("{at}.tls"), format!("unknown {o:?} (expected starttls, tls or none)"))
+                        )
+                    }
+                };
+                let default_port = if tls == SmtpTls::Tls { 465 } else { 587 };
+                let (host, port) = match smtp.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
+                        let port = p
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| cx.err(format!("{at}.smtp"), format!("{p:?} is not a port")))?;
+                        (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
+                    }
+                    _ => (smtp.clone(), default_port),
+                };
+                if host.is_empty() {
+                    return Err(cx.err(format!("{at}.smtp"), "expected HOST[:PORT]"));
+                }
+                let addr = |k: &str, a: &str| -> Result<String, ConfigError> {
+                    let ok = a.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+                        && !a.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '\r' || c == '\n');
+                    if ok {
+                        Ok(a.to_string())
+                    } else {
+                        Err(cx.err(format!("{at}.{k}"), format!("{a:?} is not a mail address")))
+                    }
+                };
+                let from =
+                    addr("from", &s("from")?.ok_or_else(|| cx.err(format!("{at}.from"), "missing required key"))?)?;
+                let to = match f.get("to") {
+                    None => return Err(cx.err(format!("{at}.to"), "missing required key")),
+                    Some(Value::String(a)) => vec![addr("to", a)?],
+                    Some(Value::Sequence(list)) if !list.is_empty() => list
+                        .iter()
+                        .map(|a| cx.string(&format!("{at}.to"), a).and_then(|a| addr("to", &a)))
+                        .collect::<Result<_, _>>()?,
+                    Some(other) => {
+                        return Err(cx.err(
+                            format!("{at}.to"),
+                            format!("expected an address or a list of them, found {}", describe(other)),
+                        ))
+                    }
+                };
+                let password = secret("password", "password_env")?;
+                let username = s("username")?;
+                if password.is_some() && username.is_none() {
+                    return Err(cx.err(format!("{at}.username"), "a password needs a username"));
+                }
+                Channel::Email { host, port, tls, username, password, from, to }
+            }
+            other => {
+                return Err(cx.err(
+                    format!("{at}.type"),
+                    format!("unknown type {other:?} (expected webhook, slack, discord or email)"),
+                ))
+            }
+        };
+        let events = match f.get("events") {
+            None => NOTIFY_EVENTS.iter().map(|e| e.to_string()).collect(),
+            Some(Value::Sequence(list)) => {
+                let mut ev = Vec::new();
+                for e in list {
+                    let e = cx.string(&format!("{at}.events"), e)?;
+                    if !NOTIFY_EVENTS.contains(&e.as_str()) {
+                        return Err(cx.err(
+                            format!("{at}.events"),
+                            format!("unknown event {e:?} (expected {})", NOTIFY_EVENTS.join(", ")),
+                        ));
+                    }
+                    ev.push(e);
+                }
+                ev
+            }
+            Some(other) => {
+                return Err(cx.err(format!("{at}.events"), format!("expected a list, found {}", describe(other))))
+            }
+        };
+        let failures_only =
+            f.get("failures_only").map(|v| cx.boolean(&format!("{at}.failures_only"), v)).transpose()?.unwrap_or(false);
+        out.push(Notification { channel, events, failures_only });
+    }
+    Ok(out)
 }
 
 fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Result<PlatformConfig, ConfigError> {
@@ -1818,6 +2118,36 @@ mod tests {
             s.push('\n');
         }
         s
+    }
+
+    #[test]
+    fn notifications_parse_and_bad_ones_name_their_key() {
+        let good = "notifications:\n  - type: webhook\n    url: https://hooks.example.org/x?token=abc\n    secret_env: HOOK_SECRET\n  - type: email\n    smtp: mail.example.org\n    from: d@example.org\n    to: ops@example.org\n    username: d\n    password: pw\n    failures_only: true\n".to_string() + &one("platform: ssh_raw\nnotifications:\n  - {type: slack, url: 'http://127.0.0.1:9/s', events: [wave]}");
+        let p = p(&good).unwrap();
+        assert_eq!(p.notifications.len(), 2);
+        assert!(matches!(&p.notifications[0].channel, Channel::Webhook { secret: Some(SecretValue::Env(n)), .. } if n == "HOOK_SECRET"));
+        assert_eq!(p.notifications[0].events, NOTIFY_EVENTS);
+        assert!(matches!(&p.notifications[1].channel, Channel::Email { port: 587, tls: SmtpTls::StartTls, .. }));
+        assert!(p.notifications[1].failures_only);
+        assert_eq!(p.targets[0].notifications[0].events, ["wave"]);
+        // Neither Debug nor the log's name of a channel shows a secret or a URL's path.
+        let shown = format!("{:?}", p.notifications);
+        assert!(!shown.contains("abc") && !shown.contains("pw") && shown.contains("https://hooks.example.org/…"), "{shown}");
+        let n = |body: &str| format!("notifications:\n  - {body}\n") + &one("platform: ssh_raw");
+        bad(&n("{type: pager, url: 'http://x'}"), None, Some("notifications[0].type"));
+        bad(&n("{type: webhook}"), None, Some("notifications[0].url"));
+        bad(&n("{type: webhook, url: 'ftp://x/y'}"), None, Some("notifications[0].url"));
+        bad(&n("{type: webhook, url: 'http://x', secret: a, secret_env: B}"), None, Some("notifications[0].secret_env"));
+        bad(&n("{type: slack, url: 'http://x', secret: a}"), None, Some("notifications[0].secret"));
+        bad(&n("{type: webhook, url: 'http://x', events: [deploys]}"), None, Some("notifications[0].events"));
+        bad(&n("{type: email, smtp: 'h:25', to: a@b}"), None, Some("notifications[0].from"));
+        bad(&n("{type: email, smtp: 'h:x', from: a@b, to: a@b}"), None, Some("notifications[0].smtp"));
+        bad(&n("{type: email, smtp: h, from: 'a@b', to: 'not-an-address'}"), None, Some("notifications[0].to"));
+        bad(&n("{type: email, smtp: h, from: a@b, to: a@b, password: x}"), None, Some("notifications[0].username"));
+        bad(&n("{type: webhook, url: 'http://x', colour: red}"), None, Some("notifications[0].colour"));
+        bad(&(String::from("notifications: {type: webhook}\n") + &one("platform: ssh_raw")), None, Some("notifications"));
+        bad(&one("platform: ssh_raw\nnotifications:\n  - {type: discord}"), Some("t1"), Some("notifications[0].url"));
+        assert_eq!(redact_url("https://user:pw@hooks.slack.com/services/T/B/X"), "https://hooks.slack.com/…");
     }
 
     #[test]

@@ -246,3 +246,230 @@ fn check_catches_a_taken_host_port_and_a_too_small_disk() {
     let none = w.coord(&["check", "-l", "env=nowhere"]);
     assert_eq!(none.code(), 1, "{}", none.stderr());
 }
+
+/// A local HTTP receiver (Python's http.server): each POST as a JSON line in `out`, with
+/// whether its HMAC-SHA256 signature (checked by Python's hmac) is valid; the first
+/// `fail_first` requests are answered 503 (retries must bring them again).
+const RECEIVER: &str = r#"
+import hashlib, hmac, http.server, json, sys
+out, secret, fail_first, port_file = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4]
+seen = 0
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        global seen
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        seen += 1
+        if seen <= fail_first:
+            self.send_response(503); self.end_headers(); return
+        sig = self.headers.get('X-Dockfra-Signature-256', '')
+        good = 'sha256=' + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        rec = {'path': self.path, 'body': json.loads(body), 'signed': sig != '', 'valid': hmac.compare_digest(sig, good),
+               'event': self.headers.get('X-Dockfra-Event'), 'delivery': self.headers.get('X-Dockfra-Delivery')}
+        with open(out, 'a') as f:
+            f.write(json.dumps(rec) + '\n')
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+open(port_file, 'w').write(str(s.server_address[1]))
+s.serve_forever()
+"#;
+
+/// An SMTP sink (Python's smtpd): each message as a JSON line in `out`.
+const SMTP_SINK: &str = r#"
+import asyncore, json, smtpd, sys
+out, port = sys.argv[1], int(sys.argv[2])
+class S(smtpd.SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+        with open(out, 'a') as f:
+            f.write(json.dumps({'from': mailfrom, 'to': rcpttos, 'data': data.decode('utf-8', 'replace')}) + '\n')
+S(('127.0.0.1', port), None, decode_data=False)
+asyncore.loop()
+"#;
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Notifications reach a local HTTP receiver (generic webhook with a valid HMAC, Slack and
+/// Discord formats, a 503 retried) and an SMTP sink after a deploy, a rollback and a failed
+/// wave; a receiver that hangs and one that is down neither slow nor fail the deploy, and
+/// no log line repeats a webhook URL's token.
+#[test]
+fn notifications_reach_webhooks_and_mail_after_deploys_rollbacks_and_waves() {
+    if Needs::new().tool("python3", "Debian's python3").unmet() {
+        return;
+    }
+    let w = World::new("notify");
+    let (agent_port, smtp_port, down_port) = (free_port(), free_port(), free_port());
+    let hooks = w.path("hooks.jsonl");
+    let mails = w.path("mails.jsonl");
+    w.write("receiver.py", RECEIVER);
+    w.write("smtp.py", SMTP_SINK);
+    let port_file = w.path("receiver.port");
+    let _receiver = Child(
+        std::process::Command::new("python3")
+            .arg(w.path("receiver.py"))
+            .args([hooks.to_str().unwrap(), "s3cret", "1", port_file.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
+    let _smtp = Child(
+        std::process::Command::new("python3")
+            .arg("-W")
+            .arg("ignore")
+            .arg(w.path("smtp.py"))
+            .args([mails.to_str().unwrap(), &smtp_port.to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the receiver to listen", std::time::Duration::from_secs(10), || port_file.exists());
+    wait_until("the SMTP sink to listen", std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_ok()
+    });
+    let hook_port = std::fs::read_to_string(&port_file).unwrap();
+    // A receiver that accepts connections and never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let d = w.dir.display();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: site, path: ./app }}
+notifications:
+  - type: webhook
+    url: http://127.0.0.1:{hook_port}/hook
+    secret_env: DOCKFRA_TEST_HOOK_SECRET
+  - type: slack
+    url: http://127.0.0.1:{hook_port}/slack/T000/B000/SLACKTOKEN
+  - type: discord
+    url: http://127.0.0.1:{hook_port}/discord/1234/DISCORDTOKEN
+    events: [deploy, rollback]
+  - type: email
+    smtp: 127.0.0.1:{smtp_port}
+    tls: none
+    from: dockfra@example.org
+    to: [ops@example.org, oncall@example.org]
+  - type: webhook
+    url: http://127.0.0.1:{hung_port}/hung/HUNGTOKEN
+  - type: webhook
+    url: http://127.0.0.1:{down_port}/down/DOWNTOKEN
+targets:
+  web:
+    host: 127.0.0.1
+    platform: ssh_raw
+    labels: {{ role: web }}
+    agent: {{ port: {agent_port} }}
+    config: {{ deploy_path: {d}/deploy }}
+  ghost:
+    host: 127.0.0.1
+    platform: ssh_raw
+    labels: {{ role: ghost }}
+    agent: {{ port: {down_port} }}
+    config: {{ deploy_path: {d}/deploy-ghost }}
+    notifications:
+      - type: webhook
+        url: http://127.0.0.1:{hook_port}/ghost-only
+        events: [wave]
+        failures_only: true
+"#
+        ),
+    );
+    w.write("project/app/index.html", "v1\n");
+    w.init("127.0.0.1:0");
+    let coord = w.serve_env(&[], &[("DOCKFRA_TEST_HOOK_SECRET", "s3cret")]);
+    let mut agent = Agent::new(&w, "web");
+    agent.listen = Some(format!("127.0.0.1:{agent_port}"));
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("web")).ok();
+    let _agent = agent.start(&w);
+
+    let hook = |path: &str, event: &str| -> Vec<serde_json::Value> {
+        lines(&hooks).into_iter().filter(|r| r["path"] == path && r["body"]["event"] == event).collect()
+    };
+    // A deploy: every channel hears of it, and the deploy does not wait for any of them.
+    let started = std::time::Instant::now();
+    let r = w.coord(&["deploy", "web", "--output", "json"]).ok();
+    let took = started.elapsed();
+    assert_eq!(r.json()["result"], "succeeded", "{}", r.stdout());
+    assert!(took < std::time::Duration::from_secs(8), "a hung receiver must not slow the deploy: {took:?}");
+    wait_until("the webhook to hear of the deploy", std::time::Duration::from_secs(20), || {
+        !hook("/hook", "deploy").is_empty()
+    });
+    let h = &hook("/hook", "deploy")[0];
+    assert_eq!((h["signed"].as_bool(), h["valid"].as_bool()), (Some(true), Some(true)), "a valid HMAC: {h:#}");
+    assert_eq!(h["event"], "deploy");
+    assert_eq!((h["body"]["target"].as_str(), h["body"]["result"].as_str()), (Some("web"), Some("succeeded")), "{h:#}");
+    assert_eq!(h["body"]["app"], "site");
+    assert_eq!(h["body"]["operator"], "admin");
+    // The receiver answered the first of the three requests 503: all three arriving proves
+    // that one was retried.
+    wait_until("slack and discord", std::time::Duration::from_secs(20), || {
+        lines(&hooks).iter().any(|r| r["path"].as_str().unwrap().starts_with("/slack/"))
+            && lines(&hooks).iter().any(|r| r["path"].as_str().unwrap().starts_with("/discord/"))
+    });
+    let all = lines(&hooks);
+    let slack = all.iter().find(|r| r["path"].as_str().unwrap().starts_with("/slack/")).unwrap();
+    assert!(slack["body"]["text"].as_str().unwrap().contains("deploy of site to web succeeded"), "{slack:#}");
+    assert!(!slack["signed"].as_bool().unwrap(), "only the generic webhook is signed");
+    let discord = all.iter().find(|r| r["path"].as_str().unwrap().starts_with("/discord/")).unwrap();
+    assert!(discord["body"]["content"].as_str().unwrap().contains("deploy of site to web succeeded"), "{discord:#}");
+    wait_until("the mail", std::time::Duration::from_secs(20), || !lines(&mails).is_empty());
+    let m = &lines(&mails)[0];
+    assert_eq!(m["from"], "dockfra@example.org");
+    assert_eq!(m["to"], serde_json::json!(["ops@example.org", "oncall@example.org"]));
+    let data = m["data"].as_str().unwrap();
+    assert!(data.contains("Subject: [dockfra] deploy of site to web succeeded"), "{data}");
+    assert!(data.contains("target:     web"), "{data}");
+
+    // A rollback.
+    w.write("project/app/index.html", "v2\n");
+    w.coord(&["deploy", "web"]).ok();
+    w.coord(&["rollback", "web"]).ok();
+    wait_until("the rollback's webhook", std::time::Duration::from_secs(20), || !hook("/hook", "rollback").is_empty());
+    assert_eq!(hook("/hook", "rollback")[0]["valid"], true);
+    wait_until("the rollback's mail", std::time::Duration::from_secs(20), || {
+        lines(&mails).iter().any(|m| m["data"].as_str().unwrap().contains("Subject: [dockfra] rollback of site to web"))
+    });
+
+    // A failed wave: the ghost target's agent is not there.
+    let fleet = w.coord(&["deploy", "-l", "role=ghost", "--output", "json"]);
+    assert_eq!(fleet.code(), 3, "{}{}", fleet.stdout(), fleet.stderr());
+    wait_until("the failed wave's webhook", std::time::Duration::from_secs(30), || !hook("/hook", "wave").is_empty());
+    let wave = &hook("/hook", "wave")[0];
+    assert_eq!(wave["body"]["result"], "failed", "{wave:#}");
+    assert_eq!(wave["body"]["failed"], serde_json::json!(["ghost"]));
+    assert_eq!(wave["valid"], true);
+    wait_until("the ghost's own failures-only hook", std::time::Duration::from_secs(20), || {
+        !hook("/ghost-only", "wave").is_empty()
+    });
+    assert!(hook("/ghost-only", "deploy").is_empty(), "it asked for waves only");
+    assert!(
+        !lines(&hooks)
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().starts_with("/discord/") && r["body"].to_string().contains("wave")),
+        "discord asked for deploys and rollbacks only"
+    );
+    wait_until("the wave's mail", std::time::Duration::from_secs(20), || {
+        lines(&mails).iter().any(|m| m["data"].as_str().unwrap().contains("wave 1/1 failed"))
+    });
+
+    // The receiver that is down is given up on, in the log, without its token.
+    wait_until("the down receiver to be given up", std::time::Duration::from_secs(40), || {
+        coord.log().contains("failed after 4 attempts")
+    });
+    let log = coord.log();
+    for token in ["DOWNTOKEN", "HUNGTOKEN", "SLACKTOKEN", "DISCORDTOKEN", "s3cret"] {
+        assert!(!log.contains(token), "the log repeats {token}:\n{log}");
+    }
+    assert!(log.contains(&format!("webhook http://127.0.0.1:{down_port}/…")), "{log}");
+    drop(hung);
+}

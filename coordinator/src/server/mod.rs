@@ -123,6 +123,8 @@ pub struct Inner {
     /// One push session at a time per agent (an agent hosting several apps takes their
     /// orders one after the other, in sequence order).
     agent_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deploys, rollbacks and waves announced (started on first use, on the runtime).
+    notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 /// Modification time and length: a cheap fingerprint of a project file.
@@ -166,6 +168,7 @@ impl Coordinator {
             deploying: Mutex::new(Default::default()),
             production,
             agent_gates: Mutex::new(Default::default()),
+            notifier: std::sync::OnceLock::new(),
         };
         // Fail at start-up, naming file/target/key, rather than on the first request.
         Projects::load(&inner.project_files)?;
@@ -380,6 +383,11 @@ impl Coordinator {
             if ev.r#final {
                 let status = if ev.result.is_empty() { "failed" } else { ev.result.as_str() };
                 let _ = store.update_deployment(&ev.deployment_id, status, &ev.message, true, ev.bytes_received);
+                if let Ok(Some(done)) = store.deployment(&ev.deployment_id) {
+                    let app = store.release(&done.bundle_id).ok().flatten().map(|r| r.app).unwrap_or_default();
+                    let channels = self.channels_of([target]);
+                    self.notify(channels, crate::notify::Notice::deployment(&done, &app));
+                }
             } else {
                 let status = if ev.retry { "retrying" } else { "running" };
                 let _ = store.update_deployment(&ev.deployment_id, status, &ev.message, false, ev.bytes_received);
@@ -398,6 +406,29 @@ impl Coordinator {
             });
         }
         true
+    }
+
+    /// The notifications of these targets: their projects' and their own, each once.
+    fn channels_of<'a>(&self, targets: impl IntoIterator<Item = &'a str>) -> Vec<dockfra_common::config::Notification> {
+        let Ok(projects) = self.projects() else { return Vec::new() };
+        let mut out: Vec<dockfra_common::config::Notification> = Vec::new();
+        for id in targets {
+            let Some((p, t)) = projects.target(id) else { continue };
+            for n in p.notifications.iter().chain(&t.notifications) {
+                if !out.contains(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Announce `notice` on `channels`, never waiting for it.
+    fn notify(&self, channels: Vec<dockfra_common::config::Notification>, notice: crate::notify::Notice) {
+        if channels.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        self.inner.notifier.get_or_init(crate::notify::Notifier::start).send(channels, notice);
     }
 
     /// End a deployment ourselves (a refusal up front, a supersession, an interruption).

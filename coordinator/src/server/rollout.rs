@@ -411,6 +411,43 @@ impl Coordinator {
         }
     }
 
+    /// Announce a wave's end: its targets, the failed ones, and what follows.
+    fn notify_wave(
+        &self,
+        id: &str,
+        operator: &str,
+        action: &str,
+        (wave, waves): (u32, u32),
+        members: &[String],
+        failed: &[String],
+    ) {
+        let ok = failed.is_empty();
+        let result = if ok { "succeeded" } else { "failed" };
+        let summary = format!("fleet {action} {id}: wave {}/{waves} {result}", wave + 1);
+        let mut details = vec![
+            format!("fleet:    {id} ({action})"),
+            format!("wave:     {}/{waves}", wave + 1),
+            format!("result:   {result}"),
+            format!("targets:  {}", members.join(", ")),
+            format!("operator: {operator}"),
+        ];
+        if !ok {
+            details.push(format!("failed:   {}", failed.join(", ")));
+            details.push("the later waves are not started".into());
+        }
+        let notice = crate::notify::Notice {
+            event: "wave".into(),
+            succeeded: ok,
+            payload: serde_json::json!({
+                "event": "wave", "result": result, "fleet": id, "action": action, "wave": wave + 1, "waves": waves,
+                "targets": members, "failed": failed, "operator": operator,
+            }),
+            summary,
+            details,
+        };
+        self.notify(self.channels_of(members.iter().map(String::as_str)), notice);
+    }
+
     async fn run_fleet(&self, id: &str) -> anyhow::Result<()> {
         let Some(row) = self.store().fleet(id)? else { anyhow::bail!("no fleet deploy {id}") };
         let spec: Spec = serde_json::from_str(&row.spec)?;
@@ -440,6 +477,7 @@ impl Coordinator {
             if failed.is_empty() && wave == 0 && spec.canary > 0 && waves > 1 {
                 failed = self.soak(&members, Duration::from_millis(spec.soak_ms)).await?;
             }
+            self.notify_wave(id, &row.operator, &spec.action, (wave, waves), &members, &failed);
             if !failed.is_empty() {
                 let rolled = if spec.auto_rollback && spec.action == "deploy" {
                     self.roll_wave_back(id, &row, &spec, &members, &failed).await?
