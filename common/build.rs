@@ -27,6 +27,7 @@ const API_MESSAGES: &[&str] = &[
     "CheckReport",
     "TargetCheck",
     "CheckItem",
+    "RollbackPlanList",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

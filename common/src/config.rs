@@ -2125,19 +2125,28 @@ mod tests {
         let good = "notifications:\n  - type: webhook\n    url: https://hooks.example.org/x?token=abc\n    secret_env: HOOK_SECRET\n  - type: email\n    smtp: mail.example.org\n    from: d@example.org\n    to: ops@example.org\n    username: d\n    password: pw\n    failures_only: true\n".to_string() + &one("platform: ssh_raw\nnotifications:\n  - {type: slack, url: 'http://127.0.0.1:9/s', events: [wave]}");
         let p = p(&good).unwrap();
         assert_eq!(p.notifications.len(), 2);
-        assert!(matches!(&p.notifications[0].channel, Channel::Webhook { secret: Some(SecretValue::Env(n)), .. } if n == "HOOK_SECRET"));
+        assert!(
+            matches!(&p.notifications[0].channel, Channel::Webhook { secret: Some(SecretValue::Env(n)), .. } if n == "HOOK_SECRET")
+        );
         assert_eq!(p.notifications[0].events, NOTIFY_EVENTS);
         assert!(matches!(&p.notifications[1].channel, Channel::Email { port: 587, tls: SmtpTls::StartTls, .. }));
         assert!(p.notifications[1].failures_only);
         assert_eq!(p.targets[0].notifications[0].events, ["wave"]);
         // Neither Debug nor the log's name of a channel shows a secret or a URL's path.
         let shown = format!("{:?}", p.notifications);
-        assert!(!shown.contains("abc") && !shown.contains("pw") && shown.contains("https://hooks.example.org/…"), "{shown}");
+        assert!(
+            !shown.contains("abc") && !shown.contains("pw") && shown.contains("https://hooks.example.org/…"),
+            "{shown}"
+        );
         let n = |body: &str| format!("notifications:\n  - {body}\n") + &one("platform: ssh_raw");
         bad(&n("{type: pager, url: 'http://x'}"), None, Some("notifications[0].type"));
         bad(&n("{type: webhook}"), None, Some("notifications[0].url"));
         bad(&n("{type: webhook, url: 'ftp://x/y'}"), None, Some("notifications[0].url"));
-        bad(&n("{type: webhook, url: 'http://x', secret: a, secret_env: B}"), None, Some("notifications[0].secret_env"));
+        bad(
+            &n("{type: webhook, url: 'http://x', secret: a, secret_env: B}"),
+            None,
+            Some("notifications[0].secret_env"),
+        );
         bad(&n("{type: slack, url: 'http://x', secret: a}"), None, Some("notifications[0].secret"));
         bad(&n("{type: webhook, url: 'http://x', events: [deploys]}"), None, Some("notifications[0].events"));
         bad(&n("{type: email, smtp: 'h:25', to: a@b}"), None, Some("notifications[0].from"));
@@ -2145,7 +2154,11 @@ mod tests {
         bad(&n("{type: email, smtp: h, from: 'a@b', to: 'not-an-address'}"), None, Some("notifications[0].to"));
         bad(&n("{type: email, smtp: h, from: a@b, to: a@b, password: x}"), None, Some("notifications[0].username"));
         bad(&n("{type: webhook, url: 'http://x', colour: red}"), None, Some("notifications[0].colour"));
-        bad(&(String::from("notifications: {type: webhook}\n") + &one("platform: ssh_raw")), None, Some("notifications"));
+        bad(
+            &(String::from("notifications: {type: webhook}\n") + &one("platform: ssh_raw")),
+            None,
+            Some("notifications"),
+        );
         bad(&one("platform: ssh_raw\nnotifications:\n  - {type: discord}"), Some("t1"), Some("notifications[0].url"));
         assert_eq!(redact_url("https://user:pw@hooks.slack.com/services/T/B/X"), "https://hooks.slack.com/…");
     }

@@ -149,12 +149,19 @@ pub enum Command {
     },
     /// Roll TARGET back to its previous release (or --to RELEASE). With --selector or --all:
     /// each target to its previous release, in waves.
+    #[command(
+        after_help = "See first what it would do (nothing is changed):\n  dockfra-coord rollback --plan edge-rpi3\n  dockfra-coord rollback --plan -l env=prod --output json"
+    )]
     Rollback {
         #[arg(required_unless_present_any = ["selector", "all"], conflicts_with_all = ["selector", "all"])]
         target: Option<String>,
         /// Release name (e.g. 3-1a2b3c4d5e6f) or bundle id; see `history`.
         #[arg(long, conflicts_with_all = ["selector", "all"])]
         to: Option<String>,
+        /// Say what the rollback would do (which release comes back, which services restart,
+        /// what stays) and change nothing.
+        #[arg(long)]
+        plan: bool,
         #[command(flatten)]
         fleet: FleetArgs,
         #[arg(long)]
@@ -1064,6 +1071,55 @@ async fn admin_command(
         Command::Deploy { target: None, fleet, version, output, .. } => {
             run_fleet(c, "deploy", &fleet, version.unwrap_or_default(), output, |_| {}).await
         }
+        Command::Rollback { target, to, fleet, plan: true, output, .. } => {
+            let req = proto::RollbackPlanRequest {
+                target: target.unwrap_or_default(),
+                to_release: to.unwrap_or_default(),
+                selector: fleet.selector.clone().unwrap_or_default(),
+                all: fleet.all,
+            };
+            let list = c.rollback_plan(req).await.map_err(status_err)?.into_inner();
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&list)?);
+                return Ok(exit::OK);
+            }
+            for p in &list.plans {
+                if p.release.is_empty() {
+                    println!("{}: cannot roll back: {}", p.target, p.blocked);
+                    continue;
+                }
+                println!(
+                    "{}: {} -> {} (version {}, {})",
+                    p.target,
+                    if p.current_release.is_empty() { "-" } else { &p.current_release },
+                    p.release,
+                    p.version,
+                    p.platform
+                );
+                if !p.blocked.is_empty() {
+                    println!("  blocked: {}", p.blocked);
+                }
+                println!(
+                    "  files: {} added, {} changed, {} removed, {} unchanged; {} bytes to move",
+                    p.files_added, p.files_changed, p.files_removed, p.files_unchanged, p.bytes_to_move
+                );
+                for f in &p.files {
+                    println!("    {:<8} {}", f.change, f.path);
+                }
+                for sv in &p.services {
+                    let image = if sv.old_image == sv.image || sv.old_image.is_empty() {
+                        sv.image.clone()
+                    } else {
+                        format!("{} -> {}", sv.old_image, sv.image)
+                    };
+                    println!("    service {:<10} {:<9} {image}", sv.service, sv.change);
+                }
+                for n in &p.notes {
+                    println!("  note: {n}");
+                }
+            }
+            Ok(exit::OK)
+        }
         Command::Rollback { target: None, fleet, output, .. } => {
             run_fleet(c, "rollback", &fleet, String::new(), output, |_| {}).await
         }
@@ -1086,7 +1142,7 @@ async fn admin_command(
             };
             follow(&target, stream.map_err(status_err)?.into_inner(), output).await
         }
-        Command::Rollback { target: Some(target), to, fleet, wait, timeout, output } => {
+        Command::Rollback { target: Some(target), to, fleet, wait, timeout, output, .. } => {
             fleet.only_one_target()?;
             let mut req = proto::RollbackRequest {
                 target: target.clone(),

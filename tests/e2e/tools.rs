@@ -473,3 +473,46 @@ targets:
     assert!(log.contains(&format!("webhook http://127.0.0.1:{down_port}/…")), "{log}");
     drop(hung);
 }
+
+/// `rollback --plan`: the release that would come back, what changes and what stays, and
+/// nothing done: the live release and the history are as they were.
+#[test]
+fn rollback_plan_says_what_would_come_back_and_changes_nothing() {
+    let w = World::new("rollback-plan");
+    let port = free_port();
+    crate::project(&w, port, "", "");
+    let (_coord, _agent, _run) = w.start_push("push", "edge-push", port);
+    // Nothing deployed yet: nothing to go back to.
+    let (code, none) = w.coord_json(&["rollback", "--plan", "edge-push", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert!(none["plans"][0]["blocked"].as_str().unwrap().contains("no previous release"), "{none:#}");
+    w.coord(&["deploy", "edge-push"]).ok();
+    let first = crate::current(&w, "deploy-push");
+    w.write("project/app/VERSION", "v2\n");
+    w.coord(&["deploy", "edge-push"]).ok();
+    let second = crate::current(&w, "deploy-push");
+    let history = w.coord(&["history", "edge-push", "--output", "json"]).ok().json();
+
+    let (code, r) = w.coord_json(&["rollback", "--plan", "edge-push", "--output", "json"]);
+    assert_eq!(code, 0, "{r:#}");
+    let p = &r["plans"][0];
+    let name = |path: &str| std::path::Path::new(path).file_name().unwrap().to_string_lossy().to_string();
+    assert_eq!(p["current_release"].as_str().unwrap(), name(&second), "{p:#}");
+    assert_eq!(p["release"].as_str().unwrap(), name(&first), "{p:#}");
+    assert_eq!(p["blocked"], "");
+    assert_eq!(p["files_changed"], 1, "{p:#}");
+    assert_eq!(p["files"][0]["path"], "VERSION");
+    assert_eq!(p["bytes_to_move"], 0, "the agent keeps the release: {p:#}");
+    assert!(p["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("swaps back")), "{p:#}");
+    // The table names both releases.
+    let table = w.coord(&["rollback", "--plan", "edge-push"]).ok().stdout();
+    assert!(table.contains(&format!("{} -> {}", name(&second), name(&first))), "{table}");
+    // No side effect.
+    assert_eq!(crate::current(&w, "deploy-push"), second);
+    assert_eq!(w.coord(&["history", "edge-push", "--output", "json"]).ok().json(), history);
+    // By selector, every matching target; a release of another target is refused with --all.
+    let (_, all) = w.coord_json(&["rollback", "--plan", "--all", "--output", "json"]);
+    assert_eq!(all["plans"].as_array().unwrap().len(), 3, "{all:#}");
+    let r = w.coord(&["rollback", "--plan", "-l", "env=nowhere"]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+}

@@ -424,6 +424,18 @@ impl admin_server::Admin for Coordinator {
         Ok(Response::new(self.deploy_test_of(&req.into_inner().target).await?))
     }
 
+    async fn rollback_plan(
+        &self,
+        req: Request<proto::RollbackPlanRequest>,
+    ) -> Result<Response<proto::RollbackPlanList>, Status> {
+        let this = self.clone();
+        let r = req.into_inner();
+        let plans = tokio::task::spawn_blocking(move || this.rollback_plans(&r))
+            .await
+            .map_err(|e| Status::internal(format!("plan task: {e}")))??;
+        Ok(Response::new(plans))
+    }
+
     async fn check(&self, req: Request<proto::CheckRequest>) -> Result<Response<proto::CheckReport>, Status> {
         Ok(Response::new(self.check_of(&req.into_inner()).await?))
     }

@@ -587,6 +587,44 @@ async fn check(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiR
     Ok(Json(c.check_of(&req).await?))
 }
 
+/// What a rollback would do (`dockfra-coord rollback --plan`): per target, the release that
+/// comes back, the files and services that change, what stays, and why it could not happen.
+#[utoipa::path(get, path = "/api/rollback-plan", tag = "deploy",
+    params(("target" = Option<String>, Query, description = "One target", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+        ("to" = Option<String>, Query, description = "With target: the release to go back to (default: the previous one)"),
+        ("selector" = Option<String>, Query, description = "The targets whose labels match (kubectl syntax)"),
+        ("all" = Option<bool>, Query, description = "Every target")),
+    responses((status = 200, body = proto::RollbackPlanList), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn rollback_plan(
+    State(c): State<Coordinator>,
+    _op: Operator,
+    q: QueryMap,
+) -> ApiResult<Json<proto::RollbackPlanList>> {
+    q.only(&["target", "to", "selector", "all"])?;
+    let all = match q.text("all")? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad(format!("all={other:?}: expected true or false"))),
+    };
+    let target = match q.text("target")? {
+        Some(t) => target_id(t)?.to_string(),
+        None => String::new(),
+    };
+    let req = proto::RollbackPlanRequest {
+        target,
+        to_release: q.text("to")?.unwrap_or("").to_string(),
+        selector: q.text("selector")?.unwrap_or("").to_string(),
+        all,
+    };
+    let this = c.clone();
+    let plans = tokio::task::spawn_blocking(move || this.rollback_plans(&req))
+        .await
+        .map_err(|e| ApiError::from(tonic::Status::internal(e.to_string())))??;
+    Ok(Json(plans))
+}
+
 /// Validate the served projects as `dockfra-coord validate` does: deploy-targets.yaml and,
 /// per target, its compose file; findings name file, targets, service and key.
 #[utoipa::path(get, path = "/api/validate", tag = "deploy",
@@ -1043,7 +1081,7 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
         get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
-        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env, check),
+        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env, check, rollback_plan),
     components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
@@ -1144,6 +1182,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/events", get(events))
         .route("/api/validate", get(validate))
         .route("/api/check", get(check))
+        .route("/api/rollback-plan", get(rollback_plan))
         .route("/metrics", get(metrics_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

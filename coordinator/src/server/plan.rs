@@ -201,6 +201,118 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// What a rollback would do on each target of `r`, without side effects.
+    pub(super) fn rollback_plans(&self, r: &proto::RollbackPlanRequest) -> Result<proto::RollbackPlanList> {
+        let projects = self.projects()?;
+        let ids: Vec<String> = if !r.target.is_empty() {
+            vec![self.target(&r.target)?.1.id]
+        } else if r.all || !r.selector.is_empty() {
+            let sel = (!r.selector.is_empty())
+                .then(|| dockfra_common::selector::Selector::parse(&r.selector))
+                .transpose()
+                .map_err(|e| CoordError::Invalid(e.to_string()))?;
+            let ids: Vec<String> = projects
+                .targets()
+                .filter(|(_, t)| sel.as_ref().is_none_or(|s| s.matches(&t.labels)))
+                .map(|(_, t)| t.id.clone())
+                .collect();
+            if ids.is_empty() {
+                return Err(CoordError::Precondition(format!("no target matches the selector {:?}", r.selector)));
+            }
+            ids
+        } else {
+            return Err(CoordError::Invalid("name a target, a selector, or all".into()));
+        };
+        if !r.to_release.is_empty() && ids.len() > 1 {
+            return Err(CoordError::Invalid("a release (--to) names one target's release: name the target".into()));
+        }
+        let plans = ids.iter().map(|id| self.rollback_plan(id, &r.to_release)).collect::<Result<Vec<_>>>()?;
+        Ok(proto::RollbackPlanList { plans })
+    }
+
+    fn rollback_plan(&self, target_id: &str, to: &str) -> Result<proto::DeployPlan> {
+        let (project, target) = self.target(target_id)?;
+        let status = self.target_status(&project, &target)?;
+        let mut plan = proto::DeployPlan {
+            target: target.id.clone(),
+            platform: target.platform.as_str().into(),
+            current_release: status.current_release.clone(),
+            current_version: status.current_version.clone(),
+            ..Default::default()
+        };
+        let to = if to.is_empty() { status.previous_release.clone() } else { to.to_string() };
+        if to.is_empty() {
+            plan.blocked = format!("{target_id} reports no previous release to roll back to; name one with --to");
+            return Ok(plan);
+        }
+        plan.release = to.clone();
+        let store = self.store();
+        let Some(row) = store.release_by_name(&target.id, &to)? else {
+            plan.blocked = format!("{target_id} has no release {to:?} this coordinator built (see `history`)");
+            return Ok(plan);
+        };
+        let current = if status.current_release.is_empty() {
+            None
+        } else {
+            store.release_by_name(&target.id, &status.current_release)?
+        };
+        drop(store);
+        let new = Manifest::parse(&row.manifest).map_err(CoordError::internal)?;
+        plan.version = new.version.clone();
+        let old = current.as_ref().map(|r| Manifest::parse(&r.manifest)).transpose().map_err(CoordError::internal)?;
+        if row.pruned_unix.is_some() {
+            plan.blocked = format!(
+                "release {to} was garbage-collected from the coordinator's store: it cannot be sent again (`dockfra-agent rollback` on the host can use a copy the agent kept)"
+            );
+        }
+        if status.current_release == to {
+            plan.notes.push(format!("{to} is already the current release: a rollback would change nothing"));
+        }
+        diff_files(old.as_ref(), &new, &mut plan);
+        let blobs = self.inner.state.blobs();
+        let rendered = |m: &Manifest| -> Option<Vec<u8>> {
+            let f = compose_file(&m.platform)?;
+            let entry = m.files.iter().find(|e| e.path == f)?;
+            let (_, mut fh) = builder::open_blob(&blobs, &entry.sha256).ok()?;
+            let mut bytes = Vec::new();
+            fh.read_to_end(&mut bytes).ok()?;
+            Some(bytes)
+        };
+        if compose_file(&new.platform).is_some() {
+            let new_services = rendered(&new).as_deref().map(services).unwrap_or_default();
+            let old_services = old.as_ref().and_then(rendered).as_deref().map(services).unwrap_or_default();
+            plan.services = diff_services(&old_services, &new_services);
+            let restart: Vec<&str> =
+                plan.services.iter().filter(|s| s.change == "changed").map(|s| s.service.as_str()).collect();
+            let stay: Vec<&str> =
+                plan.services.iter().filter(|s| s.change == "unchanged").map(|s| s.service.as_str()).collect();
+            if !restart.is_empty() {
+                plan.notes.push(format!("recreated with their old definition: {}", restart.join(", ")));
+            }
+            if !stay.is_empty() {
+                plan.notes.push(format!("left running as they are: {}", stay.join(", ")));
+            }
+        } else if let PlatformSpec::SshRaw(spec) = &new.platform {
+            match (&spec.service_name, spec.service_manager) {
+                (Some(name), m) if m != dockfra_common::config::ServiceManager::None => {
+                    plan.notes.push(format!("the `current` link swaps back, then {m} restarts {name}"))
+                }
+                _ => plan.notes.push("the `current` link swaps back; no service manager restarts anything".into()),
+            }
+        }
+        // The agent keeps its last releases: a kept one comes back without a transfer.
+        let kept = status.releases.iter().any(|r| r.name == to);
+        if kept {
+            plan.bytes_to_move = 0;
+            plan.notes.push(format!("the agent still has {to}: nothing is transferred"));
+        }
+        plan.changes = plan.files_added + plan.files_changed + plan.files_removed > 0
+            || plan.services.iter().any(|s| s.change != "unchanged");
+        Ok(plan)
+    }
+}
+
 /// A plan and the rendered compose files behind it (JSON, as the bundle carries them).
 #[derive(Default)]
 pub(super) struct PlanParts {
