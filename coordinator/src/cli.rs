@@ -64,6 +64,17 @@ pub enum Output {
     Json,
 }
 
+/// What `generate` writes.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Generated {
+    /// Caddyfile site blocks: a reverse proxy per service that publishes a host port.
+    Caddy,
+    /// systemd units for the ssh_raw targets' apps.
+    Systemd,
+    /// A minimal compose file (the target's resolved services, or a starter).
+    Compose,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a state dir: CA, coordinator certificate, bundle-signing key, SQLite store, and
@@ -343,6 +354,37 @@ Example:  dockfra-coord env --target prod-vps --root ./shop"
         root: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// Write files from the project: Caddyfile entries (a reverse proxy per published
+    /// service), systemd units for ssh_raw apps, a minimal compose file.
+    #[command(
+        after_help = "Examples:\n  dockfra-coord generate caddy --domain example.org >> /etc/caddy/Caddyfile\n  \
+dockfra-coord generate systemd --target edge-rpi3 --out ./units\n  \
+dockfra-coord generate compose --out compose.yaml      # a starter, for an app without one\n\
+Nothing is overwritten without --force."
+    )]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        /// Only this target (default: every target the kind applies to).
+        #[arg(long)]
+        target: Option<String>,
+        /// Project dir holding deploy-targets.yaml.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// caddy: sites are SERVICE.DOMAIN (SERVICE.TARGET.DOMAIN with several targets).
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// caddy: the host Caddy reaches the services on (default: 127.0.0.1, Caddy beside
+        /// the app, or the port's own host IP).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Write there instead of stdout (systemd: a directory, a unit file per target).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace files that exist.
+        #[arg(long)]
+        force: bool,
     },
     /// Check the project before a deploy, without dialing anything: deploy-targets.yaml, and
     /// per target the compose file resolved with its variables. Errors and warnings name the
@@ -749,6 +791,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Setup { dir, targets, platform, mode, os, labels, app, force, non_interactive } => {
             setup(&dir, &targets, platform, mode, os, &labels, app, force, non_interactive)
         }
+        Command::Generate { what, target, root, domain, upstream, out, force } => {
+            generate(what, target.as_deref(), &root, &domain, upstream.as_deref(), out.as_deref(), force)
+        }
         Command::Env { target, selector, root, output } => {
             env_command(&root, target.as_deref(), selector.as_deref(), output)
         }
@@ -806,6 +851,63 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
         eprintln!("warning: {w}");
     }
     Ok(project.to_yaml())
+}
+
+fn generate(
+    what: Generated,
+    target: Option<&str>,
+    root: &Path,
+    domain: &str,
+    upstream: Option<&str>,
+    out: Option<&Path>,
+    force: bool,
+) -> Result<u8> {
+    let p = config::load(&project_file(root)?)?;
+    let targets: Vec<&config::Target> = match target {
+        Some(t) => vec![p.target(t).with_context(|| format!("no target {t:?} in {}", p.file.display()))?],
+        None => p.targets.iter().collect(),
+    };
+    if domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
+        bail!("--domain {domain:?}: expected a domain name");
+    }
+    let write = |file: &Path, text: &str| -> Result<()> {
+        if file.exists() && !force {
+            bail!("{} exists: it is kept (run with --force to replace it)", file.display());
+        }
+        let tmp = file.with_extension("dockfra-tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+        eprintln!("wrote {}", file.display());
+        Ok(())
+    };
+    let text = match what {
+        Generated::Caddy => crate::generate::caddy(&p, &targets, domain, upstream)?,
+        Generated::Compose => crate::generate::compose_file(&p, target.and(targets.first().copied()))?,
+        Generated::Systemd => {
+            let units = crate::generate::systemd(&p, &targets)?;
+            match out {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    // All or nothing: check every file before writing one.
+                    if !force {
+                        if let Some((n, _)) = units.iter().find(|(n, _)| dir.join(n).exists()) {
+                            bail!("{} exists: nothing written (run with --force to replace it)", dir.join(n).display());
+                        }
+                    }
+                    for (name, text) in &units {
+                        write(&dir.join(name), text)?;
+                    }
+                    return Ok(exit::OK);
+                }
+                None => units.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n"),
+            }
+        }
+    };
+    match out {
+        Some(f) => write(f, &text)?,
+        None => write_stdout(text.as_bytes())?,
+    }
+    Ok(exit::OK)
 }
 
 fn env_command(root: &Path, target: Option<&str>, selector: Option<&str>, output: Output) -> Result<u8> {
@@ -1705,6 +1807,7 @@ async fn admin_command(
         | Command::Validate { .. }
         | Command::Setup { .. }
         | Command::Env { .. }
+        | Command::Generate { .. }
         | Command::Demo { .. }
         | Command::Completions { .. }
         | Command::Man { .. }

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod demo;
 pub mod envs;
 pub mod error;
+pub mod generate;
 pub mod notify;
 pub mod server;
 pub mod setup;

@@ -516,3 +516,83 @@ fn rollback_plan_says_what_would_come_back_and_changes_nothing() {
     let r = w.coord(&["rollback", "--plan", "-l", "env=nowhere"]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
 }
+
+/// `generate`: Caddyfile entries Caddy itself accepts (`caddy adapt`), systemd units that
+/// `systemd-analyze verify` accepts, and a starter compose file `validate` accepts; nothing
+/// overwritten without --force.
+#[test]
+fn generate_writes_caddy_systemd_and_compose_files_their_tools_accept() {
+    if Needs::new().tool("caddy", "Debian's caddy (scripts/setup)").tool("systemd-analyze", "Debian's systemd").unmet()
+    {
+        return;
+    }
+    let w = World::new("generate");
+    let d = w.dir.display();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            "app: {{ name: shop }}\ntargets:\n  vps:\n    platform: docker_compose\n  pi:\n    platform: docker_compose\n  edge:\n    platform: ssh_raw\n    user: root\n    config: {{ deploy_path: {d}/apps, service_manager: systemd, service_name: shop-edge }}\n"
+        ),
+    );
+    w.write(
+        "project/compose.yaml",
+        "services:\n  web:\n    image: nginx:1.27\n    ports: [\"8080:80\", \"8443:443\"]\n  api:\n    image: nginx:1.27\n    ports: [\"127.0.0.1:9000:9000\", \"5353:53/udp\"]\n  db:\n    image: postgres:16\n",
+    );
+    w.write("project/start", "#!/bin/sh\nexec sleep 1000\n");
+    sh(&format!("chmod +x {}/project/start", d));
+    let root = w.project.to_str().unwrap();
+
+    let caddyfile = w.coord(&["generate", "caddy", "--root", root, "--domain", "example.org"]).ok().stdout();
+    assert!(caddyfile.contains("web.vps.example.org {\n\treverse_proxy 127.0.0.1:8080\n}"), "{caddyfile}");
+    assert!(caddyfile.contains("web-8443.vps.example.org {"), "{caddyfile}");
+    assert!(caddyfile.contains("api.pi.example.org {\n\treverse_proxy 127.0.0.1:9000\n}"), "{caddyfile}");
+    assert!(
+        !caddyfile.contains("5353") && !caddyfile.contains("db."),
+        "UDP and unpublished services are not proxied:\n{caddyfile}"
+    );
+    let one =
+        w.coord(&["generate", "caddy", "--root", root, "--target", "vps", "--upstream", "127.0.0.2"]).ok().stdout();
+    assert!(one.contains("web.localhost {\n\treverse_proxy 127.0.0.2:8080\n}"), "{one}");
+    w.write("Caddyfile", &caddyfile);
+    let mut adapt = std::process::Command::new("caddy");
+    adapt.args(["adapt", "--adapter", "caddyfile", "--config"]).arg(w.path("Caddyfile"));
+    let r = run(adapt);
+    assert_eq!(r.code(), 0, "caddy adapt: {}", r.stderr());
+    assert!(r.stdout().contains("web.vps.example.org"), "{}", r.stdout());
+
+    let units = w.path("units");
+    w.coord(&["generate", "systemd", "--root", root, "--out", units.to_str().unwrap()]).ok();
+    let unit = std::fs::read_to_string(units.join("shop-edge.service")).unwrap();
+    assert!(unit.contains(&format!("WorkingDirectory={d}/apps/shop/current")), "{unit}");
+    assert!(unit.contains(&format!("ExecStart={d}/apps/shop/current/start")), "{unit}");
+    // As after a deploy: the release's start script in place.
+    std::fs::create_dir_all(w.path("apps/shop/current")).unwrap();
+    std::fs::copy(w.project.join("start"), w.path("apps/shop/current/start")).unwrap();
+    let mut verify = std::process::Command::new("systemd-analyze");
+    verify.arg("verify").arg(units.join("shop-edge.service"));
+    let r = run(verify);
+    assert_eq!(r.code(), 0, "systemd-analyze verify: {}{}", r.stdout(), r.stderr());
+    let again = w.coord(&["generate", "systemd", "--root", root, "--out", units.to_str().unwrap()]);
+    assert_eq!(again.code(), 1, "exists: {}", again.stderr());
+    w.coord(&["generate", "systemd", "--root", root, "--out", units.to_str().unwrap(), "--force"]).ok();
+    let r = w.coord(&["generate", "systemd", "--root", root, "--target", "vps"]);
+    assert!(r.stderr().contains("ssh_raw"), "{}", r.stderr());
+
+    // compose: the resolved services, and a starter for a static site.
+    let resolved = w.coord(&["generate", "compose", "--root", root, "--target", "pi"]).ok().stdout();
+    assert!(resolved.contains("web:") && resolved.contains("8080:80"), "{resolved}");
+    w.write(
+        "site/deploy-targets.yaml",
+        "app: {name: site}\ntargets:\n  local:\n    host: 127.0.0.1\n    platform: docker_compose\n",
+    );
+    w.write("site/index.html", "<h1>hi</h1>\n");
+    let site = w.path("site");
+    let out = site.join("compose.yaml");
+    w.coord(&["generate", "compose", "--root", site.to_str().unwrap(), "--out", out.to_str().unwrap()]).ok();
+    let (code, report) = w.coord_json(&["validate", "--root", site.to_str().unwrap(), "--output", "json"]);
+    assert_eq!((code, report["errors"].as_u64()), (0, Some(0)), "{report:#}");
+    let before = std::fs::read(&out).unwrap();
+    let r = w.coord(&["generate", "compose", "--root", site.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(r.code(), 1);
+    assert_eq!(std::fs::read(&out).unwrap(), before, "kept without --force");
+}
