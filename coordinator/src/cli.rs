@@ -244,6 +244,19 @@ pub enum Command {
     /// moves agents to a new binary in waves.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Write DEPLOYED.md: what runs where, since when, health, the previous release, who
+    /// deployed it (from the coordinator's records and its agents' last reports).
+    #[command(
+        after_help = "Examples:\n  dockfra-coord report                      # ./DEPLOYED.md\n  dockfra-coord report -l env=prod --out -  # to stdout"
+    )]
+    Report {
+        /// Only targets whose labels match (kubectl syntax).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        /// Where to write it (`-`: stdout).
+        #[arg(long, default_value = "DEPLOYED.md")]
+        out: PathBuf,
+    },
     /// Pre-flight for a deploy, through the agent's report of its host: free disk against the
     /// bundle, memory, host ports already taken, the runtime and its version, OS, driver.
     /// Builds nothing into the store and sends nothing.
@@ -1572,6 +1585,22 @@ async fn admin_command(
                     ("ARCH", "arch"),
                 ],
             );
+            Ok(exit::OK)
+        }
+        Command::Report { selector, out } => {
+            let r = c
+                .report(proto::TargetRequest { selector: selector.unwrap_or_default(), ..Default::default() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if out.as_os_str() == "-" {
+                write_stdout(r.markdown.as_bytes())?;
+            } else {
+                let tmp = out.with_extension("md.dockfra-tmp");
+                std::fs::write(&tmp, &r.markdown).with_context(|| format!("cannot write {}", tmp.display()))?;
+                std::fs::rename(&tmp, &out).with_context(|| format!("cannot write {}", out.display()))?;
+                println!("wrote {}", out.display());
+            }
             Ok(exit::OK)
         }
         Command::Check { target, selector, all, output } => {

@@ -515,6 +515,23 @@ fn rollback_plan_says_what_would_come_back_and_changes_nothing() {
     assert_eq!(all["plans"].as_array().unwrap().len(), 3, "{all:#}");
     let r = w.coord(&["rollback", "--plan", "-l", "env=nowhere"]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
+
+    // DEPLOYED.md: the live release, who deployed it, since when, the previous one.
+    let md_path = w.path("DEPLOYED.md");
+    w.coord(&["report", "--out", md_path.to_str().unwrap()]).ok();
+    let md = std::fs::read_to_string(&md_path).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| edge-push |")).unwrap_or_else(|| panic!("{md}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[2], "web", "{row}");
+    assert_eq!(cells[4], name(&second), "{row}");
+    assert_eq!(cells[6], "healthy", "{row}");
+    assert!(cells[7].ends_with(" UTC"), "{row}");
+    assert_eq!(cells[8], "admin", "{row}");
+    assert_eq!(cells[9], name(&first), "{row}");
+    assert!(md.lines().any(|l| l.starts_with("| edge-pull |") && l.contains("not deployed")), "{md}");
+    assert!(md.contains(&format!("`dockfra-coord rollback edge-push` brings back {}", name(&first))), "{md}");
+    let only = w.coord(&["report", "-l", "env=test", "--out", "-"]).ok().stdout();
+    assert!(only.contains("| edge-push |") && !only.contains("| edge-pull |"), "{only}");
 }
 
 /// `generate`: Caddyfile entries Caddy itself accepts (`caddy adapt`), systemd units that

@@ -424,6 +424,16 @@ impl admin_server::Admin for Coordinator {
         Ok(Response::new(self.deploy_test_of(&req.into_inner().target).await?))
     }
 
+    async fn report(&self, req: Request<proto::TargetRequest>) -> Result<Response<proto::ReportReply>, Status> {
+        let r = req.into_inner();
+        let sel = (!r.selector.is_empty())
+            .then(|| dockfra_common::selector::Selector::parse(&r.selector))
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let markdown = self.report_markdown(|l| sel.as_ref().is_none_or(|s| s.matches(l)))?;
+        Ok(Response::new(proto::ReportReply { markdown }))
+    }
+
     async fn rollback_plan(
         &self,
         req: Request<proto::RollbackPlanRequest>,

@@ -625,6 +625,24 @@ async fn rollback_plan(
     Ok(Json(plans))
 }
 
+/// DEPLOYED.md (`dockfra-coord report`): what runs where, since when, health, the previous
+/// release, who deployed it; Markdown.
+#[utoipa::path(get, path = "/api/report", tag = "targets",
+    params(("selector" = Option<String>, Query, description = "Only targets whose labels match (kubectl syntax)")),
+    responses((status = 200, description = "DEPLOYED.md", content_type = "text/markdown", body = String),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 500, body = ApiErrorBody)))]
+async fn report(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiResult<Response> {
+    q.only(&["selector"])?;
+    let selector = q
+        .text("selector")?
+        .map(dockfra_common::selector::Selector::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let md = c.report_markdown(|l| selector.as_ref().is_none_or(|s| s.matches(l)))?;
+    Ok(([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], md).into_response())
+}
+
 /// Validate the served projects as `dockfra-coord validate` does: deploy-targets.yaml and,
 /// per target, its compose file; findings name file, targets, service and key.
 #[utoipa::path(get, path = "/api/validate", tag = "deploy",
@@ -1081,7 +1099,7 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
         get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
-        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env, check, rollback_plan),
+        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env, check, rollback_plan, report),
     components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
@@ -1183,6 +1201,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/validate", get(validate))
         .route("/api/check", get(check))
         .route("/api/rollback-plan", get(rollback_plan))
+        .route("/api/report", get(report))
         .route("/metrics", get(metrics_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

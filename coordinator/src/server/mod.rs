@@ -46,6 +46,7 @@ mod layers;
 mod metrics;
 mod plan;
 mod push;
+mod report;
 mod rollout;
 mod upgrade;
 mod views;
