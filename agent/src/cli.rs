@@ -157,7 +157,15 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            use dockfra_common::diagnose::{self, Diagnosis};
+            let text = format!("{e:#}");
+            let d = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<std::io::Error>().and_then(diagnose::from_io))
+                .map(Diagnosis::of)
+                .or_else(|| diagnose::from_text(&text))
+                .unwrap_or_else(|| Diagnosis::of(diagnose::Category::Runtime));
+            eprintln!("error: {text}\n  category: {}\n  fix: {}", d.category, d.fix);
             ExitCode::from(1)
         }
     }

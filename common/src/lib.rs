@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod compose;
 pub mod config;
+pub mod diagnose;
 pub mod fault;
 pub mod identity;
 pub mod paths;

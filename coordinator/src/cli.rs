@@ -694,7 +694,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            print_error(&e);
             ExitCode::from(exit::ERROR)
         }
     }
@@ -1154,8 +1154,55 @@ pub async fn admin_client(
     Ok(AdminClient::new(ch).max_decoding_message_size(64 << 20))
 }
 
+/// A refusal or failure the coordinator answered with: its message, and its gRPC code for the
+/// category.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct RpcError {
+    code: tonic::Code,
+    message: String,
+}
+
 fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
+    RpcError { code: s.code(), message: s.message().to_string() }.into()
+}
+
+/// The category of an error and what to do about it: from its gRPC code, an I/O error's
+/// kind, a configuration error's type, else its text.
+pub fn diagnosis(e: &anyhow::Error) -> dockfra_common::diagnose::Diagnosis {
+    use dockfra_common::diagnose::{self, Category, Diagnosis};
+    let text = format!("{e:#}");
+    let by_text = diagnose::from_text(&text);
+    // A precise fix from the text, when it agrees with what the error's type says.
+    let with = |c: Category| match &by_text {
+        Some(d) if d.category == c => d.clone(),
+        _ => Diagnosis::of(c),
+    };
+    for cause in e.chain() {
+        if let Some(r) = cause.downcast_ref::<RpcError>() {
+            use tonic::Code::*;
+            return match r.code {
+                Unavailable | DeadlineExceeded => with(Category::Connectivity),
+                PermissionDenied | Unauthenticated => with(Category::Permission),
+                ResourceExhausted => with(Category::Resource),
+                InvalidArgument | NotFound | AlreadyExists | OutOfRange => with(Category::Configuration),
+                _ => by_text.clone().unwrap_or_else(|| Diagnosis::of(Category::Runtime)),
+            };
+        }
+        if cause.is::<config::ConfigError>() || cause.is::<dockfra_common::compose::ComposeError>() {
+            return with(Category::Configuration);
+        }
+        if let Some(c) = cause.downcast_ref::<std::io::Error>().and_then(diagnose::from_io) {
+            return with(c);
+        }
+    }
+    by_text.unwrap_or_else(|| Diagnosis::of(Category::Configuration))
+}
+
+/// `error: …`, then its category and the fix, on stderr.
+pub fn print_error(e: &anyhow::Error) {
+    let d = diagnosis(e);
+    eprintln!("error: {e:#}\n  category: {}\n  fix: {}", d.category, d.fix);
 }
 
 /// A private temp dir (0700) for this process.
@@ -2048,11 +2095,16 @@ pub async fn follow(target: &str, mut stream: tonic::Streaming<proto::DeployEven
     }
     let Some(ev) = last else { bail!("the coordinator closed the stream without a result") };
     if output == Output::Json {
-        println!(
-            "{}",
-            serde_json::json!({"target": target, "deployment_id": ev.deployment_id, "result": ev.result,
-                "release": ev.release, "message": ev.message, "bytes_received": ev.bytes_received})
-        );
+        let mut v = serde_json::json!({"target": target, "deployment_id": ev.deployment_id, "result": ev.result,
+            "release": ev.release, "message": ev.message, "bytes_received": ev.bytes_received});
+        if !matches!(ev.result.as_str(), "succeeded" | "queued") {
+            let d = dockfra_common::diagnose::from_text(&ev.message).unwrap_or_else(|| {
+                dockfra_common::diagnose::Diagnosis::of(dockfra_common::diagnose::Category::Runtime)
+            });
+            v["category"] = d.category.as_str().into();
+            v["fix"] = d.fix.into();
+        }
+        println!("{v}");
     }
     Ok(match ev.result.as_str() {
         "succeeded" => {
@@ -2074,6 +2126,10 @@ pub async fn follow(target: &str, mut stream: tonic::Streaming<proto::DeployEven
         other => {
             if output == Output::Table {
                 println!("{target}: {other}: {}", ev.message);
+                let d = dockfra_common::diagnose::from_text(&ev.message).unwrap_or_else(|| {
+                    dockfra_common::diagnose::Diagnosis::of(dockfra_common::diagnose::Category::Runtime)
+                });
+                println!("  category: {}\n  fix: {}", d.category, d.fix);
             }
             exit::DEPLOY_FAILED
         }

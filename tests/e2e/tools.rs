@@ -613,3 +613,27 @@ fn generate_writes_caddy_systemd_and_compose_files_their_tools_accept() {
     assert_eq!(r.code(), 1);
     assert_eq!(std::fs::read(&out).unwrap(), before, "kept without --force");
 }
+
+/// Errors that reach an operator carry a category and a fix: an unreachable coordinator is
+/// connectivity, a broken deploy-targets.yaml configuration, an unknown target (an answer of
+/// the coordinator) configuration too.
+#[test]
+fn errors_carry_a_category_and_a_fix() {
+    let w = World::new("categories");
+    w.init("127.0.0.1:0");
+    let r = w.coord(&["--coordinator", &format!("127.0.0.1:{}", free_port()), "status"]).fails();
+    assert!(r.stderr().contains("\n  category: connectivity\n  fix: "), "{}", r.stderr());
+    w.write("project/deploy-targets.yaml", "targets:\n  vps:\n    platform: docker_compose\n    colour: red\n");
+    let r = w.coord(&["env", "--root", w.project.to_str().unwrap()]).fails();
+    assert!(r.stderr().contains("colour") && r.stderr().contains("category: configuration"), "{}", r.stderr());
+    w.write("project/deploy-targets.yaml", "targets:\n  vps:\n    platform: ssh_raw\n");
+    let _coord = w.serve(&[]);
+    let r = w.coord(&["deploy", "nope"]).fails();
+    assert!(r.stderr().contains("\"nope\"") && r.stderr().contains("category: configuration"), "{}", r.stderr());
+    // The REST API's errors say the same.
+    let token = w.api_token();
+    let (status, body) = w.api("GET", "/api/deploy-targets/nope", Some(&token), None);
+    assert_eq!(status, 404);
+    assert_eq!(body["category"], "configuration", "{body:#}");
+    assert!(!body["fix"].as_str().unwrap().is_empty());
+}

@@ -48,6 +48,10 @@ pub struct ApiErrorBody {
     pub code: String,
     /// What went wrong and what to do, for a person.
     pub message: String,
+    /// What kind of failure: configuration, connectivity, permission, resource, runtime.
+    pub category: String,
+    /// What to do about it.
+    pub fix: String,
 }
 
 #[derive(Debug)]
@@ -102,7 +106,28 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, Json(ApiErrorBody { code: self.code.into(), message: self.message })).into_response();
+        use dockfra_common::diagnose::{self, Category, Diagnosis};
+        let by_code = match self.code {
+            "unauthenticated" | "permission_denied" => Some(Category::Permission),
+            "unavailable" | "deadline_exceeded" => Some(Category::Connectivity),
+            "too_many_requests" | "payload_too_large" => Some(Category::Resource),
+            "invalid_argument" | "not_found" | "method_not_allowed" | "conflict" => Some(Category::Configuration),
+            _ => None,
+        };
+        let by_text = diagnose::from_text(&self.message);
+        let d = match (by_code, by_text) {
+            (Some(c), Some(t)) if t.category == c => t,
+            (Some(c), _) => Diagnosis::of(c),
+            (None, Some(t)) => t,
+            (None, None) => Diagnosis::of(Category::Runtime),
+        };
+        let body = ApiErrorBody {
+            code: self.code.into(),
+            message: self.message,
+            category: d.category.to_string(),
+            fix: d.fix,
+        };
+        let mut r = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dockfra\""));
         }
