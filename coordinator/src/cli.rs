@@ -708,7 +708,11 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DOCKFRA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,dockfra_coord={level}")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(crate::progress::color())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub async fn run(cli: Cli) -> Result<u8> {
@@ -2010,6 +2014,7 @@ async fn run_fleet(
         );
     }
     let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+    let mut live = crate::progress::Live::new();
     let info = loop {
         let info =
             c.get_fleet_deploy(proto::FleetDeployId { id: info.id.clone() }).await.map_err(status_err)?.into_inner();
@@ -2018,16 +2023,31 @@ async fn run_fleet(
                 if seen.get(&t.target) != Some(&t.status) {
                     seen.insert(t.target.clone(), t.status.clone());
                     if t.status != "planned" {
-                        eprintln!("[wave {}] {:<20} {:<10} {}", t.wave + 1, t.target, t.status, t.reason);
+                        live.line(&format!("[wave {}] {:<20} {:<10} {}", t.wave + 1, t.target, t.status, t.reason));
                     }
                 }
             }
+            let ended = |s: &str| !matches!(s, "planned" | "running" | "queued" | "deploying");
+            let done = info.targets.iter().filter(|t| ended(&t.status)).count();
+            let failed = info.targets.iter().filter(|t| t.status == "failed").count();
+            live.status(format!(
+                "fleet {action} {}: wave {}/{} {} {done}/{} targets done, {failed} failed",
+                info.id,
+                (info.wave + 1).min(info.waves.max(1)),
+                info.waves,
+                crate::progress::bar(done, info.targets.len(), 20),
+                info.targets.len()
+            ));
         }
         if info.status != "running" {
             break info;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(125)).await;
+            live.draw();
+        }
     };
+    live.finish();
     print_fleet(&info, output)?;
     Ok(if info.status == "succeeded" { exit::OK } else { exit::DEPLOY_FAILED })
 }
@@ -2082,10 +2102,31 @@ fn json<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Re
 /// Follow a deploy's events; the exit code says whether it ended live and healthy.
 pub async fn follow(target: &str, mut stream: tonic::Streaming<proto::DeployEvent>, output: Output) -> Result<u8> {
     let mut last: Option<proto::DeployEvent> = None;
-    while let Some(ev) = stream.next().await {
-        let ev = ev.map_err(status_err)?;
-        if output == Output::Table {
-            eprintln!("[{target}] {:<13} {}", ev.phase, ev.message);
+    let mut live = crate::progress::Live::new();
+    let table = output == Output::Table;
+    if table {
+        live.status(format!("[{target}] building and sending the bundle"));
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(120));
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => match ev {
+                Some(ev) => ev.map_err(status_err)?,
+                None => break,
+            },
+            _ = tick.tick(), if table && live.is_live() => {
+                live.draw();
+                continue;
+            }
+        };
+        if table {
+            live.line(&format!("[{target}] {:<13} {}", ev.phase, ev.message));
+            let moved = if ev.bytes_received > 0 {
+                format!(" · {} received", crate::progress::human(ev.bytes_received))
+            } else {
+                String::new()
+            };
+            live.status(format!("[{target}] {}{moved}", ev.phase));
         }
         let done = ev.r#final;
         last = Some(ev);
@@ -2093,6 +2134,7 @@ pub async fn follow(target: &str, mut stream: tonic::Streaming<proto::DeployEven
             break;
         }
     }
+    live.finish();
     let Some(ev) = last else { bail!("the coordinator closed the stream without a result") };
     if output == Output::Json {
         let mut v = serde_json::json!({"target": target, "deployment_id": ev.deployment_id, "result": ev.result,

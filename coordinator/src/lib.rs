@@ -11,6 +11,7 @@ pub mod envs;
 pub mod error;
 pub mod generate;
 pub mod notify;
+pub mod progress;
 pub mod server;
 pub mod setup;
 pub mod state;

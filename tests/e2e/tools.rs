@@ -637,3 +637,48 @@ fn errors_carry_a_category_and_a_fix() {
     assert_eq!(body["category"], "configuration", "{body:#}");
     assert!(!body["fix"].as_str().unwrap().is_empty());
 }
+
+/// On a terminal (a pty from `script`), a deploy and a fleet deploy redraw a status line in
+/// place; with NO_COLOR, nothing is colored; in a pipe, plain lines only.
+#[test]
+fn progress_is_live_on_a_terminal_and_plain_in_a_pipe() {
+    if Needs::new().tool("script", "Debian's bsdutils").unmet() {
+        return;
+    }
+    let w = World::new("progress");
+    let port = free_port();
+    crate::project(&w, port, "", "");
+    let (_coord, _agent, _run) = w.start_push("push", "edge-push", port);
+    let on_tty = |args: &str| -> String {
+        let cmd = format!("{} --state-dir {} {args}", bin("dockfra-coord").display(), w.coord_state.display());
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).env("NO_COLOR", "1").env("DOCKFRA_LOG", "info");
+        let r = run(c);
+        assert_eq!(r.code(), 0, "{}{}", r.stdout(), r.stderr());
+        r.stdout()
+    };
+    let out = on_tty("deploy edge-push");
+    assert!(out.contains("\r\x1b[2K[edge-push]"), "a status line redrawn in place: {out:?}");
+    assert!(out.contains("is live and healthy"), "{out:?}");
+    let sgr = |s: &str| {
+        s.split("\x1b[")
+            .skip(1)
+            .any(|rest| rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';').starts_with('m'))
+    };
+    assert!(!sgr(&out), "NO_COLOR: no color codes: {out:?}");
+    w.write("project/app/VERSION", "v2\n");
+    let fleet = on_tty("deploy -l env=test");
+    assert!(fleet.contains("targets done") && fleet.contains("[####################]"), "{fleet:?}");
+    // The audit trail has the wave's end, with who ran it.
+    let events = w.coord(&["events", "--output", "json"]).ok().json();
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["kind"] == "fleet-wave"
+            && e["message"].as_str().unwrap().contains("wave 1/1 succeeded")
+            && e["operator"] == "admin"),
+        "{events:#}"
+    );
+    // In a pipe: the same steps as plain lines, nothing redrawn.
+    w.write("project/app/VERSION", "v3\n");
+    let r = w.coord(&["deploy", "edge-push"]).ok();
+    assert!(!r.stderr().contains('\r') && r.stderr().contains("[edge-push]"), "{:?}", r.stderr());
+}

@@ -411,7 +411,7 @@ impl Coordinator {
         }
     }
 
-    /// Announce a wave's end: its targets, the failed ones, and what follows.
+    /// Record and announce a wave's end: its targets, the failed ones, and what follows.
     fn notify_wave(
         &self,
         id: &str,
@@ -435,6 +435,9 @@ impl Coordinator {
             details.push(format!("failed:   {}", failed.join(", ")));
             details.push("the later waves are not started".into());
         }
+        // The audit trail has every wave's end, as it has the fleet deploy's start and end.
+        let trail = if ok { summary.clone() } else { format!("{summary} (failed: {})", failed.join(", ")) };
+        let _ = self.store().event_by("-", "fleet-wave", &trail, operator);
         let notice = crate::notify::Notice {
             event: "wave".into(),
             succeeded: ok,
