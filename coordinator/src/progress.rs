@@ -70,7 +70,7 @@ impl Default for Live {
 
 /// `[#####-----]`, `done` of `total`.
 pub fn bar(done: usize, total: usize, width: usize) -> String {
-    let filled = if total == 0 { width } else { (done * width / total).min(width) };
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
