@@ -515,7 +515,11 @@ pub enum FleetCmd {
         output: Output,
     },
     /// Stop a running fleet deploy: orders already given run on, no further target is ordered.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -543,7 +547,11 @@ pub enum OperatorCmd {
     },
     /// Revoke NAME's credential (effective at its next call) and its API tokens. The last
     /// active operator cannot be revoked.
-    Revoke { name: String },
+    Revoke {
+        name: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print a bearer token for the REST API and the dashboard, bound to the operator the CLI
     /// acts as (--operator). Revoking the operator ends its tokens.
     #[command(
@@ -556,6 +564,8 @@ pub enum OperatorCmd {
         /// What it is for (recorded in the audit trail).
         #[arg(long, default_value = "")]
         label: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Every API token: id, operator, label, expiry, whether revoked (never the secret).
     Tokens {
@@ -563,16 +573,26 @@ pub enum OperatorCmd {
         output: Output,
     },
     /// Revoke one API token by its id (`operator tokens`), leaving its operator's others.
-    RevokeToken { id: String },
+    RevokeToken {
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SigningKeyCmd {
     /// The current key's fingerprint and the rotation history.
-    Show,
+    Show {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Replace the key. The old key signs the new one over; agents accept the new key only
     /// through that statement, at their next order. The old private key is destroyed.
-    Rotate,
+    Rotate {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -584,6 +604,8 @@ pub enum TokenCmd {
         target: String,
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
     },
 }
 
@@ -1225,13 +1247,20 @@ async fn admin_command(
     state: &StateDir,
 ) -> Result<u8> {
     match cmd {
-        Command::Token(TokenCmd::Create { target, ttl }) => {
+        Command::Token(TokenCmd::Create { target, ttl, output }) => {
             let r = c
-                .create_token(proto::CreateTokenRequest { target, ttl_ms: ttl.as_millis() as u64 })
+                .create_token(proto::CreateTokenRequest { target: target.clone(), ttl_ms: ttl.as_millis() as u64 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            println!("{}", r.token);
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({"agent": target, "token": r.token, "ttl_ms": ttl.as_millis() as u64})
+                );
+            } else {
+                println!("{}", r.token);
+            }
             Ok(exit::OK)
         }
         Command::Deploy { target: None, fleet, version, output, .. } => {
@@ -1353,8 +1382,12 @@ async fn admin_command(
             );
             Ok(exit::OK)
         }
-        Command::Fleet(FleetCmd::Cancel { id }) => {
+        Command::Fleet(FleetCmd::Cancel { id, output }) => {
             let info = c.cancel_fleet_deploy(proto::FleetDeployId { id }).await.map_err(status_err)?.into_inner();
+            if output == Output::Json {
+                print_fleet(&info, output)?;
+                return Ok(exit::OK);
+            }
             println!("fleet deploy {} cancelled; targets not ordered yet are skipped", info.id);
             Ok(exit::OK)
         }
@@ -1613,8 +1646,12 @@ async fn admin_command(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        Command::Agents { cmd: Some(AgentsCmd::Revoke { target }), .. } => {
+        Command::Agents { cmd: Some(AgentsCmd::Revoke { target }), output } => {
             let v = json(c.revoke_agent(proto::TargetRequest { target: target.clone(), ..Default::default() }).await)?;
+            if output == Output::Json {
+                println!("{v}");
+                return Ok(exit::OK);
+            }
             println!("revoked agent {}; its next call is refused", v["target"].as_str().unwrap_or(&target));
             Ok(exit::OK)
         }
@@ -1783,12 +1820,19 @@ async fn admin_command(
             );
             Ok(exit::OK)
         }
-        Command::Operator(OperatorCmd::Token { ttl, label }) => {
+        Command::Operator(OperatorCmd::Token { ttl, label, output }) => {
             let r = c
                 .create_api_token(proto::ApiTokenRequest { ttl_secs: ttl.as_secs(), label })
                 .await
                 .map_err(status_err)?
                 .into_inner();
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": r.id, "operator": r.operator, "expires_unix": r.expires_unix, "token": r.token})
+                );
+                return Ok(exit::OK);
+            }
             eprintln!("API token {} for operator {} (expires at {}): shown once", r.id, r.operator, r.expires_unix);
             println!("{}", r.token);
             Ok(exit::OK)
@@ -1811,23 +1855,41 @@ async fn admin_command(
             );
             Ok(exit::OK)
         }
-        Command::Operator(OperatorCmd::RevokeToken { id }) => {
-            c.revoke_api_token(proto::ApiTokenId { id: id.clone() }).await.map_err(status_err)?;
+        Command::Operator(OperatorCmd::RevokeToken { id, output }) => {
+            let v = json(c.revoke_api_token(proto::ApiTokenId { id: id.clone() }).await)?;
+            if output == Output::Json {
+                println!("{v}");
+                return Ok(exit::OK);
+            }
             println!("revoked API token {id}; its next request is refused");
             Ok(exit::OK)
         }
-        Command::Operator(OperatorCmd::Revoke { name }) => {
-            c.revoke_operator(proto::OperatorRequest { name: name.clone() }).await.map_err(status_err)?;
+        Command::Operator(OperatorCmd::Revoke { name, output }) => {
+            let r = c
+                .revoke_operator(proto::OperatorRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if output == Output::Json {
+                println!("{}", serde_json::json!({"operator": r.name, "revoked": true}));
+                return Ok(exit::OK);
+            }
             println!("revoked operator {name}; its next call is refused");
             Ok(exit::OK)
         }
         Command::SigningKey(cmd) => {
-            let r = match cmd {
-                SigningKeyCmd::Show => c.signing_key(proto::Empty {}).await,
-                SigningKeyCmd::Rotate => c.rotate_signing_key(proto::Empty {}).await,
+            let (r, output) = match cmd {
+                SigningKeyCmd::Show { output } => (c.signing_key(proto::Empty {}).await, output),
+                SigningKeyCmd::Rotate { output } => (c.rotate_signing_key(proto::Empty {}).await, output),
+            };
+            let r = r.map_err(status_err)?.into_inner();
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({"fingerprint": r.fingerprint, "rotations": r.rotations, "history": r.history})
+                );
+                return Ok(exit::OK);
             }
-            .map_err(status_err)?
-            .into_inner();
             println!("signing key {} ({} rotation(s))", r.fingerprint, r.rotations);
             println!("history: {}", r.history.join(" -> "));
             Ok(exit::OK)

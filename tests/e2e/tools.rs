@@ -682,3 +682,26 @@ fn progress_is_live_on_a_terminal_and_plain_in_a_pipe() {
     let r = w.coord(&["deploy", "edge-push"]).ok();
     assert!(!r.stderr().contains('\r') && r.stderr().contains("[edge-push]"), "{:?}", r.stderr());
 }
+
+/// `--output json` on the actions too: join tokens, API tokens and their revocation, the
+/// signing key.
+#[test]
+fn actions_speak_json_too() {
+    let w = World::new("json-actions");
+    w.write("project/deploy-targets.yaml", "targets:\n  vps:\n    platform: ssh_raw\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let (code, t) = w.coord_json(&["token", "create", "vps", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(t["agent"], "vps");
+    assert!(t["token"].as_str().unwrap().len() > 20, "{t:#}");
+    let (_, api) = w.coord_json(&["operator", "token", "--label", "ci", "--output", "json"]);
+    let id = api["id"].as_str().unwrap().to_string();
+    assert_eq!(api["operator"], "admin");
+    let (code, revoked) = w.coord_json(&["operator", "revoke-token", &id, "--output", "json"]);
+    assert_eq!(code, 0, "{revoked:#}");
+    assert_eq!(revoked["id"], id.as_str());
+    let (_, key) = w.coord_json(&["signing-key", "show", "--output", "json"]);
+    assert!(key["fingerprint"].as_str().is_some_and(|f| !f.is_empty()), "{key:#}");
+    assert_eq!(key["rotations"], 0);
+}
