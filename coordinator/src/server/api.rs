@@ -321,6 +321,20 @@ impl QueryMap {
         }
     }
     /// A parameter's value; present but empty is an error (say it, or leave it out).
+    /// `target=ID` (checked) and `all=true|false`, as the many-target tools take them.
+    fn target_or_all(&self) -> ApiResult<(String, bool)> {
+        let all = match self.text("all")? {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(ApiError::bad(format!("all={other:?}: expected true or false"))),
+        };
+        let target = match self.text("target")? {
+            Some(t) => target_id(t)?.to_string(),
+            None => String::new(),
+        };
+        Ok((target, all))
+    }
+
     fn text(&self, key: &str) -> ApiResult<Option<&str>> {
         match self.0.get(key).map(String::as_str) {
             Some("") => Err(ApiError::bad(format!("{key}= is empty: give a value or leave it out"))),
@@ -599,15 +613,7 @@ async fn target_env(
         (status = 500, body = ApiErrorBody)))]
 async fn check(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiResult<Json<proto::CheckReport>> {
     q.only(&["target", "selector", "all"])?;
-    let all = match q.text("all")? {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => return Err(ApiError::bad(format!("all={other:?}: expected true or false"))),
-    };
-    let target = match q.text("target")? {
-        Some(t) => target_id(t)?.to_string(),
-        None => String::new(),
-    };
+    let (target, all) = q.target_or_all()?;
     let req = proto::CheckRequest { target, selector: q.text("selector")?.unwrap_or("").to_string(), all };
     Ok(Json(c.check_of(&req).await?))
 }
@@ -628,15 +634,7 @@ async fn rollback_plan(
     q: QueryMap,
 ) -> ApiResult<Json<proto::RollbackPlanList>> {
     q.only(&["target", "to", "selector", "all"])?;
-    let all = match q.text("all")? {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => return Err(ApiError::bad(format!("all={other:?}: expected true or false"))),
-    };
-    let target = match q.text("target")? {
-        Some(t) => target_id(t)?.to_string(),
-        None => String::new(),
-    };
+    let (target, all) = q.target_or_all()?;
     let req = proto::RollbackPlanRequest {
         target,
         to_release: q.text("to")?.unwrap_or("").to_string(),

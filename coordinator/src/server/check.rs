@@ -10,6 +10,7 @@ use serde_json::Value as J;
 use tonic::Status;
 
 use super::{facts_json, status_json, views, Coordinator};
+use crate::progress::human;
 
 const OK: &str = "ok";
 const WARN: &str = "warn";
@@ -41,27 +42,7 @@ fn worst<'a>(results: impl Iterator<Item = &'a str>) -> String {
 
 impl Coordinator {
     pub(super) async fn check_of(&self, r: &proto::CheckRequest) -> Result<proto::CheckReport, Status> {
-        let projects = self.projects()?;
-        let ids: Vec<String> = if !r.target.is_empty() {
-            let (_, t) = self.target(&r.target)?;
-            vec![t.id]
-        } else if r.all || !r.selector.is_empty() {
-            let sel = (!r.selector.is_empty())
-                .then(|| dockfra_common::selector::Selector::parse(&r.selector))
-                .transpose()
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let ids: Vec<String> = projects
-                .targets()
-                .filter(|(_, t)| sel.as_ref().is_none_or(|s| s.matches(&t.labels)))
-                .map(|(_, t)| t.id.clone())
-                .collect();
-            if ids.is_empty() {
-                return Err(Status::failed_precondition(format!("no target matches the selector {:?}", r.selector)));
-            }
-            ids
-        } else {
-            return Err(Status::invalid_argument("name a target, a selector, or all"));
-        };
+        let ids = self.select_targets(&r.target, &r.selector, r.all)?;
         let mut targets = Vec::new();
         for id in ids {
             targets.push(self.check_target(&id).await?);
@@ -438,21 +419,6 @@ fn ports_check(compose: &serde_yaml_ng::Value, old: Option<&serde_yaml_ng::Value
             "resource",
             "stop what holds them (`ss -lntup` on the host), or publish the services on other host ports",
         )
-    }
-}
-
-fn human(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

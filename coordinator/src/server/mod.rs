@@ -409,6 +409,30 @@ impl Coordinator {
         true
     }
 
+    /// The targets a many-target tool names: one (checked), those a selector matches, or all.
+    fn select_targets(&self, target: &str, selector: &str, all: bool) -> Result<Vec<String>> {
+        if !target.is_empty() {
+            return Ok(vec![self.target(target)?.1.id]);
+        }
+        if !all && selector.is_empty() {
+            return Err(CoordError::Invalid("name a target, a selector, or all".into()));
+        }
+        let sel = (!selector.is_empty())
+            .then(|| dockfra_common::selector::Selector::parse(selector))
+            .transpose()
+            .map_err(|e| CoordError::Invalid(e.to_string()))?;
+        let ids: Vec<String> = self
+            .projects()?
+            .targets()
+            .filter(|(_, t)| sel.as_ref().is_none_or(|s| s.matches(&t.labels)))
+            .map(|(_, t)| t.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Err(CoordError::Precondition(format!("no target matches the selector {selector:?}")));
+        }
+        Ok(ids)
+    }
+
     /// The notifications of these targets: their projects' and their own, each once.
     fn channels_of<'a>(&self, targets: impl IntoIterator<Item = &'a str>) -> Vec<dockfra_common::config::Notification> {
         let Ok(projects) = self.projects() else { return Vec::new() };

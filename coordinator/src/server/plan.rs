@@ -173,14 +173,7 @@ impl Coordinator {
         let mut parts = PlanParts::default();
         if let Some(file) = compose_file(&new.platform) {
             parts.compose = built.rendered.iter().find(|(p, _)| p == file).map(|(_, b)| b.clone());
-            parts.old_compose = old.as_ref().and_then(|m| {
-                let f = compose_file(&m.platform)?;
-                let entry = m.files.iter().find(|e| e.path == f)?;
-                let (_, mut fh) = builder::open_blob(&blobs, &entry.sha256).ok()?;
-                let mut bytes = Vec::new();
-                fh.read_to_end(&mut bytes).ok()?;
-                Some(bytes)
-            });
+            parts.old_compose = old.as_ref().and_then(|m| rendered_compose(&blobs, m));
             let new_services = parts.compose.as_deref().map(services).unwrap_or_default();
             let old_services = parts.old_compose.as_deref().map(services).unwrap_or_default();
             plan.services = diff_services(&old_services, &new_services);
@@ -204,26 +197,7 @@ impl Coordinator {
 impl Coordinator {
     /// What a rollback would do on each target of `r`, without side effects.
     pub(super) fn rollback_plans(&self, r: &proto::RollbackPlanRequest) -> Result<proto::RollbackPlanList> {
-        let projects = self.projects()?;
-        let ids: Vec<String> = if !r.target.is_empty() {
-            vec![self.target(&r.target)?.1.id]
-        } else if r.all || !r.selector.is_empty() {
-            let sel = (!r.selector.is_empty())
-                .then(|| dockfra_common::selector::Selector::parse(&r.selector))
-                .transpose()
-                .map_err(|e| CoordError::Invalid(e.to_string()))?;
-            let ids: Vec<String> = projects
-                .targets()
-                .filter(|(_, t)| sel.as_ref().is_none_or(|s| s.matches(&t.labels)))
-                .map(|(_, t)| t.id.clone())
-                .collect();
-            if ids.is_empty() {
-                return Err(CoordError::Precondition(format!("no target matches the selector {:?}", r.selector)));
-            }
-            ids
-        } else {
-            return Err(CoordError::Invalid("name a target, a selector, or all".into()));
-        };
+        let ids = self.select_targets(&r.target, &r.selector, r.all)?;
         if !r.to_release.is_empty() && ids.len() > 1 {
             return Err(CoordError::Invalid("a release (--to) names one target's release: name the target".into()));
         }
@@ -271,14 +245,7 @@ impl Coordinator {
         }
         diff_files(old.as_ref(), &new, &mut plan);
         let blobs = self.inner.state.blobs();
-        let rendered = |m: &Manifest| -> Option<Vec<u8>> {
-            let f = compose_file(&m.platform)?;
-            let entry = m.files.iter().find(|e| e.path == f)?;
-            let (_, mut fh) = builder::open_blob(&blobs, &entry.sha256).ok()?;
-            let mut bytes = Vec::new();
-            fh.read_to_end(&mut bytes).ok()?;
-            Some(bytes)
-        };
+        let rendered = |m: &Manifest| rendered_compose(&blobs, m);
         if compose_file(&new.platform).is_some() {
             let new_services = rendered(&new).as_deref().map(services).unwrap_or_default();
             let old_services = old.as_ref().and_then(rendered).as_deref().map(services).unwrap_or_default();
@@ -311,6 +278,16 @@ impl Coordinator {
             || plan.services.iter().any(|s| s.change != "unchanged");
         Ok(plan)
     }
+}
+
+/// The compose file a stored release renders (from the blob store), if it has one.
+fn rendered_compose(blobs: &std::path::Path, m: &Manifest) -> Option<Vec<u8>> {
+    let f = compose_file(&m.platform)?;
+    let entry = m.files.iter().find(|e| e.path == f)?;
+    let (_, mut fh) = builder::open_blob(blobs, &entry.sha256).ok()?;
+    let mut bytes = Vec::new();
+    fh.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// A plan and the rendered compose files behind it (JSON, as the bundle carries them).
