@@ -428,8 +428,9 @@ pub async fn push_server(
         let (renewed_tx, renewed_rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
         let renewer = tokio::spawn(async move {
+            // Checked at once, then every 5 s: an agent that starts late in its certificate's
+            // life (a slow start, a long stop) renews before it runs out.
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
                 match renew_if_due(&st).await {
                     Ok(true) => {
                         let _ = renewed_tx.send(());
@@ -438,6 +439,7 @@ pub async fn push_server(
                     Ok(false) => {}
                     Err(e) => tracing::warn!("renewal: {e:#}"),
                 }
+                tokio::time::sleep(Duration::from_secs(5)).await;
             }
         });
         let mut stop2 = stop.clone();

@@ -127,12 +127,17 @@ async fn demo(base: &Path) -> Result<u8> {
             .kill_on_drop(true)
             .spawn()?,
     );
-    // Wait for the push endpoint.
-    for _ in 0..100 {
+    // Wait for the push endpoint (the agent detects its runtimes first: seconds on a busy host).
+    let mut listening = false;
+    for _ in 0..1200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            listening = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !listening {
+        bail!("the demo's agent did not listen on 127.0.0.1:{port} within 60 s");
     }
 
     let mut code = 0;

@@ -532,6 +532,24 @@ fn rollback_plan_says_what_would_come_back_and_changes_nothing() {
     assert!(md.contains(&format!("`dockfra-coord rollback edge-push` brings back {}", name(&first))), "{md}");
     let only = w.coord(&["report", "-l", "env=test", "--out", "-"]).ok().stdout();
     assert!(only.contains("| edge-push |") && !only.contains("| edge-pull |"), "{only}");
+
+    // The same tools over the REST API.
+    let token = w.api_token();
+    let (status, md) = w.api("GET", "/api/report?selector=env%3Dtest", Some(&token), None);
+    assert_eq!(status, 200);
+    assert!(md.as_str().unwrap().contains("| edge-push |"), "{md}");
+    let (status, plans) = w.api("GET", "/api/rollback-plan?target=edge-push", Some(&token), None);
+    assert_eq!(status, 200);
+    assert_eq!(plans["plans"][0]["release"].as_str().unwrap(), name(&first), "{plans:#}");
+    let (status, unit) = w.api("GET", "/api/generate/systemd?target=edge-push", Some(&token), None);
+    assert_eq!(status, 200, "{unit}");
+    assert!(
+        unit.as_str().unwrap().contains(&format!("WorkingDirectory={}/deploy-push/web/current", w.dir.display())),
+        "{unit}"
+    );
+    let (status, err) = w.api("GET", "/api/generate/caddy?target=edge-push", Some(&token), None);
+    assert_eq!(status, 409, "an ssh_raw target publishes no port: {err:#}");
+    assert_eq!(err["category"], "configuration", "{err:#}");
 }
 
 /// `generate`: Caddyfile entries Caddy itself accepts (`caddy adapt`), systemd units that

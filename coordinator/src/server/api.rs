@@ -115,6 +115,12 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let by_text = diagnose::from_text(&self.message);
+        // A precondition is the project's state unless the text says more than "runtime".
+        let by_code = match (self.code, &by_text) {
+            ("failed_precondition", Some(t)) if t.category != Category::Runtime => Some(t.category),
+            ("failed_precondition", _) => Some(Category::Configuration),
+            _ => by_code,
+        };
         let d = match (by_code, by_text) {
             (Some(c), Some(t)) if t.category == c => t,
             (Some(c), _) => Diagnosis::of(c),
@@ -607,7 +613,7 @@ async fn target_env(
 #[utoipa::path(get, path = "/api/check", tag = "deploy",
     params(("target" = Option<String>, Query, description = "One target", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
         ("selector" = Option<String>, Query, description = "The targets whose labels match (kubectl syntax)"),
-        ("all" = Option<bool>, Query, description = "Every target")),
+        ("all" = Option<bool>, Query, description = "Every target (also when neither target nor selector is given)")),
     responses((status = 200, body = proto::CheckReport), (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
         (status = 500, body = ApiErrorBody)))]
@@ -622,9 +628,10 @@ async fn check(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> ApiR
 /// comes back, the files and services that change, what stays, and why it could not happen.
 #[utoipa::path(get, path = "/api/rollback-plan", tag = "deploy",
     params(("target" = Option<String>, Query, description = "One target", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
-        ("to" = Option<String>, Query, description = "With target: the release to go back to (default: the previous one)"),
+        ("to" = Option<String>, Query, description = "With target: the release to go back to (default: the previous one)",
+            pattern = "^[A-Za-z0-9._-]{1,128}$"),
         ("selector" = Option<String>, Query, description = "The targets whose labels match (kubectl syntax)"),
-        ("all" = Option<bool>, Query, description = "Every target")),
+        ("all" = Option<bool>, Query, description = "Every target (also when neither target nor selector is given)")),
     responses((status = 200, body = proto::RollbackPlanList), (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
         (status = 500, body = ApiErrorBody)))]
@@ -664,6 +671,74 @@ async fn report(State(c): State<Coordinator>, _op: Operator, q: QueryMap) -> Api
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let md = c.report_markdown(|l| selector.as_ref().is_none_or(|s| s.matches(l)))?;
     Ok(([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], md).into_response())
+}
+
+/// `dockfra-coord generate caddy|systemd|compose` for the served projects (or one target):
+/// Caddyfile sites per published port, systemd units for ssh_raw apps, a minimal compose file.
+#[utoipa::path(get, path = "/api/generate/{kind}", tag = "targets",
+    params(("kind" = String, Path, description = "caddy, systemd or compose", pattern = "^(caddy|systemd|compose)$"),
+        ("target" = Option<String>, Query, description = "Only this target", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+        ("domain" = Option<String>, Query, description = "caddy: sites are SERVICE.DOMAIN (default localhost)",
+            pattern = "^[A-Za-z0-9.-]{1,253}$"),
+        ("upstream" = Option<String>, Query, description = "caddy: the host Caddy reaches the services on",
+            pattern = "^[A-Za-z0-9.:-]{1,253}$")),
+    responses((status = 200, description = "The file(s)", content_type = "text/plain", body = String),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 500, body = ApiErrorBody)))]
+async fn generate(
+    State(c): State<Coordinator>,
+    _op: Operator,
+    Path(kind): Path<String>,
+    q: QueryMap,
+) -> ApiResult<Response> {
+    q.only(&["target", "domain", "upstream"])?;
+    if !matches!(kind.as_str(), "caddy" | "systemd" | "compose") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no generator {kind:?} (caddy, systemd, compose)"),
+        ));
+    }
+    let target = q.text("target")?.map(target_id).transpose()?.map(str::to_string);
+    let domain = q.text("domain")?.unwrap_or("localhost").to_string();
+    if domain.is_empty() || domain.contains(|ch: char| ch.is_whitespace() || ch == '{' || ch == '}') {
+        return Err(ApiError::bad(format!("domain {domain:?}: expected a domain name")));
+    }
+    let upstream = q.text("upstream")?.map(str::to_string);
+    let projects = c.projects()?;
+    let mut parts = Vec::new();
+    for p in &projects.list {
+        let targets: Vec<&dockfra_common::config::Target> =
+            p.targets.iter().filter(|t| target.as_deref().is_none_or(|id| t.id == id)).collect();
+        if targets.is_empty() {
+            continue;
+        }
+        let made = match kind.as_str() {
+            "caddy" => crate::generate::caddy(p, &targets, &domain, upstream.as_deref()),
+            "systemd" => crate::generate::systemd(p, &targets)
+                .map(|units| units.into_iter().map(|(_, t)| t).collect::<Vec<_>>().join("\n")),
+            _ => crate::generate::compose_file(p, target.as_ref().and(targets.first().copied())),
+        };
+        match made {
+            Ok(text) => parts.push(text),
+            // With one target, its refusal is the answer; over many, a project with nothing to
+            // generate is left out.
+            // The target's config cannot give this kind.
+            Err(e) if target.is_some() => {
+                return Err(ApiError::new(StatusCode::CONFLICT, "failed_precondition", format!("{e:#}")))
+            }
+            Err(_) => {}
+        }
+    }
+    if parts.is_empty() {
+        return Err(match &target {
+            Some(t) => ApiError::from(tonic::Status::not_found(format!("no target {t:?}"))),
+            None => {
+                ApiError::from(tonic::Status::failed_precondition(format!("no served target has anything for {kind}")))
+            }
+        });
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], parts.join("\n")).into_response())
 }
 
 /// Validate the served projects as `dockfra-coord validate` does: deploy-targets.yaml and,
@@ -1122,7 +1197,7 @@ async fn metrics_route(State(c): State<Coordinator>, _op: Operator) -> ApiResult
         or an operator's client certificate."),
     paths(health, whoami, list_targets, get_target, plan, deploy, rollback, deploy_test, plugins, history,
         get_deployment, deployment_stream, fleet_stream, agents, revoke_agent, events, metrics_route,
-        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env, check, rollback_plan, report),
+        fleet_deploy, fleet_deploys, get_fleet_deploy, cancel_fleet_deploy, validate, target_env, check, rollback_plan, report, generate),
     components(schemas(ApiErrorBody, DeployStatus, proto::FleetTarget, proto::Runtime, proto::Facts, proto::DiskUsage, proto::ReleaseInfo,
         proto::Deployment, proto::Event, proto::DeployEvent, proto::FileChange, proto::ServiceChange)),
     modifiers(&Security),
@@ -1225,6 +1300,7 @@ pub fn router(c: Coordinator) -> Router {
         .route("/api/check", get(check))
         .route("/api/rollback-plan", get(rollback_plan))
         .route("/api/report", get(report))
+        .route("/api/generate/{kind}", get(generate))
         .route("/metrics", get(metrics_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

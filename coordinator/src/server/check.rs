@@ -42,7 +42,10 @@ fn worst<'a>(results: impl Iterator<Item = &'a str>) -> String {
 
 impl Coordinator {
     pub(super) async fn check_of(&self, r: &proto::CheckRequest) -> Result<proto::CheckReport, Status> {
-        let ids = self.select_targets(&r.target, &r.selector, r.all)?;
+        // Nothing named: every target. One check at a time: each sizes a bundle.
+        let all = r.all || (r.target.is_empty() && r.selector.is_empty());
+        let ids = self.select_targets(&r.target, &r.selector, all)?;
+        let _one = self.inner.check_gate.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
         let mut targets = Vec::new();
         for id in ids {
             targets.push(self.check_target(&id).await?);
@@ -55,23 +58,23 @@ impl Coordinator {
         let mut checks = Vec::new();
         // The agent's figures: asked now (push), or its last report (pull).
         let (facts, status, age) = match target.agent.mode {
+            // Status carries the facts the agent detected at its start: cheap to ask for
+            // (`deploy-test` runs the detection afresh).
             Mode::Push => match self.dial_agent(&target).await {
-                Ok(mut c) => {
-                    let st = c.status(proto::StatusRequest {}).await;
-                    let facts = c.detect(proto::DetectRequest {}).await;
-                    match (st, facts) {
-                        (Ok(st), Ok(f)) => {
-                            let (st, f) = (st.into_inner(), f.into_inner());
-                            let (sj, fj) = (status_json(&st), facts_json(&f));
-                            let _ = self.store().touch_agent(target.agent_name(), Some(&sj), Some(&fj));
-                            (fj, sj, 0)
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            checks.push(unreachable(&target, e.message()));
-                            return Ok(done(&target, checks, -1));
-                        }
+                Ok(mut c) => match c.status(proto::StatusRequest {}).await {
+                    Ok(st) => {
+                        let st = st.into_inner();
+                        let sj = status_json(&st);
+                        let fj = st.facts.as_ref().map(facts_json).unwrap_or_default();
+                        let _ =
+                            self.store().touch_agent(target.agent_name(), Some(&sj), st.facts.as_ref().map(|_| &fj));
+                        (fj, sj, 0)
                     }
-                }
+                    Err(e) => {
+                        checks.push(unreachable(&target, e.message()));
+                        return Ok(done(&target, checks, -1));
+                    }
+                },
                 Err(e) => {
                     checks.push(unreachable(&target, &e.to_string()));
                     return Ok(done(&target, checks, -1));

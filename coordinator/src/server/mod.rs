@@ -126,6 +126,8 @@ pub struct Inner {
     agent_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Deploys, rollbacks and waves announced (started on first use, on the runtime).
     notifier: std::sync::OnceLock<crate::notify::Notifier>,
+    /// `check` runs one at a time (each sizes a bundle and asks agents).
+    check_gate: tokio::sync::Semaphore,
 }
 
 /// Modification time and length: a cheap fingerprint of a project file.
@@ -170,6 +172,7 @@ impl Coordinator {
             production,
             agent_gates: Mutex::new(Default::default()),
             notifier: std::sync::OnceLock::new(),
+            check_gate: tokio::sync::Semaphore::new(1),
         };
         // Fail at start-up, naming file/target/key, rather than on the first request.
         Projects::load(&inner.project_files)?;

@@ -197,9 +197,12 @@ impl Coordinator {
 impl Coordinator {
     /// What a rollback would do on each target of `r`, without side effects.
     pub(super) fn rollback_plans(&self, r: &proto::RollbackPlanRequest) -> Result<proto::RollbackPlanList> {
-        let ids = self.select_targets(&r.target, &r.selector, r.all)?;
+        let all = r.all || (r.target.is_empty() && r.selector.is_empty());
+        let ids = self.select_targets(&r.target, &r.selector, all)?;
         if !r.to_release.is_empty() && ids.len() > 1 {
-            return Err(CoordError::Invalid("a release (--to) names one target's release: name the target".into()));
+            return Err(CoordError::Precondition(
+                "a release (--to) names one target's release: name the target".into(),
+            ));
         }
         let plans = ids.iter().map(|id| self.rollback_plan(id, &r.to_release)).collect::<Result<Vec<_>>>()?;
         Ok(proto::RollbackPlanList { plans })
