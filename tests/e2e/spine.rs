@@ -140,24 +140,28 @@ fn agents_renew_their_short_lived_certificates() {
     w.coord(&["init", "--listen", "127.0.0.1:0", "--agent-cert-ttl", "12s"]).ok();
     let _coord = w.serve(&[]);
     let url = format!("https://{}", w.addr());
-    let mut push = Agent::new(&w, "push");
-    push.listen = Some(format!("127.0.0.1:{port}"));
-    push.enroll(&url, &w.token("edge-push")).ok();
-    let pull = Agent::new(&w, "pull");
-    pull.enroll(&url, &w.token("edge-pull")).ok();
     let serial = |a: &Agent| {
         let pem = std::fs::read_to_string(a.state.join("identity/cert.pem")).unwrap();
         dockfra_common::identity::cert_info(&dockfra_common::identity::first_cert_der(&pem).unwrap())
             .unwrap()
             .serial_hex
     };
-    let (push0, pull0) = (serial(&push), serial(&pull));
+    // Each agent starts as soon as it is enrolled: on a busy machine an enrollment takes
+    // seconds, and a 12 s certificate must not run out before its agent runs.
+    let (push_token, pull_token) = (w.token("edge-push"), w.token("edge-pull"));
+    let mut push = Agent::new(&w, "push");
+    push.listen = Some(format!("127.0.0.1:{port}"));
+    push.enroll(&url, &push_token).ok();
+    let push0 = serial(&push);
+    let _p1 = push.start(&w);
+    let pull = Agent::new(&w, "pull");
+    pull.enroll(&url, &pull_token).ok();
+    let pull0 = serial(&pull);
     let old_identity = w.path("old-identity");
     std::fs::create_dir_all(old_identity.join("identity")).unwrap();
     for f in ["cert.pem", "key.pem", "ca.pem"] {
         std::fs::copy(pull.state.join("identity").join(f), old_identity.join("identity").join(f)).unwrap();
     }
-    let _p1 = push.start(&w);
     let _p2 = pull.start(&w);
     wait_until("both agents to renew", Duration::from_secs(40), || serial(&push) != push0 && serial(&pull) != pull0);
     // The coordinator knows the new serials, and both agents still work with them.
