@@ -1823,7 +1823,9 @@ fn describe(v: &Value) -> String {
 }
 
 /// `[a-z0-9-]{1,63}`, not starting or ending with `-`.
-fn check_dns_label(id: &str) -> Result<(), String> {
+/// A target id or agent name: a DNS label (`[a-z0-9-]{1,63}`, no `-` at either end); the
+/// error says which rule it breaks.
+pub fn check_dns_label(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 63 {
         return Err(format!("{id:?} must be 1 to 63 characters long (it is used as a DNS/TLS name)"));
     }

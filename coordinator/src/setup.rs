@@ -137,15 +137,7 @@ pub fn parse_target(s: &str) -> Result<(String, Option<String>)> {
 }
 
 fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-        && !id.ends_with('-');
-    if !ok {
-        bail!("target id {id:?}: use 1-63 of a-z, 0-9 and '-', not starting or ending with '-'");
-    }
-    Ok(())
+    config::check_dns_label(id).map_err(|why| anyhow::anyhow!("target id: {why}"))
 }
 
 /// `key=value` labels.

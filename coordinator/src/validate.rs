@@ -822,7 +822,7 @@ fn unset_variables(found: &mut Found, file: &Path, dir: &Path, env: &BTreeMap<St
 
 fn walk_strings(v: &Value, path: &mut Vec<String>, f: &mut dyn FnMut(&str, &str)) {
     match v {
-        Value::String(s) => f(&join(path), s),
+        Value::String(s) => f(&compose::join_path(path), s),
         Value::Sequence(items) => {
             for (i, x) in items.iter().enumerate() {
                 path.push(format!("[{i}]"));
@@ -840,17 +840,6 @@ fn walk_strings(v: &Value, path: &mut Vec<String>, f: &mut dyn FnMut(&str, &str)
         Value::Tagged(t) => walk_strings(&t.value, path, f),
         _ => {}
     }
-}
-
-fn join(path: &[String]) -> String {
-    let mut s = String::new();
-    for p in path {
-        if !s.is_empty() && !p.starts_with('[') {
-            s.push('.');
-        }
-        s.push_str(p);
-    }
-    s
 }
 
 /// Keys each platform ignores or refuses, with what happens.

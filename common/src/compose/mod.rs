@@ -620,7 +620,8 @@ fn key_text(k: &Value) -> String {
     }
 }
 
-fn join_path(path: &[String]) -> String {
+/// A YAML key path as errors name it: `services.web.ports[0]`.
+pub fn join_path(path: &[String]) -> String {
     let mut s = String::new();
     for p in path {
         if !s.is_empty() && !p.starts_with('[') {
