@@ -351,9 +351,37 @@ impl Platform {
         match self {
             Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images", "registry"],
             Platform::Podman => &["use_quadlet", "rootless", "pod_name", "compose_project", "images", "start_machine"],
-            Platform::Kubernetes => &["namespace", "kubeconfig", "strategy", "replicas", "resource_limits"],
+            Platform::Kubernetes => &[
+                "namespace",
+                "kubeconfig",
+                "context",
+                "strategy",
+                "canary",
+                "replicas",
+                "resource_limits",
+                "workloads",
+                "service_type",
+                "volume_size",
+                "storage_class",
+                "ingress",
+                "wait_image",
+                "rollout_timeout",
+                "allow",
+            ],
             Platform::Swarm => &["stack_name", "replicas", "update_parallelism", "update_delay", "images", "registry"],
-            Platform::Nomad => &["datacenter", "job_name", "count", "driver"],
+            Platform::Nomad => &[
+                "datacenter",
+                "job_name",
+                "count",
+                "driver",
+                "region",
+                "namespace",
+                "group",
+                "update",
+                "service_provider",
+                "wait_image",
+                "allow",
+            ],
             Platform::SshRaw => &["deploy_path", "service_manager", "service_name", "pre_script", "post_script"],
         }
     }
@@ -523,13 +551,7 @@ pub enum PlatformConfig {
         /// dockfra addition, macOS: start the default `podman machine` when it is stopped.
         start_machine: bool,
     },
-    Kubernetes {
-        namespace: Option<String>,
-        kubeconfig: Option<String>,
-        strategy: Option<String>,
-        replicas: Option<u32>,
-        resource_limits: BTreeMap<String, String>,
-    },
+    Kubernetes(Box<KubernetesConfig>),
     Swarm {
         stack_name: Option<String>,
         replicas: Option<u32>,
@@ -541,12 +563,7 @@ pub enum PlatformConfig {
         /// dockfra addition, `registry: HOST[:PORT]`: pushed there, pulled by every node.
         registry: Option<String>,
     },
-    Nomad {
-        datacenter: Option<String>,
-        job_name: Option<String>,
-        count: Option<u32>,
-        driver: Option<String>,
-    },
+    Nomad(Box<NomadConfig>),
     SshRaw {
         deploy_path: Option<PathBuf>,
         service_manager: ServiceManager,
@@ -554,6 +571,217 @@ pub enum PlatformConfig {
         pre_script: Option<String>,
         post_script: Option<String>,
     },
+}
+
+/// How a Kubernetes target replaces a release (`config.strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Strategy {
+    /// A Deployment's RollingUpdate: new pods before old ones go (the default).
+    #[default]
+    #[serde(rename = "rolling")]
+    Rolling,
+    /// Every old pod goes before a new one starts.
+    #[serde(rename = "recreate")]
+    Recreate,
+    /// A second Deployment per slot (blue, green); the Service switches when the new one is ready.
+    #[serde(rename = "blue-green")]
+    BlueGreen,
+    /// A canary beside the stable release, its share of traffic raised step by step.
+    #[serde(rename = "canary")]
+    Canary,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [Strategy::Rolling, Strategy::Recreate, Strategy::BlueGreen, Strategy::Canary];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Rolling => "rolling",
+            Strategy::Recreate => "recreate",
+            Strategy::BlueGreen => "blue-green",
+            Strategy::Canary => "canary",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Strategy::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
+            format!("unknown strategy {s:?} (expected one of: {})", Strategy::ALL.map(Strategy::as_str).join(", "))
+        })
+    }
+}
+
+/// The seed's canary steps: the canary's share of traffic, in percent, raised in order.
+pub const DEFAULT_CANARY_STEPS: [u8; 3] = [10, 50, 100];
+
+/// A stepped canary (`config.canary`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canary {
+    /// Percentages, rising, the last 100.
+    pub steps: Vec<u8>,
+    /// How long each step's checks must hold before the next (default 30s).
+    pub pause: Duration,
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Canary { steps: DEFAULT_CANARY_STEPS.to_vec(), pause: Duration::from_secs(30) }
+    }
+}
+
+/// The Kubernetes workload a compose service becomes (`config.workloads`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Workload {
+    #[default]
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl Workload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Deployment => "deployment",
+            Workload::StatefulSet => "statefulset",
+            Workload::DaemonSet => "daemonset",
+        }
+    }
+    /// The object's `kind`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Workload::Deployment => "Deployment",
+            Workload::StatefulSet => "StatefulSet",
+            Workload::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// A value given once for all, with exceptions per name (`volume_size: 1Gi`, or
+/// `volume_size: { default: 1Gi, data: 20Gi }`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerName {
+    pub default: Option<String>,
+    pub by_name: BTreeMap<String, String>,
+}
+
+impl PerName {
+    /// The value for `name`: its own, else the default.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.by_name.get(name).or(self.default.as_ref()).map(String::as_str)
+    }
+}
+
+/// An Ingress in front of one service (`config.ingress`): canary weights shift traffic on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingress {
+    pub host: String,
+    /// The compose service it routes to (default: the first one that publishes a port).
+    pub service: Option<String>,
+    /// Its port (default: the service's first).
+    pub port: Option<u16>,
+    pub path: String,
+    /// `ingressClassName` (default: the cluster's default class).
+    pub class: Option<String>,
+    /// A TLS Secret for `host`.
+    pub tls_secret: Option<String>,
+}
+
+/// `config:` of a `kubernetes` target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    pub namespace: Option<String>,
+    pub kubeconfig: Option<String>,
+    /// A context of the kubeconfig (default: its current context).
+    pub context: Option<String>,
+    pub strategy: Strategy,
+    /// With `strategy: canary`: its steps.
+    pub canary: Canary,
+    /// Replicas of every Deployment/StatefulSet (a service's `deploy.replicas` wins).
+    pub replicas: Option<u32>,
+    /// Default limits of every container (`cpu`, `memory`); `deploy.resources` wins.
+    pub resource_limits: BTreeMap<String, String>,
+    /// Services that become a StatefulSet or a DaemonSet instead of a Deployment.
+    pub workloads: BTreeMap<String, Workload>,
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`, for all or per service.
+    pub service_type: PerName,
+    /// Size of each named volume's claim (default 1Gi), for all or per volume.
+    pub volume_size: PerName,
+    pub storage_class: Option<String>,
+    pub ingress: Option<Ingress>,
+    /// The image of the init containers that wait for a dependency (default busybox).
+    pub wait_image: Option<String>,
+    /// How long a rollout may take (default 5m).
+    pub rollout_timeout: Option<Duration>,
+    /// Compose keys whose loss is accepted (a dangerous loss is an error otherwise).
+    pub allow: Vec<String>,
+}
+
+/// How a Nomad job groups the services (`config.group`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum NomadGrouping {
+    /// One group per service: each scales and moves alone (the default).
+    #[default]
+    PerService,
+    /// Every service a task of one group: placed together, sharing a network namespace.
+    Single,
+}
+
+/// The job's `update` block (`config.update`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NomadUpdate {
+    pub max_parallel: u32,
+    /// Canaries placed before the old allocations are replaced (0: none).
+    pub canary: u32,
+    pub auto_revert: bool,
+    pub auto_promote: bool,
+    pub min_healthy_time: Duration,
+    pub healthy_deadline: Duration,
+    pub progress_deadline: Duration,
+}
+
+impl Default for NomadUpdate {
+    fn default() -> Self {
+        NomadUpdate {
+            max_parallel: 1,
+            canary: 0,
+            auto_revert: true,
+            auto_promote: false,
+            min_healthy_time: Duration::from_secs(10),
+            healthy_deadline: Duration::from_secs(300),
+            progress_deadline: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `config:` of a `nomad` target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NomadConfig {
+    /// Datacenters the job may run in (default `["dc1"]`); the seed's `datacenter: dc1`.
+    pub datacenters: Vec<String>,
+    /// The job's id (default: the app's name).
+    pub job_name: Option<String>,
+    /// Allocations of every group (a service's `deploy.replicas` wins).
+    pub count: Option<u32>,
+    /// The task driver: `docker` (default) or `podman`.
+    pub driver: Option<String>,
+    pub region: Option<String>,
+    pub namespace: Option<String>,
+    pub group: NomadGrouping,
+    pub update: NomadUpdate,
+    /// Where services register: `nomad` (default, no Consul needed) or `consul`.
+    pub service_provider: Option<String>,
+    /// The image of the prestart tasks that wait for a dependency (default busybox).
+    pub wait_image: Option<String>,
+    /// Compose keys whose loss is accepted.
+    pub allow: Vec<String>,
 }
 
 impl PlatformConfig {
@@ -575,13 +803,7 @@ impl PlatformConfig {
                 ship_images: false,
                 start_machine: false,
             },
-            Platform::Kubernetes => PlatformConfig::Kubernetes {
-                namespace: None,
-                kubeconfig: None,
-                strategy: None,
-                replicas: None,
-                resource_limits: BTreeMap::new(),
-            },
+            Platform::Kubernetes => PlatformConfig::Kubernetes(Box::default()),
             Platform::Swarm => PlatformConfig::Swarm {
                 stack_name: None,
                 replicas: None,
@@ -590,7 +812,7 @@ impl PlatformConfig {
                 ship_images: false,
                 registry: None,
             },
-            Platform::Nomad => PlatformConfig::Nomad { datacenter: None, job_name: None, count: None, driver: None },
+            Platform::Nomad => PlatformConfig::Nomad(Box::default()),
             Platform::SshRaw => PlatformConfig::SshRaw {
                 deploy_path: None,
                 service_manager: ServiceManager::None,
@@ -606,9 +828,9 @@ impl PlatformConfig {
         match self {
             PlatformConfig::DockerCompose { .. } => Platform::DockerCompose,
             PlatformConfig::Podman { .. } => Platform::Podman,
-            PlatformConfig::Kubernetes { .. } => Platform::Kubernetes,
+            PlatformConfig::Kubernetes(_) => Platform::Kubernetes,
             PlatformConfig::Swarm { .. } => Platform::Swarm,
-            PlatformConfig::Nomad { .. } => Platform::Nomad,
+            PlatformConfig::Nomad(_) => Platform::Nomad,
             PlatformConfig::SshRaw { .. } => Platform::SshRaw,
         }
     }
@@ -1467,16 +1689,7 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                 start_machine: b("start_machine")?,
             }
         }
-        Platform::Kubernetes => PlatformConfig::Kubernetes {
-            namespace: s("namespace")?,
-            kubeconfig: s("kubeconfig")?,
-            strategy: s("strategy")?,
-            replicas: n("replicas")?,
-            resource_limits: match f.get("resource_limits") {
-                None => BTreeMap::new(),
-                Some(v) => cx.string_map("config.resource_limits", v)?,
-            },
-        },
+        Platform::Kubernetes => PlatformConfig::Kubernetes(Box::new(parse_kubernetes(cx, &f)?)),
         Platform::Swarm => {
             let stack_name = s("stack_name")?;
             if let Some(p) = &stack_name {
@@ -1497,12 +1710,7 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                 registry: registry_of(s("registry")?, ship_images)?,
             }
         }
-        Platform::Nomad => PlatformConfig::Nomad {
-            datacenter: s("datacenter")?,
-            job_name: s("job_name")?,
-            count: n("count")?,
-            driver: s("driver")?,
-        },
+        Platform::Nomad => PlatformConfig::Nomad(Box::new(parse_nomad(cx, &f)?)),
         Platform::SshRaw => PlatformConfig::SshRaw {
             deploy_path: match s("deploy_path")? {
                 Some(p) if !p.starts_with('/') => {
@@ -1519,6 +1727,274 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
             post_script: s("post_script")?,
         },
     })
+}
+
+/// Kubernetes quantities as `resource_limits` takes them: `500m`, `0.5`, `512Mi`, `1G`.
+fn is_quantity(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    !digits.is_empty()
+        && digits.parse::<f64>().is_ok_and(|n| n >= 0.0)
+        && ["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"].contains(&unit)
+}
+
+/// A list of strings (a single string counts as a list of one).
+fn string_list(cx: &Cx, key: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Sequence(items) => items.iter().enumerate().map(|(i, v)| cx.string(&format!("{key}[{i}]"), v)).collect(),
+        other => Err(cx.err(key, format!("expected a list of strings, found {}", describe(other)))),
+    }
+}
+
+/// `KEY: value` for all, or `KEY: { default: value, NAME: value, … }`.
+fn per_name(cx: &Cx, key: &str, v: &Value, check: &dyn Fn(&str) -> Result<(), String>) -> Result<PerName, ConfigError> {
+    let mut out = PerName::default();
+    match v {
+        Value::Mapping(_) => {
+            for (k, val) in cx.string_map(key, v)? {
+                check(&val).map_err(|e| cx.err(format!("{key}.{k}"), e))?;
+                if k == "default" {
+                    out.default = Some(val);
+                } else {
+                    out.by_name.insert(k, val);
+                }
+            }
+        }
+        other => {
+            let val = cx.string(key, other)?;
+            check(&val).map_err(|e| cx.err(key, e))?;
+            out.default = Some(val);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_kubernetes(cx: &Cx, f: &Fields) -> Result<KubernetesConfig, ConfigError> {
+    let s = |k: &str| f.get(k).map(|v| cx.string(&format!("config.{k}"), v)).transpose();
+    let mut c = KubernetesConfig {
+        kubeconfig: s("kubeconfig")?,
+        context: s("context")?,
+        storage_class: s("storage_class")?,
+        wait_image: s("wait_image")?,
+        ..Default::default()
+    };
+    if let Some(ns) = s("namespace")? {
+        check_dns_label(&ns).map_err(|e| cx.err("config.namespace", format!("namespace {e}")))?;
+        c.namespace = Some(ns);
+    }
+    if let Some(st) = s("strategy")? {
+        c.strategy = st.parse().map_err(|e: String| cx.err("config.strategy", e))?;
+    }
+    if let Some(v) = f.get("canary") {
+        if f.get("strategy").is_none() {
+            c.strategy = Strategy::Canary;
+        } else if c.strategy != Strategy::Canary {
+            return Err(cx.err("config.canary", format!("canary steps need strategy: canary (it is {})", c.strategy)));
+        }
+        c.canary = parse_canary(cx, "config.canary", v)?;
+    }
+    c.replicas = f.get("replicas").map(|v| cx.uint("config.replicas", v, 10_000).map(|n| n as u32)).transpose()?;
+    if let Some(v) = f.get("resource_limits") {
+        c.resource_limits = cx.string_map("config.resource_limits", v)?;
+        for (k, q) in &c.resource_limits {
+            let key = format!("config.resource_limits.{k}");
+            if !["cpu", "memory", "ephemeral-storage"].contains(&k.as_str()) {
+                return Err(cx.err(key, "unknown resource (expected one of: cpu, memory, ephemeral-storage)"));
+            }
+            if !is_quantity(q) {
+                return Err(cx.err(key, format!("{q:?} is not a Kubernetes quantity (e.g. 500m, 0.5, 512Mi, 1Gi)")));
+            }
+        }
+    }
+    if let Some(v) = f.get("workloads") {
+        for (svc, kind) in cx.string_map("config.workloads", v)? {
+            let w = match kind.to_ascii_lowercase().as_str() {
+                "deployment" => Workload::Deployment,
+                "statefulset" => Workload::StatefulSet,
+                "daemonset" => Workload::DaemonSet,
+                _ => {
+                    return Err(cx.err(
+                        format!("config.workloads.{svc}"),
+                        format!("unknown workload {kind:?} (expected one of: deployment, statefulset, daemonset)"),
+                    ))
+                }
+            };
+            c.workloads.insert(svc, w);
+        }
+    }
+    if let Some(v) = f.get("service_type") {
+        c.service_type = per_name(cx, "config.service_type", v, &|t| match t {
+            "ClusterIP" | "NodePort" | "LoadBalancer" => Ok(()),
+            _ => Err(format!("unknown service type {t:?} (expected one of: ClusterIP, NodePort, LoadBalancer)")),
+        })?;
+    }
+    if let Some(v) = f.get("volume_size") {
+        c.volume_size = per_name(cx, "config.volume_size", v, &|q| {
+            if is_quantity(q) {
+                Ok(())
+            } else {
+                Err(format!("{q:?} is not a storage size (e.g. 1Gi, 500Mi)"))
+            }
+        })?;
+    }
+    if let Some(v) = f.get("ingress") {
+        let m = cx.mapping("config.ingress", v)?;
+        let g = cx.fields("config.ingress", m, &["host", "service", "port", "path", "class", "tls_secret"], "")?;
+        let gs = |k: &str| g.get(k).map(|v| cx.string(&format!("config.ingress.{k}"), v)).transpose();
+        let Some(host) = gs("host")? else {
+            return Err(cx.err("config.ingress.host", "an ingress needs a host"));
+        };
+        let path = gs("path")?.unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') {
+            return Err(cx.err("config.ingress.path", format!("{path:?} must start with /")));
+        }
+        c.ingress = Some(Ingress {
+            host,
+            service: gs("service")?,
+            port: g.get("port").map(|v| cx.port("config.ingress.port", v)).transpose()?,
+            path,
+            class: gs("class")?,
+            tls_secret: gs("tls_secret")?,
+        });
+    }
+    c.rollout_timeout = f.get("rollout_timeout").map(|v| cx.duration("config.rollout_timeout", v)).transpose()?;
+    if let Some(v) = f.get("allow") {
+        c.allow = string_list(cx, "config.allow", v)?;
+    }
+    Ok(c)
+}
+
+/// `canary: [10, 50, 100]` or `canary: { steps: [10, 50, 100], pause: 1m }`.
+fn parse_canary(cx: &Cx, key: &str, v: &Value) -> Result<Canary, ConfigError> {
+    let mut c = Canary::default();
+    let steps = match v {
+        Value::Sequence(_) => Some(v),
+        Value::Mapping(m) => {
+            let g = cx.fields(key, m, &["steps", "pause"], "")?;
+            if let Some(p) = g.get("pause") {
+                c.pause = cx.duration(&format!("{key}.pause"), p)?;
+            }
+            g.get("steps")
+        }
+        other => {
+            return Err(cx.err(key, format!("expected a list of percentages or a mapping, found {}", describe(other))))
+        }
+    };
+    if let Some(steps) = steps {
+        let key = if matches!(v, Value::Mapping(_)) { format!("{key}.steps") } else { key.to_string() };
+        let Value::Sequence(items) = steps else {
+            return Err(cx.err(&key, format!("expected a list of percentages, found {}", describe(steps))));
+        };
+        let mut out = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            let n = cx.uint(&format!("{key}[{i}]"), it, 100)?;
+            if n == 0 || out.last().is_some_and(|&l: &u8| l as u64 >= n) {
+                return Err(cx.err(format!("{key}[{i}]"), format!("steps must rise above 0 (found {n})")));
+            }
+            out.push(n as u8);
+        }
+        if out.last() != Some(&100) {
+            return Err(cx.err(&key, "the last step must be 100 (the canary takes all the traffic)"));
+        }
+        c.steps = out;
+    }
+    Ok(c)
+}
+
+fn parse_nomad(cx: &Cx, f: &Fields) -> Result<NomadConfig, ConfigError> {
+    let s = |k: &str| f.get(k).map(|v| cx.string(&format!("config.{k}"), v)).transpose();
+    let mut c = NomadConfig {
+        job_name: s("job_name")?,
+        region: s("region")?,
+        namespace: s("namespace")?,
+        wait_image: s("wait_image")?,
+        ..Default::default()
+    };
+    if let Some(v) = f.get("datacenter") {
+        c.datacenters = string_list(cx, "config.datacenter", v)?;
+        if c.datacenters.is_empty() {
+            return Err(cx.err("config.datacenter", "name at least one datacenter"));
+        }
+    }
+    if let Some(j) = &c.job_name {
+        if j.is_empty() || j.len() > 128 || j.contains(|c: char| c.is_whitespace() || c == '\0') {
+            return Err(cx.err("config.job_name", format!("{j:?} is not a job id (1..128 characters, no spaces)")));
+        }
+    }
+    c.count = f.get("count").map(|v| cx.uint("config.count", v, 10_000).map(|n| n as u32)).transpose()?;
+    if let Some(d) = s("driver")? {
+        if !["docker", "podman"].contains(&d.as_str()) {
+            return Err(cx.err("config.driver", format!("unknown task driver {d:?} (expected one of: docker, podman)")));
+        }
+        c.driver = Some(d);
+    }
+    if let Some(g) = s("group")? {
+        c.group = match g.as_str() {
+            "per-service" => NomadGrouping::PerService,
+            "single" => NomadGrouping::Single,
+            _ => {
+                return Err(
+                    cx.err("config.group", format!("unknown grouping {g:?} (expected one of: per-service, single)"))
+                )
+            }
+        };
+    }
+    if let Some(p) = s("service_provider")? {
+        if !["nomad", "consul"].contains(&p.as_str()) {
+            return Err(cx.err(
+                "config.service_provider",
+                format!("unknown service provider {p:?} (expected one of: nomad, consul)"),
+            ));
+        }
+        c.service_provider = Some(p);
+    }
+    if let Some(v) = f.get("update") {
+        let m = cx.mapping("config.update", v)?;
+        let keys = [
+            "max_parallel",
+            "canary",
+            "auto_revert",
+            "auto_promote",
+            "min_healthy_time",
+            "healthy_deadline",
+            "progress_deadline",
+        ];
+        let g = cx.fields("config.update", m, &keys, "")?;
+        let u = &mut c.update;
+        let key = |k: &str| format!("config.update.{k}");
+        if let Some(v) = g.get("max_parallel") {
+            u.max_parallel = cx.uint(&key("max_parallel"), v, 1_000)? as u32;
+        }
+        if let Some(v) = g.get("canary") {
+            u.canary = cx.uint(&key("canary"), v, 1_000)? as u32;
+        }
+        if let Some(v) = g.get("auto_revert") {
+            u.auto_revert = cx.boolean(&key("auto_revert"), v)?;
+        }
+        if let Some(v) = g.get("auto_promote") {
+            u.auto_promote = cx.boolean(&key("auto_promote"), v)?;
+        }
+        for (k, d) in [
+            ("min_healthy_time", &mut u.min_healthy_time),
+            ("healthy_deadline", &mut u.healthy_deadline),
+            ("progress_deadline", &mut u.progress_deadline),
+        ] {
+            if let Some(v) = g.get(k) {
+                *d = cx.duration(&key(k), v)?;
+            }
+        }
+        if u.min_healthy_time >= u.healthy_deadline {
+            return Err(cx.err(key("min_healthy_time"), "must be shorter than healthy_deadline"));
+        }
+        if u.auto_promote && u.canary == 0 {
+            return Err(cx.err(key("auto_promote"), "auto_promote needs canary > 0"));
+        }
+    }
+    if let Some(v) = f.get("allow") {
+        c.allow = string_list(cx, "config.allow", v)?;
+    }
+    Ok(c)
 }
 
 fn parse_agent(cx: &Cx, v: &Value) -> Result<AgentSpec, ConfigError> {
@@ -2123,6 +2599,55 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_and_nomad_configs_parse_and_bad_keys_are_named() {
+        let k = p(&one(
+            "platform: kubernetes\nconfig:\n  namespace: shop\n  context: prod\n  canary: { steps: [5, 25, 100], pause: 1m }\n  workloads: { db: statefulset, agent: DaemonSet }\n  service_type: { default: NodePort, db: ClusterIP }\n  volume_size: 5Gi\n  ingress: { host: shop.example.org, service: web }\n  rollout_timeout: 2m\n  allow: network_mode",
+        ))
+        .unwrap();
+        let PlatformConfig::Kubernetes(k) = &k.targets[0].config else { panic!() };
+        assert_eq!(k.strategy, Strategy::Canary, "canary steps imply the canary strategy");
+        assert_eq!(k.canary, Canary { steps: vec![5, 25, 100], pause: Duration::from_secs(60) });
+        assert_eq!(k.workloads["agent"], Workload::DaemonSet);
+        assert_eq!((k.service_type.get("db"), k.service_type.get("web")), (Some("ClusterIP"), Some("NodePort")));
+        assert_eq!(k.volume_size.get("any"), Some("5Gi"));
+        assert_eq!(k.ingress.as_ref().map(|i| i.path.as_str()), Some("/"));
+        assert_eq!(k.allow, ["network_mode"]);
+        let kb = |c: &str, key: &str| bad(&one(&format!("platform: kubernetes\nconfig: {c}")), Some("t1"), Some(key));
+        kb("{ strategy: bluegreen }", "config.strategy");
+        kb("{ strategy: recreate, canary: [10, 100] }", "config.canary");
+        kb("{ canary: [50, 10, 100] }", "config.canary[1]");
+        assert!(kb("{ canary: [10, 50] }", "config.canary").contains("last step must be 100"));
+        kb("{ canary: { steps: [100], wait: 1s } }", "config.canary.wait");
+        kb("{ namespace: My_NS }", "config.namespace");
+        kb("{ resource_limits: { cpu: lots } }", "config.resource_limits.cpu");
+        kb("{ resource_limits: { gpu: 1 } }", "config.resource_limits.gpu");
+        kb("{ workloads: { db: cronjob } }", "config.workloads.db");
+        kb("{ service_type: { web: External } }", "config.service_type.web");
+        kb("{ volume_size: big }", "config.volume_size");
+        kb("{ ingress: { service: web } }", "config.ingress.host");
+        kb("{ ingress: { host: h, path: x } }", "config.ingress.path");
+        kb("{ allow: [1] }", "config.allow[0]");
+
+        let n = p(&one(
+            "platform: nomad\nconfig:\n  datacenter: [dc1, dc2]\n  group: single\n  update: { canary: 1, auto_promote: true, max_parallel: 2 }",
+        ))
+        .unwrap();
+        let PlatformConfig::Nomad(n) = &n.targets[0].config else { panic!() };
+        assert_eq!(n.datacenters, ["dc1", "dc2"]);
+        assert_eq!(n.group, NomadGrouping::Single);
+        assert_eq!((n.update.canary, n.update.max_parallel, n.update.auto_revert), (1, 2, true));
+        let nb = |c: &str, key: &str| bad(&one(&format!("platform: nomad\nconfig: {c}")), Some("t1"), Some(key));
+        nb("{ driver: exec }", "config.driver");
+        nb("{ group: pairs }", "config.group");
+        nb("{ datacenter: [] }", "config.datacenter");
+        nb("{ job_name: \"my job\" }", "config.job_name");
+        nb("{ update: { auto_promote: true } }", "config.update.auto_promote");
+        nb("{ update: { min_healthy_time: 10m } }", "config.update.min_healthy_time");
+        nb("{ update: { canaries: 1 } }", "config.update.canaries");
+        nb("{ service_provider: etcd }", "config.service_provider");
+    }
+
+    #[test]
     fn notifications_parse_and_bad_ones_name_their_key() {
         let good = "notifications:\n  - type: webhook\n    url: https://hooks.example.org/x?token=abc\n    secret_env: HOOK_SECRET\n  - type: email\n    smtp: mail.example.org\n    from: d@example.org\n    to: ops@example.org\n    username: d\n    password: pw\n    failures_only: true\n".to_string() + &one("platform: ssh_raw\nnotifications:\n  - {type: slack, url: 'http://127.0.0.1:9/s', events: [wave]}");
         let p = p(&good).unwrap();
@@ -2214,13 +2739,13 @@ mod tests {
         assert_eq!(k8s.user, None);
         assert_eq!(k8s.os, None);
         match &k8s.config {
-            PlatformConfig::Kubernetes { namespace, kubeconfig, strategy, replicas, resource_limits } => {
-                assert_eq!(namespace.as_deref(), Some("myapp-prod"));
-                assert_eq!(kubeconfig.as_deref(), Some("/home/deployer/.kube/config"));
-                assert_eq!(strategy.as_deref(), Some("rolling"));
-                assert_eq!(*replicas, Some(3));
-                assert_eq!(resource_limits["cpu"], "500m");
-                assert_eq!(resource_limits["memory"], "512Mi");
+            PlatformConfig::Kubernetes(k) => {
+                assert_eq!(k.namespace.as_deref(), Some("myapp-prod"));
+                assert_eq!(k.kubeconfig.as_deref(), Some("/home/deployer/.kube/config"));
+                assert_eq!(k.strategy, Strategy::Rolling);
+                assert_eq!(k.replicas, Some(3));
+                assert_eq!(k.resource_limits["cpu"], "500m");
+                assert_eq!(k.resource_limits["memory"], "512Mi");
             }
             other => panic!("wrong config {other:?}"),
         }
@@ -2257,12 +2782,13 @@ mod tests {
         assert_eq!(nomad.host.as_deref(), Some("nomad.company.com"));
         assert_eq!(
             nomad.config,
-            PlatformConfig::Nomad {
-                datacenter: Some("dc1".into()),
+            PlatformConfig::Nomad(Box::new(NomadConfig {
+                datacenters: vec!["dc1".into()],
                 job_name: Some("myapp".into()),
                 count: Some(3),
                 driver: Some("docker".into()),
-            }
+                ..Default::default()
+            }))
         );
         assert!(project.target("nope").is_none());
     }
@@ -2526,7 +3052,7 @@ targets:
         // `replicas` is a swarm/kubernetes key, not a docker_compose one.
         let m = bad(&one("platform: docker_compose\nconfig: { replicas: 2 }"), Some("t1"), Some("config.replicas"));
         assert!(m.contains("platform docker_compose") && m.contains("compose_project"), "{m}");
-        bad(&one("platform: nomad\nconfig: { namespace: x }"), Some("t1"), Some("config.namespace"));
+        bad(&one("platform: nomad\nconfig: { replicas: 2 }"), Some("t1"), Some("config.replicas"));
         bad(
             &one("platform: docker_compose\nconfig: { compose_project: My_App }"),
             Some("t1"),

@@ -317,9 +317,11 @@ fn render_compose(
 }
 
 /// Make a resolved compose model fit `docker stack deploy`: `depends_on` in its list form
-/// (a stack ignores start order; the long form is refused), and the seed's `replicas`,
-/// `update_parallelism` and `update_delay` on every service's `deploy:` that sets none.
-fn for_swarm(
+/// (a stack ignores start order; the long form is refused), the seed's `replicas`,
+/// `update_parallelism` and `update_delay` on every service's `deploy:` that sets none, and
+/// `update_config.order: start-first` (a new task is up before the old one stops) unless the
+/// service sets an order or publishes a port in host mode.
+pub(crate) fn for_swarm(
     model: &mut serde_yaml_ng::Value,
     replicas: Option<u32>,
     parallelism: Option<u32>,
@@ -356,9 +358,22 @@ fn for_swarm(
         if let (Some(n), false) = (replicas, global) {
             deploy.entry("replicas".into()).or_insert(Value::Number(n.into()));
         }
-        if parallelism.is_some() || delay.is_some() {
+        // New tasks start before old ones stop (no gap in service), unless a port is
+        // published in host mode: a second task could not bind it on the same node.
+        let host_ports = svc
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .is_some_and(|ps| ps.iter().any(|p| p.get("mode").and_then(Value::as_str) == Some("host")));
+        let deploy = match svc.get_mut("deploy") {
+            Some(Value::Mapping(d)) => d,
+            _ => continue,
+        };
+        {
             let uc = deploy.entry("update_config".into()).or_insert_with(|| Value::Mapping(Mapping::new()));
             if let Value::Mapping(uc) = uc {
+                if !host_ports {
+                    uc.entry("order".into()).or_insert(Value::String("start-first".into()));
+                }
                 if let Some(p) = parallelism {
                     uc.entry("parallelism".into()).or_insert(Value::Number(p.into()));
                 }
@@ -770,6 +785,11 @@ mod tests {
         assert_eq!(back["services"]["web"]["deploy"]["update_config"]["parallelism"], 1);
         assert_eq!(back["services"]["web"]["deploy"]["update_config"]["delay"], "10s");
         assert_eq!(back["services"]["web"]["ports"][0]["published"], 8080);
+        assert!(
+            back["services"]["web"]["deploy"]["update_config"].get("order").is_none(),
+            "host-mode port: stop-first"
+        );
+        assert_eq!(back["services"]["worker"]["deploy"]["update_config"]["order"], "start-first");
         assert!(back.get("name").is_none());
         assert!(back["services"]["agentd"]["deploy"].get("replicas").is_none(), "global services take no replicas");
     }

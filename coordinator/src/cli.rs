@@ -75,6 +75,27 @@ pub enum Generated {
     Compose,
 }
 
+/// What `convert` renders.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ConvertTo {
+    /// Kubernetes objects (one YAML stream; a file per object with --out).
+    #[value(alias = "kubernetes")]
+    K8s,
+    /// A Nomad job (HCL; --format json for the API's JSON form).
+    Nomad,
+    /// Podman Quadlet units.
+    Quadlet,
+    /// The compose file `docker stack deploy` takes.
+    Swarm,
+}
+
+/// The form of a Nomad job.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum JobFormat {
+    Hcl,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a state dir: CA, coordinator certificate, bundle-signing key, SQLite store, and
@@ -421,6 +442,46 @@ In CI:  dockfra-coord validate --root . --strict --output json > validate.json")
         strict: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// Render the compose project for another platform: Kubernetes objects, a Nomad job,
+    /// Podman Quadlet units or a swarm stack file, with the target's config applied. What the
+    /// platform cannot express is a warning naming service and key; a loss that would change
+    /// behaviour (host networking on Kubernetes, …) is an error unless allowed.
+    #[command(
+        after_help = "Examples:\n  dockfra-coord convert --to k8s --target prod-k8s | kubectl apply --dry-run=client -f -\n  \
+dockfra-coord convert --to nomad --target nomad-cluster --format json > job.json\n  \
+dockfra-coord convert --to k8s -f compose.yaml --out manifests/    # a file per object\n  \
+dockfra-coord convert --to k8s --allow network_mode                # accept a dangerous loss\n\n\
+Exit status: 0 rendered (warnings on stderr), 5 refused (errors on stderr, nothing written), 1 could not run."
+    )]
+    Convert {
+        /// The platform to render for.
+        #[arg(long, value_enum)]
+        to: ConvertTo,
+        /// Compose file (default: compose.yaml / docker-compose.yml in the app dir).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Take this target's config and `env:` (its platform must match --to).
+        #[arg(long)]
+        target: Option<String>,
+        /// Project dir holding deploy-targets.yaml.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// Write the files into this directory instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// nomad: HCL (default) or the JSON job the HTTP API takes.
+        #[arg(long, value_enum, default_value = "hcl")]
+        format: JobFormat,
+        /// Label the objects with this release.
+        #[arg(long)]
+        release: Option<String>,
+        /// Accept the loss of this compose key (KEY or SERVICE.KEY); repeatable.
+        #[arg(long = "allow", value_name = "KEY")]
+        allow: Vec<String>,
+        /// Replace files that exist in --out.
+        #[arg(long)]
+        force: bool,
     },
     /// Print the compose project fully resolved (interpolated, normalized), like `docker compose config`.
     Config {
@@ -823,6 +884,14 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
             Ok(exit::OK)
         }
+        Command::Convert { to, file, target, root, out, format, release, allow, force } => convert(
+            to,
+            &ConvertArgs { file: file.as_deref(), target: target.as_deref(), root: &root, out: out.as_deref() },
+            format,
+            release,
+            allow,
+            force,
+        ),
         Command::Config { file, target, root } => {
             print!("{}", resolve_compose(&root, file.as_deref(), target.as_deref())?);
             Ok(exit::OK)
@@ -890,6 +959,145 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
         eprintln!("warning: {w}");
     }
     Ok(project.to_yaml())
+}
+
+struct ConvertArgs<'a> {
+    file: Option<&'a Path>,
+    target: Option<&'a str>,
+    root: &'a Path,
+    out: Option<&'a Path>,
+}
+
+fn convert(
+    to: ConvertTo,
+    a: &ConvertArgs,
+    format: JobFormat,
+    release: Option<String>,
+    allow: Vec<String>,
+    force: bool,
+) -> Result<u8> {
+    use crate::convert::{k8s, nomad, quadlet};
+    use config::{Platform, PlatformConfig};
+    let platform = match to {
+        ConvertTo::K8s => Platform::Kubernetes,
+        ConvertTo::Nomad => Platform::Nomad,
+        ConvertTo::Quadlet => Platform::Podman,
+        ConvertTo::Swarm => Platform::Swarm,
+    };
+    let has_project = a.root.join("deploy-targets.yaml").is_file();
+    let project = if has_project || a.target.is_some() { Some(config::load(&project_file(a.root)?)?) } else { None };
+    let (mut cfg, env, app_dir, app) = match (&project, a.target) {
+        (Some(p), Some(t)) => {
+            let tg = p.target(t).with_context(|| format!("no target {t:?} in {}", p.file.display()))?;
+            if tg.platform != platform {
+                bail!(
+                    "target {t:?} is not a {platform} target (its platform is {}): --to {} takes a {platform} target's config, or without --target the platform's defaults",
+                    tg.platform,
+                    to.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+                );
+            }
+            (tg.config.clone(), crate::envs::overrides(p, tg)?, p.app.path.clone(), p.app.name.clone())
+        }
+        (Some(p), None) => {
+            (PlatformConfig::default_for(platform), Default::default(), p.app.path.clone(), p.app.name.clone())
+        }
+        (None, _) => {
+            let name = std::fs::canonicalize(a.root)
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_string()))
+                .unwrap_or_else(|| "app".into());
+            (PlatformConfig::default_for(platform), Default::default(), a.root.to_path_buf(), name)
+        }
+    };
+    let file = match a.file {
+        Some(f) => f.to_path_buf(),
+        None => dockfra_common::compose::find_compose_file(&app_dir)
+            .with_context(|| format!("no compose.yaml or docker-compose.yml in {}", app_dir.display()))?,
+    };
+    // Named as its bundles name it: the app's name, unless the compose file names itself.
+    let name = dockfra_common::compose::normalize_project_name(&app);
+    let named = project.is_some() && !crate::validate::has_name(&file) && !name.is_empty();
+    let opts = dockfra_common::compose::LoadOptions {
+        project_name: named.then_some(name.as_str()),
+        overrides: &env,
+        use_process_env: false,
+    };
+    let (compose, warnings) = dockfra_common::compose::load_with_warnings(&file, &opts)?;
+    for w in warnings {
+        eprintln!("warning: {}: {w}", file.display());
+    }
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let files = |p: &str| std::fs::read(dir.join(p)).ok();
+    let rendered = match &mut cfg {
+        PlatformConfig::Kubernetes(c) => {
+            c.allow.extend(allow);
+            k8s::convert(&compose.model, &k8s::Options { app, release, config: c, slot: None }, &files)
+        }
+        PlatformConfig::Nomad(c) => {
+            c.allow.extend(allow);
+            nomad::convert(&compose.model, &nomad::Options { app, release, config: c }, &files)
+        }
+        PlatformConfig::Podman { pod_name, compose_project, .. } => {
+            let project = compose_project.clone().unwrap_or_else(|| compose.name.clone());
+            let q = quadlet::convert(&compose.model, &quadlet::Options { project, pod: pod_name.clone() });
+            let files = q.units.into_iter().map(|u| (u.name, u.text)).collect();
+            crate::convert::Rendered { files, warnings: q.warnings, errors: vec![] }
+        }
+        PlatformConfig::Swarm { replicas, update_parallelism, update_delay, .. } => {
+            let mut model = compose.model.clone();
+            crate::builder::for_swarm(&mut model, *replicas, *update_parallelism, *update_delay);
+            let text = serde_yaml_ng::to_string(&model)?;
+            crate::convert::Rendered { files: vec![("stack.yaml".into(), text)], ..Default::default() }
+        }
+        _ => unreachable!("--to names one of four platforms"),
+    };
+    for w in &rendered.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !rendered.errors.is_empty() {
+        for e in &rendered.errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{}: {} error(s): nothing written", file.display(), rendered.errors.len());
+        return Ok(exit::INVALID);
+    }
+    // Nomad renders both forms; one is printed or written unless --out takes both.
+    let mut files = rendered.files;
+    if to == ConvertTo::Nomad && a.out.is_none() {
+        let ext = if format == JobFormat::Json { ".json" } else { ".hcl" };
+        files.retain(|(n, _)| n.ends_with(ext));
+    }
+    match a.out {
+        None => {
+            let sep = match to {
+                ConvertTo::K8s => "---\n",
+                _ => "\n",
+            };
+            let text = if to == ConvertTo::Quadlet {
+                files.iter().map(|(n, t)| format!("# {n}\n{t}")).collect::<Vec<_>>().join(sep)
+            } else {
+                files.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join(sep)
+            };
+            write_stdout(text.as_bytes())?;
+        }
+        Some(out) => {
+            std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+            // All or nothing: check every file before writing one.
+            if !force {
+                if let Some((n, _)) = files.iter().find(|(n, _)| out.join(n).exists()) {
+                    bail!("{} exists: nothing written (run with --force to replace it)", out.join(n).display());
+                }
+            }
+            for (name, text) in &files {
+                let path = out.join(name);
+                let tmp = path.with_extension("dockfra-tmp");
+                std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+                std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            eprintln!("wrote {} file(s) into {}", files.len(), out.display());
+        }
+    }
+    Ok(exit::OK)
 }
 
 fn generate(
@@ -1946,6 +2154,7 @@ async fn admin_command(
         Command::Init { .. }
         | Command::Serve { .. }
         | Command::Config { .. }
+        | Command::Convert { .. }
         | Command::Validate { .. }
         | Command::Setup { .. }
         | Command::Env { .. }

@@ -461,6 +461,16 @@ targets:
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1 1 1s");
+    // Zero-downtime updates: a new worker task starts before the old one stops; web's
+    // host-mode port could not be bound twice on one node, so it stays stop-first.
+    let order = |svc: &str| {
+        let o = std::process::Command::new("docker")
+            .args(["service", "inspect", &format!("{stack}_{svc}"), "--format", "{{.Spec.UpdateConfig.Order}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!((order("worker").as_str(), order("web").as_str()), ("start-first", "stop-first"));
 
     // v3's healthcheck fails: its task fails, the agent redeploys the previous stack file.
     v2_rollback_and_failing_v3(&w, "swarm-cluster", &[], || http_body(web_port), "");
@@ -659,6 +669,98 @@ targets:
     // systemd keeps the service: a container killed behind the agent's back comes back.
     assert!(sbox.sh("podman kill shop-web").0);
     wait_until("systemd to restart shop-web", Duration::from_secs(60), || sbox.http_body(web_port) == "hello v1");
+}
+
+/// The seed's own podman target (`use_quadlet: true`, `rootless: true`, `pod_name`): an agent
+/// running as an unprivileged user installs user Quadlet units, which its systemd user instance
+/// (started at boot by lingering) runs in one pod under rootless Podman; update, rollback and
+/// a failed health check roll back as for rootful.
+#[test]
+fn rootless_quadlet_in_a_pod_under_a_users_systemd() {
+    if Needs::new()
+        .docker()
+        .image(SYSTEMD_PODMAN)
+        .tool("nsenter", "Debian's util-linux")
+        .tool("python3", "Debian's python3")
+        .unmet()
+    {
+        return;
+    }
+    let mut w = World::new("quadlet-rootless");
+    let sbox = SystemdBox::start(&w);
+    let web_port = free_port();
+    w.coord_prefix = sbox.in_netns();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  staging-rhel:
+    host: 127.0.0.1
+    platform: podman
+    agent: {{ mode: pull, poll_interval: 1s }}
+    config: {{ use_quadlet: true, rootless: true, pod_name: shop-pod, compose_project: shop, images: bundle }}
+    env: {{ WEB_PORT: "{web_port}", RESTART: unless-stopped }}
+    health:
+      retries: 10
+      interval: 500ms
+      checks:
+        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
+"#
+        ),
+    );
+    // In a pod the services share localhost: the worker reaches web there.
+    w.write("project/app/compose.yaml", &TWO_SERVICES.replace("http://web:8080/", "http://127.0.0.1:8080/"));
+    w.write("project/app/.env", "APP_VERSION=v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let mut agent = Agent::new(&w, "staging-rhel");
+    std::fs::create_dir_all(&agent.state).unwrap();
+    sh(&format!("chown 1000:1000 {}", agent.state.display()));
+    agent.prefix = sbox.exec_as_user();
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("staging-rhel")).ok();
+    let _a = agent.start(&w);
+    let deploy = |args: &[&str]| w.coord_json(args);
+    let wait = ["--wait", "--timeout", "180s", "--output", "json"];
+    let user = |cmd: &str| {
+        sbox.sh(&format!(
+            "cd /home/dkf && runuser -u dkf -- env XDG_RUNTIME_DIR=/run/user/1000 DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus {cmd}"
+        ))
+    };
+
+    let (code, v) = deploy(&[&["deploy", "staging-rhel"][..], &wait].concat());
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sbox.http_body(web_port), "hello v1");
+    // The user's units, run by the user's systemd, in the user's Podman: root's has nothing.
+    let (_, units, _) = sbox.sh("ls /home/dkf/.config/containers/systemd");
+    let units: Vec<&str> = units.split_whitespace().collect();
+    assert!(
+        ["shop-pod.pod", "shop-web.container", "shop-worker.container"].iter().all(|u| units.contains(u)),
+        "{units:?}"
+    );
+    assert_eq!(sbox.sh("ls /etc/containers/systemd").1, "", "nothing rootful");
+    let (_, active, _) = user("systemctl --user is-active shop-pod-pod.service shop-web.service shop-worker.service");
+    assert_eq!(active.split_whitespace().collect::<Vec<_>>(), ["active"; 3], "{active}");
+    let (_, pods, _) = user("podman pod ps --format '{{.Name}} {{.NumberOfContainers}}'");
+    assert_eq!(pods.trim(), "shop-pod 3", "web, worker and the pod's infra container");
+    let (_, root_ps, _) = sbox.sh("podman ps -q");
+    assert_eq!(root_ps.trim(), "", "root's Podman runs nothing");
+    let (_, owner, _) = user("podman ps --filter name=shop-web --format '{{.Names}}'");
+    assert_eq!(owner.trim(), "shop-web");
+
+    v2_rollback_and_failing_v3(
+        &w,
+        "staging-rhel",
+        &["--wait", "--timeout", "180s"],
+        || sbox.http_body(web_port),
+        "unhealthy",
+    );
+    // systemd (the user's) keeps the service: a container killed behind the agent's back
+    // comes back.
+    assert!(user("podman kill shop-web").0);
+    wait_until("the user's systemd to restart shop-web", Duration::from_secs(60), || {
+        sbox.http_body(web_port) == "hello v1"
+    });
 }
 
 #[test]

@@ -16,6 +16,8 @@
 //!   confirmation; two operators racing for a target.
 //! - [`upgrade`]: agents that upgrade themselves in waves (static x86_64 and armv7 agents),
 //!   and a broken binary that gives the old one back.
+//! - [`convert`]: `convert` to Kubernetes, Nomad, Quadlet and swarm; the Kubernetes goldens
+//!   under `kubernetes-validate --strict`.
 //! - [`tools`]: the daily tools: `setup`, `validate`.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
 //!   dashboard in headless Chromium.
@@ -31,6 +33,7 @@ use dockfra_e2e::*;
 mod apps;
 mod attacks;
 mod containers;
+mod convert;
 mod faults;
 mod reach;
 mod rollouts;
@@ -124,7 +127,10 @@ struct SystemdBox {
 
 impl SystemdBox {
     fn start(w: &World) -> Self {
-        let name = format!("dkf-systemd-{}", std::process::id());
+        // Several tests may each run a box at once: one name per box.
+        static BOXES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = BOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dkf-systemd-{}-{n}", std::process::id());
         let _ = docker(&["rm", "-f", &name]);
         let world = format!("{}:{}", w.dir.display(), w.dir.display());
         let bins = bin("dockfra-agent").parent().unwrap().display().to_string();
@@ -149,6 +155,11 @@ impl SystemdBox {
             "systempaths=unconfined",
             "--tmpfs",
             "/var/lib/containers:rw,exec,dev,suid",
+            // Rootless Podman (user dkf): slirp4netns's tun device, and storage off overlayfs.
+            "--device",
+            "/dev/net/tun",
+            "--tmpfs",
+            "/home/dkf/.local/share/containers:rw,exec,dev,suid,uid=1000,gid=1000,mode=0700",
             "-v",
             &world,
             "-v",
@@ -168,6 +179,32 @@ impl SystemdBox {
             eprintln!("systemd in {} is degraded: {failed}", b.name);
         }
         b
+    }
+
+    /// `docker exec` prefix for the agent as the unprivileged user `dkf` (uid 1000), with its
+    /// systemd user instance (started at boot: lingering) and session bus.
+    fn exec_as_user(&self) -> Vec<String> {
+        wait_until("dkf's systemd user instance", Duration::from_secs(60), || {
+            docker(&["exec", &self.name, "systemctl", "is-active", "user@1000.service"]).1 == "active"
+        });
+        [
+            "docker",
+            "exec",
+            "-i",
+            "-u",
+            "dkf",
+            "-w",
+            "/home/dkf",
+            "-e",
+            "XDG_RUNTIME_DIR=/run/user/1000",
+            "-e",
+            "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus",
+            "-e",
+            "DOCKFRA_LOG=dockfra_agent=debug",
+            &self.name,
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// Run a program from this host inside the container's network namespace only.

@@ -173,9 +173,10 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
             });
         }
     }
-    if let Some(pod) = &opts.pod {
-        out.units.push(Unit { name: format!("{pod}.pod"), text: format!("[Pod]\nPodName={pod}\n") });
-    }
+    // In a pod the containers share its network namespace: Podman refuses ports and networks
+    // on them ("must be defined when the pod is created"), so the pod takes them all.
+    let pod_at = out.units.len();
+    let (mut pod_ports, mut pod_networks): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
 
     for (svc_name, svc) in services {
         let Some(svc_name) = scalar(svc_name) else { continue };
@@ -234,7 +235,13 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
             }
         }
         for p in svc.get("ports").map(list_ports).unwrap_or_default() {
-            let _ = writeln!(container, "PublishPort={p}");
+            if opts.pod.is_some() {
+                if !pod_ports.contains(&p) {
+                    pod_ports.push(p);
+                }
+            } else {
+                let _ = writeln!(container, "PublishPort={p}");
+            }
         }
         if let Some(vs) = svc.get("volumes").and_then(Value::as_sequence) {
             for v in vs {
@@ -257,8 +264,15 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
         let mut joined = false;
         for n in svc_nets {
             if networks.contains(&n) {
-                let _ = writeln!(container, "Network={prefix}{n}.network");
-                joined = true;
+                let line = format!("Network={prefix}{n}.network");
+                if opts.pod.is_some() {
+                    if !pod_networks.contains(&line) {
+                        pod_networks.push(line);
+                    }
+                } else {
+                    let _ = writeln!(container, "{line}");
+                    joined = true;
+                }
             } else {
                 warn(&mut out, "networks", &format!("network {n} is not defined at the top level; ignored"));
             }
@@ -383,6 +397,24 @@ pub fn convert(model: &Value, opts: &Options) -> Converted {
         let _ = write!(text, "\n[Service]\n{service}");
         text.push_str("\n[Install]\nWantedBy=default.target\n");
         out.units.push(Unit { name: format!("{prefix}{svc_name}.container"), text });
+    }
+    if let Some(pod) = &opts.pod {
+        let mut text = format!("[Pod]\nPodName={pod}\n");
+        for l in pod_networks {
+            let _ = writeln!(text, "{l}");
+        }
+        for p in pod_ports {
+            let _ = writeln!(text, "PublishPort={p}");
+        }
+        // The pod outlives its containers' restarts (Quadlet's default, `--exit-policy=stop`,
+        // stops it when the last one exits, and a restart of them all then fails on the
+        // stopping pod); the later flag wins.
+        text.push_str("PodmanArgs=--exit-policy=continue\n");
+        // Podman 4.x leaves the pod-id file behind, and the next `pod create --replace`
+        // refuses to run: remove it before the create (removing it on stop would make
+        // Quadlet's own `pod rm --pod-id-file` fail).
+        text.push_str("\n[Service]\nExecStartPre=-/bin/rm -f %t/%N.pod-id\n");
+        out.units.insert(pod_at, Unit { name: format!("{pod}.pod"), text });
     }
     out
 }
@@ -535,6 +567,24 @@ ExecStopPost=-/bin/rm -f %t/%N.cid\nSuccessExitStatus=143\n\n[Install]\nWantedBy
         assert!(worker.contains("Network=shop-default.network\nNetworkAlias=worker\n"), "{worker}");
         assert!(worker.contains("Requires=shop-web.service\nAfter=shop-web.service"), "{worker}");
         assert_eq!(c.warnings, ["service web: key deploy: not supported by the Quadlet conversion; ignored"]);
+    }
+
+    #[test]
+    fn in_a_pod_the_pod_publishes_the_ports_and_joins_the_networks() {
+        let m: Value = serde_yaml_ng::from_str(
+            "services:\n  web:\n    image: a:1\n    ports: ['8080:80']\n    networks: [front]\n  api:\n    image: b:1\n    ports: ['9000:9000', '8080:80']\nnetworks:\n  front: {}\n",
+        )
+        .unwrap();
+        let c = convert(&m, &Options { project: "shop".into(), pod: Some("shop-pod".into()) });
+        let pod = c.units.iter().find(|u| u.name == "shop-pod.pod").unwrap();
+        assert_eq!(
+            pod.text,
+            "[Pod]\nPodName=shop-pod\nNetwork=shop-front.network\nPublishPort=8080:80\nPublishPort=9000:9000\nPodmanArgs=--exit-policy=continue\n\n[Service]\nExecStartPre=-/bin/rm -f %t/%N.pod-id\n"
+        );
+        for u in c.units.iter().filter(|u| u.name.ends_with(".container")) {
+            assert!(u.text.contains("Pod=shop-pod.pod"), "{}", u.text);
+            assert!(!u.text.contains("PublishPort=") && !u.text.contains("Network"), "{}", u.text);
+        }
     }
 
     #[test]

@@ -1,0 +1,934 @@
+//! Compose → Kubernetes objects: a Deployment (or StatefulSet / DaemonSet) and a Service per
+//! compose service, ConfigMaps for env files, configs and bind-mounted files, Secrets for
+//! secrets, PersistentVolumeClaims for named volumes, readiness probes from healthchecks,
+//! resources from `deploy.resources`, and init containers that wait for `depends_on`.
+//!
+//! Labels: every object carries `app.kubernetes.io/part-of: <app>`, `…/name: <service>`,
+//! `…/managed-by: dockfra` and `dockfra.dev/release`; pods carry `dockfra.dev/slot` under
+//! blue-green (the Service selects the live slot) and a checksum of the ConfigMaps and
+//! Secrets they use, so a changed config rolls the pods.
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use dockfra_common::compose::parse_env_file;
+use dockfra_common::config::{KubernetesConfig, Strategy, Workload};
+use serde_json::{json, Map, Value as Json};
+use serde_yaml_ng::{Mapping, Value};
+
+use super::{
+    argv, bytes, depends_on, dns_label, duration_ms, health_argv, list, mounts, pairs, ports, scalar, seconds, section,
+    services, Files, Port, Rendered,
+};
+
+/// The slot a blue-green target renders when none is given.
+pub const FIRST_SLOT: &str = "blue";
+
+/// Options from the target and the app.
+#[derive(Debug, Clone)]
+pub struct Options<'a> {
+    /// The app's name (`app.kubernetes.io/part-of`).
+    pub app: String,
+    /// The release being rendered (`dockfra.dev/release`), if any.
+    pub release: Option<String>,
+    pub config: &'a KubernetesConfig,
+    /// Under blue-green: the slot these objects are for (default [`FIRST_SLOT`]).
+    pub slot: Option<String>,
+}
+
+/// Keys of a service this converter carries over (anything else is warned about).
+const HANDLED: &[&str] = &[
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "ports",
+    "expose",
+    "volumes",
+    "healthcheck",
+    "deploy",
+    "restart",
+    "user",
+    "working_dir",
+    "depends_on",
+    "read_only",
+    "hostname",
+    "stop_grace_period",
+    "pull_policy",
+    "cap_add",
+    "cap_drop",
+    "privileged",
+    "dns",
+    "dns_search",
+    "extra_hosts",
+    "tmpfs",
+    "labels",
+    "configs",
+    "secrets",
+    "stdin_open",
+    "tty",
+    "sysctls",
+    "networks",
+    "network_mode",
+    "container_name",
+    "build",
+    "shm_size",
+];
+
+/// Keys whose loss changes what the app does or may do: refused unless `allow:` names them.
+const DANGEROUS: &[(&str, &str)] = &[
+    ("pid", "pods cannot share a PID namespace with the node or another container this way"),
+    ("ipc", "pods cannot share IPC with the node or another container this way"),
+    ("volumes_from", "Kubernetes has no volumes_from; the mounts would be missing"),
+    ("devices", "host devices need a device plugin on Kubernetes; the container would lack them"),
+    ("userns_mode", "user namespaces are set per pod by the cluster"),
+    ("cgroup_parent", "the kubelet places pods in cgroups"),
+];
+
+fn meta(name: &str, ns: Option<&str>, labels: &Map<String, Json>) -> Json {
+    let mut m = json!({ "name": name, "labels": labels });
+    if let Some(ns) = ns {
+        m["namespace"] = json!(ns);
+    }
+    m
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// A ConfigMap/Secret key: `[-._a-zA-Z0-9]+`.
+fn data_key(s: &str) -> String {
+    let k: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }).collect();
+    if k.is_empty() || k == "." || k == ".." {
+        "file".into()
+    } else {
+        k
+    }
+}
+
+fn base_name(p: &str) -> &str {
+    p.trim_end_matches('/').rsplit('/').next().unwrap_or(p)
+}
+
+/// CPUs as compose writes them (`0.5`, `"1.5"`) in millicores.
+fn cpu(v: &Value) -> Option<String> {
+    let n: f64 = scalar(v)?.trim().parse().ok()?;
+    (n > 0.0).then(|| format!("{}m", (n * 1000.0).round() as u64))
+}
+
+fn memory(v: &Value) -> Option<String> {
+    let b = bytes(&scalar(v)?)?;
+    Some(if b % (1 << 20) == 0 { format!("{}Mi", b >> 20) } else { b.to_string() })
+}
+
+/// `deploy.resources` (limits, reservations) as container `resources`; the target's
+/// `resource_limits` stand in for missing limits.
+fn resources(svc: &Mapping, cfg: &KubernetesConfig) -> Json {
+    let res = svc.get("deploy").and_then(|d| d.get("resources"));
+    let part = |which: &str| {
+        let mut m = Map::new();
+        if let Some(r) = res.and_then(|r| r.get(which)) {
+            if let Some(c) = r.get("cpus").and_then(cpu) {
+                m.insert("cpu".into(), json!(c));
+            }
+            if let Some(mem) = r.get("memory").and_then(memory) {
+                m.insert("memory".into(), json!(mem));
+            }
+        }
+        m
+    };
+    let mut limits = part("limits");
+    for (k, v) in &cfg.resource_limits {
+        limits.entry(k.clone()).or_insert_with(|| json!(v));
+    }
+    let requests = part("reservations");
+    let mut out = Map::new();
+    if !limits.is_empty() {
+        out.insert("limits".into(), Json::Object(limits));
+    }
+    if !requests.is_empty() {
+        out.insert("requests".into(), Json::Object(requests));
+    }
+    Json::Object(out)
+}
+
+fn port_name(p: &Port) -> String {
+    format!("{}-{}", p.protocol, p.target)
+}
+
+/// Convert a resolved compose model (as `compose::load` gives it).
+pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
+    let mut out = Rendered::default();
+    let cfg = opts.config;
+    let ns = cfg.namespace.as_deref();
+    let app = dns_label(&opts.app);
+    let base_labels = |svc: Option<&str>| {
+        let mut l = Map::new();
+        l.insert("app.kubernetes.io/part-of".into(), json!(app));
+        l.insert("app.kubernetes.io/managed-by".into(), json!("dockfra"));
+        if let Some(s) = svc {
+            l.insert("app.kubernetes.io/name".into(), json!(s));
+        }
+        if let Some(r) = &opts.release {
+            l.insert("dockfra.dev/release".into(), json!(dns_label(r)));
+        }
+        l
+    };
+    let slot = match cfg.strategy {
+        Strategy::BlueGreen => Some(opts.slot.clone().unwrap_or_else(|| FIRST_SLOT.into())),
+        _ => None,
+    };
+    let mut objects: Vec<(String, Json)> = Vec::new();
+    let mut push =
+        |kind: &str, name: &str, obj: Json| objects.push((format!("{}-{name}", kind.to_ascii_lowercase()), obj));
+
+    for (key, _) in model.as_mapping().into_iter().flatten() {
+        let k = scalar(key).unwrap_or_default();
+        if !["name", "services", "networks", "volumes", "configs", "secrets"].contains(&k.as_str())
+            && !k.starts_with("x-")
+        {
+            out.warnings.push(format!("top-level key {k}: not supported by the kubernetes converter; ignored"));
+        }
+    }
+    for (name, def) in section(model, "networks") {
+        if def.get("internal").and_then(Value::as_bool) == Some(true) {
+            out.warnings.push(format!(
+                "network {name}: internal: pods share the cluster network; isolate them with a NetworkPolicy"
+            ));
+        }
+    }
+
+    // Top-level configs and secrets: one ConfigMap / Secret each.
+    let mut config_data: BTreeMap<String, String> = BTreeMap::new();
+    for (name, def) in section(model, "configs") {
+        let data = if let Some(c) = def.get("content").and_then(scalar) {
+            Some(c.into_bytes())
+        } else if let Some(f) = def.get("file").and_then(scalar) {
+            match files(&f) {
+                Some(d) => Some(d),
+                None => {
+                    out.errors.push(format!("config {name}: file {f}: cannot be read"));
+                    None
+                }
+            }
+        } else if def.get("external").and_then(Value::as_bool) == Some(true) {
+            out.warnings.push(format!("config {name}: external: a ConfigMap named {} must exist", dns_label(&name)));
+            None
+        } else {
+            out.warnings.push(format!("config {name}: neither file nor content; no ConfigMap made"));
+            None
+        };
+        if let Some(d) = data {
+            let text = String::from_utf8_lossy(&d).to_string();
+            let cm_name = format!("{}-config", dns_label(&name));
+            config_data.insert(name.clone(), text.clone());
+            push(
+                "ConfigMap",
+                &cm_name,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm_name, ns, &base_labels(None)),
+                       "data": { data_key(&name): text }}),
+            );
+        }
+    }
+    let mut secret_data: BTreeMap<String, String> = BTreeMap::new();
+    for (name, def) in section(model, "secrets") {
+        let data = if let Some(f) = def.get("file").and_then(scalar) {
+            match files(&f) {
+                Some(d) => Some(d),
+                None => {
+                    out.errors.push(format!("secret {name}: file {f}: cannot be read"));
+                    None
+                }
+            }
+        } else if def.get("external").and_then(Value::as_bool) == Some(true) {
+            out.warnings.push(format!("secret {name}: external: a Secret named {} must exist", dns_label(&name)));
+            None
+        } else {
+            // `environment:` secrets take the coordinator's variable; it is not read here.
+            out.warnings.push(format!("secret {name}: only file: secrets are converted; no Secret made"));
+            None
+        };
+        if let Some(d) = data {
+            let s_name = format!("{}-secret", dns_label(&name));
+            let encoded = b64(&d);
+            secret_data.insert(name.clone(), dockfra_common::sha256_hex(&d));
+            push(
+                "Secret",
+                &s_name,
+                json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                       "metadata": meta(&s_name, ns, &base_labels(None)), "data": { data_key(&name): encoded }}),
+            );
+        }
+    }
+
+    // Named volumes used by a Deployment: one claim each (a StatefulSet makes its own).
+    let named: BTreeSet<String> = section(model, "volumes").into_iter().map(|(n, _)| n).collect();
+    let mut claims: BTreeSet<String> = BTreeSet::new();
+    let all = services(model);
+    let port_of: BTreeMap<String, Vec<Port>> = all.iter().map(|(n, s)| (n.clone(), ports(s).0)).collect();
+
+    for (svc_name, svc) in &all {
+        let name = dns_label(svc_name);
+        let workload = match cfg.workloads.get(svc_name.as_str()) {
+            Some(w) => *w,
+            None if svc.get("deploy").and_then(|d| d.get("mode")).and_then(scalar).as_deref() == Some("global") => {
+                Workload::DaemonSet
+            }
+            None => Workload::Deployment,
+        };
+        for (k, _) in svc.iter() {
+            let k = scalar(k).unwrap_or_default();
+            if HANDLED.contains(&k.as_str()) || k.starts_with("x-") {
+                continue;
+            }
+            match DANGEROUS.iter().find(|(d, _)| *d == k) {
+                Some((_, why)) => out.lose(svc_name, &k, why, true, &cfg.allow),
+                None => out.lose(svc_name, &k, "not supported by the kubernetes converter; ignored", false, &cfg.allow),
+            }
+        }
+        let image = match svc.get("image").and_then(scalar) {
+            Some(image) => {
+                if svc.contains_key("build") {
+                    out.warnings
+                        .push(format!("service {svc_name}: key build: ignored; the image {image} is used as it is"));
+                }
+                image
+            }
+            None => {
+                // Compose names a built image `<project>-<service>`; the cluster must pull it.
+                let project = model.get("name").and_then(scalar).unwrap_or_else(|| opts.app.clone());
+                let image = format!("{project}-{svc_name}");
+                out.warnings.push(format!(
+                    "service {svc_name}: key build: Kubernetes does not build images; push {image} (compose's name for it) where the cluster pulls from, or set image:"
+                ));
+                image
+            }
+        };
+        if svc.contains_key("container_name") {
+            out.warnings.push(format!("service {svc_name}: key container_name: ignored; pods are named by Kubernetes"));
+        }
+        let mut pod = Map::new();
+        let mut c = Map::new();
+        c.insert("name".into(), json!(name));
+        c.insert("image".into(), json!(image));
+        if let Some(p) = svc.get("pull_policy").and_then(scalar) {
+            let policy = match p.as_str() {
+                "always" => Some("Always"),
+                "never" => Some("Never"),
+                "missing" | "if_not_present" => Some("IfNotPresent"),
+                _ => None,
+            };
+            match policy {
+                Some(p) => {
+                    c.insert("imagePullPolicy".into(), json!(p));
+                }
+                None => out.warnings.push(format!("service {svc_name}: key pull_policy: {p:?} has no Kubernetes form")),
+            }
+        }
+        if let Some(e) = svc.get("entrypoint").and_then(argv) {
+            c.insert("command".into(), json!(e));
+        }
+        if let Some(a) = svc.get("command").and_then(argv) {
+            c.insert("args".into(), json!(a));
+        }
+        if let Some(w) = svc.get("working_dir").and_then(scalar) {
+            c.insert("workingDir".into(), json!(w));
+        }
+        for (k, field) in [("stdin_open", "stdin"), ("tty", "tty")] {
+            if svc.get(k).and_then(Value::as_bool) == Some(true) {
+                c.insert(field.into(), json!(true));
+            }
+        }
+
+        // Environment: the service's own, then env files as a ConfigMap.
+        let mut env = Vec::new();
+        for (k, v) in svc.get("environment").map(pairs).unwrap_or_default() {
+            match v {
+                Some(v) => env.push(json!({"name": k, "value": v})),
+                None => out.warnings.push(format!(
+                    "service {svc_name}: key environment.{k}: no value (compose takes it from the host); not set"
+                )),
+            }
+        }
+        if !env.is_empty() {
+            c.insert("env".into(), json!(env));
+        }
+        let mut checksum_parts: Vec<String> = Vec::new();
+        let env_files: Vec<String> = match svc.get("env_file") {
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .filter_map(|i| if let Value::Mapping(m) = i { m.get("path").and_then(scalar) } else { scalar(i) })
+                .collect(),
+            Some(other) => list(other),
+            None => vec![],
+        };
+        if !env_files.is_empty() {
+            let mut data = BTreeMap::new();
+            for f in &env_files {
+                match files(f).map(|d| parse_env_file(&String::from_utf8_lossy(&d))) {
+                    Some(Ok(vars)) => data.extend(vars),
+                    Some(Err(e)) => out.errors.push(format!("service {svc_name}: env_file {f}: {e}")),
+                    None => out.errors.push(format!("service {svc_name}: env_file {f}: cannot be read")),
+                }
+            }
+            let cm = format!("{name}-env");
+            checksum_parts.push(format!("{data:?}"));
+            push(
+                "ConfigMap",
+                &cm,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm, ns, &base_labels(Some(&name))),
+                       "data": data}),
+            );
+            c.insert("envFrom".into(), json!([{"configMapRef": {"name": cm}}]));
+        }
+
+        // Ports.
+        let (svc_ports, bad) = ports(svc);
+        for b in bad {
+            out.warnings.push(format!("service {svc_name}: key ports: {b:?} cannot be read; ignored"));
+        }
+        let mut seen = BTreeSet::new();
+        let container_ports: Vec<Json> = svc_ports
+            .iter()
+            .filter(|p| seen.insert((p.target, p.protocol.clone())))
+            .map(|p| json!({"containerPort": p.target, "protocol": p.protocol.to_ascii_uppercase(), "name": port_name(p)}))
+            .collect();
+        if !container_ports.is_empty() {
+            c.insert("ports".into(), json!(container_ports));
+        }
+        if svc_ports.iter().any(|p| p.host_ip.is_some()) {
+            out.warnings.push(format!(
+                "service {svc_name}: key ports: a host address binding has no Kubernetes form; the Service decides"
+            ));
+        }
+
+        // Probes.
+        if let Some(h) = svc.get("healthcheck").and_then(Value::as_mapping) {
+            match health_argv(h) {
+                Ok(Some(cmd)) => {
+                    let mut probe = Map::new();
+                    probe.insert("exec".into(), json!({"command": cmd}));
+                    probe.insert(
+                        "periodSeconds".into(),
+                        json!(h.get("interval").and_then(|v| seconds(v, 1)).unwrap_or(30)),
+                    );
+                    probe.insert(
+                        "timeoutSeconds".into(),
+                        json!(h.get("timeout").and_then(|v| seconds(v, 1)).unwrap_or(30)),
+                    );
+                    probe.insert(
+                        "failureThreshold".into(),
+                        json!(h.get("retries").and_then(Value::as_u64).filter(|r| *r > 0).unwrap_or(3)),
+                    );
+                    if let Some(s) = h.get("start_period").and_then(|v| seconds(v, 0)).filter(|s| *s > 0) {
+                        probe.insert("initialDelaySeconds".into(), json!(s));
+                    }
+                    c.insert("readinessProbe".into(), Json::Object(probe));
+                }
+                Ok(None) => {}
+                Err(e) => out.warnings.push(format!("service {svc_name}: key healthcheck.test: {e}; no probe")),
+            }
+        }
+        let res = resources(svc, cfg);
+        if res.as_object().is_some_and(|m| !m.is_empty()) {
+            c.insert("resources".into(), res);
+        }
+
+        // Security context.
+        let mut sc = Map::new();
+        if let Some(u) = svc.get("user").and_then(scalar) {
+            let (uid, gid) =
+                u.split_once(':').map(|(a, b)| (a.to_string(), Some(b.to_string()))).unwrap_or((u.clone(), None));
+            match uid.parse::<u64>() {
+                Ok(n) => {
+                    sc.insert("runAsUser".into(), json!(n));
+                }
+                Err(_) => out.warnings.push(format!(
+                    "service {svc_name}: key user: {u:?} is a name; Kubernetes needs a numeric uid; not set"
+                )),
+            }
+            if let Some(g) = gid.and_then(|g| g.parse::<u64>().ok()) {
+                sc.insert("runAsGroup".into(), json!(g));
+            }
+        }
+        if svc.get("read_only").and_then(Value::as_bool) == Some(true) {
+            sc.insert("readOnlyRootFilesystem".into(), json!(true));
+        }
+        if svc.get("privileged").and_then(Value::as_bool) == Some(true) {
+            sc.insert("privileged".into(), json!(true));
+        }
+        let caps = |k: &str| -> Vec<String> {
+            svc.get(k)
+                .map(list)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.trim_start_matches("CAP_").to_string())
+                .collect()
+        };
+        let (add, drop) = (caps("cap_add"), caps("cap_drop"));
+        if !add.is_empty() || !drop.is_empty() {
+            let mut m = Map::new();
+            if !add.is_empty() {
+                m.insert("add".into(), json!(add));
+            }
+            if !drop.is_empty() {
+                m.insert("drop".into(), json!(drop));
+            }
+            sc.insert("capabilities".into(), Json::Object(m));
+        }
+        if !sc.is_empty() {
+            c.insert("securityContext".into(), Json::Object(sc));
+        }
+        if let Some(s) = svc.get("sysctls") {
+            let sysctls: Vec<Json> =
+                pairs(s).into_iter().map(|(k, v)| json!({"name": k, "value": v.unwrap_or_default()})).collect();
+            pod.insert("securityContext".into(), json!({ "sysctls": sysctls }));
+        }
+
+        // Volumes and mounts.
+        let mut volumes: Vec<Json> = Vec::new();
+        let mut vmounts: Vec<Json> = Vec::new();
+        let mut claim_templates: Vec<Json> = Vec::new();
+        let mut file_data: BTreeMap<String, String> = BTreeMap::new();
+        let (ms, bad) = mounts(svc);
+        for b in bad {
+            out.warnings.push(format!("service {svc_name}: key volumes: {b:?} cannot be read; ignored"));
+        }
+        for (i, m) in ms.iter().enumerate() {
+            let vname = format!("v{i}");
+            let ro = m.read_only;
+            match (m.kind.as_str(), &m.source) {
+                ("volume", Some(src)) if named.contains(src) => {
+                    let claim = dns_label(src);
+                    let size = cfg.volume_size.get(src).unwrap_or("1Gi").to_string();
+                    let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
+                    if let Some(sc) = &cfg.storage_class {
+                        spec["storageClassName"] = json!(sc);
+                    }
+                    if workload == Workload::StatefulSet {
+                        claim_templates.push(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}, "spec": spec}));
+                        vmounts.push(json!({"name": claim, "mountPath": m.target, "readOnly": ro}));
+                    } else {
+                        if claims.insert(claim.clone()) {
+                            push(
+                                "PersistentVolumeClaim",
+                                &claim,
+                                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                       "metadata": meta(&claim, ns, &base_labels(None)), "spec": spec}),
+                            );
+                        }
+                        volumes.push(json!({"name": vname, "persistentVolumeClaim": {"claimName": claim}}));
+                        vmounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
+                    }
+                }
+                ("volume", Some(src)) => {
+                    out.warnings.push(format!(
+                        "service {svc_name}: key volumes: volume {src} is not defined at the top level; an emptyDir stands in"
+                    ));
+                    volumes.push(json!({"name": vname, "emptyDir": {}}));
+                    vmounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
+                }
+                ("volume", None) => {
+                    volumes.push(json!({"name": vname, "emptyDir": {}}));
+                    vmounts.push(json!({"name": vname, "mountPath": m.target}));
+                }
+                ("tmpfs", _) => {
+                    volumes.push(json!({"name": vname, "emptyDir": {"medium": "Memory"}}));
+                    vmounts.push(json!({"name": vname, "mountPath": m.target}));
+                }
+                ("bind", Some(src)) if src.starts_with('/') => {
+                    out.warnings.push(format!(
+                        "service {svc_name}: key volumes: {src} becomes a hostPath: the node must have it"
+                    ));
+                    volumes.push(json!({"name": vname, "hostPath": {"path": src}}));
+                    vmounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
+                }
+                ("bind", Some(src)) => match files(src) {
+                    // A project file: carried in a ConfigMap, mounted read-only at its path.
+                    Some(d) => {
+                        let key = data_key(&format!("{i}-{}", base_name(src)));
+                        let text = String::from_utf8_lossy(&d).to_string();
+                        if !ro {
+                            out.warnings.push(format!(
+                                "service {svc_name}: key volumes: {src} is carried in a ConfigMap: read-only in the pod"
+                            ));
+                        }
+                        file_data.insert(key.clone(), text);
+                        volumes.push(json!({"name": vname, "configMap": {"name": format!("{name}-files"), "items": [{"key": key, "path": key}]}}));
+                        vmounts.push(json!({"name": vname, "mountPath": m.target, "subPath": key, "readOnly": true}));
+                    }
+                    None => out.warnings.push(format!(
+                        "service {svc_name}: key volumes: {src} is a directory or missing; not mounted (the image's own files stay)"
+                    )),
+                },
+                (k, _) => out.warnings.push(format!("service {svc_name}: key volumes: type {k} is not supported; ignored")),
+            }
+        }
+        for t in svc.get("tmpfs").map(list).unwrap_or_default() {
+            let vname = format!("tmp{}", volumes.len());
+            let path = t.split(':').next().unwrap_or(&t).to_string();
+            volumes.push(json!({"name": vname, "emptyDir": {"medium": "Memory"}}));
+            vmounts.push(json!({"name": vname, "mountPath": path}));
+        }
+        if let Some(shm) = svc.get("shm_size").and_then(memory) {
+            volumes.push(json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}));
+            vmounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
+        }
+        if !file_data.is_empty() {
+            let cm = format!("{name}-files");
+            checksum_parts.push(format!("{file_data:?}"));
+            push(
+                "ConfigMap",
+                &cm,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm, ns, &base_labels(Some(&name))),
+                       "data": file_data}),
+            );
+        }
+        // Service-level configs and secrets, short (`- name`) or long form.
+        for (key, default_dir) in [("configs", "/"), ("secrets", "/run/secrets/")] {
+            for (i, entry) in svc.get(key).and_then(Value::as_sequence).into_iter().flatten().enumerate() {
+                let (source, target) = match entry {
+                    Value::Mapping(m) => (m.get("source").and_then(scalar), m.get("target").and_then(scalar)),
+                    other => (scalar(other), None),
+                };
+                let Some(source) = source else { continue };
+                let known = if key == "configs" {
+                    config_data.contains_key(&source)
+                } else {
+                    secret_data.contains_key(&source)
+                };
+                if !known {
+                    out.warnings.push(format!("service {svc_name}: key {key}.{source}: not converted; not mounted"));
+                    continue;
+                }
+                let target = match target {
+                    Some(t) if t.starts_with('/') => t,
+                    Some(t) => format!("{default_dir}{t}"),
+                    None => format!("{default_dir}{source}"),
+                };
+                let vname = format!("{}{i}", &key[..1]);
+                let dk = data_key(&source);
+                let obj = dns_label(&source);
+                if key == "configs" {
+                    checksum_parts.push(config_data[&source].clone());
+                    volumes.push(json!({"name": vname, "configMap": {"name": format!("{obj}-config")}}));
+                } else {
+                    checksum_parts.push(secret_data[&source].clone());
+                    volumes.push(json!({"name": vname, "secret": {"secretName": format!("{obj}-secret")}}));
+                }
+                vmounts.push(json!({"name": vname, "mountPath": target, "subPath": dk, "readOnly": true}));
+            }
+        }
+        if !vmounts.is_empty() {
+            c.insert("volumeMounts".into(), json!(vmounts));
+        }
+
+        // Pod-level settings.
+        if let Some(h) = svc.get("hostname").and_then(scalar) {
+            pod.insert("hostname".into(), json!(dns_label(&h)));
+        }
+        if let Some(g) = svc.get("stop_grace_period").and_then(duration_ms) {
+            pod.insert("terminationGracePeriodSeconds".into(), json!(g.div_ceil(1000)));
+        }
+        let hosts: Vec<Json> = svc
+            .get("extra_hosts")
+            .map(|v| match v {
+                Value::Mapping(_) => {
+                    pairs(v).into_iter().map(|(h, ip)| (h, ip.unwrap_or_default())).collect::<Vec<_>>()
+                }
+                other => list(other)
+                    .into_iter()
+                    .filter_map(|e| e.split_once(['=', ':']).map(|(h, ip)| (h.to_string(), ip.to_string())))
+                    .collect(),
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(h, ip)| json!({"ip": ip.trim_matches(['[', ']']), "hostnames": [h]}))
+            .collect();
+        if !hosts.is_empty() {
+            pod.insert("hostAliases".into(), json!(hosts));
+        }
+        let dns = svc.get("dns").map(list).unwrap_or_default();
+        let search = svc.get("dns_search").map(list).unwrap_or_default();
+        if !dns.is_empty() || !search.is_empty() {
+            let mut d = Map::new();
+            if !dns.is_empty() {
+                d.insert("nameservers".into(), json!(dns));
+            }
+            if !search.is_empty() {
+                d.insert("searches".into(), json!(search));
+            }
+            pod.insert("dnsConfig".into(), Json::Object(d));
+        }
+        match svc.get("network_mode").and_then(scalar).as_deref() {
+            None | Some("bridge") | Some("default") => {}
+            Some("host") => {
+                let allowed = cfg.allow.iter().any(|a| a == "network_mode" || a == &format!("{svc_name}.network_mode"));
+                out.lose(
+                    svc_name,
+                    "network_mode",
+                    "host networking: on Kubernetes the pod would share the node's network (hostNetwork)",
+                    true,
+                    &cfg.allow,
+                );
+                if allowed {
+                    pod.insert("hostNetwork".into(), json!(true));
+                }
+            }
+            Some(other) => out.lose(
+                svc_name,
+                "network_mode",
+                &format!("{other}: pods cannot join another container's network namespace"),
+                true,
+                &cfg.allow,
+            ),
+        }
+        if let Some(r) = svc.get("restart").and_then(scalar) {
+            if !matches!(r.as_str(), "always" | "unless-stopped") {
+                out.warnings.push(format!(
+                    "service {svc_name}: key restart: {r:?}: a {} restarts its pods always",
+                    workload.kind()
+                ));
+            }
+        }
+        if let Some(nets) = svc.get("networks") {
+            let n: Vec<String> = match nets {
+                Value::Mapping(m) => m.keys().filter_map(scalar).collect(),
+                other => list(other),
+            };
+            if n.iter().any(|n| n != "default") {
+                out.warnings.push(format!(
+                    "service {svc_name}: key networks: pods share one cluster network; {} not isolated",
+                    n.join(", ")
+                ));
+            }
+        }
+
+        // depends_on: an init container per dependency that waits until it answers.
+        let wait_image = cfg.wait_image.clone().unwrap_or_else(|| "busybox:1.36".into());
+        let mut inits = Vec::new();
+        for (dep, condition) in depends_on(svc) {
+            if condition == "service_completed_successfully" {
+                out.warnings.push(format!(
+                    "service {svc_name}: key depends_on.{dep}: service_completed_successfully has no Kubernetes form (use a Job); not waited for"
+                ));
+                continue;
+            }
+            let d = dns_label(&dep);
+            let script = match port_of.get(&dep).and_then(|p| p.iter().find(|p| p.protocol == "tcp")) {
+                Some(p) => format!("until nc -z -w 2 {d} {}; do echo waiting for {d}; sleep 2; done", p.target),
+                None => format!("until nslookup {d}; do echo waiting for {d}; sleep 2; done"),
+            };
+            inits.push(json!({"name": format!("wait-for-{d}"), "image": wait_image, "command": ["sh", "-c", script]}));
+        }
+        if !inits.is_empty() {
+            pod.insert("initContainers".into(), json!(inits));
+        }
+        pod.insert("containers".into(), json!([Json::Object(c)]));
+        if !volumes.is_empty() {
+            pod.insert("volumes".into(), json!(volumes));
+        }
+
+        // The workload and its Service.
+        let mut selector = Map::new();
+        selector.insert("app.kubernetes.io/part-of".into(), json!(app));
+        selector.insert("app.kubernetes.io/name".into(), json!(name));
+        if let Some(s) = &slot {
+            selector.insert("dockfra.dev/slot".into(), json!(s));
+        }
+        let mut pod_labels = selector.clone();
+        pod_labels.insert("app.kubernetes.io/managed-by".into(), json!("dockfra"));
+        let mut annotations = Map::new();
+        for (k, v) in svc.get("labels").map(pairs).unwrap_or_default() {
+            annotations.insert(k, json!(v.unwrap_or_default()));
+        }
+        if !checksum_parts.is_empty() {
+            annotations.insert(
+                "dockfra.dev/config-checksum".into(),
+                json!(dockfra_common::sha256_hex(checksum_parts.join("\n").as_bytes())),
+            );
+        }
+        let mut template_meta = json!({ "labels": pod_labels });
+        if !annotations.is_empty() {
+            template_meta["annotations"] = Json::Object(annotations);
+        }
+        let replicas = svc
+            .get("deploy")
+            .and_then(|d| d.get("replicas"))
+            .and_then(Value::as_u64)
+            .or(cfg.replicas.map(u64::from))
+            .unwrap_or(1);
+        let wl_name = match &slot {
+            Some(s) => format!("{name}-{s}"),
+            None => name.clone(),
+        };
+        let mut labels = base_labels(Some(&name));
+        if let Some(s) = &slot {
+            labels.insert("dockfra.dev/slot".into(), json!(s));
+        }
+        let mut spec = json!({
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": template_meta, "spec": pod},
+        });
+        match workload {
+            Workload::Deployment => {
+                spec["replicas"] = json!(replicas);
+                spec["strategy"] = match cfg.strategy {
+                    Strategy::Recreate => json!({"type": "Recreate"}),
+                    // New pods come up before old ones go: no drop in capacity.
+                    _ => json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}),
+                };
+            }
+            Workload::StatefulSet => {
+                spec["replicas"] = json!(replicas);
+                spec["serviceName"] = json!(name);
+                if !claim_templates.is_empty() {
+                    spec["volumeClaimTemplates"] = json!(claim_templates);
+                }
+            }
+            Workload::DaemonSet => {
+                spec["updateStrategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}});
+            }
+        }
+        if workload != Workload::Deployment && cfg.strategy != Strategy::Rolling {
+            out.warnings.push(format!(
+                "service {svc_name}: strategy {} applies to Deployments; this {} rolls its pods in place",
+                cfg.strategy,
+                workload.kind()
+            ));
+        }
+        push(
+            workload.kind(),
+            &wl_name,
+            json!({"apiVersion": "apps/v1", "kind": workload.kind(), "metadata": meta(&wl_name, ns, &labels), "spec": spec}),
+        );
+
+        let mut service_spec = json!({"selector": selector});
+        let mut seen = BTreeSet::new();
+        let sports: Vec<&Port> = svc_ports.iter().filter(|p| seen.insert((p.target, p.protocol.clone()))).collect();
+        if sports.is_empty() {
+            service_spec["clusterIP"] = json!("None");
+        } else {
+            let stype = cfg.service_type.get(svc_name).unwrap_or("ClusterIP");
+            if stype != "ClusterIP" {
+                service_spec["type"] = json!(stype);
+            }
+            let list: Vec<Json> = sports
+                .iter()
+                .map(|p| {
+                    let mut e = json!({"name": port_name(p), "port": p.target, "targetPort": p.target,
+                                       "protocol": p.protocol.to_ascii_uppercase()});
+                    match (stype, p.published) {
+                        ("NodePort", Some(n)) if (30000..=32767).contains(&n) => e["nodePort"] = json!(n),
+                        ("NodePort", Some(n)) => out.warnings.push(format!(
+                            "service {svc_name}: key ports: host port {n} is outside the NodePort range 30000-32767; the cluster picks one"
+                        )),
+                        ("LoadBalancer", Some(n)) => e["port"] = json!(n),
+                        _ => {}
+                    }
+                    e
+                })
+                .collect();
+            service_spec["ports"] = json!(list);
+        }
+        if workload == Workload::StatefulSet && sports.is_empty() {
+            service_spec["publishNotReadyAddresses"] = json!(false);
+        }
+        push(
+            "Service",
+            &name,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(&name, ns, &base_labels(Some(&name))), "spec": service_spec}),
+        );
+    }
+
+    if let Some(ing) = &cfg.ingress {
+        let chosen = match &ing.service {
+            Some(s) => all.iter().find(|(n, _)| n == s).map(|(n, _)| n.clone()),
+            None => all.iter().find(|(n, _)| port_of[n].iter().any(|p| p.published.is_some())).map(|(n, _)| n.clone()),
+        };
+        match chosen {
+            None => out.errors.push(match &ing.service {
+                Some(s) => format!("config.ingress.service: no compose service {s}"),
+                None => "config.ingress: no service publishes a port; name one with config.ingress.service".into(),
+            }),
+            Some(svc_name) => {
+                let port =
+                    ing.port.or_else(|| port_of[&svc_name].iter().find(|p| p.protocol == "tcp").map(|p| p.target));
+                match port {
+                    None => out.errors.push(format!("config.ingress: service {svc_name} has no TCP port")),
+                    Some(port) => {
+                        let name = dns_label(&svc_name);
+                        let mut spec = json!({"rules": [{"host": ing.host, "http": {"paths": [{
+                            "path": ing.path, "pathType": "Prefix",
+                            "backend": {"service": {"name": name, "port": {"number": port}}}}]}}]});
+                        if let Some(cls) = &ing.class {
+                            spec["ingressClassName"] = json!(cls);
+                        }
+                        if let Some(t) = &ing.tls_secret {
+                            spec["tls"] = json!([{"hosts": [ing.host], "secretName": t}]);
+                        }
+                        push(
+                            "Ingress",
+                            &name,
+                            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                                   "metadata": meta(&name, ns, &base_labels(Some(&name))), "spec": spec}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    out.files = objects
+        .into_iter()
+        .map(|(n, o)| (format!("{n}.yaml"), serde_yaml_ng::to_string(&o).unwrap_or_default()))
+        .collect();
+    out
+}
+
+/// Every object as one multi-document YAML stream (`kubectl apply -f -` takes it).
+pub fn stream(r: &Rendered) -> String {
+    r.files.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Every awesome-compose project converts without a panic, and every error it reports is
+    /// a true one: a service Kubernetes cannot run as written (no image, host networking,
+    /// host devices).
+    #[test]
+    fn awesome_compose_converts_without_false_errors() {
+        let root = dockfra_common::shared_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .join("corpus/awesome-compose");
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            panic!("corpus missing at {}", root.display());
+        };
+        let env = BTreeMap::new();
+        let opts = dockfra_common::compose::LoadOptions { project_name: None, overrides: &env, use_process_env: false };
+        let cfg = KubernetesConfig::default();
+        let (mut converted, mut errors) = (0, Vec::new());
+        for d in dirs.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            let Some(file) = dockfra_common::compose::find_compose_file(&d) else { continue };
+            let Ok(project) = dockfra_common::compose::load(&file, &opts) else { continue };
+            let dir = file.parent().unwrap().to_path_buf();
+            let files = |p: &str| std::fs::read(dir.join(p)).ok();
+            let o = Options { app: project.name.clone(), release: None, config: &cfg, slot: None };
+            let r = convert(&project.model, &o, &files);
+            assert!(!r.files.is_empty() || !r.errors.is_empty(), "{}: nothing rendered", d.display());
+            for f in &r.files {
+                let _: serde_yaml_ng::Value = serde_yaml_ng::from_str(&f.1).unwrap();
+            }
+            errors.extend(r.errors.iter().map(|e| format!("{}: {e}", d.display())));
+            converted += 1;
+        }
+        assert!(converted >= 30, "only {converted} corpus projects loaded");
+        let true_errors = ["key network_mode: host networking"];
+        for e in &errors {
+            assert!(true_errors.iter().any(|t| e.contains(t)), "false error: {e}");
+        }
+    }
+}

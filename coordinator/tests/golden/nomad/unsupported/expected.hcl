@@ -1,0 +1,52 @@
+# Rendered by dockfra from the compose file: change that, not this.
+job "golden" {
+  datacenters = ["dc1"]
+  type        = "service"
+
+  meta {
+    dockfra_app     = "golden"
+    dockfra_release = "7"
+  }
+
+  update {
+    max_parallel      = 1
+    canary            = 0
+    auto_revert       = true
+    auto_promote      = false
+    min_healthy_time  = "10s"
+    healthy_deadline  = "5m"
+    progress_deadline = "10m"
+  }
+
+  group "app" {
+    count = 1
+
+    network {
+      mode = "bridge"
+    }
+
+    task "app" {
+      driver = "docker"
+
+      config {
+        image = "example/base:1"
+      }
+    }
+  }
+
+  group "cache" {
+    count = 1
+
+    network {
+      mode = "bridge"
+    }
+
+    task "cache" {
+      driver = "docker"
+
+      config {
+        image = "redis:7"
+      }
+    }
+  }
+}
