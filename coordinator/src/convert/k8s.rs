@@ -157,161 +157,289 @@ fn port_name(p: &Port) -> String {
     format!("{}-{}", p.protocol, p.target)
 }
 
+/// What converting every service shares: the target, the app, the objects made so far.
+struct Cx<'a> {
+    model: &'a Value,
+    opts: &'a Options<'a>,
+    cfg: &'a KubernetesConfig,
+    ns: Option<&'a str>,
+    app: String,
+    /// Under blue-green, the slot rendered.
+    slot: Option<String>,
+    files: Files<'a>,
+    out: Rendered,
+    /// (file stem, object), in the order made.
+    objects: Vec<(String, Json)>,
+    /// Top-level configs by name: their text.
+    config_data: BTreeMap<String, String>,
+    /// Top-level secrets by name: a digest of their content (never the content).
+    secret_data: BTreeMap<String, String>,
+    /// `configs.NAME` / `secrets.NAME` that are `external: true`.
+    external: BTreeSet<String>,
+    /// Top-level named volumes.
+    named: BTreeSet<String>,
+    /// Claims made already (a volume shared by services gets one).
+    claims: BTreeSet<String>,
+    port_of: BTreeMap<String, Vec<Port>>,
+}
+
+/// One compose service on its way to a workload.
+struct Svc<'a> {
+    /// The compose name, and the DNS label objects take.
+    name: &'a str,
+    label: String,
+    m: &'a Mapping,
+    workload: Workload,
+    container: Map<String, Json>,
+    pod: Map<String, Json>,
+    volumes: Vec<Json>,
+    mounts: Vec<Json>,
+    claim_templates: Vec<Json>,
+    /// What the pod's config checksum covers.
+    checksum: Vec<String>,
+    ports: Vec<Port>,
+}
+
 /// Convert a resolved compose model (as `compose::load` gives it).
 pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
-    let mut out = Rendered::default();
     let cfg = opts.config;
-    let ns = cfg.namespace.as_deref();
-    let app = dns_label(&opts.app);
-    let base_labels = |svc: Option<&str>| {
+    let all = services(model);
+    let mut cx = Cx {
+        model,
+        opts,
+        cfg,
+        ns: cfg.namespace.as_deref(),
+        app: dns_label(&opts.app),
+        slot: match cfg.strategy {
+            Strategy::BlueGreen => Some(opts.slot.clone().unwrap_or_else(|| FIRST_SLOT.into())),
+            _ => None,
+        },
+        files,
+        out: Rendered::default(),
+        objects: Vec::new(),
+        config_data: BTreeMap::new(),
+        secret_data: BTreeMap::new(),
+        external: BTreeSet::new(),
+        named: section(model, "volumes").into_iter().map(|(n, _)| n).collect(),
+        claims: BTreeSet::new(),
+        port_of: all.iter().map(|(n, s)| (n.clone(), ports(s).0)).collect(),
+    };
+    cx.top_level();
+    cx.configs();
+    cx.secrets();
+    for (svc_name, svc) in &all {
+        cx.service(svc_name, svc);
+    }
+    cx.ingress();
+    let mut out = cx.out;
+    out.files = cx
+        .objects
+        .into_iter()
+        .map(|(n, o)| (format!("{n}.yaml"), serde_yaml_ng::to_string(&o).unwrap_or_default()))
+        .collect();
+    out
+}
+
+impl<'a> Cx<'a> {
+    /// The labels every object carries (`svc`: those of one service).
+    fn labels(&self, svc: Option<&str>) -> Map<String, Json> {
         let mut l = Map::new();
-        l.insert("app.kubernetes.io/part-of".into(), json!(app));
+        l.insert("app.kubernetes.io/part-of".into(), json!(self.app));
         l.insert("app.kubernetes.io/managed-by".into(), json!("dockfra"));
         if let Some(s) = svc {
             l.insert("app.kubernetes.io/name".into(), json!(s));
         }
-        if let Some(r) = &opts.release {
+        if let Some(r) = &self.opts.release {
             l.insert("dockfra.dev/release".into(), json!(dns_label(r)));
         }
         l
-    };
-    let slot = match cfg.strategy {
-        Strategy::BlueGreen => Some(opts.slot.clone().unwrap_or_else(|| FIRST_SLOT.into())),
-        _ => None,
-    };
-    let mut objects: Vec<(String, Json)> = Vec::new();
-    let mut push =
-        |kind: &str, name: &str, obj: Json| objects.push((format!("{}-{name}", kind.to_ascii_lowercase()), obj));
-
-    for (key, _) in model.as_mapping().into_iter().flatten() {
-        let k = scalar(key).unwrap_or_default();
-        if !["name", "services", "networks", "volumes", "configs", "secrets"].contains(&k.as_str())
-            && !k.starts_with("x-")
-        {
-            out.warnings.push(format!("top-level key {k}: not supported by the kubernetes converter; ignored"));
-        }
-    }
-    for (name, def) in section(model, "networks") {
-        if def.get("internal").and_then(Value::as_bool) == Some(true) {
-            out.warnings.push(format!(
-                "network {name}: internal: pods share the cluster network; isolate them with a NetworkPolicy"
-            ));
-        }
     }
 
-    // Top-level configs and secrets: one ConfigMap / Secret each.
-    let mut config_data: BTreeMap<String, String> = BTreeMap::new();
-    for (name, def) in section(model, "configs") {
-        let data = if let Some(c) = def.get("content").and_then(scalar) {
-            Some(c.into_bytes())
-        } else if let Some(f) = def.get("file").and_then(scalar) {
-            match files(&f) {
-                Some(d) => Some(d),
-                None => {
-                    out.errors.push(format!("config {name}: file {f}: cannot be read"));
-                    None
-                }
-            }
-        } else if def.get("external").and_then(Value::as_bool) == Some(true) {
-            out.warnings.push(format!("config {name}: external: a ConfigMap named {} must exist", dns_label(&name)));
-            None
-        } else {
-            out.warnings.push(format!("config {name}: neither file nor content; no ConfigMap made"));
-            None
-        };
-        if let Some(d) = data {
-            let text = String::from_utf8_lossy(&d).to_string();
-            let cm_name = format!("{}-config", dns_label(&name));
-            config_data.insert(name.clone(), text.clone());
-            push(
-                "ConfigMap",
-                &cm_name,
-                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm_name, ns, &base_labels(None)),
-                       "data": { data_key(&name): text }}),
-            );
-        }
-    }
-    let mut secret_data: BTreeMap<String, String> = BTreeMap::new();
-    for (name, def) in section(model, "secrets") {
-        let data = if let Some(f) = def.get("file").and_then(scalar) {
-            match files(&f) {
-                Some(d) => Some(d),
-                None => {
-                    out.errors.push(format!("secret {name}: file {f}: cannot be read"));
-                    None
-                }
-            }
-        } else if def.get("external").and_then(Value::as_bool) == Some(true) {
-            out.warnings.push(format!("secret {name}: external: a Secret named {} must exist", dns_label(&name)));
-            None
-        } else {
-            // `environment:` secrets take the coordinator's variable; it is not read here.
-            out.warnings.push(format!("secret {name}: only file: secrets are converted; no Secret made"));
-            None
-        };
-        if let Some(d) = data {
-            let s_name = format!("{}-secret", dns_label(&name));
-            let encoded = b64(&d);
-            secret_data.insert(name.clone(), dockfra_common::sha256_hex(&d));
-            push(
-                "Secret",
-                &s_name,
-                json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                       "metadata": meta(&s_name, ns, &base_labels(None)), "data": { data_key(&name): encoded }}),
-            );
-        }
+    fn push(&mut self, kind: &str, name: &str, obj: Json) {
+        self.objects.push((format!("{}-{name}", kind.to_ascii_lowercase()), obj));
     }
 
-    // Named volumes used by a Deployment: one claim each (a StatefulSet makes its own).
-    let named: BTreeSet<String> = section(model, "volumes").into_iter().map(|(n, _)| n).collect();
-    let mut claims: BTreeSet<String> = BTreeSet::new();
-    let all = services(model);
-    let port_of: BTreeMap<String, Vec<Port>> = all.iter().map(|(n, s)| (n.clone(), ports(s).0)).collect();
-
-    for (svc_name, svc) in &all {
-        let name = dns_label(svc_name);
-        let workload = match cfg.workloads.get(svc_name.as_str()) {
+    /// One compose service: its workload, Service and the ConfigMaps/claims it needs.
+    fn service(&mut self, svc_name: &'a str, svc: &'a Mapping) {
+        let workload = match self.cfg.workloads.get(svc_name) {
             Some(w) => *w,
             None if svc.get("deploy").and_then(|d| d.get("mode")).and_then(scalar).as_deref() == Some("global") => {
                 Workload::DaemonSet
             }
             None => Workload::Deployment,
         };
+        let mut s = Svc {
+            name: svc_name,
+            label: dns_label(svc_name),
+            m: svc,
+            workload,
+            container: Map::new(),
+            pod: Map::new(),
+            volumes: Vec::new(),
+            mounts: Vec::new(),
+            claim_templates: Vec::new(),
+            checksum: Vec::new(),
+            ports: Vec::new(),
+        };
+        self.basics(&mut s);
+        self.environment(&mut s);
+        self.ports(&mut s);
+        self.probe_and_resources(&mut s);
+        self.security(&mut s);
+        self.volumes(&mut s);
+        self.file_refs(&mut s);
+        self.pod_settings(&mut s);
+        self.waits(&mut s);
+        self.objects(s);
+    }
+
+    /// Top-level keys and networks the cluster cannot express.
+    fn top_level(&mut self) {
+        let model = self.model;
+
+        for (key, _) in model.as_mapping().into_iter().flatten() {
+            let k = scalar(key).unwrap_or_default();
+            if !["name", "services", "networks", "volumes", "configs", "secrets"].contains(&k.as_str())
+                && !k.starts_with("x-")
+            {
+                self.out
+                    .warnings
+                    .push(format!("top-level key {k}: not supported by the kubernetes converter; ignored"));
+            }
+        }
+        for (name, def) in section(model, "networks") {
+            if def.get("internal").and_then(Value::as_bool) == Some(true) {
+                self.out.warnings.push(format!(
+                    "network {name}: internal: pods share the cluster network; isolate them with a NetworkPolicy"
+                ));
+            }
+        }
+    }
+
+    /// Top-level configs: a ConfigMap each.
+    fn configs(&mut self) {
+        let (model, ns, files) = (self.model, self.ns, self.files);
+        // Top-level configs and secrets: one ConfigMap / Secret each.
+        for (name, def) in section(model, "configs") {
+            let data = if let Some(c) = def.get("content").and_then(scalar) {
+                Some(c.into_bytes())
+            } else if let Some(f) = def.get("file").and_then(scalar) {
+                match files(&f) {
+                    Some(d) => Some(d),
+                    None => {
+                        self.out.errors.push(format!("config {name}: file {f}: cannot be read"));
+                        None
+                    }
+                }
+            } else if def.get("external").and_then(Value::as_bool) == Some(true) {
+                self.out.warnings.push(format!(
+                    "config {name}: external: a ConfigMap named {} with the key {} must exist",
+                    dns_label(&name),
+                    data_key(&name)
+                ));
+                self.external.insert(format!("configs.{name}"));
+                self.config_data.insert(name.clone(), String::new());
+                None
+            } else {
+                self.out.warnings.push(format!("config {name}: neither file nor content; no ConfigMap made"));
+                None
+            };
+            if let Some(d) = data {
+                let text = String::from_utf8_lossy(&d).to_string();
+                let cm_name = format!("{}-config", dns_label(&name));
+                self.config_data.insert(name.clone(), text.clone());
+                self.push(
+                    "ConfigMap",
+                    &cm_name,
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm_name, ns, &self.labels(None)),
+                       "data": { data_key(&name): text }}),
+                );
+            }
+        }
+    }
+
+    /// Top-level secrets: a Secret each.
+    fn secrets(&mut self) {
+        let (model, ns, files) = (self.model, self.ns, self.files);
+        for (name, def) in section(model, "secrets") {
+            let data = if let Some(f) = def.get("file").and_then(scalar) {
+                match files(&f) {
+                    Some(d) => Some(d),
+                    None => {
+                        self.out.errors.push(format!("secret {name}: file {f}: cannot be read"));
+                        None
+                    }
+                }
+            } else if def.get("external").and_then(Value::as_bool) == Some(true) {
+                self.out.warnings.push(format!(
+                    "secret {name}: external: a Secret named {} with the key {} must exist",
+                    dns_label(&name),
+                    data_key(&name)
+                ));
+                self.external.insert(format!("secrets.{name}"));
+                self.secret_data.insert(name.clone(), String::new());
+                None
+            } else {
+                // `environment:` secrets take the coordinator's variable; it is not read here.
+                self.out.warnings.push(format!("secret {name}: only file: secrets are converted; no Secret made"));
+                None
+            };
+            if let Some(d) = data {
+                let s_name = format!("{}-secret", dns_label(&name));
+                let encoded = b64(&d);
+                self.secret_data.insert(name.clone(), dockfra_common::sha256_hex(&d));
+                self.push(
+                    "Secret",
+                    &s_name,
+                    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                       "metadata": meta(&s_name, ns, &self.labels(None)), "data": { data_key(&name): encoded }}),
+                );
+            }
+        }
+    }
+
+    /// Unknown and dangerous keys, the image, the process.
+    fn basics(&mut self, s: &mut Svc) {
+        let (svc_name, svc, name) = (s.name, s.m, s.label.clone());
+        let cfg = self.cfg;
         for (k, _) in svc.iter() {
             let k = scalar(k).unwrap_or_default();
             if HANDLED.contains(&k.as_str()) || k.starts_with("x-") {
                 continue;
             }
             match DANGEROUS.iter().find(|(d, _)| *d == k) {
-                Some((_, why)) => out.lose(svc_name, &k, why, true, &cfg.allow),
-                None => out.lose(svc_name, &k, "not supported by the kubernetes converter; ignored", false, &cfg.allow),
+                Some((_, why)) => self.out.lose(svc_name, &k, why, true, &cfg.allow),
+                None => {
+                    self.out.lose(svc_name, &k, "not supported by the kubernetes converter; ignored", false, &cfg.allow)
+                }
             }
         }
         let image = match svc.get("image").and_then(scalar) {
             Some(image) => {
                 if svc.contains_key("build") {
-                    out.warnings
+                    self.out
+                        .warnings
                         .push(format!("service {svc_name}: key build: ignored; the image {image} is used as it is"));
                 }
                 image
             }
             None => {
                 // Compose names a built image `<project>-<service>`; the cluster must pull it.
-                let project = model.get("name").and_then(scalar).unwrap_or_else(|| opts.app.clone());
+                let project = self.model.get("name").and_then(scalar).unwrap_or_else(|| self.opts.app.clone());
                 let image = format!("{project}-{svc_name}");
-                out.warnings.push(format!(
-                    "service {svc_name}: key build: Kubernetes does not build images; push {image} (compose's name for it) where the cluster pulls from, or set image:"
-                ));
+                self.out.warnings.push(format!(
+                "service {svc_name}: key build: Kubernetes does not build images; push {image} (compose's name for it) where the cluster pulls from, or set image:"
+            ));
                 image
             }
         };
         if svc.contains_key("container_name") {
-            out.warnings.push(format!("service {svc_name}: key container_name: ignored; pods are named by Kubernetes"));
+            self.out
+                .warnings
+                .push(format!("service {svc_name}: key container_name: ignored; pods are named by Kubernetes"));
         }
-        let mut pod = Map::new();
-        let mut c = Map::new();
-        c.insert("name".into(), json!(name));
-        c.insert("image".into(), json!(image));
+        s.container.insert("name".into(), json!(name));
+        s.container.insert("image".into(), json!(image));
         if let Some(p) = svc.get("pull_policy").and_then(scalar) {
             let policy = match p.as_str() {
                 "always" => Some("Always"),
@@ -321,40 +449,46 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             };
             match policy {
                 Some(p) => {
-                    c.insert("imagePullPolicy".into(), json!(p));
+                    s.container.insert("imagePullPolicy".into(), json!(p));
                 }
-                None => out.warnings.push(format!("service {svc_name}: key pull_policy: {p:?} has no Kubernetes form")),
+                None => {
+                    self.out.warnings.push(format!("service {svc_name}: key pull_policy: {p:?} has no Kubernetes form"))
+                }
             }
         }
         if let Some(e) = svc.get("entrypoint").and_then(argv) {
-            c.insert("command".into(), json!(e));
+            s.container.insert("command".into(), json!(e));
         }
         if let Some(a) = svc.get("command").and_then(argv) {
-            c.insert("args".into(), json!(a));
+            s.container.insert("args".into(), json!(a));
         }
         if let Some(w) = svc.get("working_dir").and_then(scalar) {
-            c.insert("workingDir".into(), json!(w));
+            s.container.insert("workingDir".into(), json!(w));
         }
         for (k, field) in [("stdin_open", "stdin"), ("tty", "tty")] {
             if svc.get(k).and_then(Value::as_bool) == Some(true) {
-                c.insert(field.into(), json!(true));
+                s.container.insert(field.into(), json!(true));
             }
         }
+    }
 
+    /// Environment: the service's own, then env files as a ConfigMap.
+    fn environment(&mut self, s: &mut Svc) {
+        let (svc_name, svc, name) = (s.name, s.m, s.label.clone());
+        let (ns, files) = (self.ns, self.files);
         // Environment: the service's own, then env files as a ConfigMap.
         let mut env = Vec::new();
         for (k, v) in svc.get("environment").map(pairs).unwrap_or_default() {
             match v {
                 Some(v) => env.push(json!({"name": k, "value": v})),
-                None => out.warnings.push(format!(
+                None => self.out.warnings.push(format!(
                     "service {svc_name}: key environment.{k}: no value (compose takes it from the host); not set"
                 )),
             }
         }
         if !env.is_empty() {
-            c.insert("env".into(), json!(env));
+            s.container.insert("env".into(), json!(env));
         }
-        let mut checksum_parts: Vec<String> = Vec::new();
         let env_files: Vec<String> = match svc.get("env_file") {
             Some(Value::Sequence(items)) => items
                 .iter()
@@ -368,41 +502,51 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             for f in &env_files {
                 match files(f).map(|d| parse_env_file(&String::from_utf8_lossy(&d))) {
                     Some(Ok(vars)) => data.extend(vars),
-                    Some(Err(e)) => out.errors.push(format!("service {svc_name}: env_file {f}: {e}")),
-                    None => out.errors.push(format!("service {svc_name}: env_file {f}: cannot be read")),
+                    Some(Err(e)) => self.out.errors.push(format!("service {svc_name}: env_file {f}: {e}")),
+                    None => self.out.errors.push(format!("service {svc_name}: env_file {f}: cannot be read")),
                 }
             }
             let cm = format!("{name}-env");
-            checksum_parts.push(format!("{data:?}"));
-            push(
+            s.checksum.push(format!("{data:?}"));
+            self.push(
                 "ConfigMap",
                 &cm,
-                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm, ns, &base_labels(Some(&name))),
-                       "data": data}),
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm, ns, &self.labels(Some(&name))),
+                   "data": data}),
             );
-            c.insert("envFrom".into(), json!([{"configMapRef": {"name": cm}}]));
+            s.container.insert("envFrom".into(), json!([{"configMapRef": {"name": cm}}]));
         }
+    }
 
+    /// Container ports (the Service takes them too).
+    fn ports(&mut self, s: &mut Svc) {
+        let (svc_name, svc) = (s.name, s.m);
         // Ports.
         let (svc_ports, bad) = ports(svc);
         for b in bad {
-            out.warnings.push(format!("service {svc_name}: key ports: {b:?} cannot be read; ignored"));
+            self.out.warnings.push(format!("service {svc_name}: key ports: {b:?} cannot be read; ignored"));
         }
         let mut seen = BTreeSet::new();
         let container_ports: Vec<Json> = svc_ports
-            .iter()
-            .filter(|p| seen.insert((p.target, p.protocol.clone())))
-            .map(|p| json!({"containerPort": p.target, "protocol": p.protocol.to_ascii_uppercase(), "name": port_name(p)}))
-            .collect();
+        .iter()
+        .filter(|p| seen.insert((p.target, p.protocol.clone())))
+        .map(|p| json!({"containerPort": p.target, "protocol": p.protocol.to_ascii_uppercase(), "name": port_name(p)}))
+        .collect();
         if !container_ports.is_empty() {
-            c.insert("ports".into(), json!(container_ports));
+            s.container.insert("ports".into(), json!(container_ports));
         }
         if svc_ports.iter().any(|p| p.host_ip.is_some()) {
-            out.warnings.push(format!(
+            self.out.warnings.push(format!(
                 "service {svc_name}: key ports: a host address binding has no Kubernetes form; the Service decides"
             ));
         }
+        s.ports = svc_ports;
+    }
 
+    /// The readiness probe from the healthcheck, and resources.
+    fn probe_and_resources(&mut self, s: &mut Svc) {
+        let (svc_name, svc) = (s.name, s.m);
+        let cfg = self.cfg;
         // Probes.
         if let Some(h) = svc.get("healthcheck").and_then(Value::as_mapping) {
             match health_argv(h) {
@@ -424,17 +568,21 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
                     if let Some(s) = h.get("start_period").and_then(|v| seconds(v, 0)).filter(|s| *s > 0) {
                         probe.insert("initialDelaySeconds".into(), json!(s));
                     }
-                    c.insert("readinessProbe".into(), Json::Object(probe));
+                    s.container.insert("readinessProbe".into(), Json::Object(probe));
                 }
                 Ok(None) => {}
-                Err(e) => out.warnings.push(format!("service {svc_name}: key healthcheck.test: {e}; no probe")),
+                Err(e) => self.out.warnings.push(format!("service {svc_name}: key healthcheck.test: {e}; no probe")),
             }
         }
         let res = resources(svc, cfg);
         if res.as_object().is_some_and(|m| !m.is_empty()) {
-            c.insert("resources".into(), res);
+            s.container.insert("resources".into(), res);
         }
+    }
 
+    /// The container's security context, and the pod's sysctls.
+    fn security(&mut self, s: &mut Svc) {
+        let (svc_name, svc) = (s.name, s.m);
         // Security context.
         let mut sc = Map::new();
         if let Some(u) = svc.get("user").and_then(scalar) {
@@ -444,7 +592,7 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
                 Ok(n) => {
                     sc.insert("runAsUser".into(), json!(n));
                 }
-                Err(_) => out.warnings.push(format!(
+                Err(_) => self.out.warnings.push(format!(
                     "service {svc_name}: key user: {u:?} is a name; Kubernetes needs a numeric uid; not set"
                 )),
             }
@@ -478,113 +626,120 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             sc.insert("capabilities".into(), Json::Object(m));
         }
         if !sc.is_empty() {
-            c.insert("securityContext".into(), Json::Object(sc));
+            s.container.insert("securityContext".into(), Json::Object(sc));
         }
-        if let Some(s) = svc.get("sysctls") {
+        if let Some(v) = svc.get("sysctls") {
             let sysctls: Vec<Json> =
-                pairs(s).into_iter().map(|(k, v)| json!({"name": k, "value": v.unwrap_or_default()})).collect();
-            pod.insert("securityContext".into(), json!({ "sysctls": sysctls }));
+                pairs(v).into_iter().map(|(k, v)| json!({"name": k, "value": v.unwrap_or_default()})).collect();
+            s.pod.insert("securityContext".into(), json!({ "sysctls": sysctls }));
         }
+    }
 
+    /// Volumes and their mounts.
+    fn volumes(&mut self, s: &mut Svc) {
+        let (svc_name, svc, name) = (s.name, s.m, s.label.clone());
+        let (cfg, ns, files) = (self.cfg, self.ns, self.files);
         // Volumes and mounts.
-        let mut volumes: Vec<Json> = Vec::new();
-        let mut vmounts: Vec<Json> = Vec::new();
-        let mut claim_templates: Vec<Json> = Vec::new();
         let mut file_data: BTreeMap<String, String> = BTreeMap::new();
         let (ms, bad) = mounts(svc);
         for b in bad {
-            out.warnings.push(format!("service {svc_name}: key volumes: {b:?} cannot be read; ignored"));
+            self.out.warnings.push(format!("service {svc_name}: key volumes: {b:?} cannot be read; ignored"));
         }
         for (i, m) in ms.iter().enumerate() {
             let vname = format!("v{i}");
             let ro = m.read_only;
             match (m.kind.as_str(), &m.source) {
-                ("volume", Some(src)) if named.contains(src) => {
-                    let claim = dns_label(src);
-                    let size = cfg.volume_size.get(src).unwrap_or("1Gi").to_string();
-                    let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
-                    if let Some(sc) = &cfg.storage_class {
-                        spec["storageClassName"] = json!(sc);
+            ("volume", Some(src)) if self.named.contains(src) => {
+                let claim = dns_label(src);
+                let size = cfg.volume_size.get(src).unwrap_or("1Gi").to_string();
+                let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
+                if let Some(sc) = &cfg.storage_class {
+                    spec["storageClassName"] = json!(sc);
+                }
+                if s.workload == Workload::StatefulSet {
+                    s.claim_templates.push(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}, "spec": spec}));
+                    s.mounts.push(json!({"name": claim, "mountPath": m.target, "readOnly": ro}));
+                } else {
+                    if self.claims.insert(claim.clone()) {
+                        self.push(
+                            "PersistentVolumeClaim",
+                            &claim,
+                            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                   "metadata": meta(&claim, ns, &self.labels(None)), "spec": spec}),
+                        );
                     }
-                    if workload == Workload::StatefulSet {
-                        claim_templates.push(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}, "spec": spec}));
-                        vmounts.push(json!({"name": claim, "mountPath": m.target, "readOnly": ro}));
-                    } else {
-                        if claims.insert(claim.clone()) {
-                            push(
-                                "PersistentVolumeClaim",
-                                &claim,
-                                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                                       "metadata": meta(&claim, ns, &base_labels(None)), "spec": spec}),
-                            );
-                        }
-                        volumes.push(json!({"name": vname, "persistentVolumeClaim": {"claimName": claim}}));
-                        vmounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
-                    }
+                    s.volumes.push(json!({"name": vname, "persistentVolumeClaim": {"claimName": claim}}));
+                    s.mounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
                 }
-                ("volume", Some(src)) => {
-                    out.warnings.push(format!(
-                        "service {svc_name}: key volumes: volume {src} is not defined at the top level; an emptyDir stands in"
-                    ));
-                    volumes.push(json!({"name": vname, "emptyDir": {}}));
-                    vmounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
-                }
-                ("volume", None) => {
-                    volumes.push(json!({"name": vname, "emptyDir": {}}));
-                    vmounts.push(json!({"name": vname, "mountPath": m.target}));
-                }
-                ("tmpfs", _) => {
-                    volumes.push(json!({"name": vname, "emptyDir": {"medium": "Memory"}}));
-                    vmounts.push(json!({"name": vname, "mountPath": m.target}));
-                }
-                ("bind", Some(src)) if src.starts_with('/') => {
-                    out.warnings.push(format!(
-                        "service {svc_name}: key volumes: {src} becomes a hostPath: the node must have it"
-                    ));
-                    volumes.push(json!({"name": vname, "hostPath": {"path": src}}));
-                    vmounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
-                }
-                ("bind", Some(src)) => match files(src) {
-                    // A project file: carried in a ConfigMap, mounted read-only at its path.
-                    Some(d) => {
-                        let key = data_key(&format!("{i}-{}", base_name(src)));
-                        let text = String::from_utf8_lossy(&d).to_string();
-                        if !ro {
-                            out.warnings.push(format!(
-                                "service {svc_name}: key volumes: {src} is carried in a ConfigMap: read-only in the pod"
-                            ));
-                        }
-                        file_data.insert(key.clone(), text);
-                        volumes.push(json!({"name": vname, "configMap": {"name": format!("{name}-files"), "items": [{"key": key, "path": key}]}}));
-                        vmounts.push(json!({"name": vname, "mountPath": m.target, "subPath": key, "readOnly": true}));
-                    }
-                    None => out.warnings.push(format!(
-                        "service {svc_name}: key volumes: {src} is a directory or missing; not mounted (the image's own files stay)"
-                    )),
-                },
-                (k, _) => out.warnings.push(format!("service {svc_name}: key volumes: type {k} is not supported; ignored")),
             }
+            ("volume", Some(src)) => {
+                self.out.warnings.push(format!(
+                    "service {svc_name}: key volumes: volume {src} is not defined at the top level; an emptyDir stands in"
+                ));
+                s.volumes.push(json!({"name": vname, "emptyDir": {}}));
+                s.mounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
+            }
+            ("volume", None) => {
+                s.volumes.push(json!({"name": vname, "emptyDir": {}}));
+                s.mounts.push(json!({"name": vname, "mountPath": m.target}));
+            }
+            ("tmpfs", _) => {
+                s.volumes.push(json!({"name": vname, "emptyDir": {"medium": "Memory"}}));
+                s.mounts.push(json!({"name": vname, "mountPath": m.target}));
+            }
+            ("bind", Some(src)) if src.starts_with('/') => {
+                self.out.warnings.push(format!(
+                    "service {svc_name}: key volumes: {src} becomes a hostPath: the node must have it"
+                ));
+                s.volumes.push(json!({"name": vname, "hostPath": {"path": src}}));
+                s.mounts.push(json!({"name": vname, "mountPath": m.target, "readOnly": ro}));
+            }
+            ("bind", Some(src)) => match files(src) {
+                // A project file: carried in a ConfigMap, mounted read-only at its path.
+                Some(d) => {
+                    let key = data_key(&format!("{i}-{}", base_name(src)));
+                    let text = String::from_utf8_lossy(&d).to_string();
+                    if !ro {
+                        self.out.warnings.push(format!(
+                            "service {svc_name}: key volumes: {src} is carried in a ConfigMap: read-only in the pod"
+                        ));
+                    }
+                    file_data.insert(key.clone(), text);
+                    s.volumes.push(json!({"name": vname, "configMap": {"name": format!("{name}-files"), "items": [{"key": key, "path": key}]}}));
+                    s.mounts.push(json!({"name": vname, "mountPath": m.target, "subPath": key, "readOnly": true}));
+                }
+                None => self.out.warnings.push(format!(
+                    "service {svc_name}: key volumes: {src} is a directory or missing; not mounted (the image's own files stay)"
+                )),
+            },
+            (k, _) => self.out.warnings.push(format!("service {svc_name}: key volumes: type {k} is not supported; ignored")),
+        }
         }
         for t in svc.get("tmpfs").map(list).unwrap_or_default() {
-            let vname = format!("tmp{}", volumes.len());
+            let vname = format!("tmp{}", s.volumes.len());
             let path = t.split(':').next().unwrap_or(&t).to_string();
-            volumes.push(json!({"name": vname, "emptyDir": {"medium": "Memory"}}));
-            vmounts.push(json!({"name": vname, "mountPath": path}));
+            s.volumes.push(json!({"name": vname, "emptyDir": {"medium": "Memory"}}));
+            s.mounts.push(json!({"name": vname, "mountPath": path}));
         }
         if let Some(shm) = svc.get("shm_size").and_then(memory) {
-            volumes.push(json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}));
-            vmounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
+            s.volumes.push(json!({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}));
+            s.mounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
         }
         if !file_data.is_empty() {
             let cm = format!("{name}-files");
-            checksum_parts.push(format!("{file_data:?}"));
-            push(
+            s.checksum.push(format!("{file_data:?}"));
+            self.push(
                 "ConfigMap",
                 &cm,
-                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm, ns, &base_labels(Some(&name))),
-                       "data": file_data}),
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&cm, ns, &self.labels(Some(&name))),
+                   "data": file_data}),
             );
         }
+    }
+
+    /// Service-level configs and secrets, short (`- name`) or long form.
+    fn file_refs(&mut self, s: &mut Svc) {
+        let (svc_name, svc) = (s.name, s.m);
         // Service-level configs and secrets, short (`- name`) or long form.
         for (key, default_dir) in [("configs", "/"), ("secrets", "/run/secrets/")] {
             for (i, entry) in svc.get(key).and_then(Value::as_sequence).into_iter().flatten().enumerate() {
@@ -594,12 +749,14 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
                 };
                 let Some(source) = source else { continue };
                 let known = if key == "configs" {
-                    config_data.contains_key(&source)
+                    self.config_data.contains_key(&source)
                 } else {
-                    secret_data.contains_key(&source)
+                    self.secret_data.contains_key(&source)
                 };
                 if !known {
-                    out.warnings.push(format!("service {svc_name}: key {key}.{source}: not converted; not mounted"));
+                    self.out
+                        .warnings
+                        .push(format!("service {svc_name}: key {key}.{source}: not converted; not mounted"));
                     continue;
                 }
                 let target = match target {
@@ -609,27 +766,35 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
                 };
                 let vname = format!("{}{i}", &key[..1]);
                 let dk = data_key(&source);
+                // An external one is the cluster's own object, under the compose name.
+                let external = self.external.contains(&format!("{key}.{source}"));
                 let obj = dns_label(&source);
+                let obj = |suffix: &str| if external { obj.clone() } else { format!("{obj}-{suffix}") };
                 if key == "configs" {
-                    checksum_parts.push(config_data[&source].clone());
-                    volumes.push(json!({"name": vname, "configMap": {"name": format!("{obj}-config")}}));
+                    s.checksum.push(self.config_data[&source].clone());
+                    s.volumes.push(json!({"name": vname, "configMap": {"name": obj("config")}}));
                 } else {
-                    checksum_parts.push(secret_data[&source].clone());
-                    volumes.push(json!({"name": vname, "secret": {"secretName": format!("{obj}-secret")}}));
+                    s.checksum.push(self.secret_data[&source].clone());
+                    s.volumes.push(json!({"name": vname, "secret": {"secretName": obj("secret")}}));
                 }
-                vmounts.push(json!({"name": vname, "mountPath": target, "subPath": dk, "readOnly": true}));
+                s.mounts.push(json!({"name": vname, "mountPath": target, "subPath": dk, "readOnly": true}));
             }
         }
-        if !vmounts.is_empty() {
-            c.insert("volumeMounts".into(), json!(vmounts));
+        if !s.mounts.is_empty() {
+            s.container.insert("volumeMounts".into(), json!(s.mounts));
         }
+    }
 
+    /// Pod-level settings.
+    fn pod_settings(&mut self, s: &mut Svc) {
+        let (svc_name, svc) = (s.name, s.m);
+        let cfg = self.cfg;
         // Pod-level settings.
         if let Some(h) = svc.get("hostname").and_then(scalar) {
-            pod.insert("hostname".into(), json!(dns_label(&h)));
+            s.pod.insert("hostname".into(), json!(dns_label(&h)));
         }
         if let Some(g) = svc.get("stop_grace_period").and_then(duration_ms) {
-            pod.insert("terminationGracePeriodSeconds".into(), json!(g.div_ceil(1000)));
+            s.pod.insert("terminationGracePeriodSeconds".into(), json!(g.div_ceil(1000)));
         }
         let hosts: Vec<Json> = svc
             .get("extra_hosts")
@@ -647,7 +812,7 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             .map(|(h, ip)| json!({"ip": ip.trim_matches(['[', ']']), "hostnames": [h]}))
             .collect();
         if !hosts.is_empty() {
-            pod.insert("hostAliases".into(), json!(hosts));
+            s.pod.insert("hostAliases".into(), json!(hosts));
         }
         let dns = svc.get("dns").map(list).unwrap_or_default();
         let search = svc.get("dns_search").map(list).unwrap_or_default();
@@ -659,13 +824,13 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             if !search.is_empty() {
                 d.insert("searches".into(), json!(search));
             }
-            pod.insert("dnsConfig".into(), Json::Object(d));
+            s.pod.insert("dnsConfig".into(), Json::Object(d));
         }
         match svc.get("network_mode").and_then(scalar).as_deref() {
             None | Some("bridge") | Some("default") => {}
             Some("host") => {
                 let allowed = cfg.allow.iter().any(|a| a == "network_mode" || a == &format!("{svc_name}.network_mode"));
-                out.lose(
+                self.out.lose(
                     svc_name,
                     "network_mode",
                     "host networking: on Kubernetes the pod would share the node's network (hostNetwork)",
@@ -673,10 +838,10 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
                     &cfg.allow,
                 );
                 if allowed {
-                    pod.insert("hostNetwork".into(), json!(true));
+                    s.pod.insert("hostNetwork".into(), json!(true));
                 }
             }
-            Some(other) => out.lose(
+            Some(other) => self.out.lose(
                 svc_name,
                 "network_mode",
                 &format!("{other}: pods cannot join another container's network namespace"),
@@ -686,9 +851,9 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
         }
         if let Some(r) = svc.get("restart").and_then(scalar) {
             if !matches!(r.as_str(), "always" | "unless-stopped") {
-                out.warnings.push(format!(
+                self.out.warnings.push(format!(
                     "service {svc_name}: key restart: {r:?}: a {} restarts its pods always",
-                    workload.kind()
+                    s.workload.kind()
                 ));
             }
         }
@@ -698,39 +863,50 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
                 other => list(other),
             };
             if n.iter().any(|n| n != "default") {
-                out.warnings.push(format!(
+                self.out.warnings.push(format!(
                     "service {svc_name}: key networks: pods share one cluster network; {} not isolated",
                     n.join(", ")
                 ));
             }
         }
+    }
 
+    /// depends_on: an init container per dependency that waits until it answers.
+    fn waits(&mut self, s: &mut Svc) {
+        let (svc_name, svc) = (s.name, s.m);
+        let cfg = self.cfg;
         // depends_on: an init container per dependency that waits until it answers.
         let wait_image = cfg.wait_image.clone().unwrap_or_else(|| "busybox:1.36".into());
         let mut inits = Vec::new();
         for (dep, condition) in depends_on(svc) {
             if condition == "service_completed_successfully" {
-                out.warnings.push(format!(
-                    "service {svc_name}: key depends_on.{dep}: service_completed_successfully has no Kubernetes form (use a Job); not waited for"
-                ));
+                self.out.warnings.push(format!(
+                "service {svc_name}: key depends_on.{dep}: service_completed_successfully has no Kubernetes form (use a Job); not waited for"
+            ));
                 continue;
             }
             let d = dns_label(&dep);
-            let script = match port_of.get(&dep).and_then(|p| p.iter().find(|p| p.protocol == "tcp")) {
+            let script = match self.port_of.get(&dep).and_then(|p| p.iter().find(|p| p.protocol == "tcp")) {
                 Some(p) => format!("until nc -z -w 2 {d} {}; do echo waiting for {d}; sleep 2; done", p.target),
                 None => format!("until nslookup {d}; do echo waiting for {d}; sleep 2; done"),
             };
             inits.push(json!({"name": format!("wait-for-{d}"), "image": wait_image, "command": ["sh", "-c", script]}));
         }
         if !inits.is_empty() {
-            pod.insert("initContainers".into(), json!(inits));
+            s.pod.insert("initContainers".into(), json!(inits));
         }
-        pod.insert("containers".into(), json!([Json::Object(c)]));
-        if !volumes.is_empty() {
-            pod.insert("volumes".into(), json!(volumes));
+        s.pod.insert("containers".into(), json!([Json::Object(std::mem::take(&mut s.container))]));
+        if !s.volumes.is_empty() {
+            s.pod.insert("volumes".into(), json!(s.volumes));
         }
+    }
 
-        // The workload and its Service.
+    /// The workload and its Service.
+    fn objects(&mut self, s: Svc) {
+        let (svc_name, svc, name) = (s.name, s.m, s.label.clone());
+        let (cfg, ns) = (self.cfg, self.ns);
+        let (slot, app) = (self.slot.clone(), self.app.clone());
+        // The s.workload and its Service.
         let mut selector = Map::new();
         selector.insert("app.kubernetes.io/part-of".into(), json!(app));
         selector.insert("app.kubernetes.io/name".into(), json!(name));
@@ -743,10 +919,10 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
         for (k, v) in svc.get("labels").map(pairs).unwrap_or_default() {
             annotations.insert(k, json!(v.unwrap_or_default()));
         }
-        if !checksum_parts.is_empty() {
+        if !s.checksum.is_empty() {
             annotations.insert(
                 "dockfra.dev/config-checksum".into(),
-                json!(dockfra_common::sha256_hex(checksum_parts.join("\n").as_bytes())),
+                json!(dockfra_common::sha256_hex(s.checksum.join("\n").as_bytes())),
             );
         }
         let mut template_meta = json!({ "labels": pod_labels });
@@ -763,15 +939,15 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             Some(s) => format!("{name}-{s}"),
             None => name.clone(),
         };
-        let mut labels = base_labels(Some(&name));
+        let mut labels = self.labels(Some(&name));
         if let Some(s) = &slot {
             labels.insert("dockfra.dev/slot".into(), json!(s));
         }
         let mut spec = json!({
             "selector": {"matchLabels": selector},
-            "template": {"metadata": template_meta, "spec": pod},
+            "template": {"metadata": template_meta, "spec": s.pod},
         });
-        match workload {
+        match s.workload {
             Workload::Deployment => {
                 spec["replicas"] = json!(replicas);
                 spec["strategy"] = match cfg.strategy {
@@ -783,29 +959,30 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             Workload::StatefulSet => {
                 spec["replicas"] = json!(replicas);
                 spec["serviceName"] = json!(name);
-                if !claim_templates.is_empty() {
-                    spec["volumeClaimTemplates"] = json!(claim_templates);
+                if !s.claim_templates.is_empty() {
+                    spec["volumeClaimTemplates"] = json!(s.claim_templates);
                 }
             }
             Workload::DaemonSet => {
                 spec["updateStrategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}});
             }
         }
-        if workload != Workload::Deployment && cfg.strategy != Strategy::Rolling {
-            out.warnings.push(format!(
+        if s.workload != Workload::Deployment && cfg.strategy != Strategy::Rolling {
+            self.out.warnings.push(format!(
                 "service {svc_name}: strategy {} applies to Deployments; this {} rolls its pods in place",
                 cfg.strategy,
-                workload.kind()
+                s.workload.kind()
             ));
         }
-        push(
-            workload.kind(),
-            &wl_name,
-            json!({"apiVersion": "apps/v1", "kind": workload.kind(), "metadata": meta(&wl_name, ns, &labels), "spec": spec}),
-        );
+        self.push(
+        s.workload.kind(),
+        &wl_name,
+        json!({"apiVersion": "apps/v1", "kind": s.workload.kind(), "metadata": meta(&wl_name, ns, &labels), "spec": spec}),
+    );
 
         let mut service_spec = json!({"selector": selector});
         let mut seen = BTreeSet::new();
+        let svc_ports = s.ports.clone();
         let sports: Vec<&Port> = svc_ports.iter().filter(|p| seen.insert((p.target, p.protocol.clone()))).collect();
         if sports.is_empty() {
             service_spec["clusterIP"] = json!("None");
@@ -815,76 +992,79 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
                 service_spec["type"] = json!(stype);
             }
             let list: Vec<Json> = sports
-                .iter()
-                .map(|p| {
-                    let mut e = json!({"name": port_name(p), "port": p.target, "targetPort": p.target,
-                                       "protocol": p.protocol.to_ascii_uppercase()});
-                    match (stype, p.published) {
-                        ("NodePort", Some(n)) if (30000..=32767).contains(&n) => e["nodePort"] = json!(n),
-                        ("NodePort", Some(n)) => out.warnings.push(format!(
-                            "service {svc_name}: key ports: host port {n} is outside the NodePort range 30000-32767; the cluster picks one"
-                        )),
-                        ("LoadBalancer", Some(n)) => e["port"] = json!(n),
-                        _ => {}
-                    }
-                    e
-                })
-                .collect();
+            .iter()
+            .map(|p| {
+                let mut e = json!({"name": port_name(p), "port": p.target, "targetPort": p.target,
+                                   "protocol": p.protocol.to_ascii_uppercase()});
+                match (stype, p.published) {
+                    ("NodePort", Some(n)) if (30000..=32767).contains(&n) => e["nodePort"] = json!(n),
+                    ("NodePort", Some(n)) => self.out.warnings.push(format!(
+                        "service {svc_name}: key ports: host port {n} is outside the NodePort range 30000-32767; the cluster picks one"
+                    )),
+                    ("LoadBalancer", Some(n)) => e["port"] = json!(n),
+                    _ => {}
+                }
+                e
+            })
+            .collect();
             service_spec["ports"] = json!(list);
         }
-        if workload == Workload::StatefulSet && sports.is_empty() {
+        if s.workload == Workload::StatefulSet && sports.is_empty() {
             service_spec["publishNotReadyAddresses"] = json!(false);
         }
-        push(
-            "Service",
-            &name,
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(&name, ns, &base_labels(Some(&name))), "spec": service_spec}),
-        );
+        self.push(
+        "Service",
+        &name,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(&name, ns, &self.labels(Some(&name))), "spec": service_spec}),
+    );
     }
 
-    if let Some(ing) = &cfg.ingress {
-        let chosen = match &ing.service {
-            Some(s) => all.iter().find(|(n, _)| n == s).map(|(n, _)| n.clone()),
-            None => all.iter().find(|(n, _)| port_of[n].iter().any(|p| p.published.is_some())).map(|(n, _)| n.clone()),
-        };
-        match chosen {
-            None => out.errors.push(match &ing.service {
-                Some(s) => format!("config.ingress.service: no compose service {s}"),
-                None => "config.ingress: no service publishes a port; name one with config.ingress.service".into(),
-            }),
-            Some(svc_name) => {
-                let port =
-                    ing.port.or_else(|| port_of[&svc_name].iter().find(|p| p.protocol == "tcp").map(|p| p.target));
-                match port {
-                    None => out.errors.push(format!("config.ingress: service {svc_name} has no TCP port")),
-                    Some(port) => {
-                        let name = dns_label(&svc_name);
-                        let mut spec = json!({"rules": [{"host": ing.host, "http": {"paths": [{
+    /// `config.ingress`: an Ingress to one service.
+    fn ingress(&mut self) {
+        let (model, cfg, ns) = (self.model, self.cfg, self.ns);
+        let all = services(model);
+        if let Some(ing) = &cfg.ingress {
+            let chosen = match &ing.service {
+                Some(s) => all.iter().find(|(n, _)| n == s).map(|(n, _)| n.clone()),
+                None => all
+                    .iter()
+                    .find(|(n, _)| self.port_of[n].iter().any(|p| p.published.is_some()))
+                    .map(|(n, _)| n.clone()),
+            };
+            match chosen {
+                None => self.out.errors.push(match &ing.service {
+                    Some(s) => format!("config.ingress.service: no compose service {s}"),
+                    None => "config.ingress: no service publishes a port; name one with config.ingress.service".into(),
+                }),
+                Some(svc_name) => {
+                    let port = ing
+                        .port
+                        .or_else(|| self.port_of[&svc_name].iter().find(|p| p.protocol == "tcp").map(|p| p.target));
+                    match port {
+                        None => self.out.errors.push(format!("config.ingress: service {svc_name} has no TCP port")),
+                        Some(port) => {
+                            let name = dns_label(&svc_name);
+                            let mut spec = json!({"rules": [{"host": ing.host, "http": {"paths": [{
                             "path": ing.path, "pathType": "Prefix",
                             "backend": {"service": {"name": name, "port": {"number": port}}}}]}}]});
-                        if let Some(cls) = &ing.class {
-                            spec["ingressClassName"] = json!(cls);
+                            if let Some(cls) = &ing.class {
+                                spec["ingressClassName"] = json!(cls);
+                            }
+                            if let Some(t) = &ing.tls_secret {
+                                spec["tls"] = json!([{"hosts": [ing.host], "secretName": t}]);
+                            }
+                            self.push(
+                                "Ingress",
+                                &name,
+                                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                                   "metadata": meta(&name, ns, &self.labels(Some(&name))), "spec": spec}),
+                            );
                         }
-                        if let Some(t) = &ing.tls_secret {
-                            spec["tls"] = json!([{"hosts": [ing.host], "secretName": t}]);
-                        }
-                        push(
-                            "Ingress",
-                            &name,
-                            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                                   "metadata": meta(&name, ns, &base_labels(Some(&name))), "spec": spec}),
-                        );
                     }
                 }
             }
         }
     }
-
-    out.files = objects
-        .into_iter()
-        .map(|(n, o)| (format!("{n}.yaml"), serde_yaml_ng::to_string(&o).unwrap_or_default()))
-        .collect();
-    out
 }
 
 /// Every object as one multi-document YAML stream (`kubectl apply -f -` takes it).
