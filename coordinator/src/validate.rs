@@ -218,8 +218,11 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
                 None,
                 format!("targets.{}.platform", target.id),
                 format!("platform {} cannot be deployed by this version of dockfra", target.platform),
-                Some("deploy this target with docker_compose, podman, swarm or ssh_raw"),
+                Some("deploy this target with docker_compose, podman, swarm or ssh_raw; `dockfra-coord convert` renders it"),
             );
+            if let Some(file) = compose::find_compose_file(app_dir) {
+                conversion_findings(&mut found, project, target, &file);
+            }
             return (found.out, Vec::new());
         }
         Platform::SshRaw => return (found.out, Vec::new()),
@@ -270,6 +273,54 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
         }
     };
     (found.out, ports)
+}
+
+/// What `convert` would lose for a kubernetes or nomad target: its errors and warnings as
+/// findings on the compose file, with the service and key they name.
+fn conversion_findings(found: &mut Found, project: &Project, target: &Target, file: &Path) {
+    let env = crate::envs::overrides(project, target).unwrap_or_default();
+    let name = compose::normalize_project_name(&project.app.name);
+    let named = !has_name(file) && !name.is_empty();
+    let opts =
+        compose::LoadOptions { project_name: named.then_some(name.as_str()), overrides: &env, use_process_env: false };
+    // A file that does not load is reported by the compose checks of other platforms; here
+    // there is nothing to convert.
+    let Ok(cp) = compose::load(file, &opts) else { return };
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let files = |p: &str| std::fs::read(dir.join(p)).ok();
+    let r = match &target.config {
+        PlatformConfig::Kubernetes(c) => {
+            let o =
+                crate::convert::k8s::Options { app: project.app.name.clone(), release: None, config: c, slot: None };
+            crate::convert::k8s::convert(&cp.model, &o, &files)
+        }
+        PlatformConfig::Nomad(c) => {
+            let o = crate::convert::nomad::Options { app: project.app.name.clone(), release: None, config: c };
+            crate::convert::nomad::convert(&cp.model, &o, &files)
+        }
+        _ => return,
+    };
+    let mut inner = Found { file, target: Some(&target.id), out: Vec::new() };
+    let split = |m: &str| -> (Option<String>, Option<String>, String) {
+        // `service S: key K: why`
+        if let Some(rest) = m.strip_prefix("service ") {
+            if let Some((svc, rest)) = rest.split_once(": key ") {
+                if let Some((key, why)) = rest.split_once(": ") {
+                    return (Some(svc.to_string()), Some(format!("services.{svc}.{key}")), why.to_string());
+                }
+            }
+        }
+        (None, None, m.to_string())
+    };
+    for (sev, list) in [(Severity::Error, &r.errors), (Severity::Warning, &r.warnings)] {
+        for m in list {
+            let (svc, key, why) = split(m);
+            let fix = (sev == Severity::Error)
+                .then_some("change the service, or accept the loss with the target's config.allow");
+            inner.push(sev, svc.as_deref(), key, format!("{} conversion: {why}", target.platform), fix);
+        }
+    }
+    found.out.extend(inner.out);
 }
 
 /// A host port a service publishes.
@@ -945,6 +996,31 @@ mod tests {
         let r = projects(&[dir.join("deploy-targets.yaml")]);
         let _ = std::fs::remove_dir_all(&dir);
         r
+    }
+
+    #[test]
+    fn kubernetes_and_nomad_targets_get_the_conversions_losses() {
+        let compose =
+            "services:\n  probe:\n    image: example/probe:1\n    network_mode: host\n    logging: {driver: syslog}\n";
+        let targets = "targets:\n  k:\n    platform: kubernetes\n  n:\n    platform: nomad\n  k2:\n    platform: kubernetes\n    config: {allow: [network_mode]}\n";
+        let dir = project(&[("deploy-targets.yaml", targets), ("compose.yaml", compose)]);
+        let r = projects(&[dir.join("deploy-targets.yaml")]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let find = |target: &str, sev: Severity, key: &str| {
+            r.findings.iter().any(|f| {
+                f.severity == sev
+                    && f.targets.iter().any(|t| t == target)
+                    && f.key.as_deref() == Some(key)
+                    && f.service.as_deref() == Some("probe")
+                    && f.file.ends_with("compose.yaml")
+            })
+        };
+        assert!(find("k", Severity::Error, "services.probe.network_mode"), "{:#?}", r.findings);
+        assert!(find("k2", Severity::Warning, "services.probe.network_mode"), "allowed: a warning only");
+        assert!(find("k", Severity::Warning, "services.probe.logging"), "{:#?}", r.findings);
+        assert!(find("n", Severity::Warning, "services.probe.logging"), "{:#?}", r.findings);
+        // The platform itself is still refused at deploy.
+        assert!(r.findings.iter().any(|f| f.key.as_deref() == Some("targets.n.platform")), "{:#?}", r.findings);
     }
 
     /// The one error of a project with one defect, as (file name, service, key, message).
