@@ -961,6 +961,27 @@ fn resolve_compose(root: &Path, file: Option<&Path>, target: Option<&str>) -> Re
     Ok(project.to_yaml())
 }
 
+/// Write (name, text) files into `dir`, all or nothing: every file is checked before one is
+/// written, and none is replaced without `force`. Each is written to a temp file and renamed.
+fn write_files(dir: &Path, files: &[(String, String)], force: bool, say_each: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if !force {
+        if let Some((n, _)) = files.iter().find(|(n, _)| dir.join(n).exists()) {
+            bail!("{} exists: nothing written (run with --force to replace it)", dir.join(n).display());
+        }
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        let tmp = path.with_extension("dockfra-tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        if say_each {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 struct ConvertArgs<'a> {
     file: Option<&'a Path>,
     target: Option<&'a str>,
@@ -1081,19 +1102,7 @@ fn convert(
             write_stdout(text.as_bytes())?;
         }
         Some(out) => {
-            std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-            // All or nothing: check every file before writing one.
-            if !force {
-                if let Some((n, _)) = files.iter().find(|(n, _)| out.join(n).exists()) {
-                    bail!("{} exists: nothing written (run with --force to replace it)", out.join(n).display());
-                }
-            }
-            for (name, text) in &files {
-                let path = out.join(name);
-                let tmp = path.with_extension("dockfra-tmp");
-                std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-                std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-            }
+            write_files(out, &files, force, false)?;
             eprintln!("wrote {} file(s) into {}", files.len(), out.display());
         }
     }
@@ -1134,16 +1143,7 @@ fn generate(
             let units = crate::generate::systemd(&p, &targets)?;
             match out {
                 Some(dir) => {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                    // All or nothing: check every file before writing one.
-                    if !force {
-                        if let Some((n, _)) = units.iter().find(|(n, _)| dir.join(n).exists()) {
-                            bail!("{} exists: nothing written (run with --force to replace it)", dir.join(n).display());
-                        }
-                    }
-                    for (name, text) in &units {
-                        write(&dir.join(name), text)?;
-                    }
+                    write_files(dir, &units, force, true)?;
                     return Ok(exit::OK);
                 }
                 None => units.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n"),

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde_yaml_ng::{Mapping, Value};
 
+use super::{list, pairs, scalar};
+
 /// One unit file: its name (e.g. `web.container`) and contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
@@ -57,15 +59,6 @@ const HANDLED: &[&str] = &[
     "expose",
 ];
 
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 /// Quote one argument for a Quadlet `Exec=` line (systemd's rules: double quotes, `\\` escapes).
 fn quote(arg: &str) -> String {
     if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c)) {
@@ -85,31 +78,8 @@ fn argv(v: &Value) -> Option<String> {
     }
 }
 
-/// `environment:` / `labels:` in map or `K=V` list form.
-fn pairs(v: &Value) -> Vec<(String, Option<String>)> {
-    match v {
-        Value::Mapping(m) => m.iter().filter_map(|(k, v)| Some((scalar(k)?, scalar(v)))).collect(),
-        Value::Sequence(items) => items
-            .iter()
-            .filter_map(scalar)
-            .map(|s| match s.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (s, None),
-            })
-            .collect(),
-        _ => vec![],
-    }
-}
-
 fn duration(v: &Value) -> Option<String> {
     scalar(v).map(|s| s.replace(' ', ""))
-}
-
-fn list(v: &Value) -> Vec<String> {
-    match v {
-        Value::Sequence(items) => items.iter().filter_map(scalar).collect(),
-        other => scalar(other).into_iter().collect(),
-    }
 }
 
 /// Convert a resolved compose model (as `compose::load` gives it).
