@@ -350,7 +350,9 @@ impl Platform {
     pub fn config_keys(self) -> &'static [&'static str] {
         match self {
             Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images", "registry"],
-            Platform::Podman => &["use_quadlet", "rootless", "pod_name", "compose_project", "images", "start_machine"],
+            Platform::Podman => {
+                &["use_quadlet", "rootless", "pod_name", "compose_project", "images", "registry", "start_machine"]
+            }
             Platform::Kubernetes => &[
                 "namespace",
                 "kubeconfig",
@@ -548,6 +550,9 @@ pub enum PlatformConfig {
         compose_project: Option<String>,
         /// dockfra addition, `images: bundle` as for `docker_compose`; the agent `podman load`s.
         ship_images: bool,
+        /// dockfra addition, `registry: HOST[:PORT][/PATH]` as for `docker_compose`: pushed
+        /// there by the coordinator, pulled by the host's Podman.
+        registry: Option<String>,
         /// dockfra addition, macOS: start the default `podman machine` when it is stopped.
         start_machine: bool,
     },
@@ -801,6 +806,7 @@ impl PlatformConfig {
                 pod_name: None,
                 compose_project: None,
                 ship_images: false,
+                registry: None,
                 start_machine: false,
             },
             Platform::Kubernetes => PlatformConfig::Kubernetes(Box::default()),
@@ -1680,12 +1686,14 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                     );
                 }
             }
+            let ship_images = image_source(s("images")?)?;
             PlatformConfig::Podman {
                 use_quadlet: b("use_quadlet")?,
                 rootless: b("rootless")?,
                 pod_name,
                 compose_project: project_name(s("compose_project")?)?,
-                ship_images: image_source(s("images")?)?,
+                ship_images,
+                registry: registry_of(s("registry")?, ship_images)?,
                 start_machine: b("start_machine")?,
             }
         }
@@ -2731,6 +2739,7 @@ mod tests {
                 pod_name: Some("myapp-pod".into()),
                 compose_project: None,
                 ship_images: false,
+                registry: None,
                 start_machine: false,
             }
         );

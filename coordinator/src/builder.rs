@@ -275,10 +275,9 @@ fn render_compose(
             if let Some(build) = svc.remove("build") {
                 if !can_ship {
                     bail!(
-                        "target {:?}: service {name:?} in {} is built from source (`build:`), but nothing would carry the image to the target: set `images: bundle`{}",
+                        "target {:?}: service {name:?} in {} is built from source (`build:`), but nothing would carry the image to the target: set `images: bundle` or `registry: HOST[:PORT]`",
                         target.id,
                         file.display(),
-                        if target.platform == Platform::DockerCompose { " or `registry: HOST[:PORT]`" } else { "" }
                     );
                 }
                 let repo = svc.get("image").and_then(Value::as_str).map(String::from);
@@ -623,12 +622,26 @@ pub fn build(
         }
         (
             Platform::Podman,
-            PlatformConfig::Podman { use_quadlet, rootless, pod_name, compose_project, ship_images, start_machine },
+            PlatformConfig::Podman {
+                use_quadlet,
+                rootless,
+                pod_name,
+                compose_project,
+                ship_images,
+                registry,
+                start_machine,
+            },
         ) => {
-            let (mut compose, mut model, images) = render_compose(project, target, compose_project, &None, &None, *ship_images)?;
+            let (mut compose, mut model, images) =
+                render_compose(project, target, compose_project, &None, &None, *ship_images || registry.is_some())?;
             if *ship_images && !dry {
                 std::fs::create_dir_all(blobs)?;
                 compose.images = save_images(blobs, &images, &target.id)?;
+            }
+            // Before the Quadlet conversion: the units name the registry's reference too.
+            if let Some(r) = registry.as_ref().filter(|_| !dry) {
+                let moved = push_images(r, &images, &target.id)?;
+                rename_images(&mut model, &moved);
             }
             let mut quadlet_units = Vec::new();
             if *use_quadlet {

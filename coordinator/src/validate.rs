@@ -209,7 +209,7 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
     let (ships, registry) = match &target.config {
         PlatformConfig::DockerCompose { ship_images, registry, .. } => (*ship_images, registry.is_some()),
         PlatformConfig::Swarm { ship_images, registry, .. } => (*ship_images, registry.is_some()),
-        PlatformConfig::Podman { ship_images, .. } => (*ship_images, false),
+        PlatformConfig::Podman { ship_images, registry, .. } => (*ship_images, registry.is_some()),
         _ => (false, false),
     };
     let ports = match target.platform {

@@ -294,6 +294,28 @@ targets:
     assert_eq!(http_body(web_port), "built v1");
 }
 
+/// Debian's docker-registry serving `addr` (plain HTTP on loopback), its data in the world.
+fn start_registry(w: &World, addr: &str) -> Proc {
+    w.write(
+        "registry.yml",
+        &format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            w.path("registry-data").display()
+        ),
+    );
+    let p = Proc {
+        child: std::process::Command::new("docker-registry")
+            .args(["serve", w.path("registry.yml").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(w.path("registry.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        log: w.path("registry.log"),
+    };
+    wait_until("the registry", Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+    p
+}
+
 #[test]
 fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
     if Needs::new().docker().tool("docker-registry", "Debian's docker-registry; scripts/engines").unmet() {
@@ -313,23 +335,7 @@ fn images_pushed_to_a_registry_are_pulled_by_the_agent() {
     };
 
     // A registry of our own on loopback (Docker trusts 127.0.0.0/8 without TLS).
-    w.write(
-        "registry.yml",
-        &format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n",
-            w.path("registry-data").display()
-        ),
-    );
-    let _registry = Proc {
-        child: std::process::Command::new("docker-registry")
-            .args(["serve", w.path("registry.yml").to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(w.path("registry.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        log: w.path("registry.log"),
-    };
-    wait_until("the registry", Duration::from_secs(20), || std::net::TcpStream::connect(&registry).is_ok());
+    let _registry = start_registry(&w, &registry);
 
     let image_id = make_image(&image);
 
@@ -597,6 +603,81 @@ targets:
     assert!(o.unwrap().status.success());
     let health = agent.status()["apps"][0]["health"].as_str().unwrap().to_string();
     assert!(health.starts_with("unhealthy") && health.contains("no container for service web"), "{health}");
+}
+
+/// Removes a registries.conf drop-in a test wrote.
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `registry:` on a podman target: the coordinator pushes the image, the compose file names it
+/// by the registry, and the host's Podman, which has never had it, pulls it from there.
+#[test]
+fn podman_pulls_images_the_coordinator_pushed_to_a_registry() {
+    if Needs::new().podman().docker().tool("docker-registry", "Debian's docker-registry; scripts/engines").unmet() {
+        return;
+    }
+    let w = World::new("podman-registry");
+    let pid = std::process::id();
+    let (reg_port, web_port) = (free_port(), free_port());
+    let registry = format!("127.0.0.1:{reg_port}");
+    let project = format!("dkfpodreg{pid}");
+    let image = format!("dkf-e2e-podreg-{pid}:v1");
+    let pushed = format!("{registry}/{image}");
+    let _docker =
+        DockerCleanup { compose_projects: vec![], stacks: vec![], images: vec![image.clone(), pushed.clone()] };
+    let _podman = PodmanCleanup { project: project.clone(), images: vec![pushed.clone()] };
+    let _registry = start_registry(&w, &registry);
+    // Podman wants TLS unless registries.conf says otherwise: an operator's plain-HTTP
+    // registry is declared insecure there.
+    let conf = std::path::PathBuf::from(format!("/etc/containers/registries.conf.d/90-dkf-e2e-{pid}.conf"));
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::write(&conf, format!("[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n")).unwrap();
+    let _conf = RemoveFile(conf);
+    make_image(&image);
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  rhel:
+    platform: podman
+    agent: {{ mode: pull, poll_interval: 1s }}
+    config: {{ compose_project: {project}, registry: "{registry}" }}
+    env: {{ IMAGE: "{image}", WEB_PORT: "{web_port}" }}
+"#
+        ),
+    );
+    w.write(
+        "project/app/compose.yaml",
+        r#"services:
+  web:
+    image: ${IMAGE}
+    command: ["sh", "-c", "mkdir -p /www && echo 'hello from the registry' > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: ["127.0.0.1:${WEB_PORT}:8080"]
+"#,
+    );
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let agent = Agent::new(&w, "rhel");
+    agent.enroll(&format!("https://{}", w.addr()), &w.token("rhel")).ok();
+    let _a = agent.start(&w);
+    let podman_has =
+        |r: &str| std::process::Command::new("podman").args(["image", "exists", r]).status().is_ok_and(|s| s.success());
+    assert!(!podman_has(&pushed));
+    let (code, v) = w.coord_json(&["deploy", "rhel", "--wait", "--timeout", "120s", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello from the registry");
+    assert!(podman_has(&pushed), "Podman pulled {pushed}");
+    let o = std::process::Command::new("podman")
+        .args(["ps", "--filter", &format!("label=com.docker.compose.project={project}"), "--format", "{{.Image}}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), pushed, "the container runs the registry's reference");
 }
 
 #[test]
