@@ -94,7 +94,7 @@ fn convert_renders_each_platform_with_the_targets_config() {
     let c = &web["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
     let init = &web["spec"]["template"]["spec"]["initContainers"][0];
-    assert!(init["command"][2].as_str().unwrap().contains("nc -z -w 2 db 5432"), "{init:?}");
+    assert!(init["command"][2].as_str().unwrap().contains("db 5432"), "{init:?}");
     let db = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
     assert_eq!(db["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "5Gi");
     if kubernetes_validate().is_file() || skip_or_fail("kubernetes-validate (scripts/setup installs it)") {
@@ -289,4 +289,62 @@ fn nomad_goldens_parse_as_hcl2_and_decode_into_the_typed_job_model() {
     let mut c = Command::new(&python);
     c.arg(goldens("nomad").join("check_hcl.py")).arg(&case);
     run(c).ok();
+}
+
+/// The scripts that wait for a dependency run on a real BusyBox (Debian's, whose `nc` has no
+/// `-z`): the Kubernetes init container's and the Nomad prestart task's wait until the
+/// dependency's port answers, then let the service start.
+#[test]
+fn wait_for_dependency_scripts_run_on_real_busybox() {
+    if Needs::new().image("dockfra-busybox:test").unmet() {
+        return;
+    }
+    let w = project("convert-wait");
+    w.write(
+        "project/deploy-targets.yaml",
+        &TARGETS.replace(
+            "config: { datacenter: dc1, job_name: shop, count: 2, driver: docker }",
+            "config: { datacenter: dc1, job_name: shop, group: single }",
+        ),
+    );
+    let k = convert(&w, &["--to", "k8s", "--target", "prod-k8s"]).ok().stdout();
+    let docs: Vec<serde_yaml_ng::Value> =
+        serde_yaml_ng::Deserializer::from_str(&k).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let web = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let k8s_wait = web["spec"]["template"]["spec"]["initContainers"][0]["command"][2].as_str().unwrap().to_string();
+    let job = convert(&w, &["--to", "nomad", "--target", "nomad-cluster", "--format", "json"]).ok().json();
+    let tasks = job["Job"]["TaskGroups"][0]["Tasks"].as_array().unwrap().clone();
+    let nomad_wait = tasks
+        .iter()
+        .find_map(|t| {
+            let args = t["Config"]["args"].as_array()?;
+            args.iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("until ")).map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no wait task in {tasks:?}"));
+    for (what, script, host) in [("kubernetes", &k8s_wait, "db"), ("nomad", &nomad_wait, "")] {
+        let mut c = Command::new("docker");
+        // --init: `timeout` below must not be PID 1, which SIGTERM cannot stop.
+        c.args(["run", "--rm", "--init", "--network", "none"]);
+        if !host.is_empty() {
+            c.args(["--add-host", &format!("{host}:127.0.0.1")]);
+        }
+        // The dependency comes up 3 s late; the wait must hold until then, and only then end.
+        let started = std::time::Instant::now();
+        c.args([
+            "dockfra-busybox:test",
+            "timeout",
+            "30",
+            "sh",
+            "-c",
+            &format!("(sleep 3; httpd -p 5432 -h /) & {script} && echo ready"),
+        ]);
+        let r = run(c).ok();
+        let took = started.elapsed();
+        assert!(r.stdout().trim_end().ends_with("ready"), "{what}: {}{}", r.stdout(), r.stderr());
+        assert!(
+            took >= std::time::Duration::from_secs(3),
+            "{what}: the wait ended after {took:?}, before the port was up"
+        );
+        assert!(took < std::time::Duration::from_secs(20), "{what}: the wait ran on for {took:?}");
+    }
 }

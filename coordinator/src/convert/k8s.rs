@@ -887,7 +887,10 @@ impl<'a> Cx<'a> {
             }
             let d = dns_label(&dep);
             let script = match self.port_of.get(&dep).and_then(|p| p.iter().find(|p| p.protocol == "tcp")) {
-                Some(p) => format!("until nc -z -w 2 {d} {}; do echo waiting for {d}; sleep 2; done", p.target),
+                Some(p) => format!(
+                    "until {}; do echo waiting for {d}; sleep 2; done",
+                    super::tcp_probe(&format!("{d} {}", p.target))
+                ),
                 None => format!("until nslookup {d}; do echo waiting for {d}; sleep 2; done"),
             };
             inits.push(json!({"name": format!("wait-for-{d}"), "image": wait_image, "command": ["sh", "-c", script]}));

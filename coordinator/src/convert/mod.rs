@@ -387,6 +387,13 @@ pub(crate) fn shell_words(s: &str) -> Vec<String> {
     out
 }
 
+/// A shell test that `HOST PORT` (`target`, two words) accepts a TCP connection, for the
+/// wait tasks' loops. BusyBox builds differ: the full `nc` has `-z`, the small one (Debian's
+/// busybox-static) only `-e`, so it tries one, then the other.
+pub(crate) fn tcp_probe(target: &str) -> String {
+    format!("{{ nc -z -w 2 {target} || nc -w 2 {target} -e true; }} 2>/dev/null")
+}
+
 /// A name as a DNS-1123 label: lowercase, `[a-z0-9-]`, at most 63, no `-` at either end.
 pub(crate) fn dns_label(s: &str) -> String {
     let mut out: String =

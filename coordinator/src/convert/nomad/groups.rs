@@ -114,7 +114,10 @@ pub(super) fn per_service(cx: &Cx, count: Option<u32>, units: Vec<Unit>, out: &m
                 uid: None,
                 gid: None,
             };
-            let script = format!("until [ -s /{file} ] && nc -z -w 2 $(head -n 1 /{file}); do sleep 2; done");
+            let script = format!(
+                "until [ -s /{file} ] && {}; do sleep 2; done",
+                super::super::tcp_probe(&format!("$(head -n 1 /{file})"))
+            );
             let mut tname = format!("wait-for-{svc_name}");
             if tname == u.name {
                 tname.push_str("-dep");
@@ -252,7 +255,8 @@ pub(super) fn single_group(cx: &Cx, id: &str, count: Option<u32>, units: Vec<Uni
             }
             let tname = format!("wait-for-{}", dns_label(dep));
             if !waits.iter().any(|w| w.name == tname) && !names.contains(&tname) {
-                let script = format!("until nc -z -w 2 127.0.0.1 {port}; do sleep 2; done");
+                let script =
+                    format!("until {}; do sleep 2; done", super::super::tcp_probe(&format!("127.0.0.1 {port}")));
                 waits.push(wait_task(cx, tname, image, script, None));
             }
         }

@@ -101,7 +101,7 @@ job "golden" {
         command = "/bin/sh"
         args = [
           "-c",
-          "until [ -s /local/db.addr ] && nc -z -w 2 $(head -n 1 /local/db.addr); do sleep 2; done",
+          "until [ -s /local/db.addr ] && { nc -z -w 2 $(head -n 1 /local/db.addr) || nc -w 2 $(head -n 1 /local/db.addr) -e true; } 2>/dev/null; do sleep 2; done",
         ]
       }
 
@@ -174,7 +174,7 @@ job "golden" {
         command = "/bin/sh"
         args = [
           "-c",
-          "until [ -s /local/db.addr ] && nc -z -w 2 $(head -n 1 /local/db.addr); do sleep 2; done",
+          "until [ -s /local/db.addr ] && { nc -z -w 2 $(head -n 1 /local/db.addr) || nc -w 2 $(head -n 1 /local/db.addr) -e true; } 2>/dev/null; do sleep 2; done",
         ]
       }
 
@@ -203,7 +203,7 @@ job "golden" {
         command = "/bin/sh"
         args = [
           "-c",
-          "until [ -s /local/cache.addr ] && nc -z -w 2 $(head -n 1 /local/cache.addr); do sleep 2; done",
+          "until [ -s /local/cache.addr ] && { nc -z -w 2 $(head -n 1 /local/cache.addr) || nc -w 2 $(head -n 1 /local/cache.addr) -e true; } 2>/dev/null; do sleep 2; done",
         ]
       }
 

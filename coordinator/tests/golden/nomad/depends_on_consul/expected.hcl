@@ -89,7 +89,7 @@ job "golden" {
         command = "/bin/sh"
         args = [
           "-c",
-          "until [ -s /local/api.addr ] && nc -z -w 2 $(head -n 1 /local/api.addr); do sleep 2; done",
+          "until [ -s /local/api.addr ] && { nc -z -w 2 $(head -n 1 /local/api.addr) || nc -w 2 $(head -n 1 /local/api.addr) -e true; } 2>/dev/null; do sleep 2; done",
         ]
       }
 

@@ -89,7 +89,7 @@ job "myapp" {
         command = "/bin/sh"
         args = [
           "-c",
-          "until [ -s /local/redis.addr ] && nc -z -w 2 $(head -n 1 /local/redis.addr); do sleep 2; done",
+          "until [ -s /local/redis.addr ] && { nc -z -w 2 $(head -n 1 /local/redis.addr) || nc -w 2 $(head -n 1 /local/redis.addr) -e true; } 2>/dev/null; do sleep 2; done",
         ]
       }
 

@@ -70,7 +70,10 @@ job "golden" {
       config {
         image   = "busybox:1.36"
         command = "/bin/sh"
-        args    = ["-c", "until nc -z -w 2 127.0.0.1 5432; do sleep 2; done"]
+        args = [
+          "-c",
+          "until { nc -z -w 2 127.0.0.1 5432 || nc -w 2 127.0.0.1 5432 -e true; } 2>/dev/null; do sleep 2; done",
+        ]
       }
 
       resources {
