@@ -2,7 +2,8 @@
 //! (deploy, update, rollback, a failing healthcheck rolled back, health read live from the
 //! engine), images carried in the bundle to an engine that lacks them, `build:` services built
 //! on the coordinator and carried, images pushed to a registry and pulled by the agent, `swarm`
-//! stacks on a one-node swarm, `podman` with podman-compose, and Quadlet units under systemd —
+//! stacks on a one-node swarm (start-first updates), `podman` with podman-compose and with a
+//! registry, Quadlet units under systemd, rootful and rootless in a pod under a user's systemd —
 //! plus the units of every corpus file through Quadlet's real generator.
 use std::time::Duration;
 
