@@ -1036,14 +1036,7 @@ fn convert(
             .with_context(|| format!("no compose.yaml or docker-compose.yml in {}", app_dir.display()))?,
     };
     // Named as its bundles name it: the app's name, unless the compose file names itself.
-    let name = dockfra_common::compose::normalize_project_name(&app);
-    let named = project.is_some() && !crate::validate::has_name(&file) && !name.is_empty();
-    let opts = dockfra_common::compose::LoadOptions {
-        project_name: named.then_some(name.as_str()),
-        overrides: &env,
-        use_process_env: false,
-    };
-    let (compose, warnings) = dockfra_common::compose::load_with_warnings(&file, &opts)?;
+    let (compose, warnings) = crate::envs::load_as_app(&file, project.as_ref().map(|_| app.as_str()), &env)?;
     for w in warnings {
         eprintln!("warning: {}: {w}", file.display());
     }

@@ -68,6 +68,20 @@ pub fn layered(project: &Project, target: &Target) -> Result<Vec<(String, String
     Ok(out.into_iter().map(|(k, (v, s))| (k, v, s)).collect())
 }
 
+/// Load `file` as the app's bundles name it: the app's name (normalized), unless the compose
+/// file has a `name:` of its own; variables from `env` only (never the process environment).
+pub(crate) fn load_as_app(
+    file: &Path,
+    app: Option<&str>,
+    env: &BTreeMap<String, String>,
+) -> Result<(compose::ComposeProject, Vec<String>), compose::ComposeError> {
+    let name = app.map(compose::normalize_project_name).unwrap_or_default();
+    let named = !name.is_empty() && !crate::validate::has_name(file);
+    let opts =
+        compose::LoadOptions { project_name: named.then_some(name.as_str()), overrides: env, use_process_env: false };
+    compose::load_with_warnings(file, &opts)
+}
+
 /// What the compose loader takes as `overrides`: everything above `.env` (which it reads
 /// itself): `.env.<environment>`, then the target's `env:`.
 pub fn overrides(project: &Project, target: &Target) -> Result<BTreeMap<String, String>> {

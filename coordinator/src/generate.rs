@@ -14,11 +14,8 @@ use dockfra_common::config::{Platform, PlatformConfig, Project, ServiceManager, 
 fn model(project: &Project, target: &Target) -> Result<Option<serde_yaml_ng::Value>> {
     let Some(file) = compose::find_compose_file(&project.app.path) else { return Ok(None) };
     let over = crate::envs::overrides(project, target)?;
-    let name = compose::normalize_project_name(&project.app.name);
-    let named = !crate::validate::has_name(&file) && !name.is_empty();
-    let opts =
-        compose::LoadOptions { project_name: named.then_some(name.as_str()), overrides: &over, use_process_env: false };
-    let cp = compose::load(&file, &opts).with_context(|| format!("target {:?}: {}", target.id, file.display()))?;
+    let (cp, _) = crate::envs::load_as_app(&file, Some(&project.app.name), &over)
+        .with_context(|| format!("target {:?}: {}", target.id, file.display()))?;
     Ok(Some(cp.model))
 }
 

@@ -279,13 +279,9 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
 /// findings on the compose file, with the service and key they name.
 fn conversion_findings(found: &mut Found, project: &Project, target: &Target, file: &Path) {
     let env = crate::envs::overrides(project, target).unwrap_or_default();
-    let name = compose::normalize_project_name(&project.app.name);
-    let named = !has_name(file) && !name.is_empty();
-    let opts =
-        compose::LoadOptions { project_name: named.then_some(name.as_str()), overrides: &env, use_process_env: false };
     // A file that does not load is reported by the compose checks of other platforms; here
     // there is nothing to convert.
-    let Ok(cp) = compose::load(file, &opts) else { return };
+    let Ok((cp, _)) = crate::envs::load_as_app(file, Some(&project.app.name), &env) else { return };
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let files = |p: &str| std::fs::read(dir.join(p)).ok();
     let r = match &target.config {

@@ -681,8 +681,10 @@ targets:
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), pushed, "the container runs the registry's reference");
 }
 
-#[test]
-fn quadlet_deploy_update_rollback_and_failed_health_under_systemd() {
+/// A systemd box, and a project whose podman target `target` (a pull agent; `config:` is
+/// `config`) runs `compose` with the v1 `.env`, its web checked over HTTP on the returned port;
+/// the coordinator's state is made, in the box's network namespace. `None`: skipped.
+fn quadlet_world(name: &str, target: &str, config: &str, compose: &str) -> Option<(World, SystemdBox, u16)> {
     if Needs::new()
         .docker()
         .image(SYSTEMD_PODMAN)
@@ -690,9 +692,9 @@ fn quadlet_deploy_update_rollback_and_failed_health_under_systemd() {
         .tool("python3", "Debian's python3")
         .unmet()
     {
-        return;
+        return None;
     }
-    let mut w = World::new("quadlet-run");
+    let mut w = World::new(name);
     let sbox = SystemdBox::start(&w);
     let web_port = free_port();
     w.coord_prefix = sbox.in_netns();
@@ -701,11 +703,11 @@ fn quadlet_deploy_update_rollback_and_failed_health_under_systemd() {
         &format!(
             r#"app: {{ name: shop, path: ./app }}
 targets:
-  rhel:
+  {target}:
     host: 127.0.0.1
     platform: podman
     agent: {{ mode: pull, poll_interval: 1s }}
-    config: {{ use_quadlet: true, rootless: false, compose_project: shop, images: bundle }}
+    config: {{ {config} }}
     env: {{ WEB_PORT: "{web_port}", RESTART: unless-stopped }}
     health:
       retries: 10
@@ -715,9 +717,22 @@ targets:
 "#
         ),
     );
-    w.write("project/app/compose.yaml", TWO_SERVICES);
+    w.write("project/app/compose.yaml", compose);
     w.write("project/app/.env", "APP_VERSION=v1\n");
     w.init("127.0.0.1:0");
+    Some((w, sbox, web_port))
+}
+
+#[test]
+fn quadlet_deploy_update_rollback_and_failed_health_under_systemd() {
+    let Some((w, sbox, web_port)) = quadlet_world(
+        "quadlet-run",
+        "rhel",
+        "use_quadlet: true, rootless: false, compose_project: shop, images: bundle",
+        TWO_SERVICES,
+    ) else {
+        return;
+    };
     let _coord = w.serve(&[]);
     let mut agent = Agent::new(&w, "rhel");
     agent.prefix = sbox.exec();
@@ -759,42 +774,15 @@ targets:
 /// a failed health check roll back as for rootful.
 #[test]
 fn rootless_quadlet_in_a_pod_under_a_users_systemd() {
-    if Needs::new()
-        .docker()
-        .image(SYSTEMD_PODMAN)
-        .tool("nsenter", "Debian's util-linux")
-        .tool("python3", "Debian's python3")
-        .unmet()
-    {
-        return;
-    }
-    let mut w = World::new("quadlet-rootless");
-    let sbox = SystemdBox::start(&w);
-    let web_port = free_port();
-    w.coord_prefix = sbox.in_netns();
-    w.write(
-        "project/deploy-targets.yaml",
-        &format!(
-            r#"app: {{ name: shop, path: ./app }}
-targets:
-  staging-rhel:
-    host: 127.0.0.1
-    platform: podman
-    agent: {{ mode: pull, poll_interval: 1s }}
-    config: {{ use_quadlet: true, rootless: true, pod_name: shop-pod, compose_project: shop, images: bundle }}
-    env: {{ WEB_PORT: "{web_port}", RESTART: unless-stopped }}
-    health:
-      retries: 10
-      interval: 500ms
-      checks:
-        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
-"#
-        ),
-    );
     // In a pod the services share localhost: the worker reaches web there.
-    w.write("project/app/compose.yaml", &TWO_SERVICES.replace("http://web:8080/", "http://127.0.0.1:8080/"));
-    w.write("project/app/.env", "APP_VERSION=v1\n");
-    w.init("127.0.0.1:0");
+    let Some((w, sbox, web_port)) = quadlet_world(
+        "quadlet-rootless",
+        "staging-rhel",
+        "use_quadlet: true, rootless: true, pod_name: shop-pod, compose_project: shop, images: bundle",
+        &TWO_SERVICES.replace("http://web:8080/", "http://127.0.0.1:8080/"),
+    ) else {
+        return;
+    };
     let _coord = w.serve(&[]);
     let mut agent = Agent::new(&w, "staging-rhel");
     std::fs::create_dir_all(&agent.state).unwrap();
