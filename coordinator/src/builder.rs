@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use dockfra_common::bundle::{
-    DockerComposeSpec, EntryKind, FileEntry, ImageRef, Manifest, PlatformSpec, PodmanSpec, SshRawSpec, FORMAT,
-    QUADLET_DIR, RENDERED_DIR,
+    DockerComposeSpec, EntryKind, FileEntry, ImageRef, KubeObject, KubeSet, KubernetesSpec, Manifest, PlatformSpec,
+    PodmanSpec, SshRawSpec, FORMAT, KUBE_DIR, QUADLET_DIR, RENDERED_DIR,
 };
 use dockfra_common::runner::{run_blocking, CommandSpec};
 
@@ -542,6 +542,102 @@ pub struct Built {
     pub rendered: Vec<(String, Vec<u8>)>,
 }
 
+/// Render a `kubernetes` target: the app's compose file (resolved as for the compose
+/// platforms) through the converter once per object set — `stable`, or the two blue-green
+/// slots, or `stable` and `canary` — each object a file under [`KUBE_DIR`]`/<set>/`. A
+/// dangerous loss is an error naming the target (as `convert` refuses it); other losses are
+/// warnings in the coordinator's log. Images are the cluster's to pull: nothing is carried.
+fn render_kubernetes(
+    project: &Project,
+    target: &Target,
+    cfg: &dockfra_common::config::KubernetesConfig,
+    release: &str,
+    rendered: &mut Vec<(String, Vec<u8>)>,
+) -> Result<KubernetesSpec> {
+    use crate::convert::k8s;
+    use dockfra_common::config::Strategy;
+    let app_dir = &project.app.path;
+    let file = dockfra_common::compose::find_compose_file(app_dir).with_context(|| {
+        format!(
+            "target {:?}: platform kubernetes needs a compose.yaml or docker-compose.yml in {}",
+            target.id,
+            app_dir.display()
+        )
+    })?;
+    let over = crate::envs::overrides(project, target).with_context(|| format!("target {:?}", target.id))?;
+    let (cp, warnings) = crate::envs::load_as_app(&file, Some(&project.app.name), &over)
+        .with_context(|| format!("target {:?}: cannot resolve {}", target.id, file.display()))?;
+    for w in warnings {
+        tracing::warn!(target = %target.id, "{w}");
+    }
+    let dir = file.parent().unwrap_or(app_dir).to_path_buf();
+    let read = |p: &str| std::fs::read(dir.join(p)).ok();
+    let sets: &[(&str, Option<&str>, Option<&str>)] = match cfg.strategy {
+        Strategy::Rolling | Strategy::Recreate => &[("stable", None, None)],
+        Strategy::BlueGreen => &[("blue", Some("blue"), None), ("green", Some("green"), None)],
+        Strategy::Canary => &[("stable", None, Some("stable")), ("canary", None, Some("canary"))],
+    };
+    let mut out = Vec::new();
+    let mut canary_ingress = None;
+    for (set, slot, track) in sets {
+        let opts = k8s::Options {
+            app: project.app.name.clone(),
+            release: Some(release.to_string()),
+            config: cfg,
+            slot: slot.map(String::from),
+            track: track.map(String::from),
+        };
+        let r = k8s::convert(&cp.model, &opts, &read);
+        if !r.errors.is_empty() {
+            bail!(
+                "target {:?}: {} cannot be rendered for Kubernetes: {} (`config.allow` accepts a named loss)",
+                target.id,
+                file.display(),
+                r.errors.join("; ")
+            );
+        }
+        if *set != "canary" {
+            for w in &r.warnings {
+                tracing::warn!(target = %target.id, "kubernetes: {w}");
+            }
+        }
+        let mut objects = Vec::new();
+        for (name, text) in r.files {
+            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
+            let s = |k: &str| v.get(k).and_then(serde_yaml_ng::Value::as_str).unwrap_or_default().to_string();
+            let kind = s("kind");
+            let obj_name = v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default();
+            let replicas = v.get("spec").and_then(|s| s.get("replicas")).and_then(|r| r.as_u64()).map(|r| r as u32);
+            if *set == "canary" && kind == "Ingress" {
+                canary_ingress = Some(obj_name.to_string());
+            }
+            let path = format!("{KUBE_DIR}/{set}/{name}");
+            objects.push(KubeObject { file: path.clone(), kind, name: obj_name.to_string(), replicas });
+            rendered.push((path, text.into_bytes()));
+        }
+        let rank = |o: &KubeObject| match o.kind.as_str() {
+            "ConfigMap" | "Secret" | "PersistentVolumeClaim" => 0,
+            "Deployment" | "StatefulSet" | "DaemonSet" => 1,
+            _ => 2,
+        };
+        objects.sort_by_key(|o| (rank(o), o.file.clone()));
+        out.push(KubeSet { name: set.to_string(), objects });
+    }
+    Ok(KubernetesSpec {
+        namespace: cfg.namespace.clone().unwrap_or_else(|| "default".into()),
+        kubeconfig: cfg.kubeconfig.clone(),
+        context: cfg.context.clone(),
+        strategy: cfg.strategy,
+        app: crate::convert::dns_label(&project.app.name),
+        release: crate::convert::dns_label(release),
+        rollout_timeout_secs: cfg.rollout_timeout.map(|d| d.as_secs().max(1)).unwrap_or(300),
+        sets: out,
+        canary_steps: if cfg.strategy == Strategy::Canary { cfg.canary.steps.clone() } else { Vec::new() },
+        canary_pause_secs: cfg.canary.pause.as_secs(),
+        canary_ingress,
+    })
+}
+
 /// Store blobs (a real build), or only hash (a plan: nothing is written, no image is saved or
 /// pushed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -671,8 +767,12 @@ pub fn build(
                 start_machine: *start_machine,
             })
         }
+        (Platform::Kubernetes, PlatformConfig::Kubernetes(cfg)) => {
+            let release = version.map(String::from).unwrap_or_else(|| sequence.to_string());
+            PlatformSpec::Kubernetes(Box::new(render_kubernetes(project, target, cfg, &release, &mut rendered)?))
+        }
         (p, _) => bail!(
-            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm, podman)",
+            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm, podman, kubernetes)",
             target.id,
             p.as_str()
         ),

@@ -1045,7 +1045,7 @@ fn convert(
     let rendered = match &mut cfg {
         PlatformConfig::Kubernetes(c) => {
             c.allow.extend(allow);
-            k8s::convert(&compose.model, &k8s::Options { app, release, config: c, slot: None }, &files)
+            k8s::convert(&compose.model, &k8s::Options { app, release, config: c, slot: None, track: None }, &files)
         }
         PlatformConfig::Nomad(c) => {
             c.allow.extend(allow);
@@ -1219,10 +1219,12 @@ fn setup(
     let mut detected = setup::detect(dir)?;
     if let Some(p) = platform {
         match p {
-            Platform::Kubernetes | Platform::Nomad => {
-                bail!("--platform {p}: this build cannot deploy to it yet (docker_compose, podman, swarm, ssh_raw)")
+            Platform::Nomad => {
+                bail!("--platform {p}: this build cannot deploy to it yet (docker_compose, podman, swarm, kubernetes, ssh_raw)")
             }
-            Platform::DockerCompose | Platform::Podman | Platform::Swarm if detected.compose.is_none() => {
+            Platform::DockerCompose | Platform::Podman | Platform::Swarm | Platform::Kubernetes
+                if detected.compose.is_none() =>
+            {
                 bail!("--platform {p} needs a compose.yaml or docker-compose.yml in {}", dir.display())
             }
             _ => {}

@@ -213,12 +213,24 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
         _ => (false, false),
     };
     let ports = match target.platform {
-        Platform::Kubernetes | Platform::Nomad => {
+        Platform::Kubernetes => {
+            match compose::find_compose_file(app_dir) {
+                Some(file) => conversion_findings(&mut found, project, target, &file),
+                None => found.error(
+                    None,
+                    format!("targets.{}.platform", target.id),
+                    format!("platform kubernetes needs a compose.yaml or docker-compose.yml in {}", app_dir.display()),
+                    Some("add the compose file the Kubernetes objects are rendered from"),
+                ),
+            }
+            return (found.out, Vec::new());
+        }
+        Platform::Nomad => {
             found.error(
                 None,
                 format!("targets.{}.platform", target.id),
                 format!("platform {} cannot be deployed by this version of dockfra", target.platform),
-                Some("deploy this target with docker_compose, podman, swarm or ssh_raw; `dockfra-coord convert` renders it"),
+                Some("deploy this target with docker_compose, podman, swarm, kubernetes or ssh_raw; `dockfra-coord convert --to nomad` renders it"),
             );
             if let Some(file) = compose::find_compose_file(app_dir) {
                 conversion_findings(&mut found, project, target, &file);
@@ -286,8 +298,13 @@ fn conversion_findings(found: &mut Found, project: &Project, target: &Target, fi
     let files = |p: &str| std::fs::read(dir.join(p)).ok();
     let r = match &target.config {
         PlatformConfig::Kubernetes(c) => {
-            let o =
-                crate::convert::k8s::Options { app: project.app.name.clone(), release: None, config: c, slot: None };
+            let o = crate::convert::k8s::Options {
+                app: project.app.name.clone(),
+                release: None,
+                config: c,
+                slot: None,
+                track: None,
+            };
             crate::convert::k8s::convert(&cp.model, &o, &files)
         }
         PlatformConfig::Nomad(c) => {
@@ -1015,8 +1032,9 @@ mod tests {
         assert!(find("k2", Severity::Warning, "services.probe.network_mode"), "allowed: a warning only");
         assert!(find("k", Severity::Warning, "services.probe.logging"), "{:#?}", r.findings);
         assert!(find("n", Severity::Warning, "services.probe.logging"), "{:#?}", r.findings);
-        // The platform itself is still refused at deploy.
+        // Nomad is still refused at deploy; Kubernetes deploys.
         assert!(r.findings.iter().any(|f| f.key.as_deref() == Some("targets.n.platform")), "{:#?}", r.findings);
+        assert!(!r.findings.iter().any(|f| f.key.as_deref() == Some("targets.k.platform")), "{:#?}", r.findings);
     }
 
     /// The one error of a project with one defect, as (file name, service, key, message).

@@ -18,6 +18,8 @@
 //!   and a broken binary that gives the old one back.
 //! - [`convert`]: `convert` to Kubernetes, Nomad, Quadlet and swarm; the Kubernetes goldens
 //!   under `kubernetes-validate --strict`.
+//! - [`kubernetes`]: the kubernetes platform driving the real kubectl against a scripted API
+//!   server: rolling, blue-green, canary, rollback, the cluster's refusals.
 //! - [`tools`]: the daily tools: `setup`, `validate`.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
 //!   dashboard in headless Chromium.
@@ -35,6 +37,7 @@ mod attacks;
 mod containers;
 mod convert;
 mod faults;
+mod kubernetes;
 mod reach;
 mod rollouts;
 mod spine;

@@ -299,8 +299,8 @@ fn the_seed_fleet_loads_and_lists_without_dialling() {
     let table = w.coord(&["status"]).ok().stdout();
     assert!(table.contains("edge-rpi3") && table.contains("unknown"), "{table}");
     // Platforms without a driver yet are refused clearly, before anything is queued or dialled.
-    let e = w.coord(&["deploy", "prod-k8s"]).fails().stderr();
-    assert!(e.contains("platform kubernetes is not supported by this build yet"), "{e}");
+    let e = w.coord(&["deploy", "nomad-cluster"]).fails().stderr();
+    assert!(e.contains("platform nomad is not supported by this build yet"), "{e}");
     // prod-vps is labelled env: production: an order for it needs a yes.
     let e = w.coord(&["deploy", "prod-vps"]).fails().stderr();
     assert!(e.contains("is a production target (env=production)") && e.contains("--yes"), "{e}");

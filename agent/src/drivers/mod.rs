@@ -9,6 +9,7 @@ use dockfra_common::bundle::{ImageRef, Manifest, PlatformSpec};
 use crate::runner::{RunError, Runner};
 
 pub mod docker_compose;
+pub mod kubernetes;
 pub mod podman;
 pub mod ssh_raw;
 pub mod swarm;
@@ -84,6 +85,7 @@ pub fn for_spec(p: &PlatformSpec) -> Box<dyn Driver> {
         PlatformSpec::DockerCompose(_) => Box::new(docker_compose::DockerCompose),
         PlatformSpec::Swarm(_) => Box::new(swarm::Swarm),
         PlatformSpec::Podman(_) => Box::new(podman::Podman),
+        PlatformSpec::Kubernetes(_) => Box::new(kubernetes::Kubernetes),
     }
 }
 

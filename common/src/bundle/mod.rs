@@ -133,6 +133,80 @@ pub struct PodmanSpec {
     pub start_machine: bool,
 }
 
+/// One Kubernetes object the coordinator rendered into the release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeObject {
+    /// Its file inside the release (under [`KUBE_DIR`]).
+    pub file: String,
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Service`, `ConfigMap`, `Secret`,
+    /// `PersistentVolumeClaim`, `Ingress`.
+    pub kind: String,
+    pub name: String,
+    /// A workload's replicas as rendered (canary steps take shares of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+impl KubeObject {
+    /// Does `kubectl rollout status` follow it?
+    pub fn is_workload(&self) -> bool {
+        matches!(self.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet")
+    }
+    /// Is it what routes traffic (switched last under blue-green)?
+    pub fn is_route(&self) -> bool {
+        matches!(self.kind.as_str(), "Service" | "Ingress")
+    }
+}
+
+/// One rendering of the app: the objects of a blue-green slot, the stable set, or a canary set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeSet {
+    /// `blue` / `green` under blue-green, `stable` otherwise, `canary` for a canary's own objects.
+    pub name: String,
+    /// In apply order: data (ConfigMaps, Secrets, claims) first, then workloads, then routes.
+    pub objects: Vec<KubeObject>,
+}
+
+/// What the `kubernetes` driver needs: the objects the coordinator rendered (with the
+/// target's namespace, strategy, replicas and limits applied) and how to reach the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesSpec {
+    pub namespace: String,
+    /// Path of the kubeconfig on the agent's host (default: kubectl's own lookup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    pub strategy: crate::config::Strategy,
+    /// The app's label value (`app.kubernetes.io/part-of`).
+    pub app: String,
+    /// This release's label value (`dockfra.dev/release`).
+    pub release: String,
+    /// How long each rollout may take, in seconds.
+    pub rollout_timeout_secs: u64,
+    /// `stable` (rolling, recreate), `blue` and `green` (blue-green), `stable` and `canary`.
+    pub sets: Vec<KubeSet>,
+    /// Under canary: the traffic percentages, rising, the last 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_steps: Vec<u8>,
+    /// Under canary: how long each step must stay healthy, in seconds.
+    #[serde(default)]
+    pub canary_pause_secs: u64,
+    /// Under canary with an Ingress: the canary Ingress whose weight annotation moves traffic
+    /// (without one, the canary's share of replicas does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_ingress: Option<String>,
+}
+
+impl KubernetesSpec {
+    pub fn set(&self, name: &str) -> Option<&KubeSet> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+}
+
+/// Where a release carries its Kubernetes objects: `KUBE_DIR/<set>/<kind>-<name>.yaml`.
+pub const KUBE_DIR: &str = ".dockfra/k8s";
+
 /// The platform a release runs on, with what its driver needs: one variant per platform.
 /// Adding a platform is one variant here, one renderer in the coordinator's builder and one
 /// driver module in the agent.
@@ -144,11 +218,12 @@ pub enum PlatformSpec {
     /// `project` is the stack name.
     Swarm(DockerComposeSpec),
     Podman(PodmanSpec),
+    Kubernetes(Box<KubernetesSpec>),
 }
 
 impl PlatformSpec {
     /// The `kind`s this build has a variant for.
-    pub const KINDS: &'static [&'static str] = &["ssh_raw", "docker_compose", "swarm", "podman"];
+    pub const KINDS: &'static [&'static str] = &["ssh_raw", "docker_compose", "swarm", "podman", "kubernetes"];
 
     pub fn platform(&self) -> Platform {
         match self {
@@ -156,6 +231,7 @@ impl PlatformSpec {
             PlatformSpec::DockerCompose(_) => Platform::DockerCompose,
             PlatformSpec::Swarm(_) => Platform::Swarm,
             PlatformSpec::Podman(_) => Platform::Podman,
+            PlatformSpec::Kubernetes(_) => Platform::Kubernetes,
         }
     }
 
@@ -164,7 +240,7 @@ impl PlatformSpec {
         match self {
             PlatformSpec::DockerCompose(c) | PlatformSpec::Swarm(c) => Some(c),
             PlatformSpec::Podman(p) => Some(&p.compose),
-            PlatformSpec::SshRaw(_) => None,
+            PlatformSpec::SshRaw(_) | PlatformSpec::Kubernetes(_) => None,
         }
     }
 
@@ -195,6 +271,22 @@ pub const RENDERED_DIR: &str = ".dockfra";
 /// Where the agent keeps, inside each release, the signed documents that installed it, so the
 /// release can be re-verified later (`dockfra-agent verify`).
 pub const SIGNED_DIR: &str = ".dockfra/signed";
+
+/// A Kubernetes name the driver may pass to kubectl: a DNS subdomain (RFC 1123), lower case.
+pub fn is_kube_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The object kinds the coordinator renders (and the driver applies).
+pub const KUBE_KINDS: &[&str] =
+    &["ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "StatefulSet", "DaemonSet", "Service", "Ingress"];
 
 /// The signed description of one release for one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -377,6 +469,53 @@ impl Manifest {
     }
 
     /// Every check that needs no key and no disk: paths, kinds, modes, digests, limits, names.
+    /// The Kubernetes section's names are what kubectl gets as arguments: each must be a
+    /// Kubernetes name, each object carried in the release under its set's directory.
+    fn validate_kube(&self, k: &KubernetesSpec) -> Result<(), BundleError> {
+        let bad = |path: &str, reason: String| BundleError::Entry { path: path.to_string(), reason };
+        for (what, v) in [("namespace", &k.namespace), ("app label", &k.app), ("release label", &k.release)] {
+            if !is_kube_name(v) || v.contains('.') {
+                return Err(bad(v, format!("kubernetes {what} is not a DNS label")));
+            }
+        }
+        for v in k.kubeconfig.iter().chain(&k.context).chain(&k.canary_ingress) {
+            if v.is_empty() || v.starts_with('-') || v.chars().any(char::is_control) {
+                return Err(bad(v, "not a kubeconfig path, context or Ingress name kubectl can be given".into()));
+            }
+        }
+        if k.sets.is_empty() {
+            return Err(BundleError::Malformed { what: "manifest", reason: "kubernetes: no object set".into() });
+        }
+        for set in &k.sets {
+            if !is_kube_name(&set.name) || set.name.contains('.') {
+                return Err(bad(&set.name, "kubernetes object set name is not a DNS label".into()));
+            }
+            for o in &set.objects {
+                if !KUBE_KINDS.contains(&o.kind.as_str()) || !is_kube_name(&o.name) {
+                    return Err(bad(
+                        &o.file,
+                        format!("kubernetes object {}/{} is not one dockfra renders", o.kind, o.name),
+                    ));
+                }
+                let dir = format!("{KUBE_DIR}/{}/", set.name);
+                if !o.file.starts_with(&dir)
+                    || !self.files.iter().any(|f| f.path == o.file && f.kind == EntryKind::File)
+                {
+                    return Err(bad(&o.file, format!("kubernetes object listed but not carried under {dir}")));
+                }
+            }
+        }
+        if k.strategy == crate::config::Strategy::Canary
+            && (k.canary_steps.is_empty() || k.canary_steps.last() != Some(&100) || k.set("canary").is_none())
+        {
+            return Err(BundleError::Malformed {
+                what: "manifest",
+                reason: "kubernetes canary: needs a canary set and rising steps ending at 100".into(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), BundleError> {
         if !FORMATS.contains(&self.format) {
             return Err(BundleError::Format { what: "manifest", found: self.format });
@@ -518,6 +657,9 @@ impl Manifest {
                     return Err(BundleError::Entry { path, reason: "Quadlet unit listed but not carried".into() });
                 }
             }
+        }
+        if let PlatformSpec::Kubernetes(k) = &self.platform {
+            self.validate_kube(k)?;
         }
         for img in self.platform.compose().into_iter().flat_map(|d| &d.images) {
             Digest::new(&img.sha256).map_err(|e| BundleError::Path { path: img.name.clone(), source: e })?;
@@ -776,9 +918,48 @@ mod tests {
         let mut old = v.clone();
         old.as_object_mut().unwrap().remove("format");
         assert!(matches!(Manifest::parse(&serde_json::to_vec(&old).unwrap()), Err(BundleError::Malformed { .. })));
-        let mut k8s = v;
-        k8s["platform"] = serde_json::json!({"kind": "kubernetes", "namespace": "x"});
-        let e = Manifest::parse(&serde_json::to_vec(&k8s).unwrap()).unwrap_err();
-        assert!(matches!(&e, BundleError::Platform { kind } if kind == "kubernetes"), "{e}");
+        let mut nomad = v;
+        nomad["platform"] = serde_json::json!({"kind": "nomad", "datacenters": ["x"]});
+        let e = Manifest::parse(&serde_json::to_vec(&nomad).unwrap()).unwrap_err();
+        assert!(matches!(&e, BundleError::Platform { kind } if kind == "nomad"), "{e}");
+    }
+
+    /// What the kubernetes driver hands kubectl comes from the manifest: only names that
+    /// cannot be options, and only files the release carries under its set's directory.
+    #[test]
+    fn kubernetes_sections_name_only_carried_objects_and_plain_names() {
+        let file = format!("{KUBE_DIR}/stable/deployment-web.yaml");
+        let obj = |file: &str, name: &str| KubeObject {
+            file: file.into(),
+            kind: "Deployment".into(),
+            name: name.into(),
+            replicas: Some(1),
+        };
+        let spec = |o: KubeObject, ns: &str| KubernetesSpec {
+            namespace: ns.into(),
+            kubeconfig: None,
+            context: None,
+            strategy: crate::config::Strategy::Rolling,
+            app: "shop".into(),
+            release: "7".into(),
+            rollout_timeout_secs: 60,
+            sets: vec![KubeSet { name: "stable".into(), objects: vec![o] }],
+            canary_steps: vec![],
+            canary_pause_secs: 0,
+            canary_ingress: None,
+        };
+        let mut m = manifest(vec![self::tests::file(&file)]);
+        m.platform = PlatformSpec::Kubernetes(Box::new(spec(obj(&file, "web"), "shop")));
+        m.validate().unwrap();
+        for (o, ns, says) in [
+            (obj(&file, "--kubeconfig=/etc/x"), "shop", "not one dockfra renders"),
+            (obj(&format!("{KUBE_DIR}/stable/other.yaml"), "web"), "shop", "not carried"),
+            (obj("app/deployment-web.yaml", "web"), "shop", "not carried"),
+            (obj(&file, "web"), "-n", "not a DNS label"),
+        ] {
+            m.platform = PlatformSpec::Kubernetes(Box::new(spec(o, ns)));
+            let e = m.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        }
     }
 }

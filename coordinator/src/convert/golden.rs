@@ -122,7 +122,8 @@ pub(crate) fn run(platform: &str, convert: &dyn Fn(&Path, &serde_yaml_ng::Value,
 fn k8s_golden() {
     run("k8s", &|dir, model, cfg| {
         let PlatformConfig::Kubernetes(c) = cfg else { unreachable!() };
-        let opts = super::k8s::Options { app: "golden".into(), release: Some("7".into()), config: c, slot: None };
+        let opts =
+            super::k8s::Options { app: "golden".into(), release: Some("7".into()), config: c, slot: None, track: None };
         super::k8s::convert(model, &opts, &files_in(dir))
     });
 }

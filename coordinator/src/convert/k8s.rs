@@ -33,6 +33,11 @@ pub struct Options<'a> {
     pub config: &'a KubernetesConfig,
     /// Under blue-green: the slot these objects are for (default [`FIRST_SLOT`]).
     pub slot: Option<String>,
+    /// Under canary: `stable` (the workloads the Service always routes to) or `canary` (the
+    /// canary's own workloads `S-canary`, its ConfigMaps and Secrets, and with an Ingress its
+    /// Service and canary Ingress). Workloads carry `dockfra.dev/track` in their selector, the
+    /// Service does not: it routes to both tracks.
+    pub track: Option<String>,
 }
 
 /// Keys of a service this converter carries over (anything else is warned about).
@@ -166,6 +171,8 @@ struct Cx<'a> {
     app: String,
     /// Under blue-green, the slot rendered.
     slot: Option<String>,
+    /// Under canary, the track rendered.
+    track: Option<String>,
     files: Files<'a>,
     out: Rendered,
     /// (file stem, object), in the order made.
@@ -214,6 +221,10 @@ pub fn convert(model: &Value, opts: &Options, files: Files) -> Rendered {
             Strategy::BlueGreen => Some(opts.slot.clone().unwrap_or_else(|| FIRST_SLOT.into())),
             _ => None,
         },
+        track: match cfg.strategy {
+            Strategy::Canary => Some(opts.track.clone().unwrap_or_else(|| "stable".into())),
+            _ => None,
+        },
         files,
         out: Rendered::default(),
         objects: Vec::new(),
@@ -255,7 +266,31 @@ impl<'a> Cx<'a> {
         l
     }
 
+    /// Rendering the canary's own objects?
+    fn canary(&self) -> bool {
+        self.track.as_deref() == Some("canary")
+    }
+
+    /// The name of a ConfigMap or Secret this release owns: per slot under blue-green, the
+    /// canary's own under canary, so the other slot's (or the stable) pods keep theirs.
+    fn owned(&self, base: String) -> String {
+        match (&self.slot, self.canary()) {
+            (Some(s), _) => format!("{base}-{s}"),
+            (None, true) => format!("{base}-canary"),
+            _ => base,
+        }
+    }
+
     fn push(&mut self, kind: &str, name: &str, obj: Json) {
+        // A canary shares the stable release's claims (and, without an Ingress, its Service).
+        if self.canary() && kind == "PersistentVolumeClaim" {
+            return;
+        }
+        // A slot's own ConfigMaps and Secrets say so: a prune keeps the other slot's.
+        let mut obj = obj;
+        if let (Some(slot), "ConfigMap" | "Secret") = (&self.slot, kind) {
+            obj["metadata"]["labels"]["dockfra.dev/slot"] = json!(slot);
+        }
         self.objects.push((format!("{}-{name}", kind.to_ascii_lowercase()), obj));
     }
 
@@ -346,7 +381,7 @@ impl<'a> Cx<'a> {
             };
             if let Some(d) = data {
                 let text = String::from_utf8_lossy(&d).to_string();
-                let cm_name = format!("{}-config", dns_label(&name));
+                let cm_name = self.owned(format!("{}-config", dns_label(&name)));
                 self.config_data.insert(name.clone(), text.clone());
                 self.push(
                     "ConfigMap",
@@ -385,7 +420,7 @@ impl<'a> Cx<'a> {
                 None
             };
             if let Some(d) = data {
-                let s_name = format!("{}-secret", dns_label(&name));
+                let s_name = self.owned(format!("{}-secret", dns_label(&name)));
                 let encoded = b64(&d);
                 self.secret_data.insert(name.clone(), dockfra_common::sha256_hex(&d));
                 self.push(
@@ -506,7 +541,7 @@ impl<'a> Cx<'a> {
                     None => self.out.errors.push(format!("service {svc_name}: env_file {f}: cannot be read")),
                 }
             }
-            let cm = format!("{name}-env");
+            let cm = self.owned(format!("{name}-env"));
             s.checksum.push(format!("{data:?}"));
             self.push(
                 "ConfigMap",
@@ -705,7 +740,7 @@ impl<'a> Cx<'a> {
                         ));
                     }
                     file_data.insert(key.clone(), text);
-                    s.volumes.push(json!({"name": vname, "configMap": {"name": format!("{name}-files"), "items": [{"key": key, "path": key}]}}));
+                    s.volumes.push(json!({"name": vname, "configMap": {"name": self.owned(format!("{name}-files")), "items": [{"key": key, "path": key}]}}));
                     s.mounts.push(json!({"name": vname, "mountPath": m.target, "subPath": key, "readOnly": true}));
                 }
                 None => self.out.warnings.push(format!(
@@ -726,7 +761,7 @@ impl<'a> Cx<'a> {
             s.mounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
         }
         if !file_data.is_empty() {
-            let cm = format!("{name}-files");
+            let cm = self.owned(format!("{name}-files"));
             s.checksum.push(format!("{file_data:?}"));
             self.push(
                 "ConfigMap",
@@ -769,7 +804,7 @@ impl<'a> Cx<'a> {
                 // An external one is the cluster's own object, under the compose name.
                 let external = self.external.contains(&format!("{key}.{source}"));
                 let obj = dns_label(&source);
-                let obj = |suffix: &str| if external { obj.clone() } else { format!("{obj}-{suffix}") };
+                let obj = |suffix: &str| if external { obj.clone() } else { self.owned(format!("{obj}-{suffix}")) };
                 if key == "configs" {
                     s.checksum.push(self.config_data[&source].clone());
                     s.volumes.push(json!({"name": vname, "configMap": {"name": obj("config")}}));
@@ -916,6 +951,11 @@ impl<'a> Cx<'a> {
         if let Some(s) = &slot {
             selector.insert("dockfra.dev/slot".into(), json!(s));
         }
+        // The Service routes to every track; a workload selects its own.
+        let service_selector = selector.clone();
+        if let Some(t) = &self.track {
+            selector.insert("dockfra.dev/track".into(), json!(t));
+        }
         let mut pod_labels = selector.clone();
         pod_labels.insert("app.kubernetes.io/managed-by".into(), json!("dockfra"));
         let mut annotations = Map::new();
@@ -940,11 +980,15 @@ impl<'a> Cx<'a> {
             .unwrap_or(1);
         let wl_name = match &slot {
             Some(s) => format!("{name}-{s}"),
+            None if self.canary() => format!("{name}-canary"),
             None => name.clone(),
         };
         let mut labels = self.labels(Some(&name));
         if let Some(s) = &slot {
             labels.insert("dockfra.dev/slot".into(), json!(s));
+        }
+        if let Some(t) = &self.track {
+            labels.insert("dockfra.dev/track".into(), json!(t));
         }
         let mut spec = json!({
             "selector": {"matchLabels": selector},
@@ -983,7 +1027,19 @@ impl<'a> Cx<'a> {
         json!({"apiVersion": "apps/v1", "kind": s.workload.kind(), "metadata": meta(&wl_name, ns, &labels), "spec": spec}),
     );
 
-        let mut service_spec = json!({"selector": selector});
+        // The canary's own Service exists only for its Ingress to route to.
+        let ingress_to = self.cfg.ingress.as_ref().map(|i| i.service.clone());
+        let routed = match ingress_to {
+            Some(Some(to)) => to == svc_name,
+            Some(None) => self.port_of[svc_name].iter().any(|p| p.published.is_some()),
+            None => false,
+        };
+        if self.canary() && !routed {
+            return;
+        }
+        let (service_name, service_selector) =
+            if self.canary() { (format!("{name}-canary"), selector.clone()) } else { (name.clone(), service_selector) };
+        let mut service_spec = json!({"selector": service_selector});
         let mut seen = BTreeSet::new();
         let svc_ports = s.ports.clone();
         let sports: Vec<&Port> = svc_ports.iter().filter(|p| seen.insert((p.target, p.protocol.clone()))).collect();
@@ -1017,8 +1073,8 @@ impl<'a> Cx<'a> {
         }
         self.push(
         "Service",
-        &name,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(&name, ns, &self.labels(Some(&name))), "spec": service_spec}),
+        &service_name,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(&service_name, ns, &self.labels(Some(&name))), "spec": service_spec}),
     );
     }
 
@@ -1046,7 +1102,10 @@ impl<'a> Cx<'a> {
                     match port {
                         None => self.out.errors.push(format!("config.ingress: service {svc_name} has no TCP port")),
                         Some(port) => {
-                            let name = dns_label(&svc_name);
+                            let label = dns_label(&svc_name);
+                            // The canary's Ingress routes the weight the driver sets to the
+                            // canary's Service (ingress-nginx canary annotations).
+                            let name = if self.canary() { format!("{label}-canary") } else { label.clone() };
                             let mut spec = json!({"rules": [{"host": ing.host, "http": {"paths": [{
                             "path": ing.path, "pathType": "Prefix",
                             "backend": {"service": {"name": name, "port": {"number": port}}}}]}}]});
@@ -1056,11 +1115,16 @@ impl<'a> Cx<'a> {
                             if let Some(t) = &ing.tls_secret {
                                 spec["tls"] = json!([{"hosts": [ing.host], "secretName": t}]);
                             }
+                            let mut metadata = meta(&name, ns, &self.labels(Some(&label)));
+                            if self.canary() {
+                                metadata["annotations"] = json!({"nginx.ingress.kubernetes.io/canary": "true",
+                                    "nginx.ingress.kubernetes.io/canary-weight": "0"});
+                            }
                             self.push(
                                 "Ingress",
                                 &name,
                                 json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                                   "metadata": meta(&name, ns, &self.labels(Some(&name))), "spec": spec}),
+                                   "metadata": metadata, "spec": spec}),
                             );
                         }
                     }
@@ -1099,7 +1163,7 @@ mod tests {
             let Ok(project) = dockfra_common::compose::load(&file, &opts) else { continue };
             let dir = file.parent().unwrap().to_path_buf();
             let files = |p: &str| std::fs::read(dir.join(p)).ok();
-            let o = Options { app: project.name.clone(), release: None, config: &cfg, slot: None };
+            let o = Options { app: project.name.clone(), release: None, config: &cfg, slot: None, track: None };
             let r = convert(&project.model, &o, &files);
             assert!(!r.files.is_empty() || !r.errors.is_empty(), "{}: nothing rendered", d.display());
             for f in &r.files {

@@ -511,7 +511,13 @@ const PLUGINS: &[PluginRow] = &[
         &["compose", "quadlet", "rootless", "images_in_bundle", "health_check", "rollback"],
         &["use_quadlet", "rootless", "pod_name", "compose_project", "ship_images", "start_machine"],
     ),
-    ("kubernetes", false, "Kubernetes manifests applied with kubectl (not in this build yet).", &[], &[]),
+    (
+        "kubernetes",
+        true,
+        "Kubernetes objects rendered from the compose file, applied with kubectl (server-side apply).",
+        &["rolling", "recreate", "blue_green", "canary", "health_check", "rollback"],
+        &["namespace", "kubeconfig", "context", "strategy", "canary", "replicas", "resource_limits", "workloads", "service_type", "volume_size", "storage_class", "ingress", "wait_image", "rollout_timeout", "allow"],
+    ),
     ("nomad", false, "A Nomad job (not in this build yet).", &[], &[]),
 ];
 
