@@ -9,6 +9,7 @@ pub mod engine;
 pub mod executor;
 pub mod facts;
 pub mod health;
+pub mod http;
 pub mod net;
 pub mod releases;
 pub mod runner;

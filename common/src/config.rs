@@ -383,6 +383,12 @@ impl Platform {
                 "service_provider",
                 "wait_image",
                 "allow",
+                "address",
+                "token_file",
+                "ca_cert",
+                "client_cert",
+                "client_key",
+                "tls_server_name",
             ],
             Platform::SshRaw => &["deploy_path", "service_manager", "service_name", "pre_script", "post_script"],
         }
@@ -787,6 +793,18 @@ pub struct NomadConfig {
     pub wait_image: Option<String>,
     /// Compose keys whose loss is accepted.
     pub allow: Vec<String>,
+    /// The Nomad HTTP API the agent talks to (default `http://127.0.0.1:4646`, the local agent).
+    pub address: Option<String>,
+    /// A file on the agent's host holding the ACL token (else the agent's `NOMAD_TOKEN`).
+    pub token_file: Option<String>,
+    /// With an `https://` address: the CA (PEM) that signed the servers' certificates.
+    pub ca_cert: Option<String>,
+    /// A client certificate and key (PEM) when the servers verify clients (`verify_https_client`).
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// The name the servers' certificate carries, when not the address's host (Nomad's
+    /// `server.<region>.nomad`).
+    pub tls_server_name: Option<String>,
 }
 
 impl PlatformConfig {
@@ -1917,8 +1935,36 @@ fn parse_nomad(cx: &Cx, f: &Fields) -> Result<NomadConfig, ConfigError> {
         region: s("region")?,
         namespace: s("namespace")?,
         wait_image: s("wait_image")?,
+        address: s("address")?,
+        token_file: s("token_file")?,
+        ca_cert: s("ca_cert")?,
+        client_cert: s("client_cert")?,
+        client_key: s("client_key")?,
+        tls_server_name: s("tls_server_name")?,
         ..Default::default()
     };
+    if let Some(a) = &c.address {
+        let rest = a.strip_prefix("http://").or_else(|| a.strip_prefix("https://"));
+        let bad = |r: &str| {
+            let host = r.trim_end_matches('/');
+            host.is_empty() || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
+        };
+        if rest.is_none_or(bad) {
+            return Err(cx.err(
+                "config.address",
+                format!("{a:?} is not a Nomad address (http://HOST:PORT or https://HOST:PORT)"),
+            ));
+        }
+        if a.starts_with("https://") && c.ca_cert.is_none() {
+            return Err(cx.err(
+                "config.ca_cert",
+                "an https:// address needs the CA that signed the Nomad servers' certificates",
+            ));
+        }
+    }
+    if c.client_cert.is_some() != c.client_key.is_some() {
+        return Err(cx.err("config.client_cert", "client_cert and client_key go together"));
+    }
     if let Some(v) = f.get("datacenter") {
         c.datacenters = string_list(cx, "config.datacenter", v)?;
         if c.datacenters.is_empty() {
@@ -2653,6 +2699,17 @@ mod tests {
         nb("{ update: { min_healthy_time: 10m } }", "config.update.min_healthy_time");
         nb("{ update: { canaries: 1 } }", "config.update.canaries");
         nb("{ service_provider: etcd }", "config.service_provider");
+        nb("{ address: nomad.example.org:4646 }", "config.address");
+        nb("{ address: \"http://nomad:4646/v1/jobs\" }", "config.address");
+        assert!(nb("{ address: \"https://nomad:4646\" }", "config.ca_cert").contains("CA"));
+        nb("{ client_cert: /etc/nomad/cli.pem }", "config.client_cert");
+        let n = p(&one("platform: nomad\nconfig: { address: \"https://nomad:4646\", ca_cert: /etc/nomad/ca.pem, token_file: /etc/dockfra/nomad-token }"))
+            .unwrap();
+        let PlatformConfig::Nomad(n) = &n.targets[0].config else { panic!() };
+        assert_eq!(
+            (n.address.as_deref(), n.token_file.as_deref()),
+            (Some("https://nomad:4646"), Some("/etc/dockfra/nomad-token"))
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use dockfra_common::bundle::{
-    DockerComposeSpec, EntryKind, FileEntry, ImageRef, KubeObject, KubeSet, KubernetesSpec, Manifest, PlatformSpec,
-    PodmanSpec, SshRawSpec, FORMAT, KUBE_DIR, QUADLET_DIR, RENDERED_DIR,
+    DockerComposeSpec, EntryKind, FileEntry, ImageRef, KubeObject, KubeSet, KubernetesSpec, Manifest, NomadSpec,
+    PlatformSpec, PodmanSpec, SshRawSpec, FORMAT, KUBE_DIR, NOMAD_DIR, QUADLET_DIR, RENDERED_DIR,
 };
 use dockfra_common::runner::{run_blocking, CommandSpec};
 
@@ -542,6 +542,90 @@ pub struct Built {
     pub rendered: Vec<(String, Vec<u8>)>,
 }
 
+/// The app's compose file resolved for a target of a converted platform (kubernetes, nomad):
+/// named as its bundles name it, with the target's env, and a reader of its project files.
+fn resolve_for_conversion(project: &Project, target: &Target) -> Result<(PathBuf, serde_yaml_ng::Value)> {
+    let app_dir = &project.app.path;
+    let file = dockfra_common::compose::find_compose_file(app_dir).with_context(|| {
+        format!(
+            "target {:?}: platform {} needs a compose.yaml or docker-compose.yml in {}",
+            target.id,
+            target.platform,
+            app_dir.display()
+        )
+    })?;
+    let over = crate::envs::overrides(project, target).with_context(|| format!("target {:?}", target.id))?;
+    let (cp, warnings) = crate::envs::load_as_app(&file, Some(&project.app.name), &over)
+        .with_context(|| format!("target {:?}: cannot resolve {}", target.id, file.display()))?;
+    for w in warnings {
+        tracing::warn!(target = %target.id, "{w}");
+    }
+    Ok((file, cp.model))
+}
+
+/// A converter's errors fail the build, naming the target; its warnings go to the log.
+fn converted(target: &Target, file: &Path, what: &str, r: &crate::convert::Rendered, warn: bool) -> Result<()> {
+    if !r.errors.is_empty() {
+        bail!(
+            "target {:?}: {} cannot be rendered for {what}: {} (`config.allow` accepts a named loss)",
+            target.id,
+            file.display(),
+            r.errors.join("; ")
+        );
+    }
+    if warn {
+        for w in &r.warnings {
+            tracing::warn!(target = %target.id, "{what}: {w}");
+        }
+    }
+    Ok(())
+}
+
+/// Render a `nomad` target: the job as HCL (for the operator to read) and as the JSON the
+/// HTTP API takes, both under [`NOMAD_DIR`]; the agent registers the JSON.
+fn render_nomad(
+    project: &Project,
+    target: &Target,
+    cfg: &dockfra_common::config::NomadConfig,
+    release: &str,
+    rendered: &mut Vec<(String, Vec<u8>)>,
+) -> Result<NomadSpec> {
+    use crate::convert::nomad;
+    let (file, model) = resolve_for_conversion(project, target)?;
+    let dir = file.parent().unwrap_or(&project.app.path).to_path_buf();
+    let read = |p: &str| std::fs::read(dir.join(p)).ok();
+    let opts = nomad::Options { app: project.app.name.clone(), release: Some(release.to_string()), config: cfg };
+    let r = nomad::convert(&model, &opts, &read);
+    converted(target, &file, "Nomad", &r, true)?;
+    let mut job_file = None;
+    let mut job_id = String::new();
+    for (name, text) in r.files {
+        let path = format!("{NOMAD_DIR}/{name}");
+        if name.ends_with(".json") && !name.ends_with(".nomad.json") {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            job_id = v["Job"]["ID"].as_str().unwrap_or_default().to_string();
+            job_file = Some(path.clone());
+        }
+        rendered.push((path, text.into_bytes()));
+    }
+    let u = &cfg.update;
+    Ok(NomadSpec {
+        address: cfg.address.clone().unwrap_or_else(|| "http://127.0.0.1:4646".into()),
+        token_file: cfg.token_file.clone(),
+        ca_cert: cfg.ca_cert.clone(),
+        client_cert: cfg.client_cert.clone(),
+        client_key: cfg.client_key.clone(),
+        tls_server_name: cfg.tls_server_name.clone(),
+        region: cfg.region.clone(),
+        namespace: cfg.namespace.clone(),
+        job_id,
+        file: job_file.context("the Nomad converter made no JSON job")?,
+        promote: u.canary > 0 && !u.auto_promote,
+        // The deployment's own deadline, and a minute for the scheduler and the last checks.
+        deploy_timeout_secs: u.progress_deadline.as_secs() + 60,
+    })
+}
+
 /// Render a `kubernetes` target: the app's compose file (resolved as for the compose
 /// platforms) through the converter once per object set — `stable`, or the two blue-green
 /// slots, or `stable` and `canary` — each object a file under [`KUBE_DIR`]`/<set>/`. A
@@ -556,21 +640,8 @@ fn render_kubernetes(
 ) -> Result<KubernetesSpec> {
     use crate::convert::k8s;
     use dockfra_common::config::Strategy;
-    let app_dir = &project.app.path;
-    let file = dockfra_common::compose::find_compose_file(app_dir).with_context(|| {
-        format!(
-            "target {:?}: platform kubernetes needs a compose.yaml or docker-compose.yml in {}",
-            target.id,
-            app_dir.display()
-        )
-    })?;
-    let over = crate::envs::overrides(project, target).with_context(|| format!("target {:?}", target.id))?;
-    let (cp, warnings) = crate::envs::load_as_app(&file, Some(&project.app.name), &over)
-        .with_context(|| format!("target {:?}: cannot resolve {}", target.id, file.display()))?;
-    for w in warnings {
-        tracing::warn!(target = %target.id, "{w}");
-    }
-    let dir = file.parent().unwrap_or(app_dir).to_path_buf();
+    let (file, model) = resolve_for_conversion(project, target)?;
+    let dir = file.parent().unwrap_or(&project.app.path).to_path_buf();
     let read = |p: &str| std::fs::read(dir.join(p)).ok();
     let sets: &[(&str, Option<&str>, Option<&str>)] = match cfg.strategy {
         Strategy::Rolling | Strategy::Recreate => &[("stable", None, None)],
@@ -587,20 +658,8 @@ fn render_kubernetes(
             slot: slot.map(String::from),
             track: track.map(String::from),
         };
-        let r = k8s::convert(&cp.model, &opts, &read);
-        if !r.errors.is_empty() {
-            bail!(
-                "target {:?}: {} cannot be rendered for Kubernetes: {} (`config.allow` accepts a named loss)",
-                target.id,
-                file.display(),
-                r.errors.join("; ")
-            );
-        }
-        if *set != "canary" {
-            for w in &r.warnings {
-                tracing::warn!(target = %target.id, "kubernetes: {w}");
-            }
-        }
+        let r = k8s::convert(&model, &opts, &read);
+        converted(target, &file, "Kubernetes", &r, *set != "canary")?;
         let mut objects = Vec::new();
         for (name, text) in r.files {
             let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
@@ -771,8 +830,12 @@ pub fn build(
             let release = version.map(String::from).unwrap_or_else(|| sequence.to_string());
             PlatformSpec::Kubernetes(Box::new(render_kubernetes(project, target, cfg, &release, &mut rendered)?))
         }
+        (Platform::Nomad, PlatformConfig::Nomad(cfg)) => {
+            let release = version.map(String::from).unwrap_or_else(|| sequence.to_string());
+            PlatformSpec::Nomad(Box::new(render_nomad(project, target, cfg, &release, &mut rendered)?))
+        }
         (p, _) => bail!(
-            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm, podman, kubernetes)",
+            "target {:?}: platform {} is not supported by this build yet (supported: ssh_raw, docker_compose, swarm, podman, kubernetes, nomad)",
             target.id,
             p.as_str()
         ),

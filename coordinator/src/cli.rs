@@ -346,7 +346,7 @@ An existing deploy-targets.yaml is kept unless --force."
         /// A target, as ID or ID=HOST (repeatable).
         #[arg(long = "target", value_name = "ID[=HOST]")]
         targets: Vec<String>,
-        /// The platform, instead of the detected one (docker_compose, podman, swarm, ssh_raw).
+        /// The platform, instead of the detected one (docker_compose, podman, swarm, kubernetes, nomad, ssh_raw).
         #[arg(long)]
         platform: Option<config::Platform>,
         /// How the targets' agents get their work: push (the coordinator dials) or pull.
@@ -1219,10 +1219,7 @@ fn setup(
     let mut detected = setup::detect(dir)?;
     if let Some(p) = platform {
         match p {
-            Platform::Nomad => {
-                bail!("--platform {p}: this build cannot deploy to it yet (docker_compose, podman, swarm, kubernetes, ssh_raw)")
-            }
-            Platform::DockerCompose | Platform::Podman | Platform::Swarm | Platform::Kubernetes
+            Platform::DockerCompose | Platform::Podman | Platform::Swarm | Platform::Kubernetes | Platform::Nomad
                 if detected.compose.is_none() =>
             {
                 bail!("--platform {p} needs a compose.yaml or docker-compose.yml in {}", dir.display())

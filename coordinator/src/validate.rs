@@ -213,27 +213,19 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
         _ => (false, false),
     };
     let ports = match target.platform {
-        Platform::Kubernetes => {
+        Platform::Kubernetes | Platform::Nomad => {
             match compose::find_compose_file(app_dir) {
                 Some(file) => conversion_findings(&mut found, project, target, &file),
                 None => found.error(
                     None,
                     format!("targets.{}.platform", target.id),
-                    format!("platform kubernetes needs a compose.yaml or docker-compose.yml in {}", app_dir.display()),
-                    Some("add the compose file the Kubernetes objects are rendered from"),
+                    format!(
+                        "platform {} needs a compose.yaml or docker-compose.yml in {}",
+                        target.platform,
+                        app_dir.display()
+                    ),
+                    Some("add the compose file the platform's objects are rendered from"),
                 ),
-            }
-            return (found.out, Vec::new());
-        }
-        Platform::Nomad => {
-            found.error(
-                None,
-                format!("targets.{}.platform", target.id),
-                format!("platform {} cannot be deployed by this version of dockfra", target.platform),
-                Some("deploy this target with docker_compose, podman, swarm, kubernetes or ssh_raw; `dockfra-coord convert --to nomad` renders it"),
-            );
-            if let Some(file) = compose::find_compose_file(app_dir) {
-                conversion_findings(&mut found, project, target, &file);
             }
             return (found.out, Vec::new());
         }
@@ -1032,9 +1024,12 @@ mod tests {
         assert!(find("k2", Severity::Warning, "services.probe.network_mode"), "allowed: a warning only");
         assert!(find("k", Severity::Warning, "services.probe.logging"), "{:#?}", r.findings);
         assert!(find("n", Severity::Warning, "services.probe.logging"), "{:#?}", r.findings);
-        // Nomad is still refused at deploy; Kubernetes deploys.
-        assert!(r.findings.iter().any(|f| f.key.as_deref() == Some("targets.n.platform")), "{:#?}", r.findings);
-        assert!(!r.findings.iter().any(|f| f.key.as_deref() == Some("targets.k.platform")), "{:#?}", r.findings);
+        // Both deploy: no finding on the platform itself.
+        assert!(
+            !r.findings.iter().any(|f| f.key.as_deref().is_some_and(|k| k.ends_with(".platform"))),
+            "{:#?}",
+            r.findings
+        );
     }
 
     /// The one error of a project with one defect, as (file name, service, key, message).

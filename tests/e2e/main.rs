@@ -20,6 +20,8 @@
 //!   under `kubernetes-validate --strict`.
 //! - [`kubernetes`]: the kubernetes platform driving the real kubectl against a scripted API
 //!   server: rolling, blue-green, canary, rollback, the cluster's refusals.
+//! - [`nomad`]: the nomad platform over the HTTP API against responses recorded from Nomad's
+//!   docs: register, follow, promote, revert, the API's refusals.
 //! - [`tools`]: the daily tools: `setup`, `validate`.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
 //!   dashboard in headless Chromium.
@@ -38,6 +40,7 @@ mod containers;
 mod convert;
 mod faults;
 mod kubernetes;
+mod nomad;
 mod reach;
 mod rollouts;
 mod spine;

@@ -298,9 +298,10 @@ fn the_seed_fleet_loads_and_lists_without_dialling() {
     assert!(t.as_array().unwrap().iter().all(|x| x["enrolled"] == false));
     let table = w.coord(&["status"]).ok().stdout();
     assert!(table.contains("edge-rpi3") && table.contains("unknown"), "{table}");
-    // Platforms without a driver yet are refused clearly, before anything is queued or dialled.
+    // A converted platform without the compose file it is rendered from is refused clearly,
+    // before anything is queued or dialled.
     let e = w.coord(&["deploy", "nomad-cluster"]).fails().stderr();
-    assert!(e.contains("platform nomad is not supported by this build yet"), "{e}");
+    assert!(e.contains("platform nomad needs a compose.yaml or docker-compose.yml"), "{e}");
     // prod-vps is labelled env: production: an order for it needs a yes.
     let e = w.coord(&["deploy", "prod-vps"]).fails().stderr();
     assert!(e.contains("is a production target (env=production)") && e.contains("--yes"), "{e}");

@@ -10,6 +10,7 @@ use crate::runner::{RunError, Runner};
 
 pub mod docker_compose;
 pub mod kubernetes;
+pub mod nomad;
 pub mod podman;
 pub mod ssh_raw;
 pub mod swarm;
@@ -86,6 +87,7 @@ pub fn for_spec(p: &PlatformSpec) -> Box<dyn Driver> {
         PlatformSpec::Swarm(_) => Box::new(swarm::Swarm),
         PlatformSpec::Podman(_) => Box::new(podman::Podman),
         PlatformSpec::Kubernetes(_) => Box::new(kubernetes::Kubernetes),
+        PlatformSpec::Nomad(_) => Box::new(nomad::Nomad),
     }
 }
 

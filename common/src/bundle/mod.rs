@@ -204,6 +204,39 @@ impl KubernetesSpec {
     }
 }
 
+/// What the `nomad` driver needs: the job in the HTTP API's JSON form (`{"Job": …}`), carried
+/// in the release, and how to reach the API (no `nomad` binary is needed on the agent's host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NomadSpec {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub address: String,
+    /// A file on the agent's host with the ACL token (else the agent's `NOMAD_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub job_id: String,
+    /// The job's JSON inside the release (under [`NOMAD_DIR`]).
+    pub file: String,
+    /// Canaries wait for dockfra to promote them once healthy (`canary > 0`, no `auto_promote`).
+    pub promote: bool,
+    /// How long following the deployment may take, in seconds.
+    pub deploy_timeout_secs: u64,
+}
+
+/// Where a release carries its Nomad job (HCL and JSON).
+pub const NOMAD_DIR: &str = ".dockfra/nomad";
+
 /// Where a release carries its Kubernetes objects: `KUBE_DIR/<set>/<kind>-<name>.yaml`.
 pub const KUBE_DIR: &str = ".dockfra/k8s";
 
@@ -219,11 +252,12 @@ pub enum PlatformSpec {
     Swarm(DockerComposeSpec),
     Podman(PodmanSpec),
     Kubernetes(Box<KubernetesSpec>),
+    Nomad(Box<NomadSpec>),
 }
 
 impl PlatformSpec {
     /// The `kind`s this build has a variant for.
-    pub const KINDS: &'static [&'static str] = &["ssh_raw", "docker_compose", "swarm", "podman", "kubernetes"];
+    pub const KINDS: &'static [&'static str] = &["ssh_raw", "docker_compose", "swarm", "podman", "kubernetes", "nomad"];
 
     pub fn platform(&self) -> Platform {
         match self {
@@ -232,6 +266,7 @@ impl PlatformSpec {
             PlatformSpec::Swarm(_) => Platform::Swarm,
             PlatformSpec::Podman(_) => Platform::Podman,
             PlatformSpec::Kubernetes(_) => Platform::Kubernetes,
+            PlatformSpec::Nomad(_) => Platform::Nomad,
         }
     }
 
@@ -240,7 +275,7 @@ impl PlatformSpec {
         match self {
             PlatformSpec::DockerCompose(c) | PlatformSpec::Swarm(c) => Some(c),
             PlatformSpec::Podman(p) => Some(&p.compose),
-            PlatformSpec::SshRaw(_) | PlatformSpec::Kubernetes(_) => None,
+            PlatformSpec::SshRaw(_) | PlatformSpec::Kubernetes(_) | PlatformSpec::Nomad(_) => None,
         }
     }
 
@@ -469,6 +504,38 @@ impl Manifest {
     }
 
     /// Every check that needs no key and no disk: paths, kinds, modes, digests, limits, names.
+    /// The Nomad section names a URL, a job id that goes into URL paths, and files on the
+    /// agent's host: each must be what it says, and the job file carried.
+    fn validate_nomad(&self, n: &NomadSpec) -> Result<(), BundleError> {
+        let bad = |path: &str, reason: &str| BundleError::Entry { path: path.to_string(), reason: reason.to_string() };
+        let rest = n.address.strip_prefix("http://").or_else(|| n.address.strip_prefix("https://"));
+        let host = rest.map(|r| r.trim_end_matches('/')).unwrap_or_default();
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control() || "/@?#".contains(c)) {
+            return Err(bad(&n.address, "not a Nomad address (http://HOST:PORT or https://HOST:PORT)"));
+        }
+        let plain = |v: &str| {
+            !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        for v in std::iter::once(&n.job_id).chain(&n.region).chain(&n.namespace) {
+            if !plain(v) {
+                return Err(bad(v, "not a Nomad job id, region or namespace dockfra renders ([A-Za-z0-9._-])"));
+            }
+        }
+        for v in
+            n.token_file.iter().chain(&n.ca_cert).chain(&n.client_cert).chain(&n.client_key).chain(&n.tls_server_name)
+        {
+            if v.is_empty() || v.chars().any(char::is_control) {
+                return Err(bad(v, "not a path or name"));
+            }
+        }
+        if !n.file.starts_with(&format!("{NOMAD_DIR}/"))
+            || !self.files.iter().any(|f| f.path == n.file && f.kind == EntryKind::File)
+        {
+            return Err(bad(&n.file, "the Nomad job is listed but not carried under .dockfra/nomad/"));
+        }
+        Ok(())
+    }
+
     /// The Kubernetes section's names are what kubectl gets as arguments: each must be a
     /// Kubernetes name, each object carried in the release under its set's directory.
     fn validate_kube(&self, k: &KubernetesSpec) -> Result<(), BundleError> {
@@ -660,6 +727,9 @@ impl Manifest {
         }
         if let PlatformSpec::Kubernetes(k) = &self.platform {
             self.validate_kube(k)?;
+        }
+        if let PlatformSpec::Nomad(n) = &self.platform {
+            self.validate_nomad(n)?;
         }
         for img in self.platform.compose().into_iter().flat_map(|d| &d.images) {
             Digest::new(&img.sha256).map_err(|e| BundleError::Path { path: img.name.clone(), source: e })?;
@@ -918,10 +988,10 @@ mod tests {
         let mut old = v.clone();
         old.as_object_mut().unwrap().remove("format");
         assert!(matches!(Manifest::parse(&serde_json::to_vec(&old).unwrap()), Err(BundleError::Malformed { .. })));
-        let mut nomad = v;
-        nomad["platform"] = serde_json::json!({"kind": "nomad", "datacenters": ["x"]});
-        let e = Manifest::parse(&serde_json::to_vec(&nomad).unwrap()).unwrap_err();
-        assert!(matches!(&e, BundleError::Platform { kind } if kind == "nomad"), "{e}");
+        let mut future = v;
+        future["platform"] = serde_json::json!({"kind": "lambda", "region": "x"});
+        let e = Manifest::parse(&serde_json::to_vec(&future).unwrap()).unwrap_err();
+        assert!(matches!(&e, BundleError::Platform { kind } if kind == "lambda"), "{e}");
     }
 
     /// What the kubernetes driver hands kubectl comes from the manifest: only names that

@@ -518,7 +518,13 @@ const PLUGINS: &[PluginRow] = &[
         &["rolling", "recreate", "blue_green", "canary", "health_check", "rollback"],
         &["namespace", "kubeconfig", "context", "strategy", "canary", "replicas", "resource_limits", "workloads", "service_type", "volume_size", "storage_class", "ingress", "wait_image", "rollout_timeout", "allow"],
     ),
-    ("nomad", false, "A Nomad job (not in this build yet).", &[], &[]),
+    (
+        "nomad",
+        true,
+        "A Nomad job rendered from the compose file, registered through Nomad's HTTP API.",
+        &["rolling", "canary", "auto_revert", "health_check", "rollback"],
+        &["datacenter", "job_name", "count", "driver", "region", "namespace", "group", "update", "service_provider", "wait_image", "allow", "address", "token_file", "ca_cert", "client_cert", "client_key", "tls_server_name"],
+    ),
 ];
 
 // ------------------------------------------------------------------ handlers

@@ -232,7 +232,8 @@ fn runtime_check(target: &Target, facts: &J) -> proto::CheckItem {
         Platform::Swarm => vec![&["docker engine"]],
         Platform::Podman => vec![&["podman engine"]],
         Platform::Kubernetes => vec![&["kubectl"]],
-        Platform::Nomad => vec![&["nomad"]],
+        // The HTTP API: nothing to find on the host.
+        Platform::Nomad => vec![],
         Platform::SshRaw => vec![&["sh"]],
     };
     match &target.config {

@@ -17,7 +17,7 @@ fn compose_file(p: &PlatformSpec) -> Option<&str> {
     match p {
         PlatformSpec::DockerCompose(s) | PlatformSpec::Swarm(s) => Some(&s.file),
         PlatformSpec::Podman(p) => Some(&p.compose.file),
-        PlatformSpec::SshRaw(_) | PlatformSpec::Kubernetes(_) => None,
+        PlatformSpec::SshRaw(_) | PlatformSpec::Kubernetes(_) | PlatformSpec::Nomad(_) => None,
     }
 }
 
