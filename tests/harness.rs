@@ -173,6 +173,25 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One of the tests' scripted API servers (`tests/kubeapi/kube_api.py`, …) on a free
+/// loopback port it picks itself and writes to `--port-file`; its stderr in `w`'s dir as
+/// `TAG.stderr`. The running process and its port.
+pub fn scripted_api(w: &World, script: &str, tag: &str, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
+    let port_file = w.dir.join(format!("{tag}.port"));
+    let stderr = w.dir.join(format!("{tag}.stderr"));
+    let mut c = Command::new("python3");
+    c.arg(workspace().join(script))
+        .arg("--port-file")
+        .arg(&port_file)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let proc = Proc { child: c.spawn().unwrap_or_else(|e| panic!("python3 {script}: {e}")), log: stderr };
+    wait_until(script, Duration::from_secs(10), || port_file.exists());
+    let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+    (proc, port)
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {

@@ -4,41 +4,22 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use dockfra_common::config::{HealthCheck, HealthSpec};
 
 use crate::runner::{CommandSpec, Runner};
 
+/// GET an `http://` URL through the agent's HTTP client (hyper: chunked answers, keep-alive
+/// servers and bodies split across reads all read as the server meant them).
 async fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = if authority.contains(':') && !authority.ends_with(']') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("GET {url}: {e}"))?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: dockfra-agent\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("GET {url}: {e}"))?;
-        let mut buf = Vec::new();
-        s.take(1 << 20).read_to_end(&mut buf).await.map_err(|e| format!("GET {url}: {e}"))?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("GET {url}: not an HTTP response"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((status, body))
-    };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
+    let endpoint = crate::http::Endpoint::new(&format!("http://{authority}"), None, None, None)
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let (status, body) = endpoint.request("GET", path, &[], None, timeout).await.map_err(|e| e.to_string())?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Run one check once.
@@ -105,6 +86,7 @@ pub async fn run(spec: &HealthSpec, runner: &dyn Runner, cwd: &Path) -> Result<(
 mod tests {
     use super::*;
     use crate::runner::SystemRunner;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn http_tcp_and_command_checks() {
@@ -131,6 +113,19 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         assert!(check_once(&HealthCheck::Tcp { address: closed.to_string() }, t, &SystemRunner, &cwd).await.is_err());
         check_once(&HealthCheck::Command { command: "true".into() }, t, &SystemRunner, &cwd).await.unwrap();
+        // A chunked answer whose expected text spans two chunks (read raw, it would not match).
+        let chunked = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let caddr = chunked.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = chunked.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nv\r\n4\r\n2 ok\r\n0\r\n\r\n")
+                .await;
+        });
+        let split = HealthCheck::Http { url: format!("http://{caddr}/"), status: 200, body: Some("v2 ok".into()) };
+        check_once(&split, t, &SystemRunner, &cwd).await.unwrap();
         let spec = HealthSpec {
             checks: vec![HealthCheck::Command { command: "exit 7".into() }],
             retries: 2,

@@ -212,38 +212,25 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
         PlatformConfig::Podman { ship_images, registry, .. } => (*ship_images, registry.is_some()),
         _ => (false, false),
     };
+    if target.platform == Platform::SshRaw {
+        return (found.out, Vec::new());
+    }
+    // Every other platform is rendered from the compose file.
+    let Some(file) = compose::find_compose_file(app_dir) else {
+        found.error(
+            None,
+            format!("targets.{}.platform", target.id),
+            format!("platform {} needs a compose.yaml or docker-compose.yml in {}", target.platform, app_dir.display()),
+            Some("add the compose file, or choose platform: ssh_raw for plain files"),
+        );
+        return (found.out, Vec::new());
+    };
     let ports = match target.platform {
         Platform::Kubernetes | Platform::Nomad => {
-            match compose::find_compose_file(app_dir) {
-                Some(file) => conversion_findings(&mut found, project, target, &file),
-                None => found.error(
-                    None,
-                    format!("targets.{}.platform", target.id),
-                    format!(
-                        "platform {} needs a compose.yaml or docker-compose.yml in {}",
-                        target.platform,
-                        app_dir.display()
-                    ),
-                    Some("add the compose file the platform's objects are rendered from"),
-                ),
-            }
+            conversion_findings(&mut found, project, target, &file);
             return (found.out, Vec::new());
         }
-        Platform::SshRaw => return (found.out, Vec::new()),
-        Platform::DockerCompose | Platform::Swarm | Platform::Podman => {
-            let Some(file) = compose::find_compose_file(app_dir) else {
-                found.error(
-                    None,
-                    format!("targets.{}.platform", target.id),
-                    format!(
-                        "platform {} needs a compose.yaml or docker-compose.yml in {}",
-                        target.platform,
-                        app_dir.display()
-                    ),
-                    Some("add the compose file, or choose platform: ssh_raw for plain files"),
-                );
-                return (found.out, Vec::new());
-            };
+        _ => {
             // Named as the builder names it.
             let named = match &target.config {
                 PlatformConfig::DockerCompose { compose_project: Some(p), .. }

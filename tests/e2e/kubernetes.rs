@@ -25,23 +25,14 @@ struct KubeApi {
 
 impl KubeApi {
     fn start(w: &World, namespaces: &[&str]) -> Self {
-        let port_file = w.dir.join("kube-api.port");
         let log = w.dir.join("kube-api.log");
-        let mut c = std::process::Command::new("python3");
-        c.arg(workspace().join("tests/kubeapi/kube_api.py"))
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--log")
-            .arg(&log)
-            .args(["--forbid", "locked"]);
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["--log".as_ref(), log.as_os_str(), "--forbid".as_ref(), "locked".as_ref()];
         for ns in namespaces {
-            c.args(["--namespace", ns]);
+            args.push("--namespace".as_ref());
+            args.push(ns.as_ref());
         }
-        let stderr = w.dir.join("kube-api.stderr");
-        c.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap());
-        let proc = Proc { child: c.spawn().expect("python3 tests/kubeapi/kube_api.py"), log: stderr };
-        wait_until("the scripted API server", Duration::from_secs(10), || port_file.exists());
-        let port: u16 = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+        let (proc, port) = scripted_api(w, "tests/kubeapi/kube_api.py", "kube-api", &args);
         let kubeconfig = w.dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_for(port)).unwrap();
         KubeApi { _proc: proc, port, log, kubeconfig }

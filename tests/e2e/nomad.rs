@@ -7,7 +7,6 @@
 //! release, `rollback`, canaries promoted once healthy, health from the allocations, and the
 //! clear errors for a refused token, a missing namespace and an unreachable API.
 use std::path::PathBuf;
-use std::time::Duration;
 
 use dockfra_e2e::*;
 
@@ -25,25 +24,14 @@ impl NomadApi {
 
     fn start_with(w: &World, extra: &[&str]) -> Self {
         let tag = if extra.is_empty() { "nomad-api" } else { "nomad-api-tls" };
-        let port_file = w.dir.join(format!("{tag}.port"));
         let log = w.dir.join(format!("{tag}.log"));
-        let stderr = w.dir.join(format!("{tag}.stderr"));
         let state = w.dir.join(format!("{tag}.state.json"));
-        let mut c = std::process::Command::new("python3");
-        c.arg(workspace().join("tests/nomadapi/nomad_api.py"))
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--log")
-            .arg(&log)
-            .args(["--token", "s3cret-token", "--namespace", "default", "--namespace", "shop"])
-            .arg("--state-file")
-            .arg(&state)
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        let proc = Proc { child: c.spawn().expect("python3 tests/nomadapi/nomad_api.py"), log: stderr };
-        wait_until("the scripted Nomad API", Duration::from_secs(10), || port_file.exists());
-        let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["--log".as_ref(), log.as_os_str(), "--state-file".as_ref(), state.as_os_str()];
+        for a in ["--token", "s3cret-token", "--namespace", "default", "--namespace", "shop"].iter().chain(extra) {
+            args.push(a.as_ref());
+        }
+        let (proc, port) = scripted_api(w, "tests/nomadapi/nomad_api.py", tag, &args);
         NomadApi { _proc: proc, port, log, state }
     }
 
