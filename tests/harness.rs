@@ -648,3 +648,134 @@ impl Drop for DockerCleanup {
         }
     }
 }
+
+/// A load generator for the zero-downtime proofs: `workers` threads send `GET /` to
+/// 127.0.0.1:`port` over keep-alive connections (a new one when the server says `close` or
+/// closes it between answers), one request after another, until [`Load::stop`]. A request
+/// written that gets no complete `200` is a failure, with what went wrong.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<LoadReport>>,
+    started: Instant,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: Vec<String>,
+    /// Each body answered, and how often.
+    pub bodies: std::collections::BTreeMap<String, u64>,
+    pub seconds: f64,
+}
+
+/// One HTTP/1.1 exchange on `conn` (made when `None`): the status, the body, and whether the
+/// connection may be used again.
+fn http_exchange(conn: &mut Option<std::net::TcpStream>, port: u16) -> Result<(u16, String), String> {
+    use std::io::{BufRead, BufReader, Read};
+    let fresh = conn.is_none();
+    if conn.is_none() {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        *conn = Some(s);
+    }
+    let s = conn.as_mut().unwrap();
+    if let Err(e) = s.write_all(b"GET / HTTP/1.1\r\nHost: load\r\n\r\n") {
+        *conn = None;
+        return Err(format!("write: {e}"));
+    }
+    let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    let mut status = String::new();
+    if r.read_line(&mut status).map_err(|e| format!("read: {e}"))? == 0 {
+        *conn = None;
+        // A kept-alive connection the server closed before this request: ask again, once.
+        return if fresh { Err("closed without an answer".into()) } else { http_exchange(conn, port) };
+    }
+    let code: u16 =
+        status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(format!("status line {status:?}"))?;
+    let (mut len, mut close) = (None, false);
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| format!("read headers: {e}"))?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap_or((line, ""));
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => len = v.trim().parse::<usize>().ok(),
+            "connection" => close = v.trim().eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body).map_err(|e| format!("read body: {e}"))?;
+        }
+        None => {
+            r.read_to_end(&mut body).map_err(|e| format!("read body: {e}"))?;
+            close = true;
+        }
+    }
+    if close {
+        *conn = None;
+    }
+    Ok((code, String::from_utf8_lossy(&body).trim().to_string()))
+}
+
+impl Load {
+    pub fn start(port: u16, workers: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..workers)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut rep = LoadReport::default();
+                    let mut conn = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match http_exchange(&mut conn, port) {
+                            Ok((200, body)) => {
+                                rep.ok += 1;
+                                *rep.bodies.entry(body).or_default() += 1;
+                            }
+                            Ok((code, body)) => rep.failed.push(format!("{code}: {body}")),
+                            Err(e) => {
+                                conn = None;
+                                rep.failed.push(e);
+                            }
+                        }
+                    }
+                    rep
+                })
+            })
+            .collect();
+        Load { stop, threads, started: Instant::now() }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = LoadReport { seconds: self.started.elapsed().as_secs_f64(), ..Default::default() };
+        for t in self.threads {
+            let r = t.join().expect("load thread");
+            all.ok += r.ok;
+            all.failed.extend(r.failed);
+            for (b, n) in r.bodies {
+                *all.bodies.entry(b).or_default() += n;
+            }
+        }
+        all
+    }
+}
+
+/// Kills the process a pid file names (a daemon a test's agent started), also when it fails.
+pub struct KillPidFile(pub PathBuf);
+
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}

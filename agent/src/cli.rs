@@ -117,18 +117,14 @@ pub fn main() -> ExitCode {
         }
     };
     let level = ["info", "debug", "trace"][cli.verbose.min(2) as usize];
-    // `DOCKFRA_LOG=warn,dockfra_agent=debug` style targets (no regex engine: the agent stays small).
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
+    // `DOCKFRA_LOG=warn,dockfra_agent=debug` style targets (crate::log: the agent stays small).
     let default = format!("warn,dockfra_agent={level}");
-    let filter: tracing_subscriber::filter::Targets = std::env::var("DOCKFRA_LOG")
+    let filter = std::env::var("DOCKFRA_LOG")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| default.parse().unwrap_or_default());
-    let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
-        .with(filter)
-        .try_init();
+        .and_then(|s| crate::log::Filter::parse(&s))
+        .or_else(|| crate::log::Filter::parse(&default))
+        .expect("the default directives parse");
+    let _ = tracing::subscriber::set_global_default(crate::log::Log(filter));
     // `run`: an upgrade on trial is supervised (or the committed binary runs) before anything
     // else starts (crate::upgrade).
     if matches!(cli.command, Command::Run { .. }) {

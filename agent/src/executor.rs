@@ -910,6 +910,7 @@ mod tests {
                 file: "f".into(),
                 wait_timeout_secs: 1,
                 images,
+                slots: None,
             }),
             ..crate::drivers::test_manifest(Platform::DockerCompose)
         }

@@ -124,34 +124,31 @@ impl Endpoint {
             let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
                 .await
                 .map_err(|e| HttpError::Unreachable(format!("{what}: {e}")))?;
-            match &self.tls {
-                Some((config, name)) => {
-                    let tls = tokio_rustls::TlsConnector::from(config.clone())
+            let stream = match &self.tls {
+                Some((config, name)) => Stream::Tls(Box::new(
+                    tokio_rustls::TlsConnector::from(config.clone())
                         .connect(name.clone(), tcp)
                         .await
-                        .map_err(|e| HttpError::Failed(format!("{what}: TLS: {e}")))?;
-                    self.exchange(TokioIo::new(tls), method, path, headers, body, &what).await
-                }
-                None => self.exchange(TokioIo::new(tcp), method, path, headers, body, &what).await,
-            }
+                        .map_err(|e| HttpError::Failed(format!("{what}: TLS: {e}")))?,
+                )),
+                None => Stream::Plain(tcp),
+            };
+            self.exchange(TokioIo::new(stream), method, path, headers, body, &what).await
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| HttpError::Unreachable(format!("{what}: no answer within {}s", timeout.as_secs())))?
     }
 
-    async fn exchange<I>(
+    async fn exchange(
         &self,
-        io: I,
+        io: TokioIo<Stream>,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
         what: &str,
-    ) -> Result<(u16, Vec<u8>), HttpError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
+    ) -> Result<(u16, Vec<u8>), HttpError> {
         let failed = |e: &dyn std::fmt::Display| HttpError::Failed(format!("{what}: {e}"));
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| failed(&e))?;
         let driver = tokio::spawn(conn);
@@ -177,6 +174,56 @@ impl Endpoint {
         let bytes = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| failed(&e))?.to_bytes();
         driver.abort();
         Ok((status, bytes.to_vec()))
+    }
+}
+
+/// A connection, plain or TLS: one type, so hyper's client is built once for both.
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

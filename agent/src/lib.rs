@@ -10,6 +10,7 @@ pub mod executor;
 pub mod facts;
 pub mod health;
 pub mod http;
+pub mod log;
 pub mod net;
 pub mod releases;
 pub mod runner;

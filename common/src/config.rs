@@ -349,10 +349,28 @@ impl Platform {
     /// The `config:` keys this platform accepts.
     pub fn config_keys(self) -> &'static [&'static str] {
         match self {
-            Platform::DockerCompose => &["compose_project", "pull_policy", "restart_policy", "images", "registry"],
-            Platform::Podman => {
-                &["use_quadlet", "rootless", "pod_name", "compose_project", "images", "registry", "start_machine"]
-            }
+            Platform::DockerCompose => &[
+                "compose_project",
+                "pull_policy",
+                "restart_policy",
+                "images",
+                "registry",
+                "strategy",
+                "canary",
+                "proxy",
+            ],
+            Platform::Podman => &[
+                "use_quadlet",
+                "rootless",
+                "pod_name",
+                "compose_project",
+                "images",
+                "registry",
+                "start_machine",
+                "strategy",
+                "canary",
+                "proxy",
+            ],
             Platform::Kubernetes => &[
                 "namespace",
                 "kubeconfig",
@@ -544,6 +562,8 @@ pub enum PlatformConfig {
         /// services' images there and the compose file names them by it; the agent's engine
         /// pulls them.
         registry: Option<String>,
+        /// `strategy: blue-green | canary`: zero-downtime releases behind the agent's proxy.
+        slots: Option<Box<SlotConfig>>,
     },
     Podman {
         /// Run the services as Quadlet units under systemd (else `podman-compose`).
@@ -561,6 +581,8 @@ pub enum PlatformConfig {
         registry: Option<String>,
         /// dockfra addition, macOS: start the default `podman machine` when it is stopped.
         start_machine: bool,
+        /// `strategy: blue-green | canary` (podman-compose mode only).
+        slots: Option<Box<SlotConfig>>,
     },
     Kubernetes(Box<KubernetesConfig>),
     Swarm {
@@ -584,7 +606,8 @@ pub enum PlatformConfig {
     },
 }
 
-/// How a Kubernetes target replaces a release (`config.strategy`).
+/// How a target replaces a release (`config.strategy`): Kubernetes, and with `SlotConfig`
+/// `docker_compose` and `podman`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Strategy {
     /// A Deployment's RollingUpdate: new pods before old ones go (the default).
@@ -646,6 +669,23 @@ impl Default for Canary {
     fn default() -> Self {
         Canary { steps: DEFAULT_CANARY_STEPS.to_vec(), pause: Duration::from_secs(30) }
     }
+}
+
+/// Zero-downtime releases on one host (`docker_compose`, `podman`): `strategy: blue-green`
+/// or `canary`, with `proxy:` saying which services the agent's HAProxy fronts and how it
+/// switches. `rolling` and `recreate` (the default) replace containers in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// `BlueGreen` or `Canary`.
+    pub strategy: Strategy,
+    /// With `strategy: canary`: its steps.
+    pub canary: Canary,
+    /// `proxy.services`: the fronted services (default: every one that publishes a port).
+    pub services: Vec<String>,
+    /// `proxy.drain`: how long the old slot may finish its requests (default 10s).
+    pub drain: Duration,
+    /// `proxy.health_path`: the proxy's HTTP check of a slot (default: a TCP connect).
+    pub health_path: Option<String>,
 }
 
 /// The Kubernetes workload a compose service becomes (`config.workloads`).
@@ -817,6 +857,7 @@ impl PlatformConfig {
                 restart_policy: None,
                 ship_images: false,
                 registry: None,
+                slots: None,
             },
             Platform::Podman => PlatformConfig::Podman {
                 use_quadlet: false,
@@ -826,6 +867,7 @@ impl PlatformConfig {
                 ship_images: false,
                 registry: None,
                 start_machine: false,
+                slots: None,
             },
             Platform::Kubernetes => PlatformConfig::Kubernetes(Box::default()),
             Platform::Swarm => PlatformConfig::Swarm {
@@ -1690,6 +1732,7 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                 restart_policy: s("restart_policy")?,
                 ship_images,
                 registry,
+                slots: parse_slots(cx, &f)?,
             }
         }
         Platform::Podman => {
@@ -1705,7 +1748,18 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                 }
             }
             let ship_images = image_source(s("images")?)?;
+            let slots = parse_slots(cx, &f)?;
+            if let (Some(sl), true) = (&slots, b("use_quadlet")?) {
+                return Err(cx.err(
+                    "config.strategy",
+                    format!(
+                        "strategy {} runs podman-compose projects behind the proxy; Quadlet units restart in place (set use_quadlet: false)",
+                        sl.strategy
+                    ),
+                ));
+            }
             PlatformConfig::Podman {
+                slots,
                 use_quadlet: b("use_quadlet")?,
                 rootless: b("rootless")?,
                 pod_name,
@@ -1892,6 +1946,74 @@ fn parse_kubernetes(cx: &Cx, f: &Fields) -> Result<KubernetesConfig, ConfigError
 }
 
 /// `canary: [10, 50, 100]` or `canary: { steps: [10, 50, 100], pause: 1m }`.
+/// `strategy`, `canary` and `proxy` of a `docker_compose` or `podman` target: `None` for the
+/// in-place strategies, which take no proxy.
+fn parse_slots(cx: &Cx, f: &Fields) -> Result<Option<Box<SlotConfig>>, ConfigError> {
+    let strategy = match f.get("strategy") {
+        Some(v) => cx.string("config.strategy", v)?.parse().map_err(|e: String| cx.err("config.strategy", e))?,
+        None if f.get("canary").is_some() => Strategy::Canary,
+        None => Strategy::Recreate,
+    };
+    if matches!(strategy, Strategy::Rolling | Strategy::Recreate) {
+        for k in ["canary", "proxy"] {
+            if f.get(k).is_some() {
+                return Err(cx.err(
+                    format!("config.{k}"),
+                    format!("{k} needs strategy: blue-green or canary (it is {strategy}, which replaces containers in place)"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let mut c = SlotConfig {
+        strategy,
+        canary: Canary::default(),
+        services: Vec::new(),
+        drain: Duration::from_secs(10),
+        health_path: None,
+    };
+    if let Some(v) = f.get("canary") {
+        if strategy != Strategy::Canary {
+            return Err(cx.err("config.canary", format!("canary steps need strategy: canary (it is {strategy})")));
+        }
+        c.canary = parse_canary(cx, "config.canary", v)?;
+    }
+    if let Some(v) = f.get("proxy") {
+        let m = cx.mapping("config.proxy", v)?;
+        let g = cx.fields("config.proxy", m, &["services", "drain", "health_path"], "")?;
+        if let Some(v) = g.get("services") {
+            let Value::Sequence(items) = v else {
+                return Err(
+                    cx.err("config.proxy.services", format!("expected a list of services, found {}", describe(v)))
+                );
+            };
+            for (i, it) in items.iter().enumerate() {
+                let name = cx.string(&format!("config.proxy.services[{i}]"), it)?;
+                if !crate::bundle::is_service_name(&name) {
+                    return Err(cx.err(
+                        format!("config.proxy.services[{i}]"),
+                        format!("{name:?} is not a compose service name"),
+                    ));
+                }
+                c.services.push(name);
+            }
+        }
+        if let Some(v) = g.get("drain") {
+            c.drain = cx.duration("config.proxy.drain", v)?;
+        }
+        if let Some(v) = g.get("health_path") {
+            let p = cx.string("config.proxy.health_path", v)?;
+            if !p.starts_with('/') || p.chars().any(|ch| ch.is_whitespace() || ch.is_control() || ch == '#') {
+                return Err(
+                    cx.err("config.proxy.health_path", format!("{p:?} is not an HTTP path (/health, no spaces)"))
+                );
+            }
+            c.health_path = Some(p);
+        }
+    }
+    Ok(Some(Box::new(c)))
+}
+
 fn parse_canary(cx: &Cx, key: &str, v: &Value) -> Result<Canary, ConfigError> {
     let mut c = Canary::default();
     let steps = match v {
@@ -2653,6 +2775,49 @@ mod tests {
     }
 
     #[test]
+    fn single_host_strategies_parse_and_bad_keys_are_named() {
+        let t = p(&one(
+            "platform: docker_compose\nconfig:\n  strategy: blue-green\n  proxy: { services: [web], drain: 3s, health_path: /healthz }",
+        ))
+        .unwrap();
+        let PlatformConfig::DockerCompose { slots: Some(sl), .. } = &t.targets[0].config else { panic!() };
+        assert_eq!(
+            (sl.strategy, sl.drain, sl.health_path.as_deref()),
+            (Strategy::BlueGreen, Duration::from_secs(3), Some("/healthz"))
+        );
+        assert_eq!(sl.services, ["web"]);
+        let t = p(&one("platform: podman\nconfig: { canary: { steps: [20, 100], pause: 2s } }")).unwrap();
+        let PlatformConfig::Podman { slots: Some(sl), .. } = &t.targets[0].config else { panic!() };
+        assert_eq!(sl.strategy, Strategy::Canary, "canary steps imply the canary strategy");
+        assert_eq!(sl.canary, Canary { steps: vec![20, 100], pause: Duration::from_secs(2) });
+        assert_eq!(sl.drain, Duration::from_secs(10), "the default drain");
+        for st in ["rolling", "recreate"] {
+            let t = p(&one(&format!("platform: docker_compose\nconfig: {{ strategy: {st} }}"))).unwrap();
+            assert!(
+                matches!(t.targets[0].config, PlatformConfig::DockerCompose { slots: None, .. }),
+                "{st} is in place"
+            );
+        }
+        let db =
+            |c: &str, key: &str| bad(&one(&format!("platform: docker_compose\nconfig: {c}")), Some("t1"), Some(key));
+        db("{ strategy: bluegreen }", "config.strategy");
+        assert!(db("{ proxy: { drain: 1s } }", "config.proxy").contains("needs strategy: blue-green or canary"));
+        db("{ strategy: blue-green, canary: [10, 100] }", "config.canary");
+        db("{ strategy: canary, canary: [50, 10, 100] }", "config.canary[1]");
+        db("{ strategy: blue-green, proxy: { port: 80 } }", "config.proxy.port");
+        db("{ strategy: blue-green, proxy: { services: web } }", "config.proxy.services");
+        db("{ strategy: blue-green, proxy: { services: [\"-p\"] } }", "config.proxy.services[0]");
+        db("{ strategy: blue-green, proxy: { health_path: \"/a b\" } }", "config.proxy.health_path");
+        db("{ strategy: blue-green, proxy: { drain: soon } }", "config.proxy.drain");
+        let pb = bad(
+            &one("platform: podman\nconfig: { use_quadlet: true, strategy: blue-green }"),
+            Some("t1"),
+            Some("config.strategy"),
+        );
+        assert!(pb.contains("use_quadlet: false"), "{pb}");
+    }
+
+    #[test]
     fn kubernetes_and_nomad_configs_parse_and_bad_keys_are_named() {
         let k = p(&one(
             "platform: kubernetes\nconfig:\n  namespace: shop\n  context: prod\n  canary: { steps: [5, 25, 100], pause: 1m }\n  workloads: { db: statefulset, agent: DaemonSet }\n  service_type: { default: NodePort, db: ClusterIP }\n  volume_size: 5Gi\n  ingress: { host: shop.example.org, service: web }\n  rollout_timeout: 2m\n  allow: network_mode",
@@ -2779,6 +2944,7 @@ mod tests {
                 restart_policy: Some("unless-stopped".into()),
                 ship_images: false,
                 registry: None,
+                slots: None,
             }
         );
         assert_eq!(vps.agent, AgentSpec::default());
@@ -2798,6 +2964,7 @@ mod tests {
                 ship_images: false,
                 registry: None,
                 start_machine: false,
+                slots: None,
             }
         );
 

@@ -311,8 +311,158 @@ fn render_compose(
         file: format!("{RENDERED_DIR}/compose.yaml"),
         wait_timeout_secs: 120,
         images: Vec::new(),
+        slots: None,
     };
     Ok((spec, model, images))
+}
+
+/// Make a resolved compose model fit `strategy: blue-green | canary` on one host: each fronted
+/// service (`proxy.services`, else each that publishes a TCP port) becomes `S-blue` and
+/// `S-green`, identical, without published ports (the agent publishes each slot on a loopback
+/// port of its own and its HAProxy listens where the service did) and with the network alias
+/// `S` (with `aliases`), so the other services still reach it by name. A dependency on a
+/// fronted service is dropped (the slots start on their own); the other services are shared
+/// and updated in place. podman-compose 1.0 has no network aliases (it refuses the mapping
+/// form of a service's `networks:`): on Podman the slots are reached as `S-blue`/`S-green`.
+pub(crate) fn for_slots(
+    model: &mut serde_yaml_ng::Value,
+    cfg: &dockfra_common::config::SlotConfig,
+    target: &str,
+    aliases: bool,
+) -> Result<dockfra_common::bundle::SlotSpec> {
+    use dockfra_common::bundle::{Route, SlotSpec, SLOTS};
+    use dockfra_common::config::Strategy;
+    use serde_yaml_ng::{Mapping, Value};
+    let Some(Value::Mapping(services)) = model.get_mut("services") else {
+        bail!("target {target:?}: strategy {} needs services to front", cfg.strategy);
+    };
+    let names: Vec<String> = services.keys().filter_map(|k| k.as_str().map(String::from)).collect();
+    for s in &cfg.services {
+        if !names.contains(s) {
+            bail!("target {target:?}: config.proxy.services names {s:?}, which the compose file does not define");
+        }
+    }
+    let publishes = |svc: &Mapping| crate::convert::ports(svc).0.iter().any(|p| p.published.is_some());
+    let fronted: Vec<String> = if cfg.services.is_empty() {
+        names
+            .iter()
+            .filter(|n| services.get(n.as_str()).and_then(Value::as_mapping).is_some_and(publishes))
+            .cloned()
+            .collect()
+    } else {
+        cfg.services.clone()
+    };
+    if fronted.is_empty() {
+        bail!(
+            "target {target:?}: strategy {} needs a service that publishes a port for the proxy to front (or config.proxy.services)",
+            cfg.strategy
+        );
+    }
+    let mut routes = Vec::new();
+    for name in &fronted {
+        let at = format!("target {target:?}: service {name:?}");
+        let Some(Value::Mapping(mut svc)) = services.remove(name.as_str()) else {
+            bail!("{at} is not a mapping");
+        };
+        for key in ["container_name", "network_mode"] {
+            if svc.contains_key(key) {
+                bail!("{at}: `{key}` cannot run twice side by side (strategy {}); remove it", cfg.strategy);
+            }
+        }
+        let (ports, unread) = crate::convert::ports(&svc);
+        if let Some(u) = unread.first() {
+            bail!("{at}: cannot read port {u:?}");
+        }
+        for p in ports.iter().filter(|p| p.published.is_some()) {
+            if p.protocol != "tcp" {
+                bail!(
+                    "{at}: the proxy fronts TCP (HTTP) ports; {}/{} is {}",
+                    p.published.unwrap_or(0),
+                    p.target,
+                    p.protocol
+                );
+            }
+            let ip = p.host_ip.as_deref().unwrap_or("0.0.0.0");
+            let listen = if ip.contains(':') {
+                format!("[{ip}]:{}", p.published.unwrap_or(0))
+            } else {
+                format!("{ip}:{}", p.published.unwrap_or(0))
+            };
+            if routes.iter().any(|r: &Route| r.listen == listen) {
+                bail!("{at}: {listen} is published twice");
+            }
+            routes.push(Route { service: name.clone(), listen, port: p.target });
+        }
+        if !routes.iter().any(|r| &r.service == name) {
+            bail!("{at} publishes no port for the proxy to listen on");
+        }
+        svc.remove("ports");
+        // Reachable by its own name from the other services, whichever slot runs.
+        let alias = Value::Sequence(vec![Value::String(name.clone())]);
+        match svc.get_mut("networks") {
+            _ if !aliases => {}
+            Some(Value::Sequence(list)) => {
+                let mut m = Mapping::new();
+                for n in list.iter() {
+                    let mut a = Mapping::new();
+                    a.insert("aliases".into(), alias.clone());
+                    m.insert(n.clone(), Value::Mapping(a));
+                }
+                svc.insert("networks".into(), Value::Mapping(m));
+            }
+            Some(Value::Mapping(m)) => {
+                for (_, v) in m.iter_mut() {
+                    if !v.is_mapping() {
+                        *v = Value::Mapping(Mapping::new());
+                    }
+                    let a = v.as_mapping_mut().expect("made a mapping above");
+                    match a.get_mut("aliases") {
+                        Some(Value::Sequence(l)) => l.push(Value::String(name.clone())),
+                        _ => {
+                            a.insert("aliases".into(), alias.clone());
+                        }
+                    }
+                }
+            }
+            _ => {
+                let mut a = Mapping::new();
+                a.insert("aliases".into(), alias.clone());
+                let mut m = Mapping::new();
+                m.insert("default".into(), Value::Mapping(a));
+                svc.insert("networks".into(), Value::Mapping(m));
+            }
+        }
+        for slot in SLOTS {
+            let slot_name = format!("{name}-{slot}");
+            if names.contains(&slot_name) {
+                bail!("{at}: the compose file already has a service {slot_name:?}, the name of one of its slots");
+            }
+            services.insert(slot_name.into(), Value::Mapping(svc.clone()));
+        }
+    }
+    let shared: Vec<String> = names.iter().filter(|n| !fronted.contains(n)).cloned().collect();
+    for n in &shared {
+        let Some(Value::Mapping(svc)) = services.get_mut(n.as_str()) else { continue };
+        let drop_dep = |d: &mut Value| match d {
+            Value::Sequence(l) => l.retain(|x| !x.as_str().is_some_and(|x| fronted.iter().any(|f| f == x))),
+            Value::Mapping(m) => m.retain(|k, _| !k.as_str().is_some_and(|x| fronted.iter().any(|f| f == x))),
+            _ => {}
+        };
+        if let Some(d) = svc.get_mut("depends_on") {
+            drop_dep(d);
+            if d.as_sequence().is_some_and(Vec::is_empty) || d.as_mapping().is_some_and(Mapping::is_empty) {
+                svc.remove("depends_on");
+            }
+        }
+    }
+    Ok(SlotSpec {
+        canary_steps: if cfg.strategy == Strategy::Canary { cfg.canary.steps.clone() } else { Vec::new() },
+        canary_pause_secs: if cfg.strategy == Strategy::Canary { cfg.canary.pause.as_secs().max(1) } else { 0 },
+        drain_secs: cfg.drain.as_secs(),
+        health_path: cfg.health_path.clone(),
+        routes,
+        shared,
+    })
 }
 
 /// Make a resolved compose model fit `docker stack deploy`: `depends_on` in its list form
@@ -740,10 +890,13 @@ pub fn build(
         }),
         (
             Platform::DockerCompose,
-            PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy, ship_images, registry },
+            PlatformConfig::DockerCompose { compose_project, pull_policy, restart_policy, ship_images, registry, slots },
         ) => {
             let (mut spec, mut model, images) =
                 render_compose(project, target, compose_project, pull_policy, restart_policy, *ship_images || registry.is_some())?;
+            if let Some(sl) = slots {
+                spec.slots = Some(for_slots(&mut model, sl, &target.id, true)?);
+            }
             if *ship_images && !dry {
                 std::fs::create_dir_all(blobs)?;
                 spec.images = save_images(blobs, &images, &target.id)?;
@@ -785,10 +938,14 @@ pub fn build(
                 ship_images,
                 registry,
                 start_machine,
+                slots,
             },
         ) => {
             let (mut compose, mut model, images) =
                 render_compose(project, target, compose_project, &None, &None, *ship_images || registry.is_some())?;
+            if let Some(sl) = slots {
+                compose.slots = Some(for_slots(&mut model, sl, &target.id, false)?);
+            }
             if *ship_images && !dry {
                 std::fs::create_dir_all(blobs)?;
                 compose.images = save_images(blobs, &images, &target.id)?;
@@ -968,6 +1125,52 @@ mod tests {
         assert_eq!(back["services"]["worker"]["deploy"]["update_config"]["order"], "start-first");
         assert!(back.get("name").is_none());
         assert!(back["services"]["agentd"]["deploy"].get("replicas").is_none(), "global services take no replicas");
+    }
+
+    #[test]
+    fn slots_double_the_fronted_services_and_keep_the_rest() {
+        use dockfra_common::config::{Canary, SlotConfig, Strategy};
+        let doc = "services:\n  web:\n    image: a\n    ports: ['127.0.0.1:8080:80', '8443:443']\n    depends_on: [db]\n  db:\n    image: p\n    volumes: [data:/var/lib/db]\n  worker:\n    image: b\n    depends_on: { web: { condition: service_healthy }, db: { condition: service_started } }\n";
+        let mut m: serde_yaml_ng::Value = serde_yaml_ng::from_str(doc).unwrap();
+        let cfg = SlotConfig {
+            strategy: Strategy::Canary,
+            canary: Canary { steps: vec![25, 100], pause: std::time::Duration::from_secs(3) },
+            services: vec![],
+            drain: std::time::Duration::from_secs(4),
+            health_path: Some("/up".into()),
+        };
+        let mut plain = m.clone();
+        for_slots(&mut plain, &cfg, "t", false).unwrap();
+        assert!(plain["services"]["web-blue"].get("networks").is_none(), "no aliases for podman-compose");
+        let sl = for_slots(&mut m, &cfg, "t", true).unwrap();
+        let listen: Vec<(&str, &str, u16)> =
+            sl.routes.iter().map(|r| (r.service.as_str(), r.listen.as_str(), r.port)).collect();
+        assert_eq!(listen, [("web", "127.0.0.1:8080", 80), ("web", "0.0.0.0:8443", 443)]);
+        assert_eq!((sl.canary_steps.as_slice(), sl.canary_pause_secs, sl.drain_secs), (&[25u8, 100][..], 3, 4));
+        assert_eq!(sl.shared, ["db", "worker"]);
+        let svcs = m["services"].as_mapping().unwrap();
+        assert!(svcs.get("web").is_none());
+        for slot in ["web-blue", "web-green"] {
+            assert!(m["services"][slot].get("ports").is_none(), "{slot} publishes nothing itself");
+            assert_eq!(m["services"][slot]["networks"]["default"]["aliases"][0], "web");
+            assert_eq!(m["services"][slot]["depends_on"][0], "db");
+        }
+        assert!(m["services"]["worker"]["depends_on"].get("web").is_none(), "no dependency on a slot");
+        assert!(m["services"]["worker"]["depends_on"].get("db").is_some());
+
+        let refuse = |doc: &str, services: &[&str]| {
+            let mut m: serde_yaml_ng::Value = serde_yaml_ng::from_str(doc).unwrap();
+            let cfg = SlotConfig { services: services.iter().map(|s| s.to_string()).collect(), ..cfg.clone() };
+            for_slots(&mut m, &cfg, "t", true).unwrap_err().to_string()
+        };
+        assert!(refuse("services:\n  db: { image: p }\n", &[]).contains("publishes a port"));
+        assert!(refuse("services:\n  web: { image: a, ports: ['80:80'], container_name: w }\n", &[])
+            .contains("container_name"));
+        assert!(refuse("services:\n  web: { image: a, ports: ['53:53/udp'] }\n", &[]).contains("udp"));
+        assert!(refuse("services:\n  web: { image: a, ports: ['80:80'] }\n", &["api"]).contains("\"api\""));
+        assert!(refuse("services:\n  web: { image: a }\n", &["web"]).contains("publishes no port"));
+        assert!(refuse("services:\n  web: { image: a, ports: ['80:80'] }\n  web-blue: { image: a }\n", &[])
+            .contains("web-blue"));
     }
 
     #[test]

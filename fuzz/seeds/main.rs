@@ -40,6 +40,7 @@ fn compose(project: &str) -> DockerComposeSpec {
         file: ".dockfra/compose.yaml".into(),
         wait_timeout_secs: 60,
         images: vec![],
+        slots: None,
     }
 }
 

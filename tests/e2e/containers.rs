@@ -12,7 +12,7 @@ use dockfra_e2e::*;
 use crate::{SystemdBox, SYSTEMD_PODMAN};
 
 /// GET http://127.0.0.1:PORT/ with a plain socket; the body, or "" when nothing answers.
-fn http_body(port: u16) -> String {
+pub(crate) fn http_body(port: u16) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
     let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
@@ -497,9 +497,9 @@ targets:
 }
 
 /// Removes what a Podman test made on this host's Podman.
-struct PodmanCleanup {
-    project: String,
-    images: Vec<String>,
+pub(crate) struct PodmanCleanup {
+    pub project: String,
+    pub images: Vec<String>,
 }
 
 impl Drop for PodmanCleanup {
@@ -520,7 +520,7 @@ impl Drop for PodmanCleanup {
 
 /// The two-service app of the container platform tests: `web` serves HTTP and has a
 /// healthcheck (its path from HEALTH_PATH), `worker` waits for it and polls it by name.
-const TWO_SERVICES: &str = r#"services:
+pub(crate) const TWO_SERVICES: &str = r#"services:
   web:
     image: ${IMAGE:-dockfra-busybox:test}
     init: true

@@ -22,6 +22,8 @@
 //!   server: rolling, blue-green, canary, rollback, the cluster's refusals.
 //! - [`nomad`]: the nomad platform over the HTTP API against responses recorded from Nomad's
 //!   docs: register, follow, promote, revert, the API's refusals.
+//! - [`zero_downtime`]: `strategy: blue-green` and `canary` on `docker_compose` and `podman`
+//!   behind the agent's HAProxy, under load: deploy, rollback, a failed release, zero failures.
 //! - [`tools`]: the daily tools: `setup`, `validate`.
 //! - [`window`]: the REST API over HTTPS, its OpenAPI document under schemathesis, and the
 //!   dashboard in headless Chromium.
@@ -47,6 +49,7 @@ mod spine;
 mod tools;
 mod upgrade;
 mod window;
+mod zero_downtime;
 
 /// A project with a push target, a pull target and an offline target, all `ssh_raw`.
 fn project(w: &World, push_port: u16, extra_pre: &str, extra_post: &str) {

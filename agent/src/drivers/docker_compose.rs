@@ -3,6 +3,8 @@
 //! <release> up -d --remove-orphans --wait`. `--wait` makes the step end only when every
 //! service is running and, where it has a healthcheck, healthy. Rollback is the executor's
 //! swap back followed by `apply` of the previous release, which recreates what changed.
+//! With `strategy: blue-green | canary` (a slot section in the manifest) the release goes to
+//! the idle slot and the agent's proxy switches to it: `super::slots`.
 use std::time::Duration;
 
 use super::{Driver, DriverError, StepCtx};
@@ -85,7 +87,12 @@ impl Driver for DockerCompose {
                 "validate: `docker compose` (Compose v2) is not available: {}",
                 o.tail()
             ))),
-            Ok(_) => run(ctx, "validate", &["config", "--quiet"]).await,
+            Ok(_) => {
+                if spec(ctx)?.slots.is_some() {
+                    super::slots::haproxy()?;
+                }
+                run(ctx, "validate", &["config", "--quiet"]).await
+            }
         }
     }
 
@@ -94,7 +101,11 @@ impl Driver for DockerCompose {
     }
 
     async fn apply(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
-        let timeout = spec(ctx)?.wait_timeout_secs.to_string();
+        let s = spec(ctx)?;
+        if let Some(sl) = &s.slots {
+            return super::slots::Slots::new(ctx, s, sl, super::slots::Engine::Docker).apply().await;
+        }
+        let timeout = s.wait_timeout_secs.to_string();
         run(ctx, "compose up", &["up", "-d", "--remove-orphans", "--wait", "--wait-timeout", &timeout]).await
     }
 
@@ -104,13 +115,28 @@ impl Driver for DockerCompose {
 
     async fn health(&self, ctx: &StepCtx<'_>) -> Option<String> {
         let s = spec(ctx).ok()?;
+        let live = s
+            .slots
+            .as_ref()
+            .and_then(|sl| super::slots::Slots::new(ctx, s, sl, super::slots::Engine::Docker).live_services());
         Some(match crate::engine::compose_containers(&s.project).await {
-            Ok(cs) => crate::engine::compose_health(&cs),
+            Ok(mut cs) => {
+                // Behind the proxy only the shared services and the live slot count; compose
+                // names a container PROJECT-SERVICE-N.
+                if let Some(live) = live {
+                    cs.retain(|c| live.iter().any(|svc| c.name.starts_with(&format!("{}-{svc}-", s.project))));
+                }
+                crate::engine::compose_health(&cs)
+            }
             Err(e) => format!("unknown: {e}"),
         })
     }
 
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
+        let s = spec(ctx)?;
+        if let Some(sl) = &s.slots {
+            super::slots::Slots::new(ctx, s, sl, super::slots::Engine::Docker).teardown().await;
+        }
         run(ctx, "compose down", &["down", "--remove-orphans", "--timeout", "10"]).await
     }
 
@@ -145,6 +171,7 @@ mod tests {
                 file: ".dockfra/compose.yaml".into(),
                 wait_timeout_secs: 30,
                 images: vec![],
+                slots: None,
             }),
             ..crate::drivers::test_manifest(Platform::DockerCompose)
         };

@@ -12,6 +12,7 @@ pub mod docker_compose;
 pub mod kubernetes;
 pub mod nomad;
 pub mod podman;
+pub mod slots;
 pub mod ssh_raw;
 pub mod swarm;
 
@@ -101,7 +102,13 @@ pub fn platforms() -> Vec<String> {
 pub(crate) fn test_manifest(platform: dockfra_common::config::Platform) -> Manifest {
     use dockfra_common::bundle::{DockerComposeSpec, PlatformSpec, PodmanSpec, SshRawSpec};
     use dockfra_common::config::Platform as P;
-    let compose = DockerComposeSpec { project: "web".into(), file: "f".into(), wait_timeout_secs: 1, images: vec![] };
+    let compose = DockerComposeSpec {
+        project: "web".into(),
+        file: "f".into(),
+        wait_timeout_secs: 1,
+        images: vec![],
+        slots: None,
+    };
     let spec = match platform {
         P::DockerCompose => PlatformSpec::DockerCompose(compose),
         P::Swarm => PlatformSpec::Swarm(compose),

@@ -200,7 +200,9 @@ pub async fn project_health(
     if !out.success() {
         return Err(format!("podman inspect: {}", out.tail()));
     }
-    let (states, seen) = container_states(&out.stdout)?;
+    let (mut states, seen) = container_states(&out.stdout)?;
+    // Only the services named count (behind the proxy, the idle slot's stopped containers do not).
+    states.retain(|c| seen.iter().any(|(svc, name)| name == &c.name && services.contains(svc)));
     let verdict = compose_health(&states);
     let missing: Vec<&str> =
         services.iter().filter(|s| !seen.iter().any(|(svc, _)| svc == *s)).map(String::as_str).collect();
@@ -218,10 +220,20 @@ pub async fn project_health(
 /// unhealthy (its retries spent) fails at once; one that is not running may be restarting,
 /// so that fails only when it persists.
 async fn wait_healthy(ctx: &StepCtx<'_>, s: &PodmanSpec) -> Result<(), DriverError> {
-    let deadline = Instant::now() + Duration::from_secs(s.compose.wait_timeout_secs);
+    wait_services(ctx, &s.compose.project, &s.services, s.compose.wait_timeout_secs).await
+}
+
+/// [`wait_healthy`] for some of a project's services.
+pub(crate) async fn wait_services(
+    ctx: &StepCtx<'_>,
+    project: &str,
+    services: &[String],
+    timeout_secs: u64,
+) -> Result<(), DriverError> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     let (mut good, mut down) = (0, 0);
     loop {
-        let verdict = project_health(ctx.runner, &s.compose.project, &s.services, true)
+        let verdict = project_health(ctx.runner, project, services, true)
             .await
             .map_err(|e| DriverError::Invalid(format!("health: {e}")))?;
         if verdict == "healthy" {
@@ -233,24 +245,21 @@ async fn wait_healthy(ctx: &StepCtx<'_>, s: &PodmanSpec) -> Result<(), DriverErr
             good = 0;
         }
         if verdict.contains(" unhealthy") {
-            return Err(DriverError::Invalid(format!("project {}: {verdict}", s.compose.project)));
+            return Err(DriverError::Invalid(format!("project {project}: {verdict}")));
         }
         down = if verdict.starts_with("unhealthy") { down + 1 } else { 0 };
         if down >= 5 {
-            return Err(DriverError::Invalid(format!("project {}: {verdict}", s.compose.project)));
+            return Err(DriverError::Invalid(format!("project {project}: {verdict}")));
         }
         if Instant::now() >= deadline {
-            return Err(DriverError::Invalid(format!(
-                "project {}: not up after {}s: {verdict}",
-                s.compose.project, s.compose.wait_timeout_secs
-            )));
+            return Err(DriverError::Invalid(format!("project {project}: not up after {timeout_secs}s: {verdict}")));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 /// How this host runs compose files with Podman: `podman-compose`, else `podman compose`.
-async fn compose_tool(runner: &dyn Runner) -> Result<Vec<String>, DriverError> {
+pub(crate) async fn compose_tool(runner: &dyn Runner) -> Result<Vec<String>, DriverError> {
     if crate::runner::which("podman-compose").is_some() {
         return Ok(vec!["podman-compose".into()]);
     }
@@ -386,6 +395,9 @@ impl Driver for Podman {
                     .into(),
             ));
         }
+        if s.compose.slots.is_some() {
+            super::slots::haproxy()?;
+        }
         if s.use_quadlet {
             if !Path::new("/run/systemd/system").is_dir() {
                 return Err(DriverError::Invalid(
@@ -460,6 +472,8 @@ impl Driver for Podman {
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(DriverError::Invalid(format!("{e}\n{}", tail.join("\n"))));
             }
+        } else if let Some(sl) = &s.compose.slots {
+            return super::slots::Slots::new(ctx, &s.compose, sl, super::slots::Engine::Podman).apply().await;
         } else {
             remove_containers(ctx, &s.compose.project).await?;
             let up = compose(ctx, "compose up", &["up", "-d"]).await?;
@@ -493,7 +507,11 @@ impl Driver for Podman {
 
     async fn health(&self, ctx: &StepCtx<'_>) -> Option<String> {
         let s = spec(ctx).ok()?;
-        Some(match project_health(ctx.runner, &s.compose.project, &s.services, false).await {
+        let live =
+            s.compose.slots.as_ref().and_then(|sl| {
+                super::slots::Slots::new(ctx, &s.compose, sl, super::slots::Engine::Podman).live_services()
+            });
+        Some(match project_health(ctx.runner, &s.compose.project, live.as_ref().unwrap_or(&s.services), false).await {
             Ok(h) => h,
             Err(e) => format!("unknown: {e}"),
         })
@@ -511,6 +529,9 @@ impl Driver for Podman {
             run_ok(ctx.runner, "daemon-reload", &systemctl(s.rootless, &["daemon-reload"])).await?;
             Ok(())
         } else {
+            if let Some(sl) = &s.compose.slots {
+                super::slots::Slots::new(ctx, &s.compose, sl, super::slots::Engine::Podman).teardown().await;
+            }
             remove_containers(ctx, &s.compose.project).await?;
             compose(ctx, "compose down", &["down"]).await.map(|_| ())
         }

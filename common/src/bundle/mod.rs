@@ -101,6 +101,68 @@ pub struct DockerComposeSpec {
     /// into an engine that lacks them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageRef>,
+    /// `strategy: blue-green | canary` on one host (`docker_compose`, `podman`): the fronted
+    /// services run as `S-blue` and `S-green`, and the agent's HAProxy switches between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotSpec>,
+}
+
+/// The two slots a zero-downtime single-host target switches between.
+pub const SLOTS: [&str; 2] = ["blue", "green"];
+
+/// Zero-downtime on one host: which services the proxy fronts, where it listens, and how it
+/// moves traffic from the live slot to the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSpec {
+    /// Canary steps (the new slot's share of requests, rising, the last 100); empty: a
+    /// blue-green switch (all at once, once the new slot passes its checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_steps: Vec<u8>,
+    /// How long each canary step's checks must hold.
+    #[serde(default)]
+    pub canary_pause_secs: u64,
+    /// How long the old slot may finish the requests it has before it is stopped.
+    pub drain_secs: u64,
+    /// The proxy's HTTP check of a slot (`GET PATH`, any 2xx/3xx); none: a TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    /// One per published port of a fronted service.
+    pub routes: Vec<Route>,
+    /// The services outside the slots (databases, workers), updated in place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<String>,
+}
+
+/// One port the proxy publishes for a fronted service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The compose service (its slots are `SERVICE-blue` and `SERVICE-green`).
+    pub service: String,
+    /// Where the proxy listens: what the service published (`0.0.0.0:8080`, `[::1]:8443`).
+    pub listen: String,
+    /// The container port behind it.
+    pub port: u16,
+}
+
+impl SlotSpec {
+    /// The fronted services, each once, in route order.
+    pub fn services(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for r in &self.routes {
+            if !out.contains(&r.service.as_str()) {
+                out.push(&r.service);
+            }
+        }
+        out
+    }
+}
+
+/// A compose service name dockfra passes to compose and writes into HAProxy's config.
+pub fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// One image carried in a bundle.
@@ -472,6 +534,35 @@ fn check_version(what: &'static str, v: &serde_json::Value) -> Result<(), Bundle
     Ok(())
 }
 
+/// A slot section's names and addresses reach compose's command line and HAProxy's config:
+/// each must be what it says, with nothing that could end a line or start an option.
+fn validate_slots(sl: &SlotSpec) -> Result<(), BundleError> {
+    let bad = |path: &str, reason: &str| BundleError::Entry { path: path.to_string(), reason: reason.to_string() };
+    if sl.routes.is_empty() {
+        return Err(BundleError::Malformed { what: "manifest", reason: "slots: no route for the proxy".into() });
+    }
+    for name in sl.routes.iter().map(|r| &r.service).chain(&sl.shared) {
+        if !is_service_name(name) {
+            return Err(bad(name, "not a compose service name ([A-Za-z0-9][A-Za-z0-9._-]*)"));
+        }
+    }
+    for r in &sl.routes {
+        if r.listen.parse::<std::net::SocketAddr>().is_err() || r.port == 0 {
+            return Err(bad(&r.listen, "not an address the proxy can listen on (IP:PORT)"));
+        }
+    }
+    if let Some(p) = &sl.health_path {
+        if !p.starts_with('/') || p.len() > 512 || p.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
+            return Err(bad(p, "not an HTTP path for the proxy's check"));
+        }
+    }
+    let steps = &sl.canary_steps;
+    if !steps.is_empty() && (steps.windows(2).any(|w| w[0] >= w[1]) || steps[0] == 0 || steps.last() != Some(&100)) {
+        return Err(BundleError::Malformed { what: "manifest", reason: "slots: canary steps must rise to 100".into() });
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Decode signed manifest bytes under the compatibility rule (see the module doc).
     pub fn parse(bytes: &[u8]) -> Result<Self, BundleError> {
@@ -503,7 +594,6 @@ impl Manifest {
         release_name(self.sequence, &self.id())
     }
 
-    /// Every check that needs no key and no disk: paths, kinds, modes, digests, limits, names.
     /// The Nomad section names a URL, a job id that goes into URL paths, and files on the
     /// agent's host: each must be what it says, and the job file carried.
     fn validate_nomad(&self, n: &NomadSpec) -> Result<(), BundleError> {
@@ -583,6 +673,7 @@ impl Manifest {
         Ok(())
     }
 
+    /// Every check that needs no key and no disk: paths, kinds, modes, digests, limits, names.
     pub fn validate(&self) -> Result<(), BundleError> {
         if !FORMATS.contains(&self.format) {
             return Err(BundleError::Format { what: "manifest", found: self.format });
@@ -730,6 +821,9 @@ impl Manifest {
         }
         if let PlatformSpec::Nomad(n) = &self.platform {
             self.validate_nomad(n)?;
+        }
+        if let Some(sl) = self.platform.compose().and_then(|c| c.slots.as_ref()) {
+            validate_slots(sl)?;
         }
         for img in self.platform.compose().into_iter().flat_map(|d| &d.images) {
             Digest::new(&img.sha256).map_err(|e| BundleError::Path { path: img.name.clone(), source: e })?;
