@@ -260,10 +260,37 @@ fn target_findings(project: &Project, target: &Target) -> (Vec<Finding>, Vec<Pub
             let ports =
                 compose_checks(&mut inner, &file, named.as_deref(), &env, Some(target), Some(ships || registry));
             found.out.extend(inner.out);
+            slot_findings(&mut found, project, target, &file, &env);
             ports
         }
     };
     (found.out, ports)
+}
+
+/// `strategy: blue-green | canary` on a compose target: what the builder would refuse when it
+/// doubles the fronted services (a `container_name`, a UDP port, nothing published, …).
+fn slot_findings(
+    found: &mut Found,
+    project: &Project,
+    target: &Target,
+    file: &Path,
+    env: &std::collections::BTreeMap<String, String>,
+) {
+    let (slots, aliases) = match &target.config {
+        PlatformConfig::DockerCompose { slots: Some(s), .. } => (s, true),
+        PlatformConfig::Podman { slots: Some(s), .. } => (s, false),
+        _ => return,
+    };
+    // A file that does not load is reported by the compose checks above.
+    let Ok((mut cp, _)) = crate::envs::load_as_app(file, Some(&project.app.name), env) else { return };
+    if let Err(e) = crate::builder::for_slots(&mut cp.model, slots, &target.id, aliases) {
+        found.error(
+            None,
+            format!("targets.{}.config.strategy", target.id),
+            format!("{e:#}"),
+            Some("front only services that can run twice side by side (config.proxy.services), or use strategy: recreate"),
+        );
+    }
 }
 
 /// What `convert` would lose for a kubernetes or nomad target: its errors and warnings as

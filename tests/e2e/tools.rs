@@ -122,6 +122,32 @@ fn validate_exit_codes_and_json_name_the_defect() {
     assert!(r.stderr().contains("dockfra-coord setup"), "{}", r.stderr());
 }
 
+/// `validate` refuses a blue-green target whose fronted service cannot run twice, naming the
+/// target's strategy key and the service, before any build; fixed, it passes.
+#[test]
+fn validate_names_a_service_that_cannot_run_in_two_slots() {
+    let w = World::new("validate-slots");
+    w.write(
+        "project/deploy-targets.yaml",
+        "targets:\n  vps:\n    host: 127.0.0.1\n    platform: docker_compose\n    config: { strategy: blue-green, proxy: { health_path: /up } }\n",
+    );
+    w.write(
+        "project/compose.yaml",
+        "services:\n  web:\n    image: nginx:1.25\n    container_name: shop-web\n    ports: [\"8080:80\"]\n  db:\n    image: postgres:16\n",
+    );
+    let root = w.project.to_str().unwrap();
+    let (code, r) = w.coord_json(&["validate", "--root", root, "--output", "json"]);
+    assert_eq!(code, 5, "{r:#}");
+    let f = r["findings"].as_array().unwrap().iter().find(|f| f["severity"] == "error").cloned().unwrap();
+    assert_eq!(f["key"], "targets.vps.config.strategy", "{f:#}");
+    let msg = f["message"].as_str().unwrap();
+    assert!(msg.contains("\"web\"") && msg.contains("container_name"), "{msg}");
+    assert!(f["file"].as_str().unwrap().ends_with("deploy-targets.yaml"), "{f:#}");
+    w.write("project/compose.yaml", "services:\n  web:\n    image: nginx:1.25\n    ports: [\"8080:80\"]\n  db:\n    image: postgres:16\n");
+    let (code, r) = w.coord_json(&["validate", "--root", root, "--output", "json"]);
+    assert_eq!((code, r["errors"].as_u64()), (0, Some(0)), "{r:#}");
+}
+
 /// `env`: each variable with its value and source, the precedence documented, secrets masked,
 /// in the table and in JSON; an unknown target is an error naming it.
 #[test]

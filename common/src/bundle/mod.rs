@@ -1126,4 +1126,41 @@ mod tests {
             assert!(e.contains(says), "{says}: {e}");
         }
     }
+
+    /// What the slots driver writes into HAProxy's config and compose's command line comes
+    /// from the manifest: plain service names, real addresses, a path without line breaks.
+    #[test]
+    fn slot_sections_carry_only_plain_names_and_addresses() {
+        let good = SlotSpec {
+            canary_steps: vec![10, 100],
+            canary_pause_secs: 1,
+            drain_secs: 1,
+            health_path: Some("/up".into()),
+            routes: vec![Route { service: "web".into(), listen: "0.0.0.0:8080".into(), port: 80 }],
+            shared: vec!["db".into()],
+        };
+        let compose = |sl: SlotSpec| DockerComposeSpec {
+            project: "shop".into(),
+            file: ".dockfra/compose.yaml".into(),
+            wait_timeout_secs: 60,
+            images: vec![],
+            slots: Some(sl),
+        };
+        let mut m = manifest(vec![]);
+        m.platform = PlatformSpec::DockerCompose(compose(good.clone()));
+        m.validate().unwrap();
+        let route = |service: &str, listen: &str| Route { service: service.into(), listen: listen.into(), port: 80 };
+        for (sl, says) in [
+            (SlotSpec { routes: vec![route("-p", "0.0.0.0:80")], ..good.clone() }, "not a compose service name"),
+            (SlotSpec { shared: vec!["db\nbind :22".into()], ..good.clone() }, "not a compose service name"),
+            (SlotSpec { routes: vec![route("web", "0.0.0.0:80\n  bind :22")], ..good.clone() }, "can listen on"),
+            (SlotSpec { health_path: Some("/up\n  server x 1.2.3.4:80".into()), ..good.clone() }, "HTTP path"),
+            (SlotSpec { canary_steps: vec![50, 10], ..good.clone() }, "rise to 100"),
+            (SlotSpec { routes: vec![], ..good.clone() }, "no route"),
+        ] {
+            m.platform = PlatformSpec::DockerCompose(compose(sl));
+            let e = m.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+    }
 }
