@@ -367,6 +367,7 @@ impl Platform {
                 "images",
                 "registry",
                 "start_machine",
+                "kube_play",
                 "strategy",
                 "canary",
                 "proxy",
@@ -583,6 +584,8 @@ pub enum PlatformConfig {
         start_machine: bool,
         /// `strategy: blue-green | canary` (podman-compose mode only).
         slots: Option<Box<SlotConfig>>,
+        /// dockfra addition: run the app's Kubernetes rendering with `podman kube play`.
+        kube_play: bool,
     },
     Kubernetes(Box<KubernetesConfig>),
     Swarm {
@@ -868,6 +871,7 @@ impl PlatformConfig {
                 registry: None,
                 start_machine: false,
                 slots: None,
+                kube_play: false,
             },
             Platform::Kubernetes => PlatformConfig::Kubernetes(Box::default()),
             Platform::Swarm => PlatformConfig::Swarm {
@@ -1758,8 +1762,21 @@ fn parse_platform_config(cx: &Cx, platform: Platform, v: Option<&Value>) -> Resu
                     ),
                 ));
             }
+            let kube_play = b("kube_play")?;
+            if kube_play && b("use_quadlet")? {
+                return Err(
+                    cx.err("config.kube_play", "kube_play and use_quadlet are two ways to run the app: choose one")
+                );
+            }
+            if let (Some(sl), true) = (&slots, kube_play) {
+                return Err(cx.err(
+                    "config.strategy",
+                    format!("strategy {} runs podman-compose projects behind the proxy; kube_play replaces pods in place (set kube_play: false)", sl.strategy),
+                ));
+            }
             PlatformConfig::Podman {
                 slots,
+                kube_play,
                 use_quadlet: b("use_quadlet")?,
                 rootless: b("rootless")?,
                 pod_name,
@@ -2965,6 +2982,7 @@ mod tests {
                 registry: None,
                 start_machine: false,
                 slots: None,
+                kube_play: false,
             }
         );
 

@@ -731,6 +731,112 @@ fn converted(target: &Target, file: &Path, what: &str, r: &crate::convert::Rende
     Ok(())
 }
 
+/// Render a `podman` target with `kube_play: true`: the compose app through the Kubernetes
+/// converter, shaped for `podman kube play` (Podman 4.3), all objects in one YAML stream:
+/// - workloads and claims are named `PROJECT-NAME` (pods and volumes are host-wide names);
+/// - a published port becomes the container port's `hostPort` (and `hostIP`). Podman would
+///   publish every other container port on all addresses, so the others are dropped;
+/// - Podman ignores Services, Ingresses and readiness probes: the Services and Ingresses
+///   go, and the readiness probe is also the liveness probe, which Podman runs as the
+///   container's healthcheck;
+/// - `depends_on` init containers go too: they wait for a Service's name, which nothing
+///   resolves under Podman, so pods start in the file's order.
+///
+/// Every pod and container carries `app.kubernetes.io/part-of: PROJECT`.
+fn render_kube_play(
+    project: &Project,
+    target: &Target,
+    model: &serde_yaml_ng::Value,
+    name: &str,
+    release: &str,
+) -> Result<Vec<u8>> {
+    use crate::convert::{dns_label, k8s};
+    use serde_yaml_ng::Value;
+    let app_dir = &project.app.path;
+    let file = dockfra_common::compose::find_compose_file(app_dir).unwrap_or_else(|| app_dir.join("compose.yaml"));
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| app_dir.clone());
+    let read = |p: &str| std::fs::read(dir.join(p)).ok();
+    let cfg = dockfra_common::config::KubernetesConfig::default();
+    let opts = k8s::Options {
+        app: name.to_string(),
+        release: Some(release.to_string()),
+        config: &cfg,
+        slot: None,
+        track: None,
+    };
+    let r = k8s::convert(model, &opts, &read);
+    converted(target, &file, "podman kube play", &r, true)?;
+    // Published ports by the workload (the converter names it after the service).
+    let mut published: std::collections::BTreeMap<String, Vec<crate::convert::Port>> = Default::default();
+    if let Some(Value::Mapping(services)) = model.get("services") {
+        for (svc, m) in services {
+            let (Some(svc), Some(m)) = (svc.as_str(), m.as_mapping()) else { continue };
+            let ports = crate::convert::ports(m).0.into_iter().filter(|p| p.published.is_some()).collect();
+            published.insert(dns_label(svc), ports);
+        }
+    }
+    let prefixed = |n: &str| Value::String(format!("{name}-{n}"));
+    let mut docs = Vec::new();
+    for (_, text) in r.files {
+        let mut v: Value = serde_yaml_ng::from_str(&text)?;
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        if matches!(kind.as_str(), "Service" | "Ingress") {
+            continue;
+        }
+        let obj = v.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_string();
+        if matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet" | "PersistentVolumeClaim") {
+            v["metadata"]["name"] = prefixed(&obj);
+        }
+        if let Some(pod) = v.get_mut("spec").and_then(|s| s.get_mut("template")).and_then(|t| t.get_mut("spec")) {
+            let Some(pod) = pod.as_mapping_mut() else { continue };
+            if pod.remove("initContainers").is_some() {
+                tracing::warn!(target = %target.id, "podman kube play: service {obj}: depends_on is not waited for (Podman resolves no Service names); pods start in order");
+            }
+            for c in pod.get_mut("containers").and_then(Value::as_sequence_mut).into_iter().flatten() {
+                let Some(c) = c.as_mapping_mut() else { continue };
+                if let Some(probe) = c.get("readinessProbe").cloned() {
+                    c.insert("livenessProbe".into(), probe);
+                }
+                let ours = published.get(&obj).cloned().unwrap_or_default();
+                let mut keep = Vec::new();
+                for p in c.get("ports").and_then(Value::as_sequence).cloned().unwrap_or_default() {
+                    let target_port = p.get("containerPort").and_then(Value::as_u64).unwrap_or(0);
+                    for pp in ours.iter().filter(|pp| u64::from(pp.target) == target_port) {
+                        let mut q = p.as_mapping().cloned().unwrap_or_default();
+                        q.insert("hostPort".into(), Value::from(pp.published.unwrap_or(0)));
+                        if let Some(ip) = &pp.host_ip {
+                            q.insert("hostIP".into(), Value::String(ip.clone()));
+                        }
+                        keep.push(Value::Mapping(q));
+                    }
+                }
+                if keep.is_empty() {
+                    c.remove("ports");
+                } else {
+                    c.insert("ports".into(), Value::Sequence(keep));
+                }
+            }
+            for vol in pod.get_mut("volumes").and_then(Value::as_sequence_mut).into_iter().flatten() {
+                if let Some(pvc) = vol.get_mut("persistentVolumeClaim").and_then(Value::as_mapping_mut) {
+                    let claim = pvc.get("claimName").and_then(Value::as_str).unwrap_or_default().to_string();
+                    pvc.insert("claimName".into(), prefixed(&claim));
+                }
+            }
+        }
+        docs.push(serde_yaml_ng::to_string(&v)?);
+    }
+    // Claims and config first, then the workloads, as kubectl would order them.
+    let rank = |d: &String| {
+        if d.contains("\nkind: Deployment") || d.contains("\nkind: StatefulSet") || d.contains("\nkind: DaemonSet") {
+            1
+        } else {
+            0
+        }
+    };
+    docs.sort_by_key(rank);
+    Ok(docs.join("---\n").into_bytes())
+}
+
 /// Render a `nomad` target: the job as HCL (for the operator to read) and as the JSON the
 /// HTTP API takes, both under [`NOMAD_DIR`]; the agent registers the JSON.
 fn render_nomad(
@@ -939,6 +1045,7 @@ pub fn build(
                 registry,
                 start_machine,
                 slots,
+                kube_play,
             },
         ) => {
             let (mut compose, mut model, images) =
@@ -955,6 +1062,20 @@ pub fn build(
                 let moved = push_images(r, &images, &target.id)?;
                 rename_images(&mut model, &moved);
             }
+            let mut kube_file = None;
+            if *kube_play {
+                if !dockfra_common::bundle::is_kube_name(&compose.project) {
+                    bail!(
+                        "target {:?}: kube_play names pods after the project, and {:?} is not a DNS label (set compose_project)",
+                        target.id,
+                        compose.project
+                    );
+                }
+                let release = version.map(String::from).unwrap_or_else(|| sequence.to_string());
+                let text = render_kube_play(project, target, &model, &compose.project, &release)?;
+                rendered.push((dockfra_common::bundle::KUBE_PLAY_FILE.to_string(), text));
+                kube_file = Some(dockfra_common::bundle::KUBE_PLAY_FILE.to_string());
+            }
             let mut quadlet_units = Vec::new();
             if *use_quadlet {
                 use crate::convert::quadlet;
@@ -970,10 +1091,14 @@ pub fn build(
             }
             escape_dollars(&mut model);
             rendered.push((compose.file.clone(), render_json(&model)));
-            let services = match model.get("services") {
+            let mut services: Vec<String> = match model.get("services") {
                 Some(serde_yaml_ng::Value::Mapping(m)) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
                 _ => Vec::new(),
             };
+            if kube_file.is_some() {
+                // Under kube play a container is labelled with the service's DNS label.
+                services = services.iter().map(|s| crate::convert::dns_label(s)).collect();
+            }
             PlatformSpec::Podman(PodmanSpec {
                 compose,
                 quadlet_units,
@@ -981,6 +1106,7 @@ pub fn build(
                 use_quadlet: *use_quadlet,
                 rootless: *rootless,
                 start_machine: *start_machine,
+                kube_file,
             })
         }
         (Platform::Kubernetes, PlatformConfig::Kubernetes(cfg)) => {

@@ -606,6 +606,89 @@ targets:
     assert!(health.starts_with("unhealthy") && health.contains("no container for service web"), "{health}");
 }
 
+/// `kube_play: true`: the compose app's Kubernetes rendering runs under `podman kube play`.
+/// Pods named by the project, the published port on its host port and nothing else
+/// published, the carried image loaded. Then v2, rollback, and a v3 whose healthcheck (the
+/// readiness probe, run by Podman as the liveness healthcheck) fails and is rolled back.
+#[test]
+fn podman_kube_play_deploy_update_rollback_and_failed_health_on_a_real_engine() {
+    if Needs::new().podman().docker().unmet() {
+        return;
+    }
+    let w = World::new("kube-play-deploy");
+    let pid = std::process::id();
+    let (agent_port, web_port) = (free_port(), free_port());
+    let project = format!("dkfkp{pid}");
+    let image = format!("dkf-e2e-kp-{pid}:v1");
+    let _docker = DockerCleanup { compose_projects: vec![], stacks: vec![], images: vec![image.clone()] };
+    let _podman = KubeCleanup { project: project.clone(), images: vec![format!("localhost/{image}")] };
+    make_image(&image);
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: shop, path: ./app }}
+targets:
+  kp:
+    host: 127.0.0.1
+    platform: podman
+    agent: {{ mode: push, port: {agent_port} }}
+    config: {{ kube_play: true, compose_project: {project}, images: bundle }}
+    env: {{ WEB_PORT: "{web_port}", IMAGE: "{image}" }}
+    health:
+      retries: 5
+      interval: 500ms
+      checks:
+        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
+"#
+        ),
+    );
+    w.write("project/app/compose.yaml", TWO_SERVICES);
+    w.write("project/app/.env", "APP_VERSION=v1\n");
+    let (_coord, agent, _a) = w.start_push("kp", "kp", agent_port);
+    let (code, v) = w.coord_json(&["deploy", "kp", "--output", "json"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(http_body(web_port), "hello v1");
+    let play = std::fs::read_to_string(agent.state.join("apps/shop/current/.dockfra/kube/play.yaml")).unwrap();
+    assert!(play.contains(&format!("hostPort: {web_port}")) && play.contains("hostIP: 127.0.0.1"), "{play}");
+    assert!(!play.contains("kind: Service\n") && !play.contains("initContainers"), "{play}");
+    let pods = std::process::Command::new("podman")
+        .args([
+            "pod",
+            "ps",
+            "--filter",
+            &format!("label=app.kubernetes.io/part-of={project}"),
+            "--format",
+            "{{.Name}} {{.Status}}",
+        ])
+        .output()
+        .unwrap();
+    let pods = String::from_utf8_lossy(&pods.stdout).to_string();
+    assert!(pods.contains(&format!("{project}-web-pod")) && pods.contains(&format!("{project}-worker-pod")), "{pods}");
+    assert_eq!(agent.status()["apps"][0]["health"], "healthy");
+    v2_rollback_and_failing_v3(&w, "kp", &[], || http_body(web_port), "unhealthy");
+}
+
+/// Removes a kube play test's pods (by the project's label) and images.
+struct KubeCleanup {
+    project: String,
+    images: Vec<String>,
+}
+
+impl Drop for KubeCleanup {
+    fn drop(&mut self) {
+        let podman = |args: &[&str]| std::process::Command::new("podman").args(args).output().ok();
+        let label = format!("label=app.kubernetes.io/part-of={}", self.project);
+        if let Some(o) = podman(&["pod", "ps", "-q", "--filter", &label]) {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                podman(&["pod", "rm", "-f", "-t", "0", id]);
+            }
+        }
+        for i in &self.images {
+            podman(&["rmi", "-f", i]);
+        }
+    }
+}
+
 /// Removes a registries.conf drop-in a test wrote.
 struct RemoveFile(std::path::PathBuf);
 

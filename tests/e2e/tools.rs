@@ -143,7 +143,10 @@ fn validate_names_a_service_that_cannot_run_in_two_slots() {
     let msg = f["message"].as_str().unwrap();
     assert!(msg.contains("\"web\"") && msg.contains("container_name"), "{msg}");
     assert!(f["file"].as_str().unwrap().ends_with("deploy-targets.yaml"), "{f:#}");
-    w.write("project/compose.yaml", "services:\n  web:\n    image: nginx:1.25\n    ports: [\"8080:80\"]\n  db:\n    image: postgres:16\n");
+    w.write(
+        "project/compose.yaml",
+        "services:\n  web:\n    image: nginx:1.25\n    ports: [\"8080:80\"]\n  db:\n    image: postgres:16\n",
+    );
     let (code, r) = w.coord_json(&["validate", "--root", root, "--output", "json"]);
     assert_eq!((code, r["errors"].as_u64()), (0, Some(0)), "{r:#}");
 }

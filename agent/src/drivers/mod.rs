@@ -119,6 +119,7 @@ pub(crate) fn test_manifest(platform: dockfra_common::config::Platform) -> Manif
             use_quadlet: false,
             rootless: false,
             start_machine: false,
+            kube_file: None,
         }),
         _ => PlatformSpec::SshRaw(SshRawSpec {
             deploy_path: None,

@@ -135,7 +135,26 @@ type ServiceContainers = Vec<(String, String)>;
 
 /// A project's containers as `podman inspect` tells them, in the shape compose health reads,
 /// and which service each belongs to.
+/// Which labels name a project's containers and the service each runs: compose's (both
+/// compose tools and Quadlet units set them), or the Kubernetes rendering's under `kube play`.
+#[derive(Clone, Copy)]
+pub struct Labels {
+    pub project: &'static str,
+    pub service: &'static str,
+}
+
+pub const COMPOSE: Labels = Labels { project: "com.docker.compose.project", service: "com.docker.compose.service" };
+pub const KUBE: Labels = Labels { project: "app.kubernetes.io/part-of", service: "app.kubernetes.io/name" };
+
+#[cfg(test)]
 fn container_states(inspect_json: &str) -> Result<(Vec<ContainerState>, ServiceContainers), String> {
+    container_states_by(inspect_json, COMPOSE.service)
+}
+
+fn container_states_by(
+    inspect_json: &str,
+    service_label: &str,
+) -> Result<(Vec<ContainerState>, ServiceContainers), String> {
     let v: serde_json::Value =
         serde_json::from_str(inspect_json).map_err(|e| format!("cannot read `podman inspect` output: {e}"))?;
     let mut states = Vec::new();
@@ -149,13 +168,20 @@ fn container_states(inspect_json: &str) -> Result<(Vec<ContainerState>, ServiceC
             .unwrap_or_default();
         let has_check =
             c["Config"]["Healthcheck"]["Test"].as_array().is_some_and(|t| t.first().is_some_and(|f| f != "NONE"));
+        // Under kube play a failing check restarts the container (a liveness probe), which
+        // puts its health back to "starting": the failing streak still counts.
+        let streak =
+            c["State"]["Health"]["FailingStreak"].as_u64().or(c["State"]["Healthcheck"]["FailingStreak"].as_u64());
+        let retries = c["Config"]["Healthcheck"]["Retries"].as_u64().unwrap_or(0);
+        let failing = retries > 0 && streak.unwrap_or(0) >= retries;
         let status = match (has_check, health) {
             (false, _) => "Up".to_string(),
+            (true, _) if failing => "Up (unhealthy)".to_string(),
             (true, "healthy") => "Up (healthy)".to_string(),
             (true, "unhealthy") => "Up (unhealthy)".to_string(),
             (true, _) => "Up (health: starting)".to_string(),
         };
-        if let Some(svc) = c["Config"]["Labels"]["com.docker.compose.service"].as_str() {
+        if let Some(svc) = c["Config"]["Labels"][service_label].as_str() {
             services.push((svc.to_string(), name.clone()));
         }
         states.push(ContainerState { name, state, status });
@@ -169,11 +195,12 @@ fn container_states(inspect_json: &str) -> Result<(Vec<ContainerState>, ServiceC
 /// healthcheck is run first, which is what moves its health state.
 pub async fn project_health(
     runner: &dyn Runner,
+    labels: Labels,
     project: &str,
     services: &[String],
     run_checks: bool,
 ) -> Result<String, String> {
-    let label = format!("label=com.docker.compose.project={project}");
+    let label = format!("label={}={project}", labels.project);
     let ids =
         runner.run(&podman(&["ps", "-a", "-q", "--no-trunc", "--filter", &label])).await.map_err(|e| e.to_string())?;
     if !ids.success() {
@@ -190,7 +217,7 @@ pub async fn project_health(
     };
     if run_checks {
         let out = runner.run(&inspect(&ids)).await.map_err(|e| e.to_string())?;
-        let (states, _) = container_states(&out.stdout)?;
+        let (states, _) = container_states_by(&out.stdout, labels.service)?;
         for c in states.iter().filter(|c| c.state == "running" && c.status != "Up") {
             // Its exit code is the check's result; the health state it updates is what counts.
             let _ = runner.run(&podman(&["healthcheck", "run", &c.name])).await;
@@ -200,7 +227,7 @@ pub async fn project_health(
     if !out.success() {
         return Err(format!("podman inspect: {}", out.tail()));
     }
-    let (mut states, seen) = container_states(&out.stdout)?;
+    let (mut states, seen) = container_states_by(&out.stdout, labels.service)?;
     // Only the services named count (behind the proxy, the idle slot's stopped containers do not).
     states.retain(|c| seen.iter().any(|(svc, name)| name == &c.name && services.contains(svc)));
     let verdict = compose_health(&states);
@@ -220,12 +247,14 @@ pub async fn project_health(
 /// unhealthy (its retries spent) fails at once; one that is not running may be restarting,
 /// so that fails only when it persists.
 async fn wait_healthy(ctx: &StepCtx<'_>, s: &PodmanSpec) -> Result<(), DriverError> {
-    wait_services(ctx, &s.compose.project, &s.services, s.compose.wait_timeout_secs).await
+    let labels = if s.kube_file.is_some() { KUBE } else { COMPOSE };
+    wait_services(ctx, labels, &s.compose.project, &s.services, s.compose.wait_timeout_secs).await
 }
 
 /// [`wait_healthy`] for some of a project's services.
 pub(crate) async fn wait_services(
     ctx: &StepCtx<'_>,
+    labels: Labels,
     project: &str,
     services: &[String],
     timeout_secs: u64,
@@ -233,7 +262,7 @@ pub(crate) async fn wait_services(
     let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     let (mut good, mut down) = (0, 0);
     loop {
-        let verdict = project_health(ctx.runner, project, services, true)
+        let verdict = project_health(ctx.runner, labels, project, services, true)
             .await
             .map_err(|e| DriverError::Invalid(format!("health: {e}")))?;
         if verdict == "healthy" {
@@ -291,6 +320,29 @@ fn compose_errors(out: &Output) -> String {
     let lines: Vec<&str> =
         out.stdout.lines().chain(out.stderr.lines()).filter(|l| l.trim_start().starts_with("Error")).collect();
     lines.join(" | ")
+}
+
+/// `kube play` mode: remove the project's pods whose service is not in `keep` (a service the
+/// new release dropped; `--replace` only replaces the pods its file names).
+async fn remove_pods(ctx: &StepCtx<'_>, project: &str, keep: &[String]) -> Result<(), DriverError> {
+    let label = format!("label={}={project}", KUBE.project);
+    let format = format!("{{{{.Id}}}} {{{{index .Labels \"{}\"}}}}", KUBE.service);
+    let pods =
+        run_ok(ctx.runner, "remove pods", &podman(&["pod", "ps", "--filter", &label, "--format", &format])).await?;
+    let gone: Vec<&str> = pods
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
+        .filter(|(_, svc)| !keep.iter().any(|k| k == svc.trim()))
+        .map(|(id, _)| id.trim())
+        .filter(|id| !id.is_empty())
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["pod", "rm", "-f"];
+    args.extend(gone);
+    run_ok(ctx.runner, "remove pods", &podman(&args)).await.map(|_| ())
 }
 
 /// Remove the project's containers (whatever release made them).
@@ -472,6 +524,12 @@ impl Driver for Podman {
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(DriverError::Invalid(format!("{e}\n{}", tail.join("\n"))));
             }
+        } else if let Some(kube) = &s.kube_file {
+            let file = ctx.release_dir.join(kube).display().to_string();
+            let play = podman(&["kube", "play", "--replace", &file])
+                .timeout(Duration::from_secs(s.compose.wait_timeout_secs + 60));
+            run_ok(ctx.runner, "kube play", &play).await?;
+            remove_pods(ctx, &s.compose.project, &s.services).await?;
         } else if let Some(sl) = &s.compose.slots {
             return super::slots::Slots::new(ctx, &s.compose, sl, super::slots::Engine::Podman).apply().await;
         } else {
@@ -511,10 +569,15 @@ impl Driver for Podman {
             s.compose.slots.as_ref().and_then(|sl| {
                 super::slots::Slots::new(ctx, &s.compose, sl, super::slots::Engine::Podman).live_services()
             });
-        Some(match project_health(ctx.runner, &s.compose.project, live.as_ref().unwrap_or(&s.services), false).await {
-            Ok(h) => h,
-            Err(e) => format!("unknown: {e}"),
-        })
+        let labels = if s.kube_file.is_some() { KUBE } else { COMPOSE };
+        Some(
+            match project_health(ctx.runner, labels, &s.compose.project, live.as_ref().unwrap_or(&s.services), false)
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => format!("unknown: {e}"),
+            },
+        )
     }
 
     async fn teardown(&self, ctx: &StepCtx<'_>) -> Result<(), DriverError> {
@@ -528,6 +591,10 @@ impl Driver for Podman {
             install_units(&dir, &ctx.release_dir, &s.compose.project, &[])?;
             run_ok(ctx.runner, "daemon-reload", &systemctl(s.rootless, &["daemon-reload"])).await?;
             Ok(())
+        } else if let Some(kube) = &s.kube_file {
+            let file = ctx.release_dir.join(kube).display().to_string();
+            let _ = ctx.runner.run(&podman(&["kube", "down", &file]).timeout(Duration::from_secs(120))).await;
+            remove_pods(ctx, &s.compose.project, &[]).await
         } else {
             if let Some(sl) = &s.compose.slots {
                 super::slots::Slots::new(ctx, &s.compose, sl, super::slots::Engine::Podman).teardown().await;
@@ -605,6 +672,15 @@ mod tests {
         let starting = json.replace("\"healthy\"", "\"starting\"");
         assert_eq!(compose_health(&container_states(&starting).unwrap().0), "starting");
         assert!(container_states("not json").is_err());
+        // kube play: a failing liveness check restarts the container ("starting" again);
+        // its failing streak past the retries is what says unhealthy.
+        let kube = r#"[{"Name": "shop-web-pod-0-web", "State": {"Status": "running", "Health": {"Status": "starting", "FailingStreak": 3}},
+           "Config": {"Healthcheck": {"Test": ["CMD-SHELL", "wget"], "Retries": 3}, "Labels": {"app.kubernetes.io/name": "web"}}}]"#;
+        let (states, services) = container_states_by(kube, KUBE.service).unwrap();
+        assert_eq!(compose_health(&states), "unhealthy: shop-web-pod-0-web unhealthy");
+        assert_eq!(services, [("web".to_string(), "shop-web-pod-0-web".to_string())]);
+        let once = kube.replace("\"FailingStreak\": 3", "\"FailingStreak\": 1");
+        assert_eq!(compose_health(&container_states_by(&once, KUBE.service).unwrap().0), "starting");
     }
 
     #[test]

@@ -380,7 +380,14 @@ impl<'a> Slots<'a> {
                 args.extend(services.iter().map(String::as_str));
                 self.compose("compose up", &args).await?;
                 st.shared = defs;
-                super::podman::wait_services(self.ctx, &self.spec.project, &services, self.spec.wait_timeout_secs).await
+                super::podman::wait_services(
+                    self.ctx,
+                    super::podman::COMPOSE,
+                    &self.spec.project,
+                    &services,
+                    self.spec.wait_timeout_secs,
+                )
+                .await
             }
         }
     }

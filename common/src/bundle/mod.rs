@@ -193,7 +193,15 @@ pub struct PodmanSpec {
     pub rootless: bool,
     #[serde(default)]
     pub start_machine: bool,
+    /// `kube_play: true`: the app rendered as Kubernetes objects in one file
+    /// ([`KUBE_PLAY_FILE`]), run with `podman kube play --replace`; its pods and containers
+    /// carry `app.kubernetes.io/part-of: <project>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_file: Option<String>,
 }
+
+/// Where a `kube_play` podman release carries its objects.
+pub const KUBE_PLAY_FILE: &str = ".dockfra/kube/play.yaml";
 
 /// One Kubernetes object the coordinator rendered into the release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -803,6 +811,20 @@ impl Manifest {
             }
         }
         if let PlatformSpec::Podman(p) = &self.platform {
+            if let Some(f) = &p.kube_file {
+                if f != KUBE_PLAY_FILE || !self.files.iter().any(|e| &e.path == f && e.kind == EntryKind::File) {
+                    return Err(BundleError::Entry {
+                        path: f.clone(),
+                        reason: format!("the kube play file must be {KUBE_PLAY_FILE}, carried in the release"),
+                    });
+                }
+                if !is_kube_name(&p.compose.project) {
+                    return Err(BundleError::Entry {
+                        path: p.compose.project.clone(),
+                        reason: "a kube play project must be a DNS label (its pods are named by it)".into(),
+                    });
+                }
+            }
             for unit in &p.quadlet_units {
                 if !is_quadlet_unit_name(unit) {
                     return Err(BundleError::Entry {
