@@ -496,7 +496,7 @@ targets:
     });
 }
 
-/// Removes what a Podman test made on this host's Podman.
+/// Removes what a Podman test made on this host's Podman (compose-mode containers and kube play pods).
 pub(crate) struct PodmanCleanup {
     pub project: String,
     pub images: Vec<String>,
@@ -512,6 +512,13 @@ impl Drop for PodmanCleanup {
             }
         }
         podman(&["network", "rm", "-f", &format!("{}_default", self.project)]);
+        // kube play mode: the pods, by the rendering's label.
+        let label = format!("label=app.kubernetes.io/part-of={}", self.project);
+        if let Some(o) = podman(&["pod", "ps", "-q", "--filter", &label]) {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                podman(&["pod", "rm", "-f", "-t", "0", id]);
+            }
+        }
         for i in &self.images {
             podman(&["rmi", "-f", i]);
         }
@@ -540,6 +547,35 @@ pub(crate) const TWO_SERVICES: &str = r#"services:
       web: { condition: service_healthy }
 "#;
 
+/// `deploy-targets.yaml` for the two-service app: one push target `id` on this host with
+/// `platform`, `config` (a flow mapping's inside), `WEB_PORT` and the `env` entries given
+/// (`, KEY: "V"`…), its health checked over HTTP on the web port.
+pub(crate) fn two_services_target(
+    platform: &str,
+    id: &str,
+    agent_port: u16,
+    web_port: u16,
+    config: &str,
+    env: &str,
+) -> String {
+    format!(
+        r#"app: {{ name: shop, path: ./app }}
+targets:
+  {id}:
+    host: 127.0.0.1
+    platform: {platform}
+    agent: {{ mode: push, port: {agent_port} }}
+    config: {{ {config} }}
+    env: {{ WEB_PORT: "{web_port}"{env} }}
+    health:
+      retries: 5
+      interval: 500ms
+      checks:
+        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
+"#
+    )
+}
+
 #[test]
 fn podman_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
     // Docker too: the coordinator makes and saves the image the bundle carries.
@@ -559,25 +595,9 @@ fn podman_compose_deploy_update_rollback_and_failed_health_on_a_real_engine() {
         std::process::Command::new("podman").args(["image", "exists", id]).status().map(|s| s.success()).unwrap()
     };
     assert!(!podman_has(&image_id));
-    w.write(
-        "project/deploy-targets.yaml",
-        &format!(
-            r#"app: {{ name: shop, path: ./app }}
-targets:
-  rhel:
-    host: 127.0.0.1
-    platform: podman
-    agent: {{ mode: push, port: {agent_port} }}
-    config: {{ use_quadlet: false, rootless: false, compose_project: {project}, images: bundle }}
-    env: {{ WEB_PORT: "{web_port}", IMAGE: "{image}" }}
-    health:
-      retries: 5
-      interval: 500ms
-      checks:
-        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
-"#
-        ),
-    );
+    let config = format!("use_quadlet: false, rootless: false, compose_project: {project}, images: bundle");
+    let env = format!(", IMAGE: \"{image}\"");
+    w.write("project/deploy-targets.yaml", &two_services_target("podman", "rhel", agent_port, web_port, &config, &env));
     w.write("project/app/compose.yaml", TWO_SERVICES);
     w.write("project/app/.env", "APP_VERSION=v1\n");
     let (_coord, agent, _a) = w.start_push("rhel", "rhel", agent_port);
@@ -621,27 +641,11 @@ fn podman_kube_play_deploy_update_rollback_and_failed_health_on_a_real_engine() 
     let project = format!("dkfkp{pid}");
     let image = format!("dkf-e2e-kp-{pid}:v1");
     let _docker = DockerCleanup { compose_projects: vec![], stacks: vec![], images: vec![image.clone()] };
-    let _podman = KubeCleanup { project: project.clone(), images: vec![format!("localhost/{image}")] };
+    let _podman = PodmanCleanup { project: project.clone(), images: vec![format!("localhost/{image}")] };
     make_image(&image);
-    w.write(
-        "project/deploy-targets.yaml",
-        &format!(
-            r#"app: {{ name: shop, path: ./app }}
-targets:
-  kp:
-    host: 127.0.0.1
-    platform: podman
-    agent: {{ mode: push, port: {agent_port} }}
-    config: {{ kube_play: true, compose_project: {project}, images: bundle }}
-    env: {{ WEB_PORT: "{web_port}", IMAGE: "{image}" }}
-    health:
-      retries: 5
-      interval: 500ms
-      checks:
-        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
-"#
-        ),
-    );
+    let config = format!("kube_play: true, compose_project: {project}, images: bundle");
+    let env = format!(", IMAGE: \"{image}\"");
+    w.write("project/deploy-targets.yaml", &two_services_target("podman", "kp", agent_port, web_port, &config, &env));
     w.write("project/app/compose.yaml", TWO_SERVICES);
     w.write("project/app/.env", "APP_VERSION=v1\n");
     let (_coord, agent, _a) = w.start_push("kp", "kp", agent_port);
@@ -666,27 +670,6 @@ targets:
     assert!(pods.contains(&format!("{project}-web-pod")) && pods.contains(&format!("{project}-worker-pod")), "{pods}");
     assert_eq!(agent.status()["apps"][0]["health"], "healthy");
     v2_rollback_and_failing_v3(&w, "kp", &[], || http_body(web_port), "unhealthy");
-}
-
-/// Removes a kube play test's pods (by the project's label) and images.
-struct KubeCleanup {
-    project: String,
-    images: Vec<String>,
-}
-
-impl Drop for KubeCleanup {
-    fn drop(&mut self) {
-        let podman = |args: &[&str]| std::process::Command::new("podman").args(args).output().ok();
-        let label = format!("label=app.kubernetes.io/part-of={}", self.project);
-        if let Some(o) = podman(&["pod", "ps", "-q", "--filter", &label]) {
-            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                podman(&["pod", "rm", "-f", "-t", "0", id]);
-            }
-        }
-        for i in &self.images {
-            podman(&["rmi", "-f", i]);
-        }
-    }
 }
 
 /// Removes a registries.conf drop-in a test wrote.

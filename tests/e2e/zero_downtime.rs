@@ -6,28 +6,7 @@
 //! but kept, and only the live slot counted in the app's health.
 use dockfra_e2e::*;
 
-use crate::containers::{http_body, PodmanCleanup, TWO_SERVICES};
-
-/// The two-service app as a target with `config` (a YAML flow mapping's inside), its web
-/// port fronted by the proxy; health checked through the proxy.
-fn project(platform: &str, agent_port: u16, web_port: u16, config: &str, env: &str) -> String {
-    format!(
-        r#"app: {{ name: shop, path: ./app }}
-targets:
-  one:
-    host: 127.0.0.1
-    platform: {platform}
-    agent: {{ mode: push, port: {agent_port} }}
-    config: {{ {config} }}
-    env: {{ WEB_PORT: "{web_port}"{env} }}
-    health:
-      retries: 5
-      interval: 500ms
-      checks:
-        - http: {{ url: "http://127.0.0.1:{web_port}/", status: 200, body: hello }}
-"#
-    )
-}
+use crate::containers::{http_body, two_services_target, PodmanCleanup, TWO_SERVICES};
 
 /// Run `verb` on target `one` under load; the report, with every request's outcome.
 fn under_load(w: &World, web_port: u16, verb: &str, expect_code: i32) -> (serde_json::Value, LoadReport) {
@@ -89,7 +68,10 @@ fn docker_compose_blue_green_deploy_rollback_and_failed_release_drop_no_request(
     let project_name = format!("dkfbg{}", std::process::id());
     let _cleanup = DockerCleanup { compose_projects: vec![project_name.clone()], stacks: vec![], images: vec![] };
     let config = format!("compose_project: {project_name}, pull_policy: never, restart_policy: \"no\", strategy: blue-green, proxy: {{ health_path: /, drain: 1s }}");
-    w.write("project/deploy-targets.yaml", &project("docker_compose", agent_port, web_port, &config, ""));
+    w.write(
+        "project/deploy-targets.yaml",
+        &two_services_target("docker_compose", "one", agent_port, web_port, &config, ""),
+    );
     w.write("project/app/compose.yaml", TWO_SERVICES);
     w.write("project/app/.env", "APP_VERSION=v1\n");
     let (_coord, agent, _a) = w.start_push("one", "one", agent_port);
@@ -159,7 +141,7 @@ fn podman_blue_green_and_canary_drop_no_request() {
     let base = format!("use_quadlet: false, compose_project: {project_name}, images: bundle");
     let env = format!(", IMAGE: \"{image}\"");
     let bg = format!("{base}, strategy: blue-green, proxy: {{ health_path: /, drain: 1s }}");
-    w.write("project/deploy-targets.yaml", &project("podman", agent_port, web_port, &bg, &env));
+    w.write("project/deploy-targets.yaml", &two_services_target("podman", "one", agent_port, web_port, &bg, &env));
     w.write("project/app/compose.yaml", TWO_SERVICES);
     w.write("project/app/.env", "APP_VERSION=v1\n");
     let (_coord, agent, _a) = w.start_push("one", "one", agent_port);
@@ -182,7 +164,7 @@ fn podman_blue_green_and_canary_drop_no_request() {
     let canary = format!(
         "{base}, strategy: canary, canary: {{ steps: [50, 100], pause: 3s }}, proxy: {{ health_path: /, drain: 1s }}"
     );
-    w.write("project/deploy-targets.yaml", &project("podman", agent_port, web_port, &canary, &env));
+    w.write("project/deploy-targets.yaml", &two_services_target("podman", "one", agent_port, web_port, &canary, &env));
     w.write("project/app/.env", "APP_VERSION=v3\n");
     let (_, rep) = under_load(&w, web_port, "deploy", 0);
     let (v1, v3) = (rep.bodies.get("hello v1").copied().unwrap_or(0), rep.bodies.get("hello v3").copied().unwrap_or(0));
