@@ -123,6 +123,23 @@ fn docker_compose_blue_green_deploy_rollback_and_failed_release_drop_no_request(
     assert_eq!(rep.bodies.keys().collect::<Vec<_>>(), ["hello v1"], "only v1 ever answered");
     assert!(slot_is("docker", &project_name, "green", "exited"), "{}", states("docker", &project_name));
     assert_eq!(agent.status()["apps"][0]["health"], "healthy");
+
+    // A new proxy check changes HAProxy's config: the next deploy reloads it (the listeners
+    // handed over to a new process, the old one finishing its connections), under load.
+    let pid_file = proxy_dir.join("haproxy.pid");
+    let before = std::fs::read_to_string(&pid_file).unwrap();
+    let checked = config.replace("health_path: /,", "health_path: /index.html,");
+    assert_ne!(checked, config);
+    w.write(
+        "project/deploy-targets.yaml",
+        &two_services_target("docker_compose", "one", agent_port, web_port, &checked, ""),
+    );
+    w.write("project/app/.env", "APP_VERSION=v4\n");
+    let (_, rep) = under_load(&w, web_port, "deploy", 0);
+    assert!(rep.bodies.contains_key("hello v4"), "{:?}", rep.bodies);
+    assert_ne!(std::fs::read_to_string(&pid_file).unwrap(), before, "the proxy was reloaded, not restarted in place");
+    let cfg = std::fs::read_to_string(proxy_dir.join("haproxy.cfg")).unwrap();
+    assert!(cfg.contains("option httpchk GET /index.html"), "{cfg}");
 }
 
 #[test]

@@ -151,7 +151,9 @@ fn backend(service: &str, listen: &str) -> String {
 }
 
 /// HAProxy's config for these routes, `serving` the slot that gets the traffic (weight 100;
-/// the other is in maintenance). The first line is a digest of everything but the weights:
+/// the other is in maintenance). `idle-close-on-response`: on a reload the old process keeps
+/// its idle kept-alive connections until it has answered their next request (with
+/// `Connection: close`), so no client loses a request it sent as the connection closed. The first line is a digest of everything but the weights:
 /// only a change there needs a reload.
 fn render_cfg(sl: &SlotSpec, st: &State, p: &Paths, serving: &str) -> String {
     let mut body = String::new();
@@ -160,7 +162,7 @@ fn render_cfg(sl: &SlotSpec, st: &State, p: &Paths, serving: &str) -> String {
         p.sock().display(),
         p.pid().display()
     ));
-    body.push_str("defaults\n  mode http\n  option redispatch\n  retries 3\n  timeout connect 5s\n  timeout client 1m\n  timeout server 1m\n  timeout http-keep-alive 10s\n  default-server inter 1s fall 2 rise 2\n");
+    body.push_str("defaults\n  mode http\n  option idle-close-on-response\n  option redispatch\n  retries 3\n  timeout connect 5s\n  timeout client 1m\n  timeout server 1m\n  timeout http-keep-alive 10s\n  default-server inter 1s fall 2 rise 2\n");
     let mut servers = Vec::new();
     for r in &sl.routes {
         let be = backend(&r.service, &r.listen);
