@@ -392,6 +392,11 @@ fn rest_api_refuses_bad_credentials_and_bad_input_and_changes_nothing() {
         ("GET", "/api/deployments?result=nope", None, 400, "invalid_argument"),
         ("GET", "/api/deployments?colour=red", None, 400, "invalid_argument"),
         ("GET", "/api/deploy-targets?label=noequals", None, 400, "invalid_argument"),
+        // Query values outside the published pattern, for any generator (found by schemathesis).
+        ("GET", "/api/generate/systemd?domain=%C2%B87&upstream=%C2%9A", None, 400, "invalid_argument"),
+        ("GET", "/api/generate/caddy?upstream=a%20b", None, 400, "invalid_argument"),
+        ("GET", "/api/generate/compose?domain=a%7Bb", None, 400, "invalid_argument"),
+        ("GET", "/api/rollback-plan?target=edge-push&to=a%2Fb", None, 400, "invalid_argument"),
         ("GET", "/api/no-such-route", None, 404, "not_found"),
         ("DELETE", "/api/deploy-targets", None, 405, "method_not_allowed"),
         ("POST", "/api/deploy/edge-push", Some(big.as_str()), 413, "payload_too_large"),

@@ -654,9 +654,13 @@ async fn rollback_plan(
 ) -> ApiResult<Json<proto::RollbackPlanList>> {
     q.only(&["target", "to", "selector", "all"])?;
     let (target, all) = q.target_or_all()?;
+    let to = q.text("to")?.unwrap_or("");
+    if to.len() > 128 || !to.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+        return Err(ApiError::bad(format!("to {to:?}: expected a release name ([A-Za-z0-9._-], at most 128)")));
+    }
     let req = proto::RollbackPlanRequest {
         target,
-        to_release: q.text("to")?.unwrap_or("").to_string(),
+        to_release: to.to_string(),
         selector: q.text("selector")?.unwrap_or("").to_string(),
         all,
     };
@@ -712,11 +716,24 @@ async fn generate(
         ));
     }
     let target = q.text("target")?.map(target_id).transpose()?.map(str::to_string);
-    let domain = q.text("domain")?.unwrap_or("localhost").to_string();
-    if domain.is_empty() || domain.contains(|ch: char| ch.is_whitespace() || ch == '{' || ch == '}') {
-        return Err(ApiError::bad(format!("domain {domain:?}: expected a domain name")));
-    }
-    let upstream = q.text("upstream")?.map(str::to_string);
+    // The published patterns (`^[A-Za-z0-9.-]{1,253}$`, with `:` for upstream), whichever
+    // generator the values are for: a bad value is refused, never passed over.
+    let host_like = |key: &str, extra: &str| -> ApiResult<Option<String>> {
+        match q.text(key)? {
+            Some(v)
+                if v.len() > 253
+                    || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || ".-".contains(ch) || extra.contains(ch)) =>
+            {
+                Err(ApiError::bad(format!(
+                    "{key} {v:?}: expected a host name ([A-Za-z0-9.-]{}, at most 253)",
+                    if extra.is_empty() { "" } else { " and :" }
+                )))
+            }
+            v => Ok(v.map(str::to_string)),
+        }
+    };
+    let domain = host_like("domain", "")?.unwrap_or_else(|| "localhost".into());
+    let upstream = host_like("upstream", ":")?;
     let projects = c.projects()?;
     let mut parts = Vec::new();
     for p in &projects.list {
