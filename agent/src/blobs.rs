@@ -2,6 +2,11 @@
 //! chunks and enter the store only when their sha256 matches their name and their size is no
 //! more than the manifest says; garbage collection removes what no kept release names, so a
 //! small device's disk does not fill with old content.
+//!
+//! A blob is read-only once stored, and its mtime carries a stamp: nanoseconds derived from
+//! its digest. Releases hard-link their files to the blobs (`releases.rs`), so a write through
+//! any link moves the mtime and breaks the stamp; [`intact`] then says so, and the blob is
+//! hashed again before it is used. Checking a stamp is one `stat`, not a read of the content.
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,6 +82,8 @@ impl BlobWriter {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(BlobError::Hash { digest: name, actual });
             }
+            stamp(&file, &name).map_err(ioe(&tmp))?;
+            file.set_permissions(read_only(0o444)).map_err(ioe(&tmp))?;
             file.sync_all().map_err(ioe(&tmp))?;
             std::fs::rename(&tmp, self.dir.join(&name)).map_err(ioe(&tmp))?;
             self.expected.remove(&name);
@@ -96,6 +103,36 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+/// The sub-second part a stored blob's mtime carries: 1..=999,999,999 from its digest (never
+/// 0, so a filesystem that keeps whole seconds only never shows a stamp by chance).
+fn stamp_nanos(digest: &str) -> u32 {
+    let head = digest.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok()).unwrap_or(0);
+    1 + head % 999_999_999
+}
+
+/// Stamp a blob the store has just checked: its mtime becomes now, with the digest's nanos.
+pub fn stamp(file: &std::fs::File, digest: &str) -> std::io::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(now.as_secs(), stamp_nanos(digest)))
+}
+
+/// Is this stored blob as it was checked: its size, and its stamp (nothing wrote to it since)?
+/// `false` means "hash it again", not "corrupt".
+pub fn intact(meta: &std::fs::Metadata, digest: &str, size: u64) -> bool {
+    meta.len() == size
+        && meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|d| d.subsec_nanos() == stamp_nanos(digest))
+}
+
+/// `mode` without its write bits: what stored blobs and the release files linked to them carry.
+pub fn read_only(mode: u32) -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(mode & 0o555)
 }
 
 /// Count and bytes of the blobs in `dir`.

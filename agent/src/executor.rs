@@ -342,52 +342,78 @@ impl Executor {
             format!("{what} {name} (version {}) verified: signature, target, sequence, paths", m.version),
         );
 
-        // Fetch what is missing.
-        if !rel.is_complete(&name) {
-            let wanted = m.digests();
-            let missing = self.state.missing_blobs(&wanted);
-            let sizes: BTreeMap<String, u64> =
-                m.blob_sizes().into_iter().filter(|(d, _)| missing.contains(d)).collect();
-            if !missing.is_empty() {
-                let mut w = match BlobWriter::new(self.state.blobs(), sizes) {
-                    Ok(w) => w,
-                    Err(e) => return self.abandon(v, em, format!("{e}")),
-                };
-                let fetched = source.fetch(&v.bundle_id, &mut w, missing.clone()).await;
-                em.bytes = w.bytes;
-                let left = w.remaining();
-                drop(w);
-                match fetched {
-                    Ok(()) if left == 0 => {}
-                    Ok(()) => return self.abandon(v, em, format!("fetching blobs: {left} blob(s) never arrived")),
-                    Err(FetchError::Transport(why)) => {
-                        let _ = self.state.clear_journal();
-                        return em.retry(format!(
-                            "transfer interrupted ({why}): {} of {} missing blob(s) arrived; nothing else changed, \
-                             the order is taken again when it comes back",
-                            missing.len() - left,
-                            missing.len()
-                        ));
-                    }
-                    Err(e) => return self.abandon(v, em, format!("fetching blobs: {e}")),
+        // A kept release something wrote through since it was made (a rollback's target) is
+        // made again from the store: its files are the blobs' links, and a changed one is
+        // never started.
+        if previous.as_deref() != Some(name.as_str()) && rel.is_complete(&name) {
+            let changed = rel.changed_files(&name);
+            if !changed.is_empty() {
+                em.send(
+                    "Verified",
+                    format!(
+                        "release {name} changed on disk since it was made ({}): making it again",
+                        changed.join(", ")
+                    ),
+                );
+                if let Err(e) = rel.remove(&name) {
+                    return self.abandon(v, em, e.to_string());
                 }
             }
-            em.send(
-                "Fetched",
-                format!(
-                    "{} of {} blob(s) fetched ({} bytes); the rest were already here",
-                    missing.len(),
-                    wanted.len(),
-                    em.bytes
-                ),
-            );
         }
-        if let Err(e) = step(&mut journal, Phase::Fetched) {
-            return self.abandon(v, em, format!("cannot write the journal: {e:#}"));
-        }
-
-        if let Err(e) = rel.materialize(v, &self.state.blobs()) {
-            return self.abandon(v, em, format!("{e}"));
+        // Fetch what is missing, and make the release. A stored blob found changed while
+        // materializing is dropped; it is fetched again once.
+        for attempt in 0.. {
+            if !rel.is_complete(&name) {
+                let wanted = m.digests();
+                let missing = self.state.missing_blobs(&wanted);
+                let sizes: BTreeMap<String, u64> =
+                    m.blob_sizes().into_iter().filter(|(d, _)| missing.contains(d)).collect();
+                if !missing.is_empty() {
+                    let mut w = match BlobWriter::new(self.state.blobs(), sizes) {
+                        Ok(w) => w,
+                        Err(e) => return self.abandon(v, em, format!("{e}")),
+                    };
+                    let fetched = source.fetch(&v.bundle_id, &mut w, missing.clone()).await;
+                    em.bytes += w.bytes;
+                    let left = w.remaining();
+                    drop(w);
+                    match fetched {
+                        Ok(()) if left == 0 => {}
+                        Ok(()) => return self.abandon(v, em, format!("fetching blobs: {left} blob(s) never arrived")),
+                        Err(FetchError::Transport(why)) => {
+                            let _ = self.state.clear_journal();
+                            return em.retry(format!(
+                                "transfer interrupted ({why}): {} of {} missing blob(s) arrived; nothing else changed, \
+                                 the order is taken again when it comes back",
+                                missing.len() - left,
+                                missing.len()
+                            ));
+                        }
+                        Err(e) => return self.abandon(v, em, format!("fetching blobs: {e}")),
+                    }
+                }
+                em.send(
+                    "Fetched",
+                    format!(
+                        "{} of {} blob(s) fetched ({} bytes); the rest were already here",
+                        missing.len(),
+                        wanted.len(),
+                        em.bytes
+                    ),
+                );
+            }
+            if attempt == 0 {
+                if let Err(e) = step(&mut journal, Phase::Fetched) {
+                    return self.abandon(v, em, format!("cannot write the journal: {e:#}"));
+                }
+            }
+            match rel.materialize(v, &self.state.blobs()) {
+                Ok(_) => break,
+                Err(e) if attempt == 0 && e.is_blob_corrupt() => {
+                    em.send("Fetched", format!("{e}: fetching it again"));
+                }
+                Err(e) => return self.abandon(v, em, format!("{e}")),
+            }
         }
         if let Err(e) = step(&mut journal, Phase::Materialized) {
             return self.abandon(v, em, format!("cannot write the journal: {e:#}"));

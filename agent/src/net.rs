@@ -452,6 +452,9 @@ pub async fn push_server(
         // One service, no router: the agent must not link axum.
         tonic::transport::Server::builder()
             .tls_config(tls)?
+            .initial_stream_window_size(dockfra_common::identity::H2_STREAM_WINDOW)
+            .initial_connection_window_size(dockfra_common::identity::H2_CONNECTION_WINDOW)
+            .max_frame_size(dockfra_common::identity::H2_MAX_FRAME)
             .serve_with_incoming_shutdown(
                 svc.max_decoding_message_size(64 << 20),
                 // TCP_NODELAY: blob requests and events are small frames (no 40 ms waits).

@@ -29,6 +29,20 @@ pub enum ReleaseError {
     BadName(String),
 }
 
+impl ReleaseError {
+    /// Did materializing stop on a stored blob that no longer hashes to its name (it was
+    /// dropped from the store: fetching it again can mend this)?
+    pub fn is_blob_corrupt(&self) -> bool {
+        match self {
+            ReleaseError::BlobCorrupt { .. } => true,
+            ReleaseError::Materialize { source, .. } => {
+                source.get_ref().and_then(|e| e.downcast_ref::<ReleaseError>()).is_some_and(|e| e.is_blob_corrupt())
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
     move |source| ReleaseError::Io { path: path.to_path_buf(), source }
 }
@@ -94,11 +108,15 @@ impl AppReleases {
         Some(SignedDocs { desired: d?, desired_signature: ds?, manifest: m?, manifest_signature: ms? })
     }
 
-    /// Bytes the complete releases take on disk (files and links, each counted once per path).
+    /// Bytes the releases take on disk beyond the blob store: a file linked to a blob (or to
+    /// another release) is counted with the blobs, not again here.
     pub fn bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
             let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
-            if m.is_dir() {
+            if m.is_file() && m.nlink() > 1 {
+                0
+            } else if m.is_dir() {
                 std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| walk(&e.path())).sum::<u64>() + m.len()
             } else {
                 m.len()
@@ -186,7 +204,6 @@ impl AppReleases {
     }
 
     fn fill(&self, root: &Path, m: &Manifest, blobs: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir(root)?;
         let mut dirs = vec![root.to_path_buf()];
         for f in &m.files {
@@ -206,29 +223,7 @@ impl AppReleases {
                 }
                 EntryKind::File => {
                     let d = Digest::new(&f.sha256).map_err(std::io::Error::other)?;
-                    // Blobs were hash-checked on arrival; check again while copying, so a blob
-                    // corrupted on disk since then is never used (and is dropped from the store).
-                    use sha2::Digest as _;
-                    let blob = blobs.join(d.as_str());
-                    let mut src = std::fs::File::open(&blob)?;
-                    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&dest)?;
-                    let mut h = sha2::Sha256::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = src.read(&mut buf)?;
-                        if n == 0 {
-                            break;
-                        }
-                        h.update(&buf[..n]);
-                        out.write_all(&buf[..n])?;
-                    }
-                    let actual = hex::encode(h.finalize());
-                    if actual != d.as_str() {
-                        let _ = std::fs::remove_file(&blob);
-                        return Err(std::io::Error::other(ReleaseError::BlobCorrupt { digest: d.to_string(), actual }));
-                    }
-                    out.set_permissions(std::fs::Permissions::from_mode(f.mode & 0o777))?;
-                    out.sync_all()?;
+                    place(&blobs.join(d.as_str()), &dest, d.as_str(), f.size, f.mode)?;
                 }
             }
         }
@@ -244,6 +239,28 @@ impl AppReleases {
             dockfra_common::fsync_dir(d)?;
         }
         Ok(())
+    }
+
+    /// Files of a complete release that are not as their manifest says any more (something
+    /// wrote through them: the running app, an operator): their paths. A stamp check per file
+    /// (one `stat`), a hash only where the stamp is gone.
+    pub fn changed_files(&self, name: &str) -> Vec<String> {
+        let (Some(m), dir) = (self.manifest(name), self.dir(name)) else { return vec!["(manifest)".into()] };
+        let mut changed = Vec::new();
+        for f in m.files.iter().filter(|f| f.kind == EntryKind::File) {
+            let Ok(rel) = SafeRelPath::new(&f.path) else { continue };
+            let path = rel.under(&dir);
+            let ok = match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    crate::blobs::intact(&meta, &f.sha256, f.size) || hash_file(&path).is_ok_and(|h| h == f.sha256)
+                }
+                _ => false,
+            };
+            if !ok {
+                changed.push(f.path.clone());
+            }
+        }
+        changed
     }
 
     /// Point `current` at `name` atomically: a new symlink, renamed over the old one.
@@ -329,6 +346,91 @@ impl AppReleases {
     }
 }
 
+/// How a release file was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// A hard link to the stored blob: no byte written.
+    Linked,
+    /// A copy (another filesystem, a blob whose mode another release holds, no hard links).
+    Copied,
+}
+
+/// Put the content of `blob` at `dest`, read-only with `mode`'s other bits. Unchanged content
+/// costs a link, not a copy: the blob and every release holding it share one read-only inode.
+/// The blob is used only while its stamp says nothing wrote to it since it was checked, or when
+/// hashing it again gives its digest; a blob that fails that is dropped from the store and the
+/// release refused (the next attempt fetches it again).
+pub fn place(blob: &Path, dest: &Path, digest: &str, size: u64, mode: u32) -> std::io::Result<Placed> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let want = crate::blobs::read_only(mode);
+    let meta = std::fs::metadata(blob)?;
+    if !crate::blobs::intact(&meta, digest, size) {
+        let actual = hash_file(blob)?;
+        if actual != digest || meta.len() != size {
+            let _ = std::fs::remove_file(blob);
+            return Err(std::io::Error::other(ReleaseError::BlobCorrupt { digest: digest.to_string(), actual }));
+        }
+        crate::blobs::stamp(&std::fs::File::open(blob)?, digest)?;
+    }
+    let mut held = meta.permissions().mode() & 0o777;
+    if held != want.mode() && meta.nlink() == 1 {
+        // Only the store holds it: the mode is this release's to set.
+        std::fs::set_permissions(blob, want.clone())?;
+        held = want.mode();
+    }
+    if held == want.mode() {
+        match std::fs::hard_link(blob, dest) {
+            Ok(()) => return Ok(Placed::Linked),
+            // Another filesystem, no hard links there, or too many links to one inode: copy.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::ENOTSUP)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    copy_checked(blob, dest, digest)?;
+    std::fs::set_permissions(dest, want)?;
+    Ok(Placed::Copied)
+}
+
+/// Copy `blob` to a new file `dest`, hashing as it goes: a blob that does not hash to `digest`
+/// is dropped from the store and the copy refused.
+fn copy_checked(blob: &Path, dest: &Path, digest: &str) -> std::io::Result<()> {
+    use sha2::Digest as _;
+    let mut src = std::fs::File::open(blob)?;
+    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(dest)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    let actual = hex::encode(h.finalize());
+    if actual != digest {
+        let _ = std::fs::remove_file(blob);
+        return Err(std::io::Error::other(ReleaseError::BlobCorrupt { digest: digest.to_string(), actual }));
+    }
+    out.sync_all()
+}
+
+/// The sha256 (hex) of a file's content.
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,7 +494,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(cur.join("run")).unwrap(), "echo 4");
         assert_eq!(std::fs::read_to_string(cur.join(".env")).unwrap(), "A=1");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(cur.join("bin/run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
+        // Release files are read-only: they are the blob store's inodes.
+        assert_eq!(std::fs::metadata(cur.join("bin/run.sh")).unwrap().permissions().mode() & 0o777, 0o555);
         // The signed documents that installed it are kept with it, and its manifest reads back.
         let docs = app.signed_docs(&names[3]).unwrap();
         assert_eq!(app.manifest(&names[3]).unwrap(), dockfra_common::bundle::Manifest::parse(&docs.manifest).unwrap());
@@ -418,6 +521,132 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(app.releases_dir()).unwrap().collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         assert!(app.current().is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn inode(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().ino()
+    }
+
+    fn file(path: &str, content: &[u8], mode: u32) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode,
+            size: content.len() as u64,
+            sha256: dockfra_common::sha256_hex(content),
+            link: None,
+        }
+    }
+
+    /// A blob as the store takes it in: checked, stamped, read-only.
+    fn store(blobs: &Path, content: &[u8]) -> String {
+        let digest = dockfra_common::sha256_hex(content);
+        let mut w = crate::blobs::BlobWriter::new(blobs.to_path_buf(), [(digest.clone(), content.len() as u64)].into())
+            .unwrap();
+        w.chunk(&digest, 0, content, true).unwrap();
+        digest
+    }
+
+    #[test]
+    fn unchanged_files_are_links_to_the_store_not_copies() {
+        let root = tmpdir("links");
+        let blobs = root.join("blobs");
+        let app = AppReleases::new(root.join("app"));
+        let (a, b1, b2) = (b"same in both".as_slice(), b"first".as_slice(), b"second".as_slice());
+        let da = store(&blobs, a);
+        store(&blobs, b1);
+        store(&blobs, b2);
+        let release = |seq: u64, b: &[u8]| {
+            let m = Manifest {
+                sequence: seq,
+                files: vec![file("a.txt", a, 0o644), file("b.txt", b, 0o644), file("run.sh", a, 0o755)],
+                ..manifest(seq, b"x", &blobs)
+            };
+            app.materialize(&crate::drivers::verified(m), &blobs).unwrap()
+        };
+        let (r1, r2) = (release(1, b1), release(2, b2));
+        let (d1, d2) = (app.dir(&r1), app.dir(&r2));
+        assert_eq!(inode(&d1.join("a.txt")), inode(&blobs.join(&da)), "a first release links, it does not copy");
+        assert_eq!(inode(&d2.join("a.txt")), inode(&d1.join("a.txt")), "an unchanged file is the same inode");
+        assert_ne!(inode(&d2.join("b.txt")), inode(&d1.join("b.txt")));
+        assert_eq!(std::fs::read(d2.join("b.txt")).unwrap(), b2);
+        // The same content with another mode cannot share the inode: it is a copy of its own.
+        assert_ne!(inode(&d1.join("run.sh")), inode(&d1.join("a.txt")));
+        assert_eq!(std::fs::read(d1.join("run.sh")).unwrap(), a);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&d1.join("a.txt")), mode(&d1.join("run.sh"))), (0o444, 0o555));
+        assert!(app.changed_files(&r1).is_empty() && app.changed_files(&r2).is_empty());
+        // Linked files do not count twice in the disk figures; copies do.
+        assert_eq!(app.bytes() - dir_sizes(&app), 2 * a.len() as u64, "run.sh, copied in each release");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Bytes of the directories alone under releases/ (what `bytes` counts besides files).
+    fn dir_sizes(app: &AppReleases) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            if m.is_dir() {
+                m.len() + std::fs::read_dir(p).unwrap().flatten().map(|e| walk(&e.path())).sum::<u64>()
+            } else if m.is_symlink()
+                || p.to_string_lossy().contains(SIGNED_DIR)
+                || p.extension().is_some_and(|e| e == "json")
+            {
+                m.len()
+            } else {
+                0
+            }
+        }
+        walk(&app.releases_dir())
+    }
+
+    #[test]
+    fn a_write_through_a_link_is_caught_and_the_blob_never_used_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tmpdir("written");
+        let blobs = root.join("blobs");
+        let app = AppReleases::new(root.join("app"));
+        let content = b"original content".as_slice();
+        let digest = store(&blobs, content);
+        let m = Manifest { files: vec![file("data.txt", content, 0o644)], ..manifest(1, b"x", &blobs) };
+        let r1 = app.materialize(&crate::drivers::verified(m.clone()), &blobs).unwrap();
+        // The app (as root, which read-only modes do not stop) writes into its release file,
+        // and so into the blob.
+        let path = app.dir(&r1).join("data.txt");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&path, b"ORIGINAL CONTENT").unwrap();
+        assert_eq!(app.changed_files(&r1), vec!["data.txt".to_string()]);
+        // A release that needs the same content refuses the blob and drops it from the store.
+        let m2 = Manifest { sequence: 2, ..m };
+        let err = app.materialize(&crate::drivers::verified(m2), &blobs).unwrap_err();
+        assert!(err.is_blob_corrupt(), "{err}");
+        assert!(!blobs.join(&digest).exists(), "a changed blob leaves the store");
+        assert_eq!(app.list().len(), 1, "nothing half-made is left");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_blob_without_a_stamp_is_hashed_once_then_linked() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tmpdir("unstamped");
+        let blobs = root.join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let content = b"from an older agent".as_slice();
+        let digest = dockfra_common::sha256_hex(content);
+        std::fs::write(blobs.join(&digest), content).unwrap(); // no stamp, writable
+        let dest = root.join("out");
+        assert_eq!(place(&blobs.join(&digest), &dest, &digest, content.len() as u64, 0o644).unwrap(), Placed::Linked);
+        let meta = std::fs::metadata(blobs.join(&digest)).unwrap();
+        assert!(crate::blobs::intact(&meta, &digest, content.len() as u64), "stamped once checked");
+        assert_eq!(meta.nlink(), 2);
+        // A blob that does not hash to its name is refused, and nothing is placed.
+        let bad = "0".repeat(64);
+        std::fs::write(blobs.join(&bad), b"whatever").unwrap();
+        let e = place(&blobs.join(&bad), &root.join("out2"), &bad, 8, 0o644).unwrap_err();
+        assert!(e.to_string().contains("changed on disk"), "{e}");
+        assert!(!root.join("out2").exists() && !blobs.join(&bad).exists());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -248,6 +248,16 @@ pub fn client_tls(ca_pem: &str, cert_pem: &str, key_pem: &str, server_name: &str
         .domain_name(server_name)
 }
 
+/// HTTP/2 flow-control windows for every dockfra connection, both ends. The defaults (64 KiB
+/// by the protocol, 1-2 MiB in hyper) let a blob stream stall on each window update; these
+/// keep a bundle moving at disk speed on a fast link while bounding what one connection may
+/// buffer (a Raspberry Pi agent has 1 GiB).
+pub const H2_STREAM_WINDOW: u32 = 4 << 20;
+/// See [`H2_STREAM_WINDOW`]: the whole connection's window.
+pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
+/// The largest HTTP/2 frame a dockfra server accepts: a 256 KiB blob chunk in 2 frames, not 16.
+pub const H2_MAX_FRAME: u32 = 128 << 10;
+
 /// Connect a tonic channel over mTLS. HTTP/2 keep-alive pings run while a call is open, so a
 /// connection that died under a transfer (a cut link, a NAT that forgot us) is noticed in
 /// seconds instead of hanging the call.
@@ -262,6 +272,8 @@ pub async fn connect(
         .timeout(std::time::Duration::from_secs(3600))
         .http2_keep_alive_interval(std::time::Duration::from_secs(5))
         .keep_alive_timeout(std::time::Duration::from_secs(5))
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .connect()
         .await
 }
@@ -390,7 +402,9 @@ pub async fn connect_pinned(
     let connector = PinnedConnector { config: Arc::new(config), name, timeout };
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| bad(&e))?
-        .timeout(std::time::Duration::from_secs(3600));
+        .timeout(std::time::Duration::from_secs(3600))
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     match endpoint.connect_with_connector(connector).await {
         Ok(ch) => Ok(ch),
         Err(e) => {

@@ -131,12 +131,17 @@ fn walk(app_dir: &Path, project_file: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Copy a file into the blob store under its sha256; returns (digest, size). The copy is
-/// hashed, not the source, so a file that changes while we read it can never leave a blob
-/// whose content does not match its name.
+/// Copy a file into the blob store under its sha256; returns (digest, size). A file whose
+/// blob is already there is only read (a redeploy rewrites none of its unchanged files); a
+/// new one is copied, and the copy is hashed, not the source, so a file that changes while we
+/// read it can never leave a blob whose content does not match its name.
 pub fn store_blob(blobs: &Path, src: &Path) -> Result<(String, u64)> {
     use sha2::Digest as _;
     use std::io::Write;
+    let (digest, size) = dockfra_common::sha256_file(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if std::fs::metadata(blobs.join(&digest)).is_ok_and(|m| m.len() == size) {
+        return Ok((digest, size));
+    }
     let mut f = std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
     let tmp = blobs.join(format!(".incoming-{}-{:?}", std::process::id(), std::thread::current().id()));
     let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;

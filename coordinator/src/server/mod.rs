@@ -305,6 +305,9 @@ impl Coordinator {
             // closed instead of holding a blob stream open for TCP's retransmission timeout.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .initial_stream_window_size(dockfra_common::identity::H2_STREAM_WINDOW)
+            .initial_connection_window_size(dockfra_common::identity::H2_CONNECTION_WINDOW)
+            .max_frame_size(dockfra_common::identity::H2_MAX_FRAME)
             .layer(layers::CatchPanicLayer)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 enrollment_server::EnrollmentServer::new(self.clone()),
