@@ -417,18 +417,7 @@ fn copy_checked(blob: &Path, dest: &Path, digest: &str) -> std::io::Result<()> {
 
 /// The sha256 (hex) of a file's content.
 fn hash_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    dockfra_common::sha256_file(path).map(|(hex, _)| hex)
 }
 
 #[cfg(test)]
