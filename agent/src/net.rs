@@ -90,15 +90,19 @@ pub async fn enroll(
     Ok(cfg)
 }
 
-/// An mTLS channel to the coordinator with our current certificate.
-pub async fn coordinator_channel(state: &StateDir, cfg: &AgentConfig) -> Result<Channel> {
-    let tls = identity::client_tls(
+/// The TLS settings for the coordinator, with our current certificate.
+fn coordinator_tls(state: &StateDir, cfg: &AgentConfig) -> Result<tonic::transport::ClientTlsConfig> {
+    Ok(identity::client_tls(
         &state.read_identity("ca.pem")?,
         &state.read_identity("cert.pem")?,
         &state.read_identity("key.pem")?,
         &cfg.coordinator_name,
-    );
-    identity::connect(&cfg.coordinator, tls, Duration::from_secs(10))
+    ))
+}
+
+/// An mTLS channel to the coordinator with our current certificate.
+pub async fn coordinator_channel(state: &StateDir, cfg: &AgentConfig) -> Result<Channel> {
+    identity::connect(&cfg.coordinator, coordinator_tls(state, cfg)?, Duration::from_secs(10))
         .await
         .with_context(|| format!("cannot reach the coordinator at {}", cfg.coordinator))
 }
@@ -212,23 +216,59 @@ pub async fn flush_outbox(
     state.ack_outbox(&pending.into_iter().map(|o| o.deployment_id).collect::<Vec<_>>())
 }
 
+/// How long a poll (with its outbox) may wait for the coordinator's answer.
+const POLL_CALL: Duration = Duration::from_secs(30);
+
+/// What one poll found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// The interval the coordinator asks for.
+    pub next_ms: Option<u64>,
+    /// An order was carried out: poll again at once (the agent may have more queued).
+    pub took_order: bool,
+}
+
 /// One poll: report what is unacknowledged, get an assignment, carry it out, report events.
-pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) -> Result<Option<u64>> {
+/// `link`: the watch stream's channel while one is held (a poll then costs no handshake); an
+/// order's blobs and reports always go over a channel of their own, whose fast keep-alive
+/// notices a cut link within seconds.
+pub async fn poll_once(
+    exec: &Executor,
+    state: &StateDir,
+    facts: &proto::Facts,
+    link: Option<Channel>,
+) -> Result<Polled> {
     let cfg = state.config()?;
-    let ch = coordinator_channel(state, &cfg).await?;
+    let watched = link.is_some();
+    let ch = match link {
+        Some(ch) => ch,
+        None => coordinator_channel(state, &cfg).await?,
+    };
     let mut client = fleet_client::FleetClient::new(ch).max_decoding_message_size(64 << 20);
-    flush_outbox(&mut client, state, None).await?;
-    let r = client
-        .poll(proto::PollRequest { status: Some(exec.status(Some(facts.clone())).await) })
+    let status = exec.status(Some(facts.clone())).await;
+    // Bounded: the watch link has no deadline of its own and is pinged only once a minute,
+    // so a call on a link that died silently must not wait for that.
+    let asked = async {
+        flush_outbox(&mut client, state, None).await?;
+        client
+            .poll(proto::PollRequest { status: Some(status) })
+            .await
+            .map_err(|s| anyhow::anyhow!("poll refused: {}", s.message()))
+    };
+    let r = tokio::time::timeout(POLL_CALL, asked)
         .await
-        .map_err(|s| anyhow::anyhow!("poll refused: {}", s.message()))?
+        .map_err(|_| anyhow::anyhow!("no answer to the poll in {}s", POLL_CALL.as_secs()))??
         .into_inner();
-    let next = (r.poll_interval_ms > 0).then_some(r.poll_interval_ms);
+    let next_ms = (r.poll_interval_ms > 0).then_some(r.poll_interval_ms);
     // A new agent on trial has reached the coordinator: the upgrade stays, and says so now.
     if crate::upgrade::confirm(state)? {
         flush_outbox(&mut client, state, Some(exec.status(Some(facts.clone())).await)).await?;
     }
-    let Some(a) = r.assignment else { return Ok(next) };
+    let Some(a) = r.assignment else { return Ok(Polled { next_ms, took_order: false }) };
+    if watched {
+        let ch = coordinator_channel(state, &cfg).await?;
+        client = fleet_client::FleetClient::new(ch).max_decoding_message_size(64 << 20);
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<proto::DeployEvent>();
     // Forward progress as it happens; the final event goes with the status, below.
     let mut reporter = client.clone();
@@ -256,7 +296,7 @@ pub async fn poll_once(exec: &Executor, state: &StateDir, facts: &proto::Facts) 
             .await
             .map_err(|s| anyhow::anyhow!("report refused: {}", s.message()))?;
     }
-    Ok(next)
+    Ok(Polled { next_ms, took_order: true })
 }
 
 /// Random jitter of ±10%.
@@ -267,8 +307,26 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-/// Poll forever: on schedule with jitter, at once on SIGHUP, backing off while the
-/// coordinator is unreachable (the current release keeps running meanwhile).
+/// How long a watching agent goes between polls when nothing tells it to poll: its status
+/// (health, disk, host) still reaches the coordinator, ten times less often than when it
+/// polls for orders (at least its poll interval, at most ten minutes unless that is longer).
+fn heartbeat(interval: Duration) -> Duration {
+    (interval * 10).min(interval.max(Duration::from_secs(600)))
+}
+
+/// A task that is stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Poll forever: on schedule with jitter, at once on SIGHUP or when the watch stream says an
+/// order is waiting, backing off while the coordinator is unreachable (the current release
+/// keeps running meanwhile). While the watch stream is held, polls go over its connection and
+/// the schedule is the longer [`heartbeat`].
 pub async fn pull_loop(
     exec: Arc<Executor>,
     state: StateDir,
@@ -278,25 +336,48 @@ pub async fn pull_loop(
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut interval = Duration::from_millis(state.config()?.poll_interval_ms.max(100));
+    let (wake_tx, mut wake) = mpsc::channel::<String>(1);
+    let watch = Watch { state: state.clone(), link: Default::default(), rewatch: Default::default() };
+    let link = watch.link.clone();
+    let rewatch = watch.rewatch.clone();
+    let _watcher = AbortOnDrop(tokio::spawn(watch.run(wake_tx)));
+    let held = || link.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut failures = 0u32;
     loop {
-        let _ = renew_if_due(&state).await.map_err(|e| tracing::warn!("renewal: {e:#}"));
-        let polled = poll_once(&exec, &state, &facts).await;
+        match renew_if_due(&state).await {
+            // The stream was opened with the old certificate: open it again with the new one.
+            Ok(true) => rewatch.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("renewal: {e:#}"),
+        }
+        let link = held();
+        let watched = link.is_some();
+        let polled = poll_once(&exec, &state, &facts, link).await;
         if crate::upgrade::restart_requested() {
             return Ok(());
         }
         let wait = match polled {
-            Ok(next) => {
+            Ok(p) => {
                 if failures > 0 {
                     tracing::info!("coordinator reachable again");
                 }
                 failures = 0;
-                if let Some(ms) = next {
+                if let Some(ms) = p.next_ms {
                     interval = Duration::from_millis(ms.max(100));
                 }
-                jitter(interval)
+                if p.took_order {
+                    Duration::ZERO
+                } else if held().is_some() {
+                    jitter(heartbeat(interval))
+                } else {
+                    jitter(interval)
+                }
             }
             Err(e) => {
+                if watched {
+                    // The stream's connection failed us: open a fresh one.
+                    rewatch.notify_one();
+                }
                 failures += 1;
                 let backoff = Duration::from_millis(500u64.saturating_mul(1 << failures.min(10)))
                     .min(interval.max(Duration::from_secs(60)));
@@ -307,7 +388,94 @@ pub async fn pull_loop(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = hup.recv() => tracing::info!("SIGHUP: polling now"),
+            Some(why) = wake.recv() => tracing::debug!("watch: polling now ({why})"),
             _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Why a watch stream ended.
+enum WatchEnd {
+    /// The coordinator will not hold one for us (too old to know Watch, `agent.watch: false`,
+    /// revoked): poll, and ask again much later.
+    Refused(String),
+    /// The connection failed or dropped: try again soon.
+    Lost(String),
+}
+
+/// The watch stream (see [`pull_loop`]): held while it can be, its channel shared for polls.
+struct Watch {
+    state: StateDir,
+    link: Arc<std::sync::Mutex<Option<Channel>>>,
+    rewatch: Arc<tokio::sync::Notify>,
+}
+
+impl Watch {
+    /// Hold the stream forever, reconnecting with backoff; each event goes to `wake`.
+    async fn run(self, wake: mpsc::Sender<String>) {
+        let mut failures = 0u32;
+        loop {
+            let since = std::time::Instant::now();
+            let ended = self.once(&wake).await;
+            *self.link.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if since.elapsed() > Duration::from_secs(60) {
+                failures = 0; // it was held a while: this is a new trouble, not the same one
+            }
+            let wait = match ended {
+                Ok(()) => Duration::from_millis(100),
+                Err(WatchEnd::Refused(why)) => {
+                    tracing::info!(
+                        "the coordinator holds no watch stream for us ({why}); polling, asking again in 10 minutes"
+                    );
+                    Duration::from_secs(600)
+                }
+                Err(WatchEnd::Lost(why)) => {
+                    failures += 1;
+                    let backoff =
+                        Duration::from_millis(250u64.saturating_mul(1 << failures.min(8))).min(Duration::from_secs(60));
+                    tracing::info!("watch stream lost ({why}); polling meanwhile, watching again in {backoff:?}");
+                    jitter(backoff)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.rewatch.notified() => {}
+            }
+        }
+    }
+
+    /// One stream, until it ends.
+    async fn once(&self, wake: &mpsc::Sender<String>) -> Result<(), WatchEnd> {
+        use tonic::Code;
+        let lost = |e: anyhow::Error| WatchEnd::Lost(format!("{e:#}"));
+        let cfg = self.state.config().map_err(lost)?;
+        let tls = coordinator_tls(&self.state, &cfg).map_err(lost)?;
+        let ch = identity::connect_watch(&cfg.coordinator, tls, Duration::from_secs(10))
+            .await
+            .map_err(|e| WatchEnd::Lost(format!("cannot reach the coordinator at {}: {e}", cfg.coordinator)))?;
+        let mut stream = match fleet_client::FleetClient::new(ch.clone()).watch(proto::WatchRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                let why = format!("{:?}: {}", s.code(), s.message());
+                return Err(match s.code() {
+                    Code::Unimplemented | Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied => {
+                        WatchEnd::Refused(why)
+                    }
+                    _ => WatchEnd::Lost(why),
+                });
+            }
+        };
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(ch);
+        loop {
+            tokio::select! {
+                m = stream.message() => match m {
+                    // A full queue means a poll is already due: nudges coalesce.
+                    Ok(Some(ev)) => { let _ = wake.try_send(ev.reason); }
+                    Ok(None) => return Err(WatchEnd::Lost("the coordinator ended it".into())),
+                    Err(s) => return Err(WatchEnd::Lost(s.message().to_string())),
+                },
+                _ = self.rewatch.notified() => return Ok(()),
+            }
         }
     }
 }
@@ -466,5 +634,20 @@ pub async fn push_server(
         if *stop.borrow_and_update() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watching_agent_reports_ten_times_less_often_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(heartbeat(s(30)), s(300));
+        assert_eq!(heartbeat(Duration::from_millis(300)), s(3));
+        // At most ten minutes, unless the poll interval itself is longer.
+        assert_eq!(heartbeat(s(90)), s(600));
+        assert_eq!(heartbeat(s(3600)), s(3600));
     }
 }

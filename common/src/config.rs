@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
@@ -479,11 +479,20 @@ pub struct AgentSpec {
     /// The name the agent is enrolled under (`agent: {name: …}`); `None`: the target's id.
     /// Targets of several projects that name one agent deploy their apps side by side on it.
     pub name: Option<String>,
+    /// Pull mode: the agent holds a watch stream, so an order reaches it at once (default
+    /// true); `false` for a network that cuts long-lived connections: it polls only.
+    pub watch: bool,
 }
 
 impl Default for AgentSpec {
     fn default() -> Self {
-        AgentSpec { mode: Mode::Push, port: DEFAULT_AGENT_PORT, poll_interval: Duration::from_secs(30), name: None }
+        AgentSpec {
+            mode: Mode::Push,
+            port: DEFAULT_AGENT_PORT,
+            poll_interval: Duration::from_secs(30),
+            name: None,
+            watch: true,
+        }
     }
 }
 
@@ -1114,7 +1123,7 @@ const TARGET_KEYS: &[&str] = &[
     "keep_releases",
     "notifications",
 ];
-const AGENT_KEYS: &[&str] = &["name", "mode", "port", "poll_interval"];
+const AGENT_KEYS: &[&str] = &["name", "mode", "port", "poll_interval", "watch"];
 const HEALTH_KEYS: &[&str] = &["checks", "retries", "interval", "timeout", "start_period"];
 const CHECK_KINDS: &[&str] = &["http", "tcp", "command"];
 const HTTP_KEYS: &[&str] = &["url", "status", "body"];
@@ -1186,7 +1195,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Project, ConfigError> {
 /// agent agree on how it is reached (mode, port, host). With one project this is that project.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projects {
-    pub list: Vec<Project>,
+    list: Vec<Project>,
+    /// Target id → (project, target) positions: every lookup by id or agent is a hash
+    /// lookup, not a scan (a coordinator of 10,000 targets looks them up on every poll).
+    by_id: HashMap<String, (usize, usize)>,
+    /// Agent name → the positions of the targets that deploy through it, in file order.
+    by_agent: HashMap<String, Vec<(usize, usize)>>,
 }
 
 impl Projects {
@@ -1197,6 +1211,10 @@ impl Projects {
 
     /// Check projects that were parsed one by one against each other.
     pub fn check(list: Vec<Project>) -> Result<Projects, ConfigError> {
+        // What earlier projects define: a target id → its project; an agent name → the
+        // project and first target of it.
+        let mut seen_ids: HashMap<&str, usize> = HashMap::new();
+        let mut seen_agents: HashMap<&str, (usize, &Target)> = HashMap::new();
         for (i, p) in list.iter().enumerate() {
             let invalid = |target: Option<&str>, key: &str, message: String| ConfigError::Invalid {
                 file: p.file.clone(),
@@ -1217,7 +1235,7 @@ impl Projects {
             }
             for t in &p.targets {
                 for o in &list[..i] {
-                    if o.target(&t.id).is_some() {
+                    if seen_ids.get(t.id.as_str()).is_some_and(|j| std::ptr::eq(&list[*j], o)) {
                         return Err(invalid(
                             Some(&t.id),
                             "",
@@ -1228,7 +1246,11 @@ impl Projects {
                             ),
                         ));
                     }
-                    let Some(s) = o.targets.iter().find(|s| s.agent_name() == t.agent_name()) else { continue };
+                    let Some(s) =
+                        seen_agents.get(t.agent_name()).and_then(|(j, s)| std::ptr::eq(&list[*j], o).then_some(*s))
+                    else {
+                        continue;
+                    };
                     let also = format!(
                         "agent {:?} is also the agent of target {:?} ({})",
                         t.agent_name(),
@@ -1255,8 +1277,20 @@ impl Projects {
                     }
                 }
             }
+            for t in &p.targets {
+                seen_ids.entry(t.id.as_str()).or_insert(i);
+                seen_agents.entry(t.agent_name()).or_insert((i, t));
+            }
         }
-        let all = Projects { list };
+        let mut by_id = HashMap::new();
+        let mut by_agent: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        for (i, p) in list.iter().enumerate() {
+            for (j, t) in p.targets.iter().enumerate() {
+                by_id.entry(t.id.clone()).or_insert((i, j));
+                by_agent.entry(t.agent_name().to_string()).or_default().push((i, j));
+            }
+        }
+        let all = Projects { list, by_id, by_agent };
         // An agent name must not be the id of a target that deploys through another agent:
         // `token create X` and `agents revoke X` would not know which is meant.
         for (p, t) in all.targets() {
@@ -1286,12 +1320,17 @@ impl Projects {
 
     /// The target with this id and its project.
     pub fn target(&self, id: &str) -> Option<(&Project, &Target)> {
-        self.targets().find(|(_, t)| t.id == id)
+        self.by_id.get(id).map(|&(i, j)| (&self.list[i], &self.list[i].targets[j]))
     }
 
-    /// The targets that deploy through the agent `name` (one per app).
+    /// The targets that deploy through the agent `name` (one per app), in file order.
     pub fn of_agent<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a Project, &'a Target)> + 'a {
-        self.targets().filter(move |(_, t)| t.agent_name() == name)
+        self.by_agent.get(name).into_iter().flatten().map(|&(i, j)| (&self.list[i], &self.list[i].targets[j]))
+    }
+
+    /// The projects, in the order they were given.
+    pub fn list(&self) -> &[Project] {
+        &self.list
     }
 
     /// The project files, for messages ("no target x in a.yaml, b.yaml").
@@ -2213,6 +2252,9 @@ fn parse_agent(cx: &Cx, v: &Value) -> Result<AgentSpec, ConfigError> {
         }
         agent.name = Some(name);
     }
+    if let Some(v) = f.get("watch") {
+        agent.watch = cx.boolean("agent.watch", v)?;
+    }
     Ok(agent)
 }
 
@@ -3079,7 +3121,7 @@ targets:
         assert_eq!(t.labels["fast"], "false");
         assert_eq!(
             t.agent,
-            AgentSpec { mode: Mode::Pull, port: 7555, poll_interval: Duration::from_secs(90), name: None }
+            AgentSpec { mode: Mode::Pull, port: 7555, poll_interval: Duration::from_secs(90), name: None, watch: true }
         );
         let h = t.health.as_ref().unwrap();
         assert_eq!(h.retries, 5);
@@ -3251,6 +3293,10 @@ targets:
         bad(&one("platform: nomad\nagent: { port: 0 }"), Some("t1"), Some("agent.port"));
         bad(&one("platform: nomad\nagent: { mode: poll }"), Some("t1"), Some("agent.mode"));
         bad(&one("platform: nomad\nagent: { poll_interval: 0s }"), Some("t1"), Some("agent.poll_interval"));
+        bad(&one("platform: nomad\nagent: { mode: pull, watch: sometimes }"), Some("t1"), Some("agent.watch"));
+        let off = p(&one("platform: nomad\nagent: { mode: pull, watch: false }")).unwrap();
+        assert!(!off.targets[0].agent.watch, "watch: false is kept");
+        assert!(p(&one("platform: nomad\nagent: { mode: pull }")).unwrap().targets[0].agent.watch, "watch defaults on");
         bad(&one("platform: nomad\nagent: { x: 1 }"), Some("t1"), Some("agent.x"));
         bad(&one("platform: nomad\nenv: { 1BAD: x }"), Some("t1"), Some("env.1BAD"));
         bad(&one("platform: nomad\nenv: [A=1]"), Some("t1"), Some("env"));

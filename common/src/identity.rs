@@ -266,16 +266,45 @@ pub async fn connect(
     tls: tonic::transport::ClientTlsConfig,
     timeout: std::time::Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(url.to_string())?
-        .tls_config(tls)?
-        .connect_timeout(timeout)
+    endpoint(url, tls, timeout)?
         .timeout(std::time::Duration::from_secs(3600))
         .http2_keep_alive_interval(std::time::Duration::from_secs(5))
         .keep_alive_timeout(std::time::Duration::from_secs(5))
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .connect()
         .await
+}
+
+/// How often a pull agent pings the connection of its watch stream: often enough to keep a
+/// NAT's mapping (RFC 5382 asks NATs for two hours; home routers and carrier NATs are known
+/// to forget in minutes) and to notice a dead link within [`WATCH_KEEPALIVE`] plus 20 s, yet
+/// one ping a minute is all an idle agent costs.
+pub const WATCH_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A channel for a watch stream, held for hours: pinged every [`WATCH_KEEPALIVE`] (the
+/// coordinator's own pings are rarer, so one side pings), no deadline on its calls.
+pub async fn connect_watch(
+    url: &str,
+    tls: tonic::transport::ClientTlsConfig,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    endpoint(url, tls, timeout)?
+        .http2_keep_alive_interval(WATCH_KEEPALIVE)
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+}
+
+fn endpoint(
+    url: &str,
+    tls: tonic::transport::ClientTlsConfig,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .connect_timeout(timeout)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW))
 }
 
 /// Accepts a server only if its chain verifies under the CA for the expected name AND its

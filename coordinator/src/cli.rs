@@ -1852,7 +1852,10 @@ async fn admin_command(
                 println!("{v}");
                 return Ok(exit::OK);
             }
-            println!("revoked agent {}; its next call is refused", v["target"].as_str().unwrap_or(&target));
+            println!(
+                "revoked agent {}; its next call is refused and its watch stream ends",
+                v["target"].as_str().unwrap_or(&target)
+            );
             Ok(exit::OK)
         }
         Command::Agents { cmd: None, output } => {
@@ -1868,6 +1871,7 @@ async fn admin_command(
                     ("SERIAL", "serial"),
                     ("REVOKED", "revoked"),
                     ("LAST SEEN", "last_seen_unix"),
+                    ("WATCHING", "watching"),
                     ("VERSION", "agent_version"),
                     ("OS", "os"),
                     ("ARCH", "arch"),

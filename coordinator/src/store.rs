@@ -98,6 +98,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE fleet_targets (
         fleet TEXT NOT NULL, target TEXT NOT NULL, wave INTEGER NOT NULL, position INTEGER NOT NULL,
         note TEXT NOT NULL DEFAULT '', PRIMARY KEY (fleet, target));",
+    // 5: a release looked up by its name (`status` does it for every release an agent
+    // keeps) is an index lookup, however long the target's history.
+    "CREATE INDEX releases_name ON releases(target, release);",
 ];
 
 pub struct Store {

@@ -56,6 +56,106 @@ fn pull_agent_behind_nat_in_a_network_namespace() {
     assert_eq!(live_version(&w, "deploy-pull"), "v1");
 }
 
+/// A pull agent behind NAT holds a watch stream: with a poll interval of an hour, a deploy
+/// still reaches it in seconds. The coordinator restarts: the agent watches again and the
+/// next deploy is as quick. A target with `watch: false` only polls, and still deploys. A
+/// revoked agent's stream ends at once.
+#[test]
+fn pull_agent_behind_nat_takes_orders_at_once_over_its_watch_stream() {
+    if Needs::new()
+        .root("for network namespaces")
+        .tool("ip", "Debian's iproute2")
+        .tool("iptables", "Debian's iptables")
+        .tool("curl", "Debian's curl")
+        .unmet()
+    {
+        return;
+    }
+    let net = NetPair::new("wat", 232);
+    let (nsc, nsa, ipc) = (net.c.clone(), net.a.clone(), net.ipc.clone());
+    sh(&format!("ip netns exec {nsa} iptables -A INPUT -p tcp --syn -j DROP"));
+    let mut w = World::new("watch");
+    w.coord_prefix = NetPair::prefix(&nsc);
+    let d = w.dir.display();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            r#"app: {{ name: web, path: ./app }}
+targets:
+  nat-watch:
+    platform: ssh_raw
+    agent: {{ mode: pull, poll_interval: 1h }}
+    config: {{ deploy_path: {d}/deploy-watch }}
+  nat-poll:
+    platform: ssh_raw
+    agent: {{ mode: pull, poll_interval: 1s, watch: false }}
+    config: {{ deploy_path: {d}/deploy-poll }}
+"#
+        ),
+    );
+    w.write("project/app/VERSION", "v1\n");
+    // A fixed port: the agents must find the coordinator again after its restart.
+    w.init(&format!("{ipc}:7443"));
+    let mut coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+    let mut procs = Vec::new();
+    for name in ["nat-watch", "nat-poll"] {
+        let mut agent = Agent::new(&w, name);
+        agent.prefix = NetPair::prefix(&nsa);
+        agent.enroll(&url, &w.token(name)).ok();
+        procs.push(agent.start(&w));
+    }
+    let watching = |name: &str| {
+        let v = w.coord(&["agents", "--output", "json"]).ok().json();
+        let list = v.as_array().cloned().unwrap_or_default();
+        list.iter().find(|a| a["target"] == name).map(|a| a["watching"] == true).unwrap_or(false)
+    };
+    wait_until("nat-watch holds its watch stream", Duration::from_secs(20), || watching("nat-watch"));
+    assert!(!watching("nat-poll"), "an agent of a watch: false target holds a stream");
+
+    // An hour between polls, yet the order arrives at once.
+    let timed_deploy = |target: &str| {
+        let t = std::time::Instant::now();
+        let (code, v) = deploy_json(&w, &[target, "--wait", "--timeout", "60s"]);
+        assert_eq!(code, 0, "{v}");
+        t.elapsed()
+    };
+    let took = timed_deploy("nat-watch");
+    assert!(took < Duration::from_secs(10), "the deploy took {took:?}: the order waited for a poll");
+    assert_eq!(std::fs::read_to_string(w.path("deploy-watch/web/current/VERSION")).unwrap().trim(), "v1");
+
+    // The coordinator goes away and comes back: the agent watches again, orders are instant.
+    coord.kill9();
+    coord = w.serve(&[]);
+    wait_until("nat-watch watches the new coordinator", Duration::from_secs(30), || watching("nat-watch"));
+    w.write("project/app/VERSION", "v2\n");
+    let took = timed_deploy("nat-watch");
+    assert!(took < Duration::from_secs(10), "after the restart the deploy took {took:?}");
+    assert_eq!(std::fs::read_to_string(w.path("deploy-watch/web/current/VERSION")).unwrap().trim(), "v2");
+
+    // The polling one deploys too (within its 1 s interval), and never watched.
+    timed_deploy("nat-poll");
+    assert_eq!(std::fs::read_to_string(w.path("deploy-poll/web/current/VERSION")).unwrap().trim(), "v2");
+    assert!(!watching("nat-poll"));
+    let metrics = std::process::Command::new("ip")
+        .args(["netns", "exec", &nsc, "curl", "-sS", "--cacert"])
+        .arg(w.coord_state.join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {}", w.api_token())])
+        .arg(format!("https://{}/metrics", w.http_addr()))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    assert!(metrics.contains("\ndockfra_agents_watching 1\n"), "{metrics}");
+    assert!(metrics.contains("\ndockfra_agents_connected 2\n"), "{metrics}");
+
+    // Revoked: the stream ends now, not at the certificate's expiry.
+    w.coord(&["agents", "revoke", "nat-watch"]).ok();
+    wait_until("the revoked agent's stream ends", Duration::from_secs(5), || !watching("nat-watch"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!watching("nat-watch"), "the revoked agent watches again");
+    drop(coord);
+}
+
 /// One static agent from `cross/build`, run (under qemu-user where it is not x86_64): it
 /// enrolls with this x86_64 coordinator, takes two pull deploys and switches `current`, and
 /// the coordinator sees its architecture.

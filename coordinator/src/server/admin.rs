@@ -176,8 +176,9 @@ impl Coordinator {
             return Err(Status::not_found(format!("no agent {t:?} enrolled (see `agents`)")));
         }
         store.event_by(t, "revoked", "agent revoked", operator)?;
+        self.watchers().drop_agent(t);
         let row = store.agent(t)?.ok_or_else(|| Status::not_found(format!("no agent {t:?} enrolled")))?;
-        Ok(views::agent_info(&row, self.projects().ok().as_deref()))
+        Ok(views::agent_info(&row, self.projects().ok().as_deref(), self.watching(t)))
     }
 
     pub(super) async fn deploy_test_of(&self, target_id: &str) -> Result<proto::DeployTestReport, Status> {
@@ -372,7 +373,12 @@ impl admin_server::Admin for Coordinator {
 
     async fn agents(&self, _req: Request<proto::Empty>) -> Result<Response<proto::AgentList>, Status> {
         let projects = self.projects().ok();
-        let agents = self.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_deref())).collect();
+        let agents = self
+            .store()
+            .agents()?
+            .iter()
+            .map(|a| views::agent_info(a, projects.as_deref(), self.watching(&a.target)))
+            .collect();
         Ok(Response::new(proto::AgentList { agents }))
     }
 

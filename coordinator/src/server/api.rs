@@ -736,7 +736,7 @@ async fn generate(
     let upstream = host_like("upstream", ":")?;
     let projects = c.projects()?;
     let mut parts = Vec::new();
-    for p in &projects.list {
+    for p in projects.list() {
         let targets: Vec<&dockfra_common::config::Target> =
             p.targets.iter().filter(|t| target.as_deref().is_none_or(|id| t.id == id)).collect();
         if targets.is_empty() {
@@ -1169,7 +1169,12 @@ async fn cancel_fleet_deploy(
 async fn agents(State(c): State<Coordinator>, _op: Operator) -> ApiResult<Json<proto::AgentList>> {
     let projects = c.projects().ok();
     Ok(Json(proto::AgentList {
-        agents: c.store().agents()?.iter().map(|a| views::agent_info(a, projects.as_deref())).collect(),
+        agents: c
+            .store()
+            .agents()?
+            .iter()
+            .map(|a| views::agent_info(a, projects.as_deref(), c.watching(&a.target)))
+            .collect(),
     }))
 }
 

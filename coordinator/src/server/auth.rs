@@ -18,6 +18,8 @@ use super::Coordinator;
 pub struct AgentPeer {
     pub target: String,
     pub serial: String,
+    /// When the certificate of this call expires (unix seconds).
+    pub not_after_unix: i64,
 }
 
 /// The operator an Admin call comes from: a named, unrevoked credential.
@@ -68,7 +70,7 @@ pub fn agent_interceptor(c: Coordinator) -> impl FnMut(Request<()>) -> Result<Re
         }
         store.note_use(&target, &info.serial_hex)?;
         drop(store);
-        req.extensions_mut().insert(AgentPeer { target, serial: info.serial_hex });
+        req.extensions_mut().insert(AgentPeer { target, serial: info.serial_hex, not_after_unix: info.not_after_unix });
         Ok(req)
     }
 }

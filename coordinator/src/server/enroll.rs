@@ -76,6 +76,8 @@ impl enrollment_server::Enrollment for Coordinator {
                 &format!("agent enrolled, certificate serial {}", issued.serial_hex),
             )?;
         }
+        // Streams under the agent's old certificate end (the new one watches afresh).
+        self.watchers().drop_agent(&target_id);
         tracing::info!(target = %target_id, "agent enrolled");
         let (key, _) = self.keys();
         Ok(Response::new(proto::EnrollResponse {

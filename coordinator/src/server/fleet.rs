@@ -160,6 +160,13 @@ impl fleet_server::Fleet for Coordinator {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type WatchStream = super::watch::WatchStream;
+
+    async fn watch(&self, req: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = AgentPeer::of(&req)?;
+        Ok(Response::new(self.open_watch(peer)?))
+    }
+
     async fn report(&self, req: Request<proto::ReportRequest>) -> Result<Response<proto::ReportResponse>, Status> {
         let agent = AgentPeer::of(&req)?.target;
         let r = req.into_inner();

@@ -36,8 +36,8 @@ pub fn render(c: &Coordinator) -> Result<String> {
     head(&mut out, "dockfra_build_info", "gauge", "The coordinator's version.");
     let _ = writeln!(out, "dockfra_build_info{{version=\"{}\"}} 1", esc(dockfra_common::VERSION));
 
-    // Agents: connected means heard from within the target's silence limit (pull: three poll
-    // intervals; push: the last dial or status call within five minutes).
+    // Agents: connected means watching now, or heard from within the target's silence limit
+    // (pull: three poll intervals; push: the last dial or status call within five minutes).
     let mut connected = 0u64;
     let mut seen = String::new();
     for a in &agents {
@@ -48,7 +48,7 @@ pub fn render(c: &Coordinator) -> Result<String> {
             Some(t) if t.agent.mode == Mode::Pull => views::pull_silence_limit(t),
             _ => 300,
         };
-        if !a.revoked && now.saturating_sub(last.max(0) as u64) <= limit {
+        if !a.revoked && (c.watching(&a.target) || now.saturating_sub(last.max(0) as u64) <= limit) {
             connected += 1;
         }
     }
@@ -58,9 +58,11 @@ pub fn render(c: &Coordinator) -> Result<String> {
         &mut out,
         "dockfra_agents_connected",
         "gauge",
-        "Agents heard from recently (pull: within three poll intervals; push: five minutes).",
+        "Agents watching now or heard from recently (pull: within three poll intervals; push: five minutes).",
     );
     let _ = writeln!(out, "dockfra_agents_connected {connected}");
+    head(&mut out, "dockfra_agents_watching", "gauge", "Pull agents holding a watch stream now.");
+    let _ = writeln!(out, "dockfra_agents_watching {}", c.watchers().count());
     head(
         &mut out,
         "dockfra_agent_last_seen_timestamp_seconds",

@@ -50,6 +50,7 @@ mod report;
 mod rollout;
 mod upgrade;
 mod views;
+mod watch;
 mod web;
 
 pub use api::openapi_json;
@@ -128,6 +129,8 @@ pub struct Inner {
     notifier: std::sync::OnceLock<crate::notify::Notifier>,
     /// `check` runs one at a time (each sizes a bundle and asks agents).
     check_gate: tokio::sync::Semaphore,
+    /// Pull agents holding a watch stream.
+    watchers: watch::Watchers,
 }
 
 /// Modification time and length: a cheap fingerprint of a project file.
@@ -171,6 +174,7 @@ impl Coordinator {
             deploying: Mutex::new(Default::default()),
             production,
             agent_gates: Mutex::new(Default::default()),
+            watchers: Default::default(),
             notifier: std::sync::OnceLock::new(),
             check_gate: tokio::sync::Semaphore::new(1),
         };
@@ -303,8 +307,10 @@ impl Coordinator {
             .tls_config(tls)?
             // Connections whose peer vanished (a cut link, a NAT that forgot them) are
             // closed instead of holding a blob stream open for TCP's retransmission timeout.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Two minutes: pull agents ping their watch streams every minute (a ping read
+            // resets this timer), so an idle watching agent costs one ping a minute, not two.
+            .http2_keepalive_interval(Some(Duration::from_secs(120)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .initial_stream_window_size(dockfra_common::identity::H2_STREAM_WINDOW)
             .initial_connection_window_size(dockfra_common::identity::H2_CONNECTION_WINDOW)
             .max_frame_size(dockfra_common::identity::H2_MAX_FRAME)
@@ -562,6 +568,9 @@ impl Coordinator {
         for d in superseded {
             let by = if d.operator != operator { format!(" (taken over by {operator})") } else { String::new() };
             self.finish(&target.id, &d.id, "superseded", format!("replaced by {id} before the agent took it{by}"));
+        }
+        if online && target.agent.mode == config::Mode::Pull {
+            self.nudge(target.agent_name(), watch::Nudge::Order);
         }
         Ok(id)
     }

@@ -652,8 +652,26 @@ impl Coordinator {
         let mut bad = Vec::new();
         for t in members {
             let Some((project, target)) = projects.target(t) else { continue };
-            // A push agent is asked now (a pull agent's last poll is at most one interval old).
-            if target.agent.mode == dockfra_common::config::Mode::Push {
+            // A push agent is asked now, and so is a watching pull agent (it polls when told);
+            // another pull agent's last poll is at most one interval old.
+            let agent = target.agent_name();
+            if target.agent.mode == dockfra_common::config::Mode::Pull && self.watching(agent) {
+                let asked = self.store().agent(agent)?.and_then(|a| a.last_seen_unix).unwrap_or(0);
+                let asked_ms = dockfra_common::now_unix_ms();
+                if self.nudge(agent, super::watch::Nudge::Status) {
+                    // last_seen has whole seconds: wait for a poll stamped after the nudge's second.
+                    let fresh = async {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let seen = self.store().agent(agent).ok().flatten().and_then(|a| a.last_seen_unix);
+                            if seen.is_some_and(|s| s > asked || (s as u64) * 1000 > asked_ms) {
+                                return;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), fresh).await;
+                }
+            } else if target.agent.mode == dockfra_common::config::Mode::Push {
                 let asked = async {
                     let mut c = self.dial_agent(target).await.ok()?;
                     self.refresh_status(target.agent_name(), &mut c).await

@@ -47,7 +47,11 @@ pub fn event(e: &EventRow) -> proto::Event {
     }
 }
 
-pub fn agent_info(a: &AgentRow, projects: Option<&dockfra_common::config::Projects>) -> proto::AgentInfo {
+pub fn agent_info(
+    a: &AgentRow,
+    projects: Option<&dockfra_common::config::Projects>,
+    watching: bool,
+) -> proto::AgentInfo {
     let s = |k: &str| a.facts[k].as_str().unwrap_or_default().to_string();
     proto::AgentInfo {
         targets: projects.map(|p| p.of_agent(&a.target).map(|(_, t)| t.id.clone()).collect()).unwrap_or_default(),
@@ -62,6 +66,7 @@ pub fn agent_info(a: &AgentRow, projects: Option<&dockfra_common::config::Projec
         arch: s("arch"),
         hostname: s("hostname"),
         binary_sha256: s("binary_sha256"),
+        watching,
     }
 }
 
@@ -81,6 +86,16 @@ pub fn pull_silence_limit(target: &Target) -> u64 {
     (3 * target.agent.poll_interval.as_secs()).max(30)
 }
 
+/// What the coordinator knows of an agent's link besides its last-seen time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach<'a> {
+    Unknown,
+    /// A push agent that did not answer its last probe, and why.
+    Failed(&'a str),
+    /// A pull agent holding its watch stream now.
+    Watching,
+}
+
 /// The dot and its reason, from what the coordinator knows (see [`STATES`]).
 fn state_of(
     target: &Target,
@@ -88,7 +103,7 @@ fn state_of(
     last: Option<&DeploymentRow>,
     current_release: &str,
     health: &str,
-    unreachable: Option<&str>,
+    reach: Reach<'_>,
     now: u64,
 ) -> (&'static str, String) {
     if let Some(d) = last.filter(|d| d.finished_unix.is_none() && d.status != "exporting") {
@@ -103,11 +118,12 @@ fn state_of(
     if a.revoked {
         return ("unreachable", "its agent was revoked".into());
     }
-    if let Some(why) = unreachable {
+    if let Reach::Failed(why) = reach {
         return ("unreachable", why.to_string());
     }
-    if target.agent.mode == Mode::Pull {
-        // Enrolling counts as being heard from: a new agent polls right after.
+    if target.agent.mode == Mode::Pull && reach != Reach::Watching {
+        // A watching agent is connected now. Otherwise enrolling counts as being heard from
+        // (a new agent polls right after).
         match a.last_seen_unix.or(Some(a.enrolled_unix).filter(|e| *e > 0)) {
             None => return ("unreachable", "the agent has not polled yet".into()),
             Some(seen) => {
@@ -188,7 +204,11 @@ impl Coordinator {
             last.as_ref(),
             &current_release,
             &health,
-            probe.as_deref(),
+            match probe.as_deref() {
+                Some(why) => Reach::Failed(why),
+                None if self.watching(t.agent_name()) => Reach::Watching,
+                None => Reach::Unknown,
+            },
             dockfra_common::now_unix(),
         );
         let disk = status.get("disk").filter(|d| d.is_object()).map(|d| {
@@ -325,40 +345,52 @@ mod tests {
         let push = target("push");
         let pull = target("pull");
         let now = 1000;
-        assert_eq!(state_of(&push, None, None, "", "unknown", None, now).0, "never_deployed");
+        assert_eq!(state_of(&push, None, None, "", "unknown", Reach::Unknown, now).0, "never_deployed");
         let a = agent(Some(990));
-        assert_eq!(state_of(&push, Some(&a), None, "", "unknown", None, now).0, "never_deployed");
+        assert_eq!(state_of(&push, Some(&a), None, "", "unknown", Reach::Unknown, now).0, "never_deployed");
         assert_eq!(
-            state_of(&push, Some(&a), Some(&dep("running", false, "")), "", "unknown", None, now).0,
+            state_of(&push, Some(&a), Some(&dep("running", false, "")), "", "unknown", Reach::Unknown, now).0,
             "deploying"
         );
         assert_eq!(
-            state_of(&push, Some(&a), Some(&dep("succeeded", true, "")), "2-abc", "healthy", None, now).0,
+            state_of(&push, Some(&a), Some(&dep("succeeded", true, "")), "2-abc", "healthy", Reach::Unknown, now).0,
             "healthy"
         );
-        let (s, why) =
-            state_of(&push, Some(&a), Some(&dep("failed", true, "health check failed")), "1-x", "healthy", None, now);
+        let (s, why) = state_of(
+            &push,
+            Some(&a),
+            Some(&dep("failed", true, "health check failed")),
+            "1-x",
+            "healthy",
+            Reach::Unknown,
+            now,
+        );
         assert_eq!(s, "failed");
         assert!(why.contains("health check failed"), "{why}");
-        assert_eq!(state_of(&push, Some(&a), None, "1-x", "unhealthy", None, now).0, "failed");
+        assert_eq!(state_of(&push, Some(&a), None, "1-x", "unhealthy", Reach::Unknown, now).0, "failed");
         let (s, _) = state_of(
             &push,
             Some(&a),
             Some(&dep("failed", true, "cannot reach the agent of \"edge\"")),
             "",
             "",
-            None,
+            Reach::Unknown,
             now,
         );
         assert_eq!(s, "unreachable");
         // A pull agent silent for longer than three poll intervals (30 s at least).
-        assert_eq!(state_of(&pull, Some(&agent(Some(900))), None, "1-x", "healthy", None, now).0, "unreachable");
-        assert_eq!(state_of(&pull, Some(&agent(Some(980))), None, "1-x", "healthy", None, now).0, "healthy");
+        assert_eq!(
+            state_of(&pull, Some(&agent(Some(900))), None, "1-x", "healthy", Reach::Unknown, now).0,
+            "unreachable"
+        );
+        assert_eq!(state_of(&pull, Some(&agent(Some(980))), None, "1-x", "healthy", Reach::Unknown, now).0, "healthy");
+        // … unless it holds its watch stream now (it reports at longer intervals then).
+        assert_eq!(state_of(&pull, Some(&agent(Some(900))), None, "1-x", "healthy", Reach::Watching, now).0, "healthy");
         let mut revoked = agent(Some(999));
         revoked.revoked = true;
-        assert_eq!(state_of(&push, Some(&revoked), None, "1-x", "healthy", None, now).0, "unreachable");
+        assert_eq!(state_of(&push, Some(&revoked), None, "1-x", "healthy", Reach::Unknown, now).0, "unreachable");
         // A push agent that did not answer its last probe.
-        let (s, why) = state_of(&push, Some(&a), None, "1-x", "healthy", Some("connection refused"), now);
+        let (s, why) = state_of(&push, Some(&a), None, "1-x", "healthy", Reach::Failed("connection refused"), now);
         assert_eq!((s, why.as_str()), ("unreachable", "connection refused"));
     }
 }

@@ -1,0 +1,199 @@
+//! Watch streams: pull agents without the wait. A pull agent holds one long-lived
+//! `Fleet.Watch` stream; when an order is queued for it (or the coordinator wants a fresh
+//! status, as at the end of a canary soak) the coordinator says so on that stream and the
+//! agent polls at once. Nothing an order carries travels here: the poll that follows is the
+//! same signed, floor-checked hand-out as a scheduled one, so a watch can only make an agent
+//! poll sooner, never make it take anything it would not have taken.
+//!
+//! One entry per agent: the serial of the certificate its streams were opened with and a
+//! `tokio::sync::watch` sender whose value counts the nudges (several nudges before the
+//! agent reads coalesce into one poll). A stream ends when the agent goes away, is revoked,
+//! re-enrolls or renews (a stream under a newer certificate replaces the entry), or when
+//! the certificate it was opened with expires.
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::Status;
+
+use dockfra_common::proto;
+
+use super::{AgentPeer, Coordinator};
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
+
+/// Why an agent is told to poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nudge {
+    /// The greeting: the stream is up (the agent polls once to catch up).
+    Watching,
+    /// An order was queued for it.
+    Order,
+    /// The coordinator wants its status now.
+    Status,
+}
+
+impl Nudge {
+    fn as_str(self) -> &'static str {
+        match self {
+            Nudge::Watching => "watching",
+            Nudge::Order => "order",
+            Nudge::Status => "status",
+        }
+    }
+}
+
+struct Entry {
+    serial: String,
+    tx: watch::Sender<(u64, Nudge)>,
+}
+
+/// The agents holding a watch stream (see the module doc).
+#[derive(Default)]
+pub struct Watchers {
+    map: Mutex<HashMap<String, Entry>>,
+}
+
+impl Watchers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver for `agent`'s nudges under certificate `serial`. A newer serial replaces
+    /// the entry, which ends the streams of the old one.
+    fn subscribe(&self, agent: &str, serial: &str) -> watch::Receiver<(u64, Nudge)> {
+        let mut map = self.lock();
+        match map.get(agent) {
+            Some(e) if e.serial == serial => e.tx.subscribe(),
+            _ => {
+                let (tx, rx) = watch::channel((0, Nudge::Watching));
+                map.insert(agent.to_string(), Entry { serial: serial.to_string(), tx });
+                rx
+            }
+        }
+    }
+
+    /// Tell `agent` to poll now. False when it holds no stream.
+    pub fn nudge(&self, agent: &str, why: Nudge) -> bool {
+        let mut map = self.lock();
+        let Some(e) = map.get(agent) else { return false };
+        if e.tx.receiver_count() == 0 {
+            map.remove(agent);
+            return false;
+        }
+        e.tx.send_modify(|(n, w)| {
+            *n += 1;
+            *w = why;
+        });
+        true
+    }
+
+    /// End `agent`'s streams (revoked, or enrolled again).
+    pub fn drop_agent(&self, agent: &str) {
+        self.lock().remove(agent);
+    }
+
+    /// Does `agent` hold a stream now?
+    pub fn watching(&self, agent: &str) -> bool {
+        self.lock().get(agent).is_some_and(|e| e.tx.receiver_count() > 0)
+    }
+
+    /// How many agents hold a stream now.
+    pub fn count(&self) -> usize {
+        self.lock().values().filter(|e| e.tx.receiver_count() > 0).count()
+    }
+}
+
+impl Coordinator {
+    /// Tell `agent` to poll now, if it watches.
+    pub(super) fn nudge(&self, agent: &str, why: Nudge) -> bool {
+        self.inner.watchers.nudge(agent, why)
+    }
+
+    /// Does `agent` hold a watch stream now?
+    pub(super) fn watching(&self, agent: &str) -> bool {
+        self.inner.watchers.watching(agent)
+    }
+
+    pub(super) fn watchers(&self) -> &Watchers {
+        &self.inner.watchers
+    }
+
+    /// `Fleet.Watch`: refused for an agent none of whose targets is a pull target that
+    /// watches (`agent: {mode: pull, watch: true}`, the default); it polls then.
+    pub(super) fn open_watch(&self, peer: AgentPeer) -> Result<WatchStream, Status> {
+        let projects = self.projects()?;
+        let mut targets = projects.of_agent(&peer.target).map(|(_, t)| t).peekable();
+        if targets.peek().is_none() {
+            return Err(Status::not_found(format!("agent {:?} serves no target of this coordinator", peer.target)));
+        }
+        if !targets.any(|t| t.agent.mode == dockfra_common::config::Mode::Pull && t.agent.watch) {
+            return Err(Status::failed_precondition(format!(
+                "agent {:?} does not watch (its targets are push, or set agent.watch: false): it polls",
+                peer.target
+            )));
+        }
+        let mut rx = self.inner.watchers.subscribe(&peer.target, &peer.serial);
+        let left = (peer.not_after_unix - dockfra_common::now_unix() as i64).max(0) as u64;
+        let (tx, out) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let expired = tokio::time::sleep(Duration::from_secs(left));
+            tokio::pin!(expired);
+            let mut why = Nudge::Watching;
+            loop {
+                if tx.send(Ok(proto::WatchEvent { reason: why.as_str().into() })).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return; // revoked, enrolled again, or replaced by a newer certificate
+                        }
+                        why = rx.borrow_and_update().1;
+                    }
+                    _ = &mut expired => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nudges_reach_subscribers_coalesce_and_end_with_the_entry() {
+        let w = Watchers::default();
+        assert!(!w.nudge("a", Nudge::Order), "nobody watches yet");
+        let mut rx = w.subscribe("a", "s1");
+        assert!(w.watching("a") && !w.watching("b"));
+        assert_eq!(w.count(), 1);
+        assert!(w.nudge("a", Nudge::Order));
+        assert!(w.nudge("a", Nudge::Status));
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), (2, Nudge::Status), "two nudges, one wake-up, the last reason");
+        // A newer certificate replaces the entry: the old stream's receiver ends.
+        let _rx2 = w.subscribe("a", "s2");
+        assert!(rx.changed().await.is_err());
+        assert!(w.watching("a"));
+        w.drop_agent("a");
+        assert!(!w.watching("a") && w.count() == 0);
+    }
+
+    #[test]
+    fn an_agent_whose_streams_all_closed_is_not_watching() {
+        let w = Watchers::default();
+        let rx = w.subscribe("a", "s1");
+        drop(rx);
+        assert!(!w.watching("a"));
+        assert!(!w.nudge("a", Nudge::Order));
+        assert_eq!(w.count(), 0);
+    }
+}
