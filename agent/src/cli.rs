@@ -65,7 +65,9 @@ pub enum Command {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Run in the mode the target declares: push (listen for the coordinator) or pull (poll it).
+    /// Run in the mode the target declares: push (listen for the coordinator) or pull (hold a
+    /// watch stream to the coordinator, which says at once when an order waits; poll on the
+    /// interval whenever the stream cannot be held).
     Run {
         /// Push mode: the address to listen on (default: `listen` in the --config file, else
         /// 0.0.0.0:<agent.port>).

@@ -324,7 +324,11 @@ impl Coordinator {
             match target.agent.mode {
                 Mode::Push => this.push(target, tx).await,
                 Mode::Pull => {
-                    let msg = format!("queued for pull target {:?}: the agent picks it up at its next poll", target.id);
+                    let msg = if this.watching(target.agent_name()) {
+                        format!("queued for pull target {:?}: its agent watches and was told at once", target.id)
+                    } else {
+                        format!("queued for pull target {:?}: the agent picks it up at its next poll", target.id)
+                    };
                     if !wait {
                         let _ = tx.send(Ok(Self::event(&deployment_id, "Queued", msg, Some("queued")))).await;
                         return;
