@@ -28,18 +28,27 @@ pub enum BlobError {
 }
 
 /// Receives blob chunks, writes each to a temp file, and moves it into the store only when
-/// its sha256 matches its name. Sizes are capped at what the manifest says.
+/// its sha256 matches its name and it is fsynced (behind the writer: the next blob is received
+/// while the disk flushes the last; [`BlobWriter::finish`] waits for all). Sizes are capped
+/// at what the manifest says.
 pub struct BlobWriter {
     dir: PathBuf,
     expected: BTreeMap<String, u64>,
     open: Option<(String, std::fs::File, sha2::Sha256, u64, PathBuf)>,
+    behind: dockfra_common::SyncBehind,
     pub bytes: u64,
 }
 
 impl BlobWriter {
     pub fn new(dir: PathBuf, expected: BTreeMap<String, u64>) -> Result<Self, BlobError> {
         std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir.clone(), source })?;
-        Ok(Self { dir, expected, open: None, bytes: 0 })
+        Ok(Self { dir, expected, open: None, behind: Default::default(), bytes: 0 })
+    }
+
+    /// Wait until every blob checked so far is durable in the store; the first that could not
+    /// be made so is named.
+    pub fn finish(&mut self) -> Result<(), BlobError> {
+        self.behind.finish().map_err(|source| BlobError::Io { path: self.dir.clone(), source })
     }
 
     pub fn remaining(&self) -> usize {
@@ -82,10 +91,13 @@ impl BlobWriter {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(BlobError::Hash { digest: name, actual });
             }
-            stamp(&file, &name).map_err(ioe(&tmp))?;
-            file.set_permissions(read_only(0o444)).map_err(ioe(&tmp))?;
-            file.sync_all().map_err(ioe(&tmp))?;
-            std::fs::rename(&tmp, self.dir.join(&name)).map_err(ioe(&tmp))?;
+            let checked = stamp(&file, &name).and_then(|()| file.set_permissions(read_only(0o444)));
+            if let Err(e) = checked {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(BlobError::Io { path: tmp, source: e });
+            }
+            let dest = self.dir.join(&name);
+            self.behind.put(file, tmp, dest);
             self.expected.remove(&name);
         }
         Ok(())
@@ -208,6 +220,7 @@ mod tests {
         let mut w = BlobWriter::new(dir.clone(), [(good.clone(), 11)].into()).unwrap();
         w.chunk(&good, 0, b"hello ", false).unwrap();
         w.chunk(&good, 6, b"world", true).unwrap();
+        w.finish().unwrap();
         assert_eq!(std::fs::read(dir.join(&good)).unwrap(), b"hello world");
         assert_eq!(w.remaining(), 0);
 

@@ -572,7 +572,9 @@ async fn apply(state: &StateDir, runner: Arc<dyn Runner>, limits: Limits, file: 
             }
         },
     );
+    let synced = writer.borrow_mut().as_mut().map(BlobWriter::finish).unwrap_or(Ok(()));
     drop(writer);
+    let read = read.and_then(|r| synced.map(|()| r).map_err(|e| bundle::BundleError::Archive(e.to_string())));
     if let Err(e) = read {
         let _ = std::fs::remove_dir_all(&staging);
         bail!("{}: {e}", file.display());

@@ -376,7 +376,12 @@ impl Executor {
                     let fetched = source.fetch(&v.bundle_id, &mut w, missing.clone()).await;
                     em.bytes += w.bytes;
                     let left = w.remaining();
+                    // What arrived whole is kept (a cut transfer resumes from it), once durable.
+                    let synced = w.finish();
                     drop(w);
+                    if let Err(e) = synced {
+                        return self.abandon(v, em, format!("storing blobs: {e}"));
+                    }
                     match fetched {
                         Ok(()) if left == 0 => {}
                         Ok(()) => return self.abandon(v, em, format!("fetching blobs: {left} blob(s) never arrived")),
@@ -846,6 +851,7 @@ impl Executor {
     }
 
     fn remembered_status(&self, facts: Option<proto::Facts>) -> proto::AgentStatus {
+        let facts_digest = facts.as_ref().map(dockfra_common::facts_digest).unwrap_or_default();
         let (free, total) = self.state.free_space().unwrap_or((0, 0));
         let p = match self.state.persisted() {
             Ok(p) => p,
@@ -853,6 +859,7 @@ impl Executor {
                 return proto::AgentStatus {
                     target: self.target.clone(),
                     facts,
+                    facts_digest,
                     state_error: e.to_string(),
                     disk: Some(proto::DiskUsage { free_bytes: free, total_bytes: total, ..Default::default() }),
                     host: Some(crate::facts::host_usage()),
@@ -871,6 +878,7 @@ impl Executor {
         proto::AgentStatus {
             target: self.target.clone(),
             facts,
+            facts_digest,
             last_desired_sequence: self.floor_of(&p).last_desired_sequence,
             apps: p
                 .apps

@@ -226,17 +226,24 @@ pub struct Polled {
     pub next_ms: Option<u64>,
     /// An order was carried out: poll again at once (the agent may have more queued).
     pub took_order: bool,
+    /// The coordinator holds our facts: the next poll may leave them out.
+    pub facts_held: bool,
+    /// The poll left the facts out and the coordinator does not hold them: poll again at
+    /// once, with them.
+    pub resend: bool,
 }
 
 /// One poll: report what is unacknowledged, get an assignment, carry it out, report events.
 /// `link`: the watch stream's channel while one is held (a poll then costs no handshake); an
 /// order's blobs and reports always go over a channel of their own, whose fast keep-alive
-/// notices a cut link within seconds.
+/// notices a cut link within seconds. `facts_held`: the last poll's answer said the
+/// coordinator holds our facts, so this one sends only their digest.
 pub async fn poll_once(
     exec: &Executor,
     state: &StateDir,
     facts: &proto::Facts,
     link: Option<Channel>,
+    facts_held: bool,
 ) -> Result<Polled> {
     let cfg = state.config()?;
     let watched = link.is_some();
@@ -245,7 +252,11 @@ pub async fn poll_once(
         None => coordinator_channel(state, &cfg).await?,
     };
     let mut client = fleet_client::FleetClient::new(ch).max_decoding_message_size(64 << 20);
-    let status = exec.status(Some(facts.clone())).await;
+    let mut status = exec.status(Some(facts.clone())).await;
+    let digest = status.facts_digest.clone();
+    if facts_held {
+        status.facts = None;
+    }
     // Bounded: the watch link has no deadline of its own and is pinged only once a minute,
     // so a call on a link that died silently must not wait for that.
     let asked = async {
@@ -260,11 +271,13 @@ pub async fn poll_once(
         .map_err(|_| anyhow::anyhow!("no answer to the poll in {}s", POLL_CALL.as_secs()))??
         .into_inner();
     let next_ms = (r.poll_interval_ms > 0).then_some(r.poll_interval_ms);
+    let held = r.facts_digest == digest;
+    let polled = Polled { next_ms, took_order: false, facts_held: held, resend: facts_held && !held };
     // A new agent on trial has reached the coordinator: the upgrade stays, and says so now.
     if crate::upgrade::confirm(state)? {
         flush_outbox(&mut client, state, Some(exec.status(Some(facts.clone())).await)).await?;
     }
-    let Some(a) = r.assignment else { return Ok(Polled { next_ms, took_order: false }) };
+    let Some(a) = r.assignment else { return Ok(polled) };
     if watched {
         let ch = coordinator_channel(state, &cfg).await?;
         client = fleet_client::FleetClient::new(ch).max_decoding_message_size(64 << 20);
@@ -296,7 +309,7 @@ pub async fn poll_once(
             .await
             .map_err(|s| anyhow::anyhow!("report refused: {}", s.message()))?;
     }
-    Ok(Polled { next_ms, took_order: true })
+    Ok(Polled { took_order: true, ..polled })
 }
 
 /// Random jitter of ±10%.
@@ -343,6 +356,7 @@ pub async fn pull_loop(
     let _watcher = AbortOnDrop(tokio::spawn(watch.run(wake_tx)));
     let held = || link.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut failures = 0u32;
+    let mut facts_held = false;
     loop {
         match renew_if_due(&state).await {
             // The stream was opened with the old certificate: open it again with the new one.
@@ -352,7 +366,7 @@ pub async fn pull_loop(
         }
         let link = held();
         let watched = link.is_some();
-        let polled = poll_once(&exec, &state, &facts, link).await;
+        let polled = poll_once(&exec, &state, &facts, link, facts_held).await;
         if crate::upgrade::restart_requested() {
             return Ok(());
         }
@@ -365,7 +379,8 @@ pub async fn pull_loop(
                 if let Some(ms) = p.next_ms {
                     interval = Duration::from_millis(ms.max(100));
                 }
-                if p.took_order {
+                facts_held = p.facts_held;
+                if p.took_order || p.resend {
                     Duration::ZERO
                 } else if held().is_some() {
                     jitter(heartbeat(interval))
@@ -374,6 +389,7 @@ pub async fn pull_loop(
                 }
             }
             Err(e) => {
+                facts_held = false;
                 if watched {
                     // The stream's connection failed us: open a fresh one.
                     rewatch.notify_one();

@@ -535,6 +535,7 @@ mod tests {
         let mut w = crate::blobs::BlobWriter::new(blobs.to_path_buf(), [(digest.clone(), content.len() as u64)].into())
             .unwrap();
         w.chunk(&digest, 0, content, true).unwrap();
+        w.finish().unwrap();
         digest
     }
 

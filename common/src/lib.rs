@@ -30,6 +30,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// What an agent's facts are known by on the wire (`AgentStatus.facts_digest`): the first
+/// 16 bytes of the sha256 of their protobuf encoding, in hex. Only the agent computes it; the
+/// coordinator keeps the digest it was sent beside the facts it was sent.
+pub fn facts_digest(facts: &proto::Facts) -> String {
+    use prost::Message as _;
+    let mut d = sha256_hex(&facts.encode_to_vec());
+    d.truncate(32);
+    d
+}
+
 /// Hex sha256 and length of a file's content, read in 256 KiB pieces.
 pub fn sha256_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     use sha2::Digest as _;
@@ -104,6 +114,93 @@ pub fn free_space(path: &std::path::Path) -> Option<(u64, u64)> {
     Some((s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize)))
 }
 
+/// Files made durable and moved into place behind the writer's back: [`SyncBehind::put`]
+/// hands over a written temp file and its final name, and a thread fsyncs the file and then
+/// renames it in, while the caller goes on writing the next one (the disk flushes one file as
+/// the next is received or copied, instead of the writer stopping for each). A final name only
+/// ever holds fsynced content. [`SyncBehind::finish`] waits for all, fsyncs the directories
+/// renamed into, and says which file failed first; dropping it waits too.
+pub struct SyncBehind {
+    tx: Option<std::sync::mpsc::SyncSender<(std::fs::File, std::path::PathBuf, std::path::PathBuf)>>,
+    worker: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Default for SyncBehind {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyncBehind {
+    /// At most this many files wait for their fsync (each holds its descriptor): a writer
+    /// faster than the disk then waits for it.
+    const QUEUE: usize = 16;
+
+    pub fn new() -> Self {
+        Self { tx: None, worker: None }
+    }
+
+    /// Fsync `file` (written at `tmp`) and rename it to `dest`, in the background. On failure
+    /// the temp file is removed and [`finish`](Self::finish) reports it.
+    pub fn put(&mut self, file: std::fs::File, tmp: std::path::PathBuf, dest: std::path::PathBuf) {
+        if self.tx.is_none() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(Self::QUEUE);
+            self.tx = Some(tx);
+            self.worker = Some(std::thread::spawn(move || Self::work(rx)));
+        }
+        if let Some(tx) = &self.tx {
+            // The worker only stops when the sender is dropped.
+            let _ = tx.send((file, tmp, dest));
+        }
+    }
+
+    fn work(
+        rx: std::sync::mpsc::Receiver<(std::fs::File, std::path::PathBuf, std::path::PathBuf)>,
+    ) -> std::io::Result<()> {
+        let mut first: Option<std::io::Error> = None;
+        let mut dirs = std::collections::BTreeSet::new();
+        for (file, tmp, dest) in rx {
+            let done = if first.is_some() {
+                Err(std::io::Error::other("an earlier file failed"))
+            } else {
+                file.sync_all().and_then(|()| std::fs::rename(&tmp, &dest))
+            };
+            match done {
+                Ok(()) => {
+                    dirs.insert(dest.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    if first.is_none() {
+                        first = Some(std::io::Error::new(e.kind(), format!("{}: {e}", dest.display())));
+                    }
+                }
+            }
+        }
+        for d in &dirs {
+            if let Err(e) = fsync_dir(d) {
+                first.get_or_insert(std::io::Error::new(e.kind(), format!("{}: {e}", d.display())));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Wait until every file handed over is durable under its final name.
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        self.tx = None;
+        match self.worker.take() {
+            Some(w) => w.join().unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SyncBehind {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// fsync a directory so a rename inside it is durable.
 pub fn fsync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -135,5 +232,42 @@ pub fn is_root() -> bool {
     match std::fs::metadata("/proc/self") {
         Ok(m) => m.uid() == 0,
         Err(_) => std::env::var_os("HOME").and_then(|h| std::fs::metadata(h).ok()).is_some_and(|m| m.uid() == 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_behind_renames_each_file_in_once_it_is_durable_and_names_a_failure() {
+        let dir = std::env::temp_dir().join(format!("dkf-syncbehind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = SyncBehind::new();
+        for i in 0..40 {
+            let tmp = dir.join(format!(".part-{i}"));
+            std::fs::write(&tmp, format!("file {i}")).unwrap();
+            s.put(std::fs::File::open(&tmp).unwrap(), tmp, dir.join(format!("f{i}")));
+        }
+        s.finish().unwrap();
+        for i in 0..40 {
+            assert_eq!(std::fs::read_to_string(dir.join(format!("f{i}"))).unwrap(), format!("file {i}"));
+            assert!(!dir.join(format!(".part-{i}")).exists());
+        }
+        // A rename that cannot happen (no such directory): reported by name, its temp file gone,
+        // and nothing after it is renamed in.
+        let tmp = dir.join(".part-bad");
+        std::fs::write(&tmp, "x").unwrap();
+        s.put(std::fs::File::open(&tmp).unwrap(), tmp.clone(), dir.join("missing/f"));
+        let after = dir.join(".part-after");
+        std::fs::write(&after, "y").unwrap();
+        s.put(std::fs::File::open(&after).unwrap(), after.clone(), dir.join("after"));
+        let e = s.finish().unwrap_err();
+        assert!(e.to_string().contains("missing/f"), "{e}");
+        assert!(!tmp.exists() && !after.exists() && !dir.join("after").exists());
+        // Nothing handed over: nothing to wait for.
+        SyncBehind::new().finish().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -80,6 +80,8 @@ struct Sim {
     tls: ClientTlsConfig,
     local: IpAddr,
     state: Mutex<(u64, String, String)>, // floor, current release, last deployment
+    /// The coordinator said it holds our facts: polls leave them out, as the agent's do.
+    facts_held: std::sync::atomic::AtomicBool,
 }
 
 fn local_addr(i: usize) -> IpAddr {
@@ -113,9 +115,11 @@ fn facts() -> proto::Facts {
 impl Sim {
     fn status(&self) -> proto::AgentStatus {
         let (floor, current, last) = self.state.lock().unwrap().clone();
+        let facts = facts();
         proto::AgentStatus {
             target: self.name.clone(),
-            facts: Some(facts()),
+            facts_digest: dockfra_common::facts_digest(&facts),
+            facts: (!self.facts_held.load(Ordering::Relaxed)).then_some(facts),
             last_desired_sequence: floor,
             apps: (!current.is_empty())
                 .then(|| proto::AppStatus {
@@ -143,8 +147,11 @@ impl Sim {
 
     /// One poll; an order is fetched whole and reported live.
     async fn poll(&self, fc: &mut FleetClient<Channel>, stats: &Stats) -> Result<()> {
-        let r = fc.poll(proto::PollRequest { status: Some(self.status()) }).await?.into_inner();
+        let status = self.status();
+        let digest = status.facts_digest.clone();
+        let r = fc.poll(proto::PollRequest { status: Some(status) }).await?.into_inner();
         stats.polls.fetch_add(1, Ordering::Relaxed);
+        self.facts_held.store(r.facts_digest == digest, Ordering::Relaxed);
         let Some(a) = r.assignment else { return Ok(()) };
         let d: DesiredState = serde_json::from_slice(&a.desired.context("no desired state")?.payload)?;
         let m = Manifest::parse(&a.manifest.context("no manifest")?.manifest)?;
@@ -293,6 +300,7 @@ async fn main() -> Result<()> {
                 tls,
                 local: local_addr(i),
                 state: Mutex::new((0, String::new(), String::new())),
+                facts_held: Default::default(),
             }))
         }));
     }

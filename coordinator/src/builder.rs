@@ -131,28 +131,40 @@ fn walk(app_dir: &Path, project_file: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Copy a file into the blob store under its sha256; returns (digest, size). A file whose
-/// blob is already there is only read (a redeploy rewrites none of its unchanged files); a
-/// new one is copied, and the copy is hashed, not the source, so a file that changes while we
-/// read it can never leave a blob whose content does not match its name.
+/// Copy a file into the blob store under its sha256; returns (digest, size), once the blob is
+/// durable. A file whose blob is already there is only read (a redeploy rewrites none of its
+/// unchanged files); a new one is copied, and the copy is hashed, not the source, so a file
+/// that changes while we read it can never leave a blob whose content does not match its name.
 pub fn store_blob(blobs: &Path, src: &Path) -> Result<(String, u64)> {
+    let mut behind = dockfra_common::SyncBehind::new();
+    let stored = store_blob_behind(blobs, src, &mut behind)?;
+    behind.finish().with_context(|| format!("cannot store blob for {}", src.display()))?;
+    Ok(stored)
+}
+
+/// [`store_blob`], the copy fsynced and renamed in by `behind` while the caller copies the
+/// next file: the blob is in the store once `behind` finished.
+fn store_blob_behind(blobs: &Path, src: &Path, behind: &mut dockfra_common::SyncBehind) -> Result<(String, u64)> {
     use sha2::Digest as _;
     use std::io::Write;
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (digest, size) = dockfra_common::sha256_file(src).with_context(|| format!("cannot read {}", src.display()))?;
     if std::fs::metadata(blobs.join(&digest)).is_ok_and(|m| m.len() == size) {
         return Ok((digest, size));
     }
     let mut f = std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let tmp = blobs.join(format!(".incoming-{}-{:?}", std::process::id(), std::thread::current().id()));
+    // Unique per copy: several may wait for their fsync at once.
+    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = blobs.join(format!(".incoming-{}-{n}", std::process::id()));
     let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     let copied = (|| -> std::io::Result<()> {
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {
-                return out.sync_all();
+                return Ok(());
             }
             size += n as u64;
             h.update(&buf[..n]);
@@ -164,7 +176,7 @@ pub fn store_blob(blobs: &Path, src: &Path) -> Result<(String, u64)> {
         return Err(e).with_context(|| format!("cannot store blob for {}", src.display()));
     }
     let digest = hex::encode(h.finalize());
-    std::fs::rename(&tmp, blobs.join(&digest))?;
+    behind.put(out, tmp, blobs.join(&digest));
     Ok((digest, size))
 }
 
@@ -1146,6 +1158,7 @@ pub fn build(
         .filter(|e| Some(*e) != own)
         .map(|e| if env_rel.is_empty() { format!(".env.{e}") } else { format!("{env_rel}/.env.{e}") })
         .collect();
+    let mut behind = dockfra_common::SyncBehind::new();
     for (rel, abs) in walk(app_dir, &project.file)? {
         if others.contains(&rel) {
             continue;
@@ -1168,7 +1181,7 @@ pub fn build(
                 link: Some(to),
             });
         } else if meta.file_type().is_file() {
-            let (digest, size) = if dry { hash_file(&abs)? } else { store_blob(blobs, &abs)? };
+            let (digest, size) = if dry { hash_file(&abs)? } else { store_blob_behind(blobs, &abs, &mut behind)? };
             files.push(FileEntry { path: rel, kind: EntryKind::File, mode, size, sha256: digest, link: None });
         } else {
             bail!("app file {} is not a regular file, directory or symlink", abs.display());
@@ -1186,6 +1199,8 @@ pub fn build(
             link: None,
         });
     }
+    // Every blob durable in the store before anything names it.
+    behind.finish().context("cannot store the app's files in the blob store")?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let content: BTreeMap<&str, &str> = files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())).collect();
     let content_id = dockfra_common::sha256_hex(serde_json::to_string(&content)?.as_bytes());

@@ -101,6 +101,9 @@ const MIGRATIONS: &[&str] = &[
     // 5: a release looked up by its name (`status` does it for every release an agent
     // keeps) is an index lookup, however long the target's history.
     "CREATE INDEX releases_name ON releases(target, release);",
+    // 6: the digest the agent gave its facts: a poll that names the digest of the facts
+    // held here leaves them out.
+    "ALTER TABLE agents ADD COLUMN facts_digest TEXT NOT NULL DEFAULT '';",
 ];
 
 pub struct Store {
@@ -117,6 +120,9 @@ pub struct AgentRow {
     pub last_seen_unix: Option<i64>,
     pub facts: serde_json::Value,
     pub status: serde_json::Value,
+    /// What the agent called `facts` ([`dockfra_common::facts_digest`]); empty when unknown.
+    #[serde(skip)]
+    pub facts_digest: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -564,7 +570,8 @@ impl Store {
             .execute("UPDATE certs SET revoked = 1 WHERE target = ?1 AND serial != ?2", params![target, serial])?;
         self.conn.execute(
             "INSERT INTO agents (target, serial, cert_not_after, enrolled_unix, facts_json) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(target) DO UPDATE SET serial = ?2, cert_not_after = ?3, enrolled_unix = ?4, revoked = 0, facts_json = ?5",
+             ON CONFLICT(target) DO UPDATE SET serial = ?2, cert_not_after = ?3, enrolled_unix = ?4, revoked = 0, facts_json = ?5,
+                facts_digest = ''",
             params![target, serial, not_after, dockfra_common::now_unix() as i64, facts.to_string()],
         )?;
         Ok(())
@@ -613,23 +620,31 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// `facts`: the facts as JSON and the digest the agent gave them (empty: none).
     pub fn touch_agent(
         &self,
         target: &str,
         status: Option<&serde_json::Value>,
-        facts: Option<&serde_json::Value>,
+        facts: Option<(&serde_json::Value, &str)>,
     ) -> Result<()> {
         self.conn.execute(
-            "UPDATE agents SET last_seen_unix = ?2, status_json = COALESCE(?3, status_json), facts_json = COALESCE(?4, facts_json)
+            "UPDATE agents SET last_seen_unix = ?2, status_json = COALESCE(?3, status_json), facts_json = COALESCE(?4, facts_json),
+                facts_digest = COALESCE(?5, facts_digest)
              WHERE target = ?1",
-            params![target, dockfra_common::now_unix() as i64, status.map(|s| s.to_string()), facts.map(|f| f.to_string())],
+            params![
+                target,
+                dockfra_common::now_unix() as i64,
+                status.map(|s| s.to_string()),
+                facts.map(|(f, _)| f.to_string()),
+                facts.map(|(_, d)| d)
+            ],
         )?;
         Ok(())
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRow>> {
         let mut st = self.conn.prepare(
-            "SELECT target, serial, cert_not_after, enrolled_unix, revoked, last_seen_unix, facts_json, status_json
+            "SELECT target, serial, cert_not_after, enrolled_unix, revoked, last_seen_unix, facts_json, status_json, facts_digest
              FROM agents ORDER BY target",
         )?;
         let rows = st.query_map([], Self::agent_from_row)?;
@@ -639,7 +654,7 @@ impl Store {
     /// One target's agent (an indexed lookup, not a scan).
     pub fn agent(&self, target: &str) -> Result<Option<AgentRow>> {
         let mut st = self.conn.prepare(
-            "SELECT target, serial, cert_not_after, enrolled_unix, revoked, last_seen_unix, facts_json, status_json
+            "SELECT target, serial, cert_not_after, enrolled_unix, revoked, last_seen_unix, facts_json, status_json, facts_digest
              FROM agents WHERE target = ?1",
         )?;
         Ok(st.query_row([target], Self::agent_from_row).optional()?)
@@ -655,6 +670,7 @@ impl Store {
             last_seen_unix: r.get(5)?,
             facts: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
             status: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+            facts_digest: r.get(8)?,
         })
     }
 

@@ -147,6 +147,15 @@ targets:
     let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
     assert!(metrics.contains("\ndockfra_agents_watching 1\n"), "{metrics}");
     assert!(metrics.contains("\ndockfra_agents_connected 2\n"), "{metrics}");
+    // Since the restart the agents have polled with their facts about once each (the first
+    // poll after a failed one sends them), then by digest only.
+    let polls = |facts: &str| -> u64 {
+        let key = format!("dockfra_polls_total{{facts=\"{facts}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("no {key}: {metrics}"));
+        line[key.len()..].parse().unwrap()
+    };
+    assert_eq!(polls("asked"), 0, "{metrics}");
+    assert!(polls("sent") <= 4 && polls("held") >= 2, "{metrics}");
 
     // Revoked: the stream ends now, not at the certificate's expiry.
     w.coord(&["agents", "revoke", "nat-watch"]).ok();
@@ -154,6 +163,78 @@ targets:
     std::thread::sleep(Duration::from_secs(1));
     assert!(!watching("nat-watch"), "the revoked agent watches again");
     drop(coord);
+}
+
+/// An idle agent's polls are mostly its facts, which change only when it restarts: once the
+/// coordinator says it holds them (by the digest the agent gave them) a poll names the digest
+/// instead. The coordinator judges what the agent can take by the held facts, and asks for
+/// them again when a digest matches nothing it holds.
+#[test]
+fn a_poll_names_facts_the_coordinator_holds_by_their_digest() {
+    use dockfra_common::proto::{self, fleet_client::FleetClient};
+    use dockfra_common::{facts_digest, identity};
+    let w = World::new("facts-digest");
+    project(&w, free_port(), "", "");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+    let agent = Agent::new(&w, "a");
+    agent.enroll(&url, &w.token("edge-pull")).ok();
+    let read = |f: &str| std::fs::read_to_string(agent.state.join("identity").join(f)).unwrap();
+    let tls = identity::client_tls(&read("ca.pem"), &read("cert.pem"), &read("key.pem"), identity::COORDINATOR_DNS);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut c = FleetClient::new(rt.block_on(identity::connect(&url, tls, Duration::from_secs(5))).unwrap());
+    let mut poll = |facts: Option<&proto::Facts>, digest: &str| {
+        let status = proto::AgentStatus {
+            target: "edge-pull".into(),
+            facts: facts.cloned(),
+            facts_digest: digest.into(),
+            ..Default::default()
+        };
+        rt.block_on(c.poll(proto::PollRequest { status: Some(status) })).unwrap().into_inner()
+    };
+    let facts = |version: &str, host: &str, formats: Vec<u32>| proto::Facts {
+        agent_version: version.into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        hostname: host.into(),
+        manifest_formats: formats,
+        platforms: vec!["ssh_raw".into()],
+        ..Default::default()
+    };
+    let current = facts(dockfra_common::VERSION, "host-a", dockfra_common::bundle::FORMATS.to_vec());
+    let d = facts_digest(&current);
+    assert_eq!(poll(None, &d).facts_digest, "", "the coordinator claims facts it was never sent");
+    assert_eq!(poll(Some(&current), &d).facts_digest, d);
+    let agent_row = |w: &World| {
+        let v = w.coord(&["agents", "--output", "json"]).ok().json();
+        v.as_array().unwrap().iter().find(|a| a["target"] == "edge-pull").unwrap().clone()
+    };
+    assert_eq!(agent_row(&w)["hostname"], "host-a");
+
+    // An order is waiting. A digest the coordinator does not hold gets the digest it does
+    // (the agent then sends its facts) and no order: nothing is handed out on facts it lacks.
+    w.coord(&["deploy", "edge-pull"]).ok();
+    let r = poll(None, "0123456789abcdef0123456789abcdef");
+    assert_eq!(r.facts_digest, d);
+    assert!(r.assignment.is_none(), "an order was handed out on unknown facts");
+    // The digest of the held facts: they stand in, and the order comes.
+    let r = poll(None, &d);
+    assert_eq!(r.facts_digest, d);
+    assert!(r.assignment.is_some(), "the order was not handed out on the held facts");
+    assert_eq!(agent_row(&w)["hostname"], "host-a", "facts left out of a poll were lost");
+
+    // The agent restarts as an older one: new facts, a new digest, held from then on, and
+    // they decide what it can take (a deploy is refused up front: format 1 only).
+    let old = facts("0.1.0", "host-b", vec![1]);
+    let d_old = facts_digest(&old);
+    assert_ne!(d_old, d);
+    assert_eq!(poll(Some(&old), &d_old).facts_digest, d_old);
+    assert_eq!(poll(None, &d_old).facts_digest, d_old);
+    let row = agent_row(&w);
+    assert_eq!((row["hostname"].as_str(), row["agent_version"].as_str()), (Some("host-b"), Some("0.1.0")), "{row}");
+    let r = w.coord(&["deploy", "edge-pull"]).fails();
+    assert!(r.stderr().contains("reads manifest format [1]"), "{}", r.stderr());
 }
 
 /// One static agent from `cross/build`, run (under qemu-user where it is not x86_64): it

@@ -15,7 +15,7 @@ use dockfra_common::identity;
 use dockfra_common::proto::{self, admin_server};
 
 use super::push::EventStream;
-use super::{compat, facts_json, views, Coordinator, OperatorPeer, Order, CHUNK, MAX_EXPORT_TTL};
+use super::{compat, facts_from_json, facts_json, views, Coordinator, OperatorPeer, Order, CHUNK, MAX_EXPORT_TTL};
 use crate::builder;
 use crate::ca::Subject;
 use crate::error::CoordError;
@@ -191,7 +191,9 @@ impl Coordinator {
                 let facts = c.detect(proto::DetectRequest {}).await?.into_inner();
                 let rtt = started.elapsed().as_millis() as u64;
                 let f = facts_json(&facts);
-                let _ = self.store().touch_agent(target.agent_name(), None, Some(&f));
+                // Detected afresh: not what the agent started with, so no digest (a pull
+                // agent's next poll sends its own).
+                let _ = self.store().touch_agent(target.agent_name(), None, Some((&f, "")));
                 Ok(proto::DeployTestReport {
                     target: target.id.clone(),
                     mode: "push".into(),
@@ -267,41 +269,6 @@ fn api_token_info(t: &crate::store::ApiTokenRow) -> proto::ApiTokenInfo {
         created_unix: t.created_unix.max(0) as u64,
         expires_unix: t.expires_unix.max(0) as u64,
         revoked_unix: t.revoked_unix.unwrap_or(0).max(0) as u64,
-    }
-}
-
-/// An agent's facts as the store keeps them, back into the wire message.
-fn facts_from_json(f: &serde_json::Value) -> proto::Facts {
-    let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
-    let strings = |k: &str| -> Vec<String> {
-        f[k].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
-    };
-    proto::Facts {
-        agent_version: s("agent_version"),
-        os: s("os"),
-        os_release: s("os_release"),
-        arch: s("arch"),
-        hostname: s("hostname"),
-        wsl: f["wsl"] == true,
-        runtimes: f["runtimes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| proto::Runtime {
-                name: r["name"].as_str().unwrap_or_default().into(),
-                version: r["version"].as_str().unwrap_or_default().into(),
-                path: r["path"].as_str().unwrap_or_default().into(),
-            })
-            .collect(),
-        manifest_formats: f["manifest_formats"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_u64().map(|n| n as u32))
-            .collect(),
-        platforms: strings("platforms"),
-        features: strings("features"),
-        binary_sha256: s("binary_sha256"),
     }
 }
 

@@ -66,8 +66,11 @@ impl Coordinator {
                         let st = st.into_inner();
                         let sj = status_json(&st);
                         let fj = st.facts.as_ref().map(facts_json).unwrap_or_default();
-                        let _ =
-                            self.store().touch_agent(target.agent_name(), Some(&sj), st.facts.as_ref().map(|_| &fj));
+                        let _ = self.store().touch_agent(
+                            target.agent_name(),
+                            Some(&sj),
+                            st.facts.as_ref().map(|_| (&fj, st.facts_digest.as_str())),
+                        );
                         (fj, sj, 0)
                     }
                     Err(e) => {

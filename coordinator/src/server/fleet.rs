@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use dockfra_common::proto::{self, fleet_server};
 
-use super::{can_take, facts_json, status_json, AgentPeer, Coordinator, DESIRED_TTL, MAX_ATTEMPTS};
+use super::{can_take, facts_from_json, facts_json, status_json, AgentPeer, Coordinator, DESIRED_TTL, MAX_ATTEMPTS};
 use crate::ca::Subject;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::BlobChunk, Status>> + Send>>;
@@ -95,7 +95,12 @@ impl Coordinator {
 
     /// An agent's status, recorded and settled against every target it serves.
     pub(super) fn agent_reported(&self, agent: &str, st: &proto::AgentStatus) -> Result<(), Status> {
-        self.store().touch_agent(agent, Some(&status_json(st)), st.facts.as_ref().map(facts_json).as_ref())?;
+        let facts = st.facts.as_ref().map(facts_json);
+        self.store().touch_agent(
+            agent,
+            Some(&status_json(st)),
+            facts.as_ref().map(|f| (f, st.facts_digest.as_str())),
+        )?;
         let targets: Vec<String> = match self.projects() {
             Ok(p) => p.of_agent(agent).map(|(_, t)| t.id.clone()).collect(),
             Err(_) => vec![agent.to_string()],
@@ -127,16 +132,37 @@ impl fleet_server::Fleet for Coordinator {
 
     async fn poll(&self, req: Request<proto::PollRequest>) -> Result<Response<proto::PollResponse>, Status> {
         let agent = AgentPeer::of(&req)?.target;
-        let st = req.into_inner().status.unwrap_or_default();
+        let mut st = req.into_inner().status.unwrap_or_default();
         self.agent_reported(&agent, &st)?;
+        // Facts left out: those held here stand in when the agent named their digest (the
+        // answer tells it whether they matched; if not, it polls again with them).
+        let held = self.store().agent(&agent)?.filter(|a| !a.facts_digest.is_empty());
+        let counts = &self.inner.polls;
+        let mut ask = false;
+        let counter = if st.facts.is_some() {
+            Some(&counts.sent)
+        } else if let Some(a) = held.as_ref().filter(|a| a.facts_digest == st.facts_digest) {
+            st.facts = Some(facts_from_json(&a.facts));
+            Some(&counts.held)
+        } else if !st.facts_digest.is_empty() {
+            // No order on facts it does not have: the agent polls again at once, with them.
+            ask = true;
+            Some(&counts.asked)
+        } else {
+            None // An agent that has no facts to give (it decides what it can take itself).
+        };
+        if let Some(n) = counter {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let facts_digest = held.map(|a| a.facts_digest).unwrap_or_default();
         // The shortest interval of the targets it serves.
         let poll_ms = self
             .projects()
             .ok()
             .and_then(|p| p.of_agent(&agent).map(|(_, t)| t.agent.poll_interval.as_millis() as u64).min())
             .unwrap_or(30_000);
-        let assignment = self.order_for(&agent, &st)?;
-        Ok(Response::new(proto::PollResponse { assignment, poll_interval_ms: poll_ms }))
+        let assignment = if ask { None } else { self.order_for(&agent, &st)? };
+        Ok(Response::new(proto::PollResponse { assignment, poll_interval_ms: poll_ms, facts_digest }))
     }
 
     type FetchBlobsStream = ChunkStream;

@@ -1,5 +1,7 @@
 //! Prometheus metrics (text exposition format 0.0.4), computed at scrape time from the store
-//! and the project: nothing to lose at a restart, nothing counted twice.
+//! and the project: nothing to lose at a restart, nothing counted twice. The one exception,
+//! `dockfra_polls_total`, counts in memory and starts again at 0 with the process (as
+//! Prometheus counters may).
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -63,6 +65,16 @@ pub fn render(c: &Coordinator) -> Result<String> {
     let _ = writeln!(out, "dockfra_agents_connected {connected}");
     head(&mut out, "dockfra_agents_watching", "gauge", "Pull agents holding a watch stream now.");
     let _ = writeln!(out, "dockfra_agents_watching {}", c.watchers().count());
+    head(
+        &mut out,
+        "dockfra_polls_total",
+        "counter",
+        "Polls answered since the coordinator started, by the agent's facts: sent in full, held here (only their digest came), asked for (the digest matched nothing held).",
+    );
+    for (facts, n) in [("sent", &c.inner.polls.sent), ("held", &c.inner.polls.held), ("asked", &c.inner.polls.asked)] {
+        let _ =
+            writeln!(out, "dockfra_polls_total{{facts=\"{facts}\"}} {}", n.load(std::sync::atomic::Ordering::Relaxed));
+    }
     head(
         &mut out,
         "dockfra_agent_last_seen_timestamp_seconds",

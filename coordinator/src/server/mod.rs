@@ -131,6 +131,19 @@ pub struct Inner {
     check_gate: tokio::sync::Semaphore,
     /// Pull agents holding a watch stream.
     watchers: watch::Watchers,
+    /// Polls answered since start, by what they said of the agent's facts.
+    polls: PollCounts,
+}
+
+/// Polls answered since this coordinator started (a Prometheus counter: it restarts at 0).
+#[derive(Default)]
+pub struct PollCounts {
+    /// The facts came in full.
+    sent: std::sync::atomic::AtomicU64,
+    /// Left out, and the digest named those held here.
+    held: std::sync::atomic::AtomicU64,
+    /// Left out, and nothing here matched the digest: the agent was asked for them.
+    asked: std::sync::atomic::AtomicU64,
 }
 
 /// Modification time and length: a cheap fingerprint of a project file.
@@ -175,6 +188,7 @@ impl Coordinator {
             production,
             agent_gates: Mutex::new(Default::default()),
             watchers: Default::default(),
+            polls: Default::default(),
             notifier: std::sync::OnceLock::new(),
             check_gate: tokio::sync::Semaphore::new(1),
         };
@@ -906,6 +920,41 @@ fn facts_json(f: &proto::Facts) -> serde_json::Value {
         "manifest_formats": f.manifest_formats, "platforms": f.platforms, "features": f.features,
         "binary_sha256": f.binary_sha256,
     })
+}
+
+/// An agent's facts as the store keeps them, back into the wire message.
+fn facts_from_json(f: &serde_json::Value) -> proto::Facts {
+    let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+    let strings = |k: &str| -> Vec<String> {
+        f[k].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
+    };
+    proto::Facts {
+        agent_version: s("agent_version"),
+        os: s("os"),
+        os_release: s("os_release"),
+        arch: s("arch"),
+        hostname: s("hostname"),
+        wsl: f["wsl"] == true,
+        runtimes: f["runtimes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| proto::Runtime {
+                name: r["name"].as_str().unwrap_or_default().into(),
+                version: r["version"].as_str().unwrap_or_default().into(),
+                path: r["path"].as_str().unwrap_or_default().into(),
+            })
+            .collect(),
+        manifest_formats: f["manifest_formats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_u64().map(|n| n as u32))
+            .collect(),
+        platforms: strings("platforms"),
+        features: strings("features"),
+        binary_sha256: s("binary_sha256"),
+    }
 }
 
 /// Convert a gRPC status into an anyhow error for callers at the edge.

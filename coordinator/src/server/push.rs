@@ -256,7 +256,11 @@ impl Coordinator {
     pub(super) async fn refresh_status(&self, agent: &str, client: &mut Client) -> Option<proto::AgentStatus> {
         let st = client.status(proto::StatusRequest {}).await.ok()?.into_inner();
         let facts = st.facts.as_ref().map(facts_json);
-        let _ = self.store().touch_agent(agent, Some(&status_json(&st)), facts.as_ref());
+        let _ = self.store().touch_agent(
+            agent,
+            Some(&status_json(&st)),
+            facts.as_ref().map(|f| (f, st.facts_digest.as_str())),
+        );
         Some(st)
     }
 

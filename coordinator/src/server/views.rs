@@ -315,6 +315,7 @@ mod tests {
             last_seen_unix: last_seen,
             facts: serde_json::json!({}),
             status: serde_json::json!({}),
+            facts_digest: String::new(),
         }
     }
 
