@@ -216,6 +216,9 @@ pub async fn flush_outbox(
     state.ack_outbox(&pending.into_iter().map(|o| o.deployment_id).collect::<Vec<_>>())
 }
 
+/// How often the agent pings a watch stream whose coordinator sends no keepalive events.
+const WATCH_PING: Duration = identity::WATCH_KEEPALIVE;
+
 /// How long a poll (with its outbox) may wait for the coordinator's answer.
 const POLL_CALL: Duration = Duration::from_secs(30);
 
@@ -350,7 +353,7 @@ pub async fn pull_loop(
     let mut hup = signal(SignalKind::hangup())?;
     let mut interval = Duration::from_millis(state.config()?.poll_interval_ms.max(100));
     let (wake_tx, mut wake) = mpsc::channel::<String>(1);
-    let watch = Watch { state: state.clone(), link: Default::default(), rewatch: Default::default() };
+    let watch = Watch { state: state.clone(), link: Default::default(), rewatch: Default::default(), ping: false };
     let link = watch.link.clone();
     let rewatch = watch.rewatch.clone();
     let _watcher = AbortOnDrop(tokio::spawn(watch.run(wake_tx)));
@@ -420,15 +423,19 @@ enum WatchEnd {
 }
 
 /// The watch stream (see [`pull_loop`]): held while it can be, its channel shared for polls.
+/// The coordinator keeps an idle stream alive with keepalive events, and the agent listens:
+/// silence past the promised interval (and [`identity::WATCH_GRACE`]) means a dead link. A
+/// coordinator that sends none (older) gets the agent's own pings instead (`ping`).
 struct Watch {
     state: StateDir,
     link: Arc<std::sync::Mutex<Option<Channel>>>,
     rewatch: Arc<tokio::sync::Notify>,
+    ping: bool,
 }
 
 impl Watch {
     /// Hold the stream forever, reconnecting with backoff; each event goes to `wake`.
-    async fn run(self, wake: mpsc::Sender<String>) {
+    async fn run(mut self, wake: mpsc::Sender<String>) {
         let mut failures = 0u32;
         loop {
             let since = std::time::Instant::now();
@@ -461,15 +468,16 @@ impl Watch {
     }
 
     /// One stream, until it ends.
-    async fn once(&self, wake: &mpsc::Sender<String>) -> Result<(), WatchEnd> {
+    async fn once(&mut self, wake: &mpsc::Sender<String>) -> Result<(), WatchEnd> {
         use tonic::Code;
         let lost = |e: anyhow::Error| WatchEnd::Lost(format!("{e:#}"));
         let cfg = self.state.config().map_err(lost)?;
         let tls = coordinator_tls(&self.state, &cfg).map_err(lost)?;
-        let ch = identity::connect_watch(&cfg.coordinator, tls, Duration::from_secs(10))
+        let ch = identity::connect_watch(&cfg.coordinator, tls, Duration::from_secs(10), self.ping)
             .await
             .map_err(|e| WatchEnd::Lost(format!("cannot reach the coordinator at {}: {e}", cfg.coordinator)))?;
-        let mut stream = match fleet_client::FleetClient::new(ch.clone()).watch(proto::WatchRequest {}).await {
+        let asked = proto::WatchRequest { keepalive_events: true };
+        let mut stream = match fleet_client::FleetClient::new(ch.clone()).watch(asked).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
                 let why = format!("{:?}: {}", s.code(), s.message());
@@ -481,14 +489,36 @@ impl Watch {
                 });
             }
         };
+        let greeting = tokio::time::timeout(POLL_CALL, stream.message())
+            .await
+            .map_err(|_| WatchEnd::Lost("no greeting on the watch stream".into()))?
+            .map_err(|s| WatchEnd::Lost(s.message().to_string()))?
+            .ok_or_else(|| WatchEnd::Lost("the coordinator ended it".into()))?;
+        if greeting.keepalive_ms == 0 && !self.ping {
+            // It will not keep the link alive: ping it ourselves, on a connection that does.
+            tracing::info!("the coordinator sends no keepalive events: pinging the watch stream every {WATCH_PING:?}");
+            self.ping = true;
+            return Ok(());
+        }
+        // (A coordinator upgraded since: the next connection need not ping.)
+        self.ping &= greeting.keepalive_ms == 0;
+        // Silence for longer than this is a dead link (with our own pings, hyper finds it).
+        let limit = if greeting.keepalive_ms > 0 {
+            Duration::from_millis(greeting.keepalive_ms) + identity::WATCH_GRACE
+        } else {
+            Duration::MAX
+        };
+        let _ = wake.try_send(greeting.reason);
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(ch);
         loop {
             tokio::select! {
-                m = stream.message() => match m {
+                m = tokio::time::timeout(limit, stream.message()) => match m {
+                    Ok(Ok(Some(ev))) if ev.reason == "keepalive" => {}
                     // A full queue means a poll is already due: nudges coalesce.
-                    Ok(Some(ev)) => { let _ = wake.try_send(ev.reason); }
-                    Ok(None) => return Err(WatchEnd::Lost("the coordinator ended it".into())),
-                    Err(s) => return Err(WatchEnd::Lost(s.message().to_string())),
+                    Ok(Ok(Some(ev))) => { let _ = wake.try_send(ev.reason); }
+                    Ok(Ok(None)) => return Err(WatchEnd::Lost("the coordinator ended it".into())),
+                    Ok(Err(s)) => return Err(WatchEnd::Lost(s.message().to_string())),
+                    Err(_) => return Err(WatchEnd::Lost(format!("no word from the coordinator in {}s", limit.as_secs()))),
                 },
                 _ = self.rewatch.notified() => return Ok(()),
             }

@@ -482,7 +482,14 @@ pub struct AgentSpec {
     /// Pull mode: the agent holds a watch stream, so an order reaches it at once (default
     /// true); `false` for a network that cuts long-lived connections: it polls only.
     pub watch: bool,
+    /// How often the coordinator says "alive" on an idle watch stream (default 60 s, 10 s to
+    /// 1 h): what keeps NAT mappings open and lets the agent notice a dead link within this
+    /// and 20 s. Longer costs fewer bytes where the NATs on the way allow it.
+    pub keepalive: Duration,
 }
+
+/// [`AgentSpec::keepalive`]'s default.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 
 impl Default for AgentSpec {
     fn default() -> Self {
@@ -492,6 +499,7 @@ impl Default for AgentSpec {
             poll_interval: Duration::from_secs(30),
             name: None,
             watch: true,
+            keepalive: DEFAULT_KEEPALIVE,
         }
     }
 }
@@ -1123,7 +1131,7 @@ const TARGET_KEYS: &[&str] = &[
     "keep_releases",
     "notifications",
 ];
-const AGENT_KEYS: &[&str] = &["name", "mode", "port", "poll_interval", "watch"];
+const AGENT_KEYS: &[&str] = &["name", "mode", "port", "poll_interval", "watch", "keepalive"];
 const HEALTH_KEYS: &[&str] = &["checks", "retries", "interval", "timeout", "start_period"];
 const CHECK_KINDS: &[&str] = &["http", "tcp", "command"];
 const HTTP_KEYS: &[&str] = &["url", "status", "body"];
@@ -2255,6 +2263,12 @@ fn parse_agent(cx: &Cx, v: &Value) -> Result<AgentSpec, ConfigError> {
     if let Some(v) = f.get("watch") {
         agent.watch = cx.boolean("agent.watch", v)?;
     }
+    if let Some(v) = f.get("keepalive") {
+        agent.keepalive = cx.duration("agent.keepalive", v)?;
+        if !(Duration::from_secs(10)..=Duration::from_secs(3600)).contains(&agent.keepalive) {
+            return Err(cx.err("agent.keepalive", "must be between 10s and 1h"));
+        }
+    }
     Ok(agent)
 }
 
@@ -3121,7 +3135,14 @@ targets:
         assert_eq!(t.labels["fast"], "false");
         assert_eq!(
             t.agent,
-            AgentSpec { mode: Mode::Pull, port: 7555, poll_interval: Duration::from_secs(90), name: None, watch: true }
+            AgentSpec {
+                mode: Mode::Pull,
+                port: 7555,
+                poll_interval: Duration::from_secs(90),
+                name: None,
+                watch: true,
+                keepalive: DEFAULT_KEEPALIVE
+            }
         );
         let h = t.health.as_ref().unwrap();
         assert_eq!(h.retries, 5);
@@ -3297,6 +3318,11 @@ targets:
         let off = p(&one("platform: nomad\nagent: { mode: pull, watch: false }")).unwrap();
         assert!(!off.targets[0].agent.watch, "watch: false is kept");
         assert!(p(&one("platform: nomad\nagent: { mode: pull }")).unwrap().targets[0].agent.watch, "watch defaults on");
+        let ka = p(&one("platform: nomad\nagent: { mode: pull, keepalive: 5m }")).unwrap();
+        assert_eq!(ka.targets[0].agent.keepalive, Duration::from_secs(300));
+        bad(&one("platform: nomad\nagent: { mode: pull, keepalive: 1s }"), Some("t1"), Some("agent.keepalive"));
+        bad(&one("platform: nomad\nagent: { mode: pull, keepalive: 2h }"), Some("t1"), Some("agent.keepalive"));
+        bad(&one("platform: nomad\nagent: { mode: pull, keepalive: often }"), Some("t1"), Some("agent.keepalive"));
         bad(&one("platform: nomad\nagent: { x: 1 }"), Some("t1"), Some("agent.x"));
         bad(&one("platform: nomad\nenv: { 1BAD: x }"), Some("t1"), Some("env.1BAD"));
         bad(&one("platform: nomad\nenv: [A=1]"), Some("t1"), Some("env"));

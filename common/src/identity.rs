@@ -274,25 +274,32 @@ pub async fn connect(
         .await
 }
 
-/// How often a pull agent pings the connection of its watch stream: often enough to keep a
-/// NAT's mapping (RFC 5382 asks NATs for two hours; home routers and carrier NATs are known
-/// to forget in minutes) and to notice a dead link within [`WATCH_KEEPALIVE`] plus 20 s, yet
-/// one ping a minute is all an idle agent costs.
+/// How often a pull agent pings the connection of its watch stream when the coordinator sends
+/// no keepalive events of its own (one that predates them): often enough to keep a NAT's
+/// mapping (RFC 5382 asks NATs for two hours; home routers and carrier NATs are known to
+/// forget in minutes) and to notice a dead link within this plus 20 s.
 pub const WATCH_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// A channel for a watch stream, held for hours: pinged every [`WATCH_KEEPALIVE`] (the
-/// coordinator's own pings are rarer, so one side pings), no deadline on its calls.
+/// How long past the promised keepalive an agent waits for a word on its watch stream
+/// before it takes the link for dead (and how long a ping may go unanswered).
+pub const WATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A channel for a watch stream, held for hours, with no deadline on its calls. `ping`: the
+/// agent pings it every [`WATCH_KEEPALIVE`] (for a coordinator that sends no keepalive
+/// events); otherwise the coordinator's events keep it alive and the agent only listens.
 pub async fn connect_watch(
     url: &str,
     tls: tonic::transport::ClientTlsConfig,
     timeout: std::time::Duration,
+    ping: bool,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    endpoint(url, tls, timeout)?
-        .http2_keep_alive_interval(WATCH_KEEPALIVE)
-        .keep_alive_timeout(std::time::Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
+    let e = endpoint(url, tls, timeout)?;
+    let e = if ping {
+        e.http2_keep_alive_interval(WATCH_KEEPALIVE).keep_alive_timeout(WATCH_GRACE).keep_alive_while_idle(true)
+    } else {
+        e
+    };
+    e.connect().await
 }
 
 fn endpoint(

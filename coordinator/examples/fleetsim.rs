@@ -93,9 +93,6 @@ fn endpoint(url: &str, tls: ClientTlsConfig, local: IpAddr) -> Result<Endpoint> 
         .tls_config(tls)?
         .local_address(Some(local))
         .connect_timeout(Duration::from_secs(30))
-        .http2_keep_alive_interval(identity::WATCH_KEEPALIVE)
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
         .initial_stream_window_size(identity::H2_STREAM_WINDOW)
         .initial_connection_window_size(identity::H2_CONNECTION_WINDOW))
 }
@@ -187,15 +184,23 @@ impl Sim {
             let held = async {
                 let ch = endpoint(&url, self.tls.clone(), self.local)?.connect().await?;
                 let mut fc = FleetClient::new(ch).max_decoding_message_size(64 << 20);
-                let mut s = fc.watch(proto::WatchRequest {}).await?.into_inner();
+                // As the agent: the coordinator keeps the idle link alive, the agent listens.
+                let mut s = fc.watch(proto::WatchRequest { keepalive_events: true }).await?.into_inner();
                 let mut counted: Option<Counted<'_>> = None;
                 // Told to poll, or the heartbeat (10 x the 30 s default interval) came round.
                 let heartbeat = Duration::from_secs(300);
+                let due = tokio::time::sleep(heartbeat);
+                tokio::pin!(due);
                 loop {
                     tokio::select! {
-                        ev = s.message() => if ev?.is_none() { break },
-                        _ = tokio::time::sleep(heartbeat) => {}
+                        ev = s.message() => match ev? {
+                            None => break,
+                            Some(ev) if ev.reason == "keepalive" => continue,
+                            Some(_) => {}
+                        },
+                        _ = &mut due => {}
                     }
+                    due.as_mut().reset(tokio::time::Instant::now() + heartbeat);
                     if counted.is_none() {
                         stats.watching.fetch_add(1, Ordering::Relaxed);
                         counted = Some(Counted(&stats.watching));

@@ -148,7 +148,7 @@ fn store_blob_behind(blobs: &Path, src: &Path, behind: &mut dockfra_common::Sync
     use sha2::Digest as _;
     use std::io::Write;
     static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let (digest, size) = dockfra_common::sha256_file(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let (digest, size) = hashes::digest(src).with_context(|| format!("cannot read {}", src.display()))?;
     if std::fs::metadata(blobs.join(&digest)).is_ok_and(|m| m.len() == size) {
         return Ok((digest, size));
     }
@@ -980,7 +980,120 @@ pub enum Mode {
 
 /// Hash a file without storing it (a plan).
 fn hash_file(src: &Path) -> Result<(String, u64)> {
-    dockfra_common::sha256_file(src).with_context(|| format!("cannot read {}", src.display()))
+    hashes::digest(src).with_context(|| format!("cannot read {}", src.display()))
+}
+
+/// The digests of app files hashed before, by path, kept while the file's identity and
+/// stat say it is the same file unchanged (device, inode, size, mtime and ctime to the
+/// nanosecond: ctime no tool can set back): a redeploy of a large site, or one build per target
+/// of a fleet deploy, reads only the files that changed. A file modified within two seconds
+/// of being hashed is not remembered (a later write in the same clock tick would leave its
+/// stat as it was: git's "racily clean" entries), and a digest from here only lets the
+/// builder skip a blob its store already holds: a new blob is always hashed from its copy.
+mod hashes {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    struct Stamp {
+        dev: u64,
+        ino: u64,
+        size: u64,
+        mtime: (i64, i64),
+        ctime: (i64, i64),
+    }
+
+    impl Stamp {
+        fn of(m: &std::fs::Metadata) -> Self {
+            Self {
+                dev: m.dev(),
+                ino: m.ino(),
+                size: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            }
+        }
+
+        /// Changed within the last two seconds (or in the future): not to be trusted yet.
+        fn fresh(&self) -> bool {
+            let now = dockfra_common::now_unix() as i64;
+            self.mtime.0.max(self.ctime.0) >= now - 2
+        }
+    }
+
+    /// At most this many files are remembered (then it starts again empty).
+    const MAX: usize = 200_000;
+    static SEEN: Mutex<Option<HashMap<PathBuf, (Stamp, String)>>> = Mutex::new(None);
+
+    /// The digest remembered for `path` if it is still the same file, unchanged.
+    pub fn cached(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+        let seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        let (stamp, digest) = seen.as_ref()?.get(path)?;
+        (*stamp == Stamp::of(meta)).then(|| digest.clone())
+    }
+
+    /// Hash `path` (sha256, size), remembering the digest when the file was the same before
+    /// and after the read and has not changed lately.
+    pub fn digest(path: &Path) -> std::io::Result<(String, u64)> {
+        let before = std::fs::metadata(path)?;
+        if let Some(d) = cached(path, &before) {
+            return Ok((d, before.len()));
+        }
+        let (digest, size) = dockfra_common::sha256_file(path)?;
+        let stamp = Stamp::of(&before);
+        if std::fs::metadata(path).is_ok_and(|after| Stamp::of(&after) == stamp) && !stamp.fresh() && stamp.size == size
+        {
+            let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+            let map = seen.get_or_insert_with(HashMap::new);
+            if map.len() >= MAX {
+                map.clear();
+            }
+            map.insert(path.to_path_buf(), (stamp, digest.clone()));
+        }
+        Ok((digest, size))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_file_is_hashed_again_when_it_changed_or_changed_lately() {
+            let dir = std::env::temp_dir().join(format!("dkf-hashes-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let f = dir.join("a");
+            std::fs::write(&f, "one").unwrap();
+            // Just written: hashed, not remembered.
+            assert_eq!(digest(&f).unwrap().0, dockfra_common::sha256_hex(b"one"));
+            assert_eq!(cached(&f, &std::fs::metadata(&f).unwrap()), None);
+            // Old enough: remembered while unchanged.
+            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            std::fs::File::options().write(true).open(&f).unwrap().set_modified(old).unwrap();
+            // (ctime moved with set_modified: it is recent, so still not remembered.)
+            digest(&f).unwrap();
+            assert_eq!(cached(&f, &std::fs::metadata(&f).unwrap()), None);
+            std::fs::remove_dir_all(&dir).unwrap();
+            // A file nobody touched lately (the system's os-release) is remembered.
+            let sys = Path::new("/usr/lib/os-release");
+            if std::fs::metadata(sys).is_ok_and(|m| !Stamp::of(&m).fresh()) {
+                let (d, _) = digest(sys).unwrap();
+                assert_eq!(cached(sys, &std::fs::metadata(sys).unwrap()), Some(d));
+            }
+        }
+
+        #[test]
+        fn a_remembered_digest_stands_only_for_the_same_stat() {
+            let meta = std::fs::metadata("/").unwrap();
+            let path = PathBuf::from("/dkf-test-not-a-file");
+            SEEN.lock().unwrap().get_or_insert_with(HashMap::new).insert(path.clone(), (Stamp::of(&meta), "d".into()));
+            assert_eq!(cached(&path, &meta).as_deref(), Some("d"));
+            let other = std::fs::metadata("/proc").unwrap();
+            assert_eq!(cached(&path, &other), None);
+        }
+    }
 }
 
 /// Build the manifest for `target` (sequence and version filled by the caller's arguments).

@@ -84,7 +84,7 @@ fn pull_agent_behind_nat_takes_orders_at_once_over_its_watch_stream() {
 targets:
   nat-watch:
     platform: ssh_raw
-    agent: {{ mode: pull, poll_interval: 1h }}
+    agent: {{ mode: pull, poll_interval: 1h, keepalive: 10s }}
     config: {{ deploy_path: {d}/deploy-watch }}
   nat-poll:
     platform: ssh_raw
@@ -157,12 +157,76 @@ targets:
     assert_eq!(polls("asked"), 0, "{metrics}");
     assert!(polls("sent") <= 4 && polls("held") >= 2, "{metrics}");
 
+    // A link that dies silently (a NAT forgot the mapping, a cable was pulled: nothing
+    // arrives and nothing is refused): the agent hears no keepalive event for 10 s and 20 s
+    // more, opens a new stream once the link is back, and orders are instant again.
+    let greeted = |p: &Proc| p.log().matches("polling now (watching)").count();
+    let before = greeted(&procs[0]);
+    let cut = format!("ip netns exec {nsa} iptables -I INPUT -p tcp --sport 7443 -j DROP");
+    sh(&cut);
+    let t = std::time::Instant::now();
+    wait_until("the agent notices its silent link", Duration::from_secs(50), || {
+        procs[0].log().contains("no word from the coordinator in 30s")
+    });
+    assert!(t.elapsed() >= Duration::from_secs(25), "the link was declared dead after {:?}", t.elapsed());
+    sh(&cut.replace(" -I ", " -D "));
+    wait_until("the agent watches again", Duration::from_secs(40), || greeted(&procs[0]) > before);
+    w.write("project/app/VERSION", "v3\n");
+    let took = timed_deploy("nat-watch");
+    assert!(took < Duration::from_secs(10), "after the silent cut the deploy took {took:?}");
+
     // Revoked: the stream ends now, not at the certificate's expiry.
     w.coord(&["agents", "revoke", "nat-watch"]).ok();
     wait_until("the revoked agent's stream ends", Duration::from_secs(5), || !watching("nat-watch"));
     std::thread::sleep(Duration::from_secs(1));
     assert!(!watching("nat-watch"), "the revoked agent watches again");
     drop(coord);
+}
+
+/// The coordinator keeps an idle watch stream alive itself: an agent that asks for keepalive
+/// events is told the interval in the greeting (`agent.keepalive`) and gets a "keepalive"
+/// event each time the stream was quiet that long; one that does not ask (an older agent,
+/// which would take any event for "poll now") gets none and pings by itself.
+#[test]
+fn the_coordinator_keeps_an_idle_watch_stream_alive_at_the_targets_keepalive() {
+    use dockfra_common::identity;
+    use dockfra_common::proto::{self, fleet_client::FleetClient};
+    let w = World::new("keepalive");
+    let d = w.dir.display();
+    w.write(
+        "project/deploy-targets.yaml",
+        &format!(
+            "app: {{ name: web, path: ./app }}\ntargets:\n  ka:\n    platform: ssh_raw\n    agent: {{ mode: pull, keepalive: 10s }}\n    config: {{ deploy_path: {d}/deploy }}\n"
+        ),
+    );
+    w.write("project/app/VERSION", "v1\n");
+    w.init("127.0.0.1:0");
+    let _coord = w.serve(&[]);
+    let url = format!("https://{}", w.addr());
+    let agent = Agent::new(&w, "a");
+    agent.enroll(&url, &w.token("ka")).ok();
+    let read = |f: &str| std::fs::read_to_string(agent.state.join("identity").join(f)).unwrap();
+    let tls = identity::client_tls(&read("ca.pem"), &read("cert.pem"), &read("key.pem"), identity::COORDINATOR_DNS);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let ch = identity::connect_watch(&url, tls, Duration::from_secs(5), false).await.unwrap();
+        let mut c = FleetClient::new(ch);
+        let mut new = c.watch(proto::WatchRequest { keepalive_events: true }).await.unwrap().into_inner();
+        let mut old = c.watch(proto::WatchRequest { keepalive_events: false }).await.unwrap().into_inner();
+        let hello = new.message().await.unwrap().unwrap();
+        let t = tokio::time::Instant::now();
+        assert_eq!((hello.reason.as_str(), hello.keepalive_ms), ("watching", 10_000));
+        let hello = old.message().await.unwrap().unwrap();
+        assert_eq!((hello.reason.as_str(), hello.keepalive_ms), ("watching", 0));
+        let ev = tokio::time::timeout(Duration::from_secs(15), new.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(ev.reason, "keepalive");
+        assert!(t.elapsed() >= Duration::from_secs(9), "a keepalive after {:?} of quiet", t.elapsed());
+        // The old-style stream was as quiet, and heard nothing.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), old.message()).await.is_err(),
+            "an older agent got an event"
+        );
+    });
 }
 
 /// An idle agent's polls are mostly its facts, which change only when it restarts: once the

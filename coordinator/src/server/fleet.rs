@@ -190,7 +190,8 @@ impl fleet_server::Fleet for Coordinator {
 
     async fn watch(&self, req: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let peer = AgentPeer::of(&req)?;
-        Ok(Response::new(self.open_watch(peer)?))
+        let keepalive_events = req.get_ref().keepalive_events;
+        Ok(Response::new(self.open_watch(peer, keepalive_events)?))
     }
 
     async fn report(&self, req: Request<proto::ReportRequest>) -> Result<Response<proto::ReportResponse>, Status> {

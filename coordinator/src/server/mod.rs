@@ -321,9 +321,10 @@ impl Coordinator {
             .tls_config(tls)?
             // Connections whose peer vanished (a cut link, a NAT that forgot them) are
             // closed instead of holding a blob stream open for TCP's retransmission timeout.
-            // Two minutes: pull agents ping their watch streams every minute (a ping read
-            // resets this timer), so an idle watching agent costs one ping a minute, not two.
-            .http2_keepalive_interval(Some(Duration::from_secs(120)))
+            // Five minutes: this timer restarts only on a request or a body the coordinator
+            // reads (not on the peer's pings, nor on what it writes), so it pings every idle
+            // watch stream at this rate, besides the stream's own keepalive events.
+            .http2_keepalive_interval(Some(Duration::from_secs(300)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .initial_stream_window_size(dockfra_common::identity::H2_STREAM_WINDOW)
             .initial_connection_window_size(dockfra_common::identity::H2_CONNECTION_WINDOW)

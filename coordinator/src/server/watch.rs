@@ -125,36 +125,58 @@ impl Coordinator {
 
     /// `Fleet.Watch`: refused for an agent none of whose targets is a pull target that
     /// watches (`agent: {mode: pull, watch: true}`, the default); it polls then.
-    pub(super) fn open_watch(&self, peer: AgentPeer) -> Result<WatchStream, Status> {
+    /// With `keepalive_events` (the agent asked for them) an idle stream carries a
+    /// "keepalive" event every `agent.keepalive` (the shortest of the agent's watching
+    /// targets): one small write the agent answers with a TCP ACK only, which keeps NAT
+    /// mappings open and tells the agent its link is alive, where pings would cost a frame
+    /// each way.
+    pub(super) fn open_watch(&self, peer: AgentPeer, keepalive_events: bool) -> Result<WatchStream, Status> {
         let projects = self.projects()?;
         let mut targets = projects.of_agent(&peer.target).map(|(_, t)| t).peekable();
         if targets.peek().is_none() {
             return Err(Status::not_found(format!("agent {:?} serves no target of this coordinator", peer.target)));
         }
-        if !targets.any(|t| t.agent.mode == dockfra_common::config::Mode::Pull && t.agent.watch) {
+        let keepalive = targets
+            .filter(|t| t.agent.mode == dockfra_common::config::Mode::Pull && t.agent.watch)
+            .map(|t| t.agent.keepalive)
+            .min();
+        let Some(keepalive) = keepalive else {
             return Err(Status::failed_precondition(format!(
                 "agent {:?} does not watch (its targets are push, or set agent.watch: false): it polls",
                 peer.target
             )));
-        }
+        };
         let mut rx = self.inner.watchers.subscribe(&peer.target, &peer.serial);
         let left = (peer.not_after_unix - dockfra_common::now_unix() as i64).max(0) as u64;
         let (tx, out) = mpsc::channel(1);
         tokio::spawn(async move {
             let expired = tokio::time::sleep(Duration::from_secs(left));
             tokio::pin!(expired);
-            let mut why = Nudge::Watching;
+            // Far off for an agent that pings by itself.
+            let every = if keepalive_events { keepalive } else { Duration::from_secs(86_400 * 365) };
+            let quiet = tokio::time::sleep(every);
+            tokio::pin!(quiet);
+            let greeting = proto::WatchEvent {
+                reason: Nudge::Watching.as_str().into(),
+                keepalive_ms: if keepalive_events { keepalive.as_millis() as u64 } else { 0 },
+            };
+            let mut next = Some(greeting);
             loop {
-                if tx.send(Ok(proto::WatchEvent { reason: why.as_str().into() })).await.is_err() {
-                    return;
+                if let Some(ev) = next.take() {
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                    quiet.as_mut().reset(tokio::time::Instant::now() + every);
                 }
                 tokio::select! {
                     changed = rx.changed() => {
                         if changed.is_err() {
                             return; // revoked, enrolled again, or replaced by a newer certificate
                         }
-                        why = rx.borrow_and_update().1;
+                        let why = rx.borrow_and_update().1;
+                        next = Some(proto::WatchEvent { reason: why.as_str().into(), keepalive_ms: 0 });
                     }
+                    _ = &mut quiet => next = Some(proto::WatchEvent { reason: "keepalive".into(), keepalive_ms: 0 }),
                     _ = &mut expired => return,
                     _ = tx.closed() => return,
                 }
