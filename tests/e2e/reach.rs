@@ -183,6 +183,18 @@ targets:
     drop(coord);
 }
 
+/// An agent enrolled for `target` with `w`'s serving coordinator but not run: the
+/// coordinator's URL and the agent's TLS identity, for a test that speaks the wire itself.
+fn enrolled_identity(w: &World, target: &str) -> (String, tonic::transport::ClientTlsConfig) {
+    use dockfra_common::identity;
+    let url = format!("https://{}", w.addr());
+    let agent = Agent::new(w, "a");
+    agent.enroll(&url, &w.token(target)).ok();
+    let read = |f: &str| std::fs::read_to_string(agent.state.join("identity").join(f)).unwrap();
+    let tls = identity::client_tls(&read("ca.pem"), &read("cert.pem"), &read("key.pem"), identity::COORDINATOR_DNS);
+    (url, tls)
+}
+
 /// The coordinator keeps an idle watch stream alive itself: an agent that asks for keepalive
 /// events is told the interval in the greeting (`agent.keepalive`) and gets a "keepalive"
 /// event each time the stream was quiet that long; one that does not ask (an older agent,
@@ -202,11 +214,7 @@ fn the_coordinator_keeps_an_idle_watch_stream_alive_at_the_targets_keepalive() {
     w.write("project/app/VERSION", "v1\n");
     w.init("127.0.0.1:0");
     let _coord = w.serve(&[]);
-    let url = format!("https://{}", w.addr());
-    let agent = Agent::new(&w, "a");
-    agent.enroll(&url, &w.token("ka")).ok();
-    let read = |f: &str| std::fs::read_to_string(agent.state.join("identity").join(f)).unwrap();
-    let tls = identity::client_tls(&read("ca.pem"), &read("cert.pem"), &read("key.pem"), identity::COORDINATOR_DNS);
+    let (url, tls) = enrolled_identity(&w, "ka");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let ch = identity::connect_watch(&url, tls, Duration::from_secs(5), false).await.unwrap();
@@ -241,11 +249,7 @@ fn a_poll_names_facts_the_coordinator_holds_by_their_digest() {
     project(&w, free_port(), "", "");
     w.init("127.0.0.1:0");
     let _coord = w.serve(&[]);
-    let url = format!("https://{}", w.addr());
-    let agent = Agent::new(&w, "a");
-    agent.enroll(&url, &w.token("edge-pull")).ok();
-    let read = |f: &str| std::fs::read_to_string(agent.state.join("identity").join(f)).unwrap();
-    let tls = identity::client_tls(&read("ca.pem"), &read("cert.pem"), &read("key.pem"), identity::COORDINATOR_DNS);
+    let (url, tls) = enrolled_identity(&w, "edge-pull");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut c = FleetClient::new(rt.block_on(identity::connect(&url, tls, Duration::from_secs(5))).unwrap());
     let mut poll = |facts: Option<&proto::Facts>, digest: &str| {
