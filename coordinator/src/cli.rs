@@ -321,8 +321,9 @@ Exit status: 0 when nothing fails (warnings allowed), 5 when a check fails."
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Drop releases no agent keeps (beyond each target's keep_releases) and blobs no kept
-    /// release names. Runs by itself after every successful deploy.
+    /// Drop releases no agent keeps (beyond each target's keep_releases), blobs no kept
+    /// release names, and copies a build left half-written (killed mid-copy; older than 10
+    /// minutes). Runs by itself after every successful deploy.
     Gc {
         /// Say what would go, remove nothing.
         #[arg(long)]

@@ -188,7 +188,7 @@ targets:
 fn enrolled_identity(w: &World, target: &str) -> (String, tonic::transport::ClientTlsConfig) {
     use dockfra_common::identity;
     let url = format!("https://{}", w.addr());
-    let agent = Agent::new(w, "a");
+    let agent = Agent::new(w, target);
     agent.enroll(&url, &w.token(target)).ok();
     let read = |f: &str| std::fs::read_to_string(agent.state.join("identity").join(f)).unwrap();
     let tls = identity::client_tls(&read("ca.pem"), &read("cert.pem"), &read("key.pem"), identity::COORDINATOR_DNS);
@@ -208,19 +208,22 @@ fn the_coordinator_keeps_an_idle_watch_stream_alive_at_the_targets_keepalive() {
     w.write(
         "project/deploy-targets.yaml",
         &format!(
-            "app: {{ name: web, path: ./app }}\ntargets:\n  ka:\n    platform: ssh_raw\n    agent: {{ mode: pull, keepalive: 10s }}\n    config: {{ deploy_path: {d}/deploy }}\n"
+            "app: {{ name: web, path: ./app }}\ntargets:\n  ka:\n    platform: ssh_raw\n    agent: {{ mode: pull, keepalive: 10s }}\n    config: {{ deploy_path: {d}/deploy }}\n  kb:\n    platform: ssh_raw\n    agent: {{ mode: pull, keepalive: 10s }}\n    config: {{ deploy_path: {d}/deploy-b }}\n"
         ),
     );
     w.write("project/app/VERSION", "v1\n");
     w.init("127.0.0.1:0");
     let _coord = w.serve(&[]);
+    // Two agents: a stream of an agent ends its older ones.
     let (url, tls) = enrolled_identity(&w, "ka");
+    let (_, tls_b) = enrolled_identity(&w, "kb");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let ch = identity::connect_watch(&url, tls, Duration::from_secs(5), false).await.unwrap();
-        let mut c = FleetClient::new(ch);
-        let mut new = c.watch(proto::WatchRequest { keepalive_events: true }).await.unwrap().into_inner();
-        let mut old = c.watch(proto::WatchRequest { keepalive_events: false }).await.unwrap().into_inner();
+        let connect = |tls| identity::connect_watch(&url, tls, Duration::from_secs(5), false);
+        let mut a = FleetClient::new(connect(tls).await.unwrap());
+        let mut b = FleetClient::new(connect(tls_b).await.unwrap());
+        let mut new = a.watch(proto::WatchRequest { keepalive_events: true }).await.unwrap().into_inner();
+        let mut old = b.watch(proto::WatchRequest { keepalive_events: false }).await.unwrap().into_inner();
         let hello = new.message().await.unwrap().unwrap();
         let t = tokio::time::Instant::now();
         assert_eq!((hello.reason.as_str(), hello.keepalive_ms), ("watching", 10_000));
@@ -234,6 +237,12 @@ fn the_coordinator_keeps_an_idle_watch_stream_alive_at_the_targets_keepalive() {
             tokio::time::timeout(Duration::from_millis(500), old.message()).await.is_err(),
             "an older agent got an event"
         );
+        // The agent opens another stream (it took the first one's link for dead): the first ends.
+        let mut again = a.watch(proto::WatchRequest { keepalive_events: true }).await.unwrap().into_inner();
+        assert_eq!(again.message().await.unwrap().unwrap().reason, "watching");
+        let ended =
+            tokio::time::timeout(Duration::from_secs(5), new.message()).await.expect("the older stream still runs");
+        assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
     });
 }
 

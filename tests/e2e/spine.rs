@@ -403,6 +403,17 @@ fn blobs_no_kept_release_names_are_collected_and_disk_use_is_reported() {
     assert!(w.coord_state.join("blobs/sha256").join(digest(4)).exists());
     let (_, gc) = w.coord_json(&["gc", "--dry-run", "--output", "json"]);
     assert_eq!(gc["blobs_removed"], 0, "nothing left to collect: {gc}");
+    // What a build killed mid-copy left behind goes once it is old; a fresh one may be a
+    // copy in progress and stays.
+    let store = w.coord_state.join("blobs/sha256");
+    let (old, fresh) = (store.join(".incoming-1-7"), store.join(".incoming-1-8"));
+    std::fs::write(&old, "half a blob").unwrap();
+    std::fs::write(&fresh, "the other half").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(hour_ago).unwrap();
+    let (_, gc) = w.coord_json(&["gc", "--output", "json"]);
+    assert_eq!((gc["blobs_removed"].as_u64(), gc["bytes_freed"].as_u64()), (Some(1), Some(11)), "{gc}");
+    assert!(!old.exists() && fresh.exists());
     let r = w.coord(&["rollback", "edge-push", "--to", &names[0]]).fails();
     assert!(r.stderr().contains("garbage-collected"), "{}", r.stderr());
     // The kept ones still roll back.

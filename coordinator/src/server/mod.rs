@@ -92,6 +92,9 @@ const DESIRED_TTL: Duration = Duration::from_secs(600);
 /// An offline bundle may be exported for at most this long (agents refuse longer by default).
 pub const MAX_EXPORT_TTL: Duration = Duration::from_secs(30 * 86400);
 const CHUNK: usize = 256 * 1024;
+
+/// How old a build's half-written copy in the blob store must be before GC removes it.
+const LEFTOVER_AGE: Duration = Duration::from_secs(600);
 /// An order handed out this often without a result is given up (a failing transfer).
 const MAX_ATTEMPTS: u32 = 10;
 
@@ -831,6 +834,15 @@ impl Coordinator {
             let name = e.file_name().to_string_lossy().to_string();
             let Ok(meta) = e.metadata() else { continue };
             if dockfra_common::paths::Digest::new(&name).is_err() {
+                // A copy a build was cut off in (the coordinator killed mid-copy): nothing
+                // will name it. No build is copying now (they hold the blob lock, as GC
+                // does); an old one only, to be sure.
+                let leftover = name.starts_with(".incoming-") || name.starts_with(".save-");
+                let stale = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|a| a >= LEFTOVER_AGE);
+                if leftover && stale && (dry_run || std::fs::remove_file(e.path()).is_ok()) {
+                    report.blobs_removed += 1;
+                    report.bytes_freed += meta.len();
+                }
                 continue;
             }
             if referenced.contains(&name) {

@@ -5,11 +5,11 @@
 //! same signed, floor-checked hand-out as a scheduled one, so a watch can only make an agent
 //! poll sooner, never make it take anything it would not have taken.
 //!
-//! One entry per agent: the serial of the certificate its streams were opened with and a
-//! `tokio::sync::watch` sender whose value counts the nudges (several nudges before the
-//! agent reads coalesce into one poll). A stream ends when the agent goes away, is revoked,
-//! re-enrolls or renews (a stream under a newer certificate replaces the entry), or when
-//! the certificate it was opened with expires.
+//! One entry per agent: a `tokio::sync::watch` sender whose value counts the nudges (several
+//! nudges before the agent reads coalesce into one poll). A stream ends when the agent goes
+//! away, is revoked or re-enrolls, when the agent opens another (after a renewal, or when
+//! it took the old one's link for dead: the newest replaces the entry), or when the
+//! certificate it was opened with expires.
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -48,7 +48,6 @@ impl Nudge {
 }
 
 struct Entry {
-    serial: String,
     tx: watch::Sender<(u64, Nudge)>,
 }
 
@@ -63,18 +62,14 @@ impl Watchers {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A receiver for `agent`'s nudges under certificate `serial`. A newer serial replaces
-    /// the entry, which ends the streams of the old one.
-    fn subscribe(&self, agent: &str, serial: &str) -> watch::Receiver<(u64, Nudge)> {
-        let mut map = self.lock();
-        match map.get(agent) {
-            Some(e) if e.serial == serial => e.tx.subscribe(),
-            _ => {
-                let (tx, rx) = watch::channel((0, Nudge::Watching));
-                map.insert(agent.to_string(), Entry { serial: serial.to_string(), tx });
-                rx
-            }
-        }
+    /// A receiver for `agent`'s nudges. It replaces the entry, which ends the agent's older
+    /// streams: an agent holds one, and opens a new one after a renewal or when it takes the
+    /// old one's link for dead (a link that died silently looks alive from here until TCP
+    /// gives up).
+    fn subscribe(&self, agent: &str) -> watch::Receiver<(u64, Nudge)> {
+        let (tx, rx) = watch::channel((0, Nudge::Watching));
+        self.lock().insert(agent.to_string(), Entry { tx });
+        rx
     }
 
     /// Tell `agent` to poll now. False when it holds no stream.
@@ -146,7 +141,7 @@ impl Coordinator {
                 peer.target
             )));
         };
-        let mut rx = self.inner.watchers.subscribe(&peer.target, &peer.serial);
+        let mut rx = self.inner.watchers.subscribe(&peer.target);
         let left = (peer.not_after_unix - dockfra_common::now_unix() as i64).max(0) as u64;
         let (tx, out) = mpsc::channel(1);
         tokio::spawn(async move {
@@ -194,17 +189,21 @@ mod tests {
     async fn nudges_reach_subscribers_coalesce_and_end_with_the_entry() {
         let w = Watchers::default();
         assert!(!w.nudge("a", Nudge::Order), "nobody watches yet");
-        let mut rx = w.subscribe("a", "s1");
+        let mut rx = w.subscribe("a");
         assert!(w.watching("a") && !w.watching("b"));
         assert_eq!(w.count(), 1);
         assert!(w.nudge("a", Nudge::Order));
         assert!(w.nudge("a", Nudge::Status));
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow_and_update(), (2, Nudge::Status), "two nudges, one wake-up, the last reason");
-        // A newer certificate replaces the entry: the old stream's receiver ends.
-        let _rx2 = w.subscribe("a", "s2");
+        // A new stream (under a renewed certificate, say) replaces the entry: the old one ends.
+        let mut rx2 = w.subscribe("a");
         assert!(rx.changed().await.is_err());
         assert!(w.watching("a"));
+        // And again (the agent gave the old link up for dead).
+        let _rx3 = w.subscribe("a");
+        assert!(rx2.changed().await.is_err());
+        assert!(w.watching("a") && w.count() == 1);
         w.drop_agent("a");
         assert!(!w.watching("a") && w.count() == 0);
     }
@@ -212,7 +211,7 @@ mod tests {
     #[test]
     fn an_agent_whose_streams_all_closed_is_not_watching() {
         let w = Watchers::default();
-        let rx = w.subscribe("a", "s1");
+        let rx = w.subscribe("a");
         drop(rx);
         assert!(!w.watching("a"));
         assert!(!w.nudge("a", Nudge::Order));
